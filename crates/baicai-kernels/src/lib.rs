@@ -1,0 +1,19 @@
+//! Tensor storage types, quantized block formats, dequantization, dot products and matmul.
+//!
+//! A key design decision made in this crate: every quant format has a `#[repr(C)]` block struct
+//! whose size is asserted at compile time, a scalar reference implementation, and SIMD paths in a
+//! module per ISA; [`dispatch`] is the one place that picks between them at run time. Weights are
+//! multiplied against activations quantized once per row into the format's "vec-dot" type
+//! (Q8_0, Q8_1 or Q8_K), as llama.cpp does, so results match its numerics.
+//!
+//! This crate knows nothing of files or models: it sees byte slices and a [`DType`].
+
+pub mod dispatch;
+pub mod dtype;
+pub mod matmul;
+pub mod quant;
+pub mod simd;
+
+pub use dispatch::{dequantize_row, quantize_row, vec_dot, Isa};
+pub use dtype::DType;
+pub use matmul::{matmul, Weight};

@@ -1,0 +1,4 @@
+//! Block formats with their scalar reference kernels.
+
+pub mod kquants;
+pub mod legacy;

@@ -1,0 +1,1 @@
+//! AVX2 kernels (kquants): to be implemented.

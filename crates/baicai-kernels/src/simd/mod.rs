@@ -1,0 +1,6 @@
+//! SIMD kernels, one module per ISA and format family.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2_kquants;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2_legacy;

@@ -1,0 +1,1 @@
+//! baicai-models (skeleton).
