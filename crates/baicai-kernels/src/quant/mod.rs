@@ -2,3 +2,4 @@
 
 pub mod kquants;
 pub mod legacy;
+pub mod tables;
