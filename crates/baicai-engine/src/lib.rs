@@ -1,1 +1,8 @@
-//! baicai-engine (skeleton).
+//! Sequences, KV cache, sampler and the generation loop.
+//!
+//! A key design decision made in this crate: generation is a plain loop over
+//! `model.forward(tokens) -> logits`, `sampler.sample(logits) -> token`, with the sampler's state
+//! (RNG, penalty history) owned by the sequence, so the same seed always yields the same text.
+
+pub mod sampler;
+pub mod sysinfo;

@@ -1,0 +1,1 @@
+//! Machine facts: peak RSS, memory bandwidth (skeleton).
