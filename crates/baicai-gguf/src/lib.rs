@@ -9,10 +9,23 @@
 //! This crate knows nothing of models or kernels: [`GgmlType`] only carries what the container
 //! needs to size tensors (block length and block bytes).
 
-// API contract (skeleton; implementation pending).
+mod parse;
+mod split;
+mod types;
+mod value;
+mod writer;
 
-use std::collections::BTreeMap;
-use std::path::Path;
+pub use parse::{
+    parse, parse_named, Parsed, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS,
+};
+pub use split::{
+    split_file_name, split_metadata, split_name_parts, KEY_SPLIT_COUNT, KEY_SPLIT_NO,
+    KEY_SPLIT_TENSORS_COUNT,
+};
+pub use writer::{write_to_vec, GgufWriter, TensorSpec};
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 /// Errors from reading or writing GGUF files.
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +39,18 @@ pub enum GgufError {
     },
     /// The file is malformed: `what` names the field, `offset` the byte offset where it starts.
     #[error("{path}: invalid GGUF at byte offset {offset}: {what}")]
-    Format { path: String, offset: u64, what: String },
+    Format {
+        path: String,
+        offset: u64,
+        what: String,
+    },
     /// A metadata key exists but has another type than asked for.
     #[error("metadata key '{key}' has type {found}, expected {expected}")]
-    WrongType { key: String, found: &'static str, expected: &'static str },
+    WrongType {
+        key: String,
+        found: &'static str,
+        expected: &'static str,
+    },
     /// A required metadata key is missing.
     #[error("metadata key '{key}' is missing")]
     MissingKey { key: String },
@@ -108,83 +129,301 @@ pub struct TensorInfo {
 
 /// An opened GGUF model: one file or all parts of a split model.
 pub struct Gguf {
-    _private: (),
+    version: u32,
+    alignment: u64,
+    metadata: BTreeMap<String, Value>,
+    key_order: Vec<String>,
+    tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    files: Vec<FileData>,
+}
+
+/// The bytes of one file: a read-only memory map, or an owned buffer for in-memory files.
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One opened file (one split part) and where its data section starts.
+struct FileData {
+    path: PathBuf,
+    bytes: Bytes,
+    data_offset: u64,
 }
 
 impl Gguf {
     /// Opens a GGUF file; a path named `name-00001-of-0000N.gguf` opens all N parts, and
     /// metadata and tensors of all parts are merged.
+    ///
+    /// Any part of a split model may be named; part 1 is found from the name. Metadata comes from
+    /// part 1 (as llama.cpp reads it); tensors of every part are listed with their
+    /// [`TensorInfo::file_index`].
+    ///
+    /// # Errors
+    /// [`GgufError::Io`] when a file (or a split part, named) cannot be opened or mapped;
+    /// [`GgufError::Format`] when a file is not valid GGUF or the parts disagree.
     pub fn open(path: &Path) -> Result<Gguf, GgufError> {
-        let _ = path;
-        todo!()
+        split::open(path)
     }
+
+    /// Parses a GGUF file held in memory (for tests and fuzzing); errors name it `<memory>`.
+    ///
+    /// # Errors
+    /// As [`parse`].
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Gguf, GgufError> {
+        let parsed = parse(&bytes)?;
+        Self::from_parts(vec![(
+            PathBuf::from("<memory>"),
+            Bytes::Owned(bytes),
+            parsed,
+        )])
+    }
+
+    /// Builds the merged view of one or more parsed files; part `i` gets `file_index` `i`.
+    fn from_parts(parts: Vec<(PathBuf, Bytes, Parsed)>) -> Result<Gguf, GgufError> {
+        let mut tensors = Vec::new();
+        let mut by_name = HashMap::new();
+        let mut files = Vec::with_capacity(parts.len());
+        let mut first = None;
+        for (file_index, (path, bytes, parsed)) in parts.into_iter().enumerate() {
+            for mut t in parsed.tensors {
+                if by_name.contains_key(&t.name) {
+                    return Err(GgufError::Format {
+                        path: path.display().to_string(),
+                        offset: 0,
+                        what: format!("tensor '{}' appears in more than one split part", t.name),
+                    });
+                }
+                t.file_index = file_index;
+                by_name.insert(t.name.clone(), tensors.len());
+                tensors.push(t);
+            }
+            files.push(FileData {
+                path,
+                bytes,
+                data_offset: parsed.data_offset,
+            });
+            if first.is_none() {
+                first = Some((
+                    parsed.version,
+                    parsed.alignment,
+                    parsed.metadata,
+                    parsed.key_order,
+                ));
+            }
+        }
+        let (version, alignment, metadata, key_order) =
+            first.unwrap_or((3, DEFAULT_ALIGNMENT, BTreeMap::new(), Vec::new()));
+        Ok(Gguf {
+            version,
+            alignment,
+            metadata,
+            key_order,
+            tensors,
+            by_name,
+            files,
+        })
+    }
+
     /// GGUF version of the (first) file.
     pub fn version(&self) -> u32 {
-        todo!()
+        self.version
     }
+
+    /// Alignment of tensor data in the (first) file (`general.alignment`, default 32).
+    pub fn alignment(&self) -> u64 {
+        self.alignment
+    }
+
     /// All metadata, merged over split parts.
+    ///
+    /// Split parts after the first repeat only the `split.*` keys, so this is the first part's
+    /// metadata.
     pub fn metadata(&self) -> &BTreeMap<String, Value> {
-        todo!()
+        &self.metadata
     }
+
+    /// Metadata keys in the order the (first) file lists them.
+    pub fn metadata_keys_in_file_order(&self) -> &[String] {
+        &self.key_order
+    }
+
+    /// The value of metadata key `key`, if present.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata().get(key)
     }
+
     /// Any integer type converted to u64 (negative -> WrongType). None if missing.
+    ///
+    /// # Errors
+    /// [`GgufError::WrongType`] when the value is not a non-negative integer.
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
-        let _ = key;
-        todo!()
+        self.get_with(key, "non-negative integer", Value::to_u64)
     }
+
     /// F32 or F64 (or integer) as f32. None if missing.
+    ///
+    /// # Errors
+    /// [`GgufError::WrongType`] when the value is not a number.
     pub fn get_f32(&self, key: &str) -> Result<Option<f32>, GgufError> {
-        let _ = key;
-        todo!()
+        self.get_with(key, "f32", |v| v.to_f64().map(|x| x as f32))
     }
+
+    /// A bool value. None if missing.
+    ///
+    /// # Errors
+    /// [`GgufError::WrongType`] when the value is not a bool.
     pub fn get_bool(&self, key: &str) -> Result<Option<bool>, GgufError> {
-        let _ = key;
-        todo!()
+        self.get_with(key, "bool", Value::as_bool)
     }
+
+    /// A string value. None if missing.
+    ///
+    /// # Errors
+    /// [`GgufError::WrongType`] when the value is not a string.
     pub fn get_str(&self, key: &str) -> Result<Option<&str>, GgufError> {
-        let _ = key;
-        todo!()
+        self.get_with(key, "string", Value::as_str)
     }
-    /// The required variants error with MissingKey.
+
+    /// Like [`Gguf::get_u64`], but a missing key is an error.
+    ///
+    /// # Errors
+    /// [`GgufError::MissingKey`] or [`GgufError::WrongType`].
     pub fn require_u64(&self, key: &str) -> Result<u64, GgufError> {
-        self.get_u64(key)?.ok_or_else(|| GgufError::MissingKey { key: key.into() })
+        self.get_u64(key)?
+            .ok_or_else(|| GgufError::MissingKey { key: key.into() })
     }
+
+    /// Like [`Gguf::get_f32`], but a missing key is an error.
+    ///
+    /// # Errors
+    /// [`GgufError::MissingKey`] or [`GgufError::WrongType`].
     pub fn require_f32(&self, key: &str) -> Result<f32, GgufError> {
-        self.get_f32(key)?.ok_or_else(|| GgufError::MissingKey { key: key.into() })
+        self.get_f32(key)?
+            .ok_or_else(|| GgufError::MissingKey { key: key.into() })
     }
+
+    /// Like [`Gguf::get_str`], but a missing key is an error.
+    ///
+    /// # Errors
+    /// [`GgufError::MissingKey`] or [`GgufError::WrongType`].
     pub fn require_str(&self, key: &str) -> Result<&str, GgufError> {
-        self.get_str(key)?.ok_or_else(|| GgufError::MissingKey { key: key.into() })
+        self.get_str(key)?
+            .ok_or_else(|| GgufError::MissingKey { key: key.into() })
     }
+
     /// Array accessors: element types must match (ints convertible). None if missing.
+    ///
+    /// # Errors
+    /// [`GgufError::WrongType`] when the value is not an array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>, GgufError> {
-        let _ = key;
-        todo!()
+        self.get_array_with(key, "array of string", Value::as_str)
     }
+
+    /// An array of numbers (floats or integers) as f32. None if missing.
+    ///
+    /// # Errors
+    /// [`GgufError::WrongType`] when the value is not an array of numbers.
     pub fn get_f32_array(&self, key: &str) -> Result<Option<Vec<f32>>, GgufError> {
-        let _ = key;
-        todo!()
+        self.get_array_with(key, "array of f32", |v| v.to_f64().map(|x| x as f32))
     }
+
+    /// An array of integers as i64. None if missing.
+    ///
+    /// # Errors
+    /// [`GgufError::WrongType`] when the value is not an array of integers that fit in i64.
     pub fn get_i64_array(&self, key: &str) -> Result<Option<Vec<i64>>, GgufError> {
-        let _ = key;
-        todo!()
+        self.get_array_with(key, "array of i64", Value::to_i64)
     }
+
+    fn get_with<'s, T>(
+        &'s self,
+        key: &str,
+        expected: &'static str,
+        convert: impl Fn(&'s Value) -> Option<T>,
+    ) -> Result<Option<T>, GgufError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match convert(v) {
+            Some(x) => Ok(Some(x)),
+            None => Err(GgufError::WrongType {
+                key: key.into(),
+                found: v.type_name(),
+                expected,
+            }),
+        }
+    }
+
+    fn get_array_with<'s, T>(
+        &'s self,
+        key: &str,
+        expected: &'static str,
+        convert: impl Fn(&'s Value) -> Option<T>,
+    ) -> Result<Option<Vec<T>>, GgufError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let Some(items) = v.as_array() else {
+            return Err(GgufError::WrongType {
+                key: key.into(),
+                found: v.type_name(),
+                expected,
+            });
+        };
+        items
+            .iter()
+            .map(|item| {
+                convert(item).ok_or_else(|| GgufError::WrongType {
+                    key: key.into(),
+                    found: Value::array_of_name(item),
+                    expected,
+                })
+            })
+            .collect::<Result<Vec<T>, _>>()
+            .map(Some)
+    }
+
     /// All tensors in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
-        todo!()
+        &self.tensors
     }
+
+    /// The tensor named `name`, if present.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        let _ = name;
-        todo!()
+        self.by_name.get(name).map(|&i| &self.tensors[i])
     }
+
     /// The tensor's bytes, a view into the memory map.
+    ///
+    /// # Panics
+    /// When `info` does not come from this `Gguf` and does not lie inside its files.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
-        let _ = info;
-        todo!()
+        let file = &self.files[info.file_index];
+        // Offsets and sizes were checked at parse time to lie inside the data section.
+        let start = (file.data_offset + info.offset) as usize;
+        &file.bytes.as_slice()[start..start + info.n_bytes as usize]
     }
+
     /// Total size in bytes of all files.
     pub fn file_size(&self) -> u64 {
-        todo!()
+        self.files
+            .iter()
+            .map(|f| f.bytes.as_slice().len() as u64)
+            .sum()
+    }
+
+    /// Paths of the opened files, split parts in order (`<memory>` for [`Gguf::from_bytes`]).
+    pub fn paths(&self) -> Vec<&Path> {
+        self.files.iter().map(|f| f.path.as_path()).collect()
     }
 }
