@@ -138,6 +138,19 @@ pub struct Gguf {
     files: Vec<FileData>,
 }
 
+impl std::fmt::Debug for Gguf {
+    /// A summary: the files, version and counts (not the whole vocabulary).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gguf")
+            .field("paths", &self.paths())
+            .field("version", &self.version)
+            .field("alignment", &self.alignment)
+            .field("metadata_keys", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
 /// The bytes of one file: a read-only memory map, or an owned buffer for in-memory files.
 enum Bytes {
     Mapped(memmap2::Mmap),
