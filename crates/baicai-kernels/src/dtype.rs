@@ -64,7 +64,7 @@ impl DType {
 
     /// Bytes of a row of `n` values; `None` if `n` is not a multiple of the block length.
     pub const fn row_bytes(self, n: usize) -> Option<usize> {
-        if n % self.block_len() != 0 {
+        if !n.is_multiple_of(self.block_len()) {
             return None;
         }
         Some(n / self.block_len() * self.block_bytes())

@@ -1,1 +1,503 @@
-//! AVX2 kernels (legacy): to be implemented.
+//! AVX2 + FMA + F16C kernels for the legacy formats and the float types.
+//!
+//! Each `unsafe fn …_avx2` works on raw block pointers; a safe wrapper of the same name without the
+//! suffix checks the slice lengths and that the CPU has the features, and only those wrappers
+//! leave this module (through [`dot_fn`] / [`quant_fn`]).
+//!
+//! The integer dots use the usual `maddubs` trick (ggml's `mul_sum_i8_pairs_float`): the weight
+//! codes' absolute values times the activations carrying the weights' signs, so the unsigned ×
+//! signed byte multiply applies. That needs activations in `-127..=127`, which the Q8 quantizers
+//! guarantee (they never produce -128). Blocks are accumulated into two vector accumulators
+//! (alternating blocks) to hide the FMA latency, so sums differ from the scalar reference only by
+//! float rounding.
+
+use std::arch::x86_64::*;
+use std::ptr::read_unaligned;
+
+use crate::dispatch::{DotFn, Isa, QuantFn};
+use crate::dtype::{DType, QK};
+use crate::quant::legacy::{f16_le_from, whole_blocks, whole_blocks_mut};
+use crate::quant::tables::KVALUES_IQ4NL;
+
+/// Asserts the CPU features the `_avx2` functions need (a cached check, negligible per row).
+#[inline]
+fn assert_avx2() {
+    assert!(
+        crate::dispatch::active_isa() == Isa::Avx2,
+        "AVX2 kernel called on a CPU without AVX2+FMA+F16C"
+    );
+}
+
+/// Horizontal sum of 8 floats.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Product of the f16 values at `p` and `q` (block scales).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_product(p: *const u8, q: *const u8) -> __m128 {
+    let a = read_unaligned(p.cast::<u16>()) as i32;
+    let b = read_unaligned(q.cast::<u16>()) as i32;
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(a | (b << 16)));
+    _mm_mul_ss(v, _mm_movehdup_ps(v))
+}
+
+/// `sum(x * y)` of signed bytes, as 8 float partial sums. `y` must not contain -128.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum_i8_ps(x: __m256i, y: __m256i) -> __m256 {
+    mul_sum_u8_i8_ps(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+/// `sum(u * s)` of unsigned × signed bytes, as 8 float partial sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum_u8_i8_ps(u: __m256i, s: __m256i) -> __m256 {
+    let pairs = _mm256_maddubs_epi16(u, s);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// The 32 nibbles of 16 packed bytes at `p`, in value order (low nibbles, then high nibbles).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let q = _mm_loadu_si128(p.cast());
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(q), q);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// Byte `j` is 0xFF where bit `j` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bit_bytes(bits: u32) -> __m256i {
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask)
+}
+
+const Q4_0_BYTES: usize = DType::Q4_0.block_bytes();
+const Q4_1_BYTES: usize = DType::Q4_1.block_bytes();
+const Q5_0_BYTES: usize = DType::Q5_0.block_bytes();
+const Q5_1_BYTES: usize = DType::Q5_1.block_bytes();
+const Q8_0_BYTES: usize = DType::Q8_0.block_bytes();
+const Q8_1_BYTES: usize = DType::Q8_1.block_bytes();
+const IQ4_NL_BYTES: usize = DType::IQ4_NL.block_bytes();
+
+/// Defines an AVX2 dot of a symmetric format (`d * signed code`) with Q8_0 activations: `$codes`
+/// turns a weight block pointer `$x` into its 32 signed codes.
+macro_rules! dot_sym_q8_0 {
+    ($(#[$doc:meta])* $name:ident, $wbytes:expr, |$x:ident| $codes:expr) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C; `w` and `a` must hold `nb` blocks each.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(nb: usize, w: *const u8, a: *const u8) -> f32 {
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn block(i: usize, w: *const u8, a: *const u8, acc: __m256) -> __m256 {
+                let $x = w.add(i * $wbytes);
+                let y = a.add(i * Q8_0_BYTES);
+                let q: __m256i = $codes;
+                let qy = _mm256_loadu_si256(y.add(2).cast());
+                let d = _mm256_broadcastss_ps(f16_product($x, y));
+                _mm256_fmadd_ps(d, mul_sum_i8_ps(q, qy), acc)
+            }
+            let mut acc0 = _mm256_setzero_ps();
+            let mut acc1 = _mm256_setzero_ps();
+            let mut i = 0;
+            while i + 2 <= nb {
+                acc0 = block(i, w, a, acc0);
+                acc1 = block(i + 1, w, a, acc1);
+                i += 2;
+            }
+            if i < nb {
+                acc0 = block(i, w, a, acc0);
+            }
+            hsum_ps(_mm256_add_ps(acc0, acc1))
+        }
+    };
+}
+
+dot_sym_q8_0!(
+    /// Q8_0 × Q8_0.
+    dot_q8_0_q8_0_avx2, Q8_0_BYTES, |x| _mm256_loadu_si256(x.add(2).cast())
+);
+
+dot_sym_q8_0!(
+    /// Q5_0 × Q8_0: the fifth bit selects `nibble` (set) or `nibble - 16` (clear, i.e. the
+    /// nibble with 0xF0 or-ed in, read as i8).
+    dot_q5_0_q8_0_avx2, Q5_0_BYTES, |x| {
+        let high = bit_bytes(read_unaligned(x.add(2).cast::<u32>()));
+        _mm256_or_si256(
+            nibbles(x.add(6)),
+            _mm256_andnot_si256(high, _mm256_set1_epi8(0xf0u8 as i8)),
+        )
+    }
+);
+
+dot_sym_q8_0!(
+    /// Q4_0 × Q8_0.
+    dot_q4_0_q8_0_avx2, Q4_0_BYTES, |x| _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8))
+);
+
+dot_sym_q8_0!(
+    /// IQ4_NL × Q8_0: the nibbles index the 16 levels with a byte shuffle.
+    dot_iq4_nl_q8_0_avx2, IQ4_NL_BYTES, |x| {
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()));
+        _mm256_shuffle_epi8(table, nibbles(x.add(2)))
+    }
+);
+
+/// Defines an AVX2 dot of an offset format (`d * unsigned code + m`) with Q8_1 activations:
+/// `$codes` turns a weight block pointer `$x` into its 32 unsigned codes; `d` is at offset 0 and
+/// `m` at 2 in both the weight and the activation (`s`) blocks.
+macro_rules! dot_offset_q8_1 {
+    ($(#[$doc:meta])* $name:ident, $wbytes:expr, |$x:ident| $codes:expr) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C; `w` and `a` must hold `nb` blocks each.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(nb: usize, w: *const u8, a: *const u8) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            let mut offsets = _mm_setzero_ps();
+            for i in 0..nb {
+                let $x = w.add(i * $wbytes);
+                let y = a.add(i * Q8_1_BYTES);
+                let q: __m256i = $codes;
+                let qy = _mm256_loadu_si256(y.add(4).cast());
+                let d = _mm256_broadcastss_ps(f16_product($x, y));
+                offsets = _mm_add_ss(offsets, f16_product($x.add(2), y.add(2)));
+                acc = _mm256_fmadd_ps(d, mul_sum_u8_i8_ps(q, qy), acc);
+            }
+            hsum_ps(acc) + _mm_cvtss_f32(offsets)
+        }
+    };
+}
+
+dot_offset_q8_1!(
+    /// Q4_1 × Q8_1.
+    dot_q4_1_q8_1_avx2, Q4_1_BYTES, |x| nibbles(x.add(4))
+);
+
+dot_offset_q8_1!(
+    /// Q5_1 × Q8_1.
+    dot_q5_1_q8_1_avx2, Q5_1_BYTES, |x| {
+        let high = bit_bytes(read_unaligned(x.add(4).cast::<u32>()));
+        _mm256_or_si256(nibbles(x.add(8)), _mm256_and_si256(high, _mm256_set1_epi8(0x10)))
+    }
+);
+
+/// Defines an AVX2 float dot: `$load` turns a pointer to 8 stored values into 8 f32; `$scalar`
+/// decodes one value for the tail.
+macro_rules! dot_float {
+    ($(#[$doc:meta])* $name:ident, $width:expr, |$p:ident| $load:expr, |$s:ident| $scalar:expr) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C; `w` and `a` must hold `n` values each.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(n: usize, w: *const u8, a: *const u8) -> f32 {
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn load8($p: *const u8) -> __m256 {
+                $load
+            }
+            #[inline]
+            unsafe fn load1($s: *const u8) -> f32 {
+                $scalar
+            }
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let o = (i + 8 * k) * $width;
+                    *acc = _mm256_fmadd_ps(load8(w.add(o)), load8(a.add(o)), *acc);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                let o = i * $width;
+                acc[0] = _mm256_fmadd_ps(load8(w.add(o)), load8(a.add(o)), acc[0]);
+                i += 8;
+            }
+            let mut sum = hsum_ps(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            ));
+            while i < n {
+                sum += load1(w.add(i * $width)) * load1(a.add(i * $width));
+                i += 1;
+            }
+            sum
+        }
+    };
+}
+
+dot_float!(
+    /// F32 × F32.
+    dot_f32_f32_avx2, 4,
+    |p| _mm256_loadu_ps(p.cast()),
+    |p| read_unaligned(p.cast::<f32>())
+);
+
+dot_float!(
+    /// F16 × F16.
+    dot_f16_f16_avx2, 2,
+    |p| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+    |p| half::f16::from_bits(read_unaligned(p.cast::<u16>())).to_f32()
+);
+
+dot_float!(
+    /// BF16 × BF16 (bf16 → f32 is a 16-bit left shift).
+    dot_bf16_bf16_avx2, 2,
+    |p| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))),
+    |p| f32::from_bits((read_unaligned(p.cast::<u16>()) as u32) << 16)
+);
+
+/// Rounds half away from zero, exactly as C's `roundf` (which ggml's reference quantizers use);
+/// `_mm256_round_ps` only offers half-to-even.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_away_ps(v: __m256) -> __m256 {
+    let sign = _mm256_set1_ps(-0.0);
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+    // v - trunc(v) is exact.
+    let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+    let step = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0));
+    _mm256_add_ps(t, _mm256_and_ps(up, step))
+}
+
+/// Quantizes the 32 floats at `x` as ggml's `quantize_row_q8_0_ref`, storing the codes at `qs`;
+/// returns the unrounded scale `d` and the codes' sum.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quant_block_q8(x: *const f32, qs: *mut u8) -> (f32, i32) {
+    let sign = _mm256_set1_ps(-0.0);
+    let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(x.add(o)));
+    let m = _mm256_max_ps(
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+    );
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let q = v.map(|v| _mm256_cvtps_epi32(round_away_ps(_mm256_mul_ps(v, id))));
+    let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let sum = _mm_add_epi32(
+        _mm256_castsi256_si128(sum),
+        _mm256_extracti128_si256::<1>(sum),
+    );
+    let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b01_00_11_10>(sum));
+    let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b10_11_00_01>(sum));
+    // packs works per 128-bit lane: the bytes come out as q0lo q1lo q2lo q3lo | q0hi q1hi …;
+    // the dword permute restores value order.
+    let packed = _mm256_packs_epi16(
+        _mm256_packs_epi32(q[0], q[1]),
+        _mm256_packs_epi32(q[2], q[3]),
+    );
+    let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(qs.cast(), packed);
+    (d, _mm_cvtsi128_si32(sum))
+}
+
+/// f32 → Q8_0, bit-identical to the scalar reference.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `x` must hold `nb * 32` values and `y` `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quant_q8_0_avx2(nb: usize, x: *const f32, y: *mut u8) {
+    for i in 0..nb {
+        let b = y.add(i * Q8_0_BYTES);
+        let (d, _) = quant_block_q8(x.add(i * QK), b.add(2));
+        let d = f16_le_from(d);
+        b.copy_from_nonoverlapping(d.as_ptr(), 2);
+    }
+}
+
+/// f32 → Q8_1, bit-identical to the scalar reference.
+///
+/// # Safety
+/// As [`quant_q8_0_avx2`], with Q8_1 blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quant_q8_1_avx2(nb: usize, x: *const f32, y: *mut u8) {
+    for i in 0..nb {
+        let b = y.add(i * Q8_1_BYTES);
+        let (d, sum) = quant_block_q8(x.add(i * QK), b.add(4));
+        b.copy_from_nonoverlapping(f16_le_from(d).as_ptr(), 2);
+        b.add(2)
+            .copy_from_nonoverlapping(f16_le_from(sum as f32 * d).as_ptr(), 2);
+    }
+}
+
+/// f32 → F16 with round-to-nearest-even, as the scalar reference.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `x` must hold `n` values and `y` `2 * n` bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quant_f16_avx2(n: usize, x: *const f32, y: *mut u8) {
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(x.add(i)));
+        _mm_storeu_si128(y.add(2 * i).cast(), h);
+        i += 8;
+    }
+    while i < n {
+        y.add(2 * i)
+            .copy_from_nonoverlapping(f16_le_from(*x.add(i)).as_ptr(), 2);
+        i += 1;
+    }
+}
+
+/// Safe wrappers: check lengths and CPU features, then call the `_avx2` kernel.
+macro_rules! safe_dot {
+    ($name:ident, $kernel:ident, $wt:expr, $at:expr, blocks) => {
+        safe_dot!(@ $name, $kernel, $wt, $at, |n| n / QK);
+    };
+    ($name:ident, $kernel:ident, $wt:expr, $at:expr, values) => {
+        safe_dot!(@ $name, $kernel, $wt, $at, |n| n);
+    };
+    (@ $name:ident, $kernel:ident, $wt:expr, $at:expr, |$n:ident| $count:expr) => {
+        #[doc = concat!("Safe wrapper of [`", stringify!($kernel), "`].")]
+        ///
+        /// # Panics
+        /// If the slices are too short for `n` values or the CPU lacks AVX2/FMA/F16C.
+        pub fn $name($n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let w = whole_blocks($wt, $n, w);
+            let a = whole_blocks($at, $n, a);
+            assert_avx2();
+            // SAFETY: the features were just checked and both slices hold the `n` values.
+            unsafe { $kernel($count, w.as_ptr(), a.as_ptr()) }
+        }
+    };
+}
+
+safe_dot!(
+    dot_q8_0_q8_0,
+    dot_q8_0_q8_0_avx2,
+    DType::Q8_0,
+    DType::Q8_0,
+    blocks
+);
+safe_dot!(
+    dot_q5_0_q8_0,
+    dot_q5_0_q8_0_avx2,
+    DType::Q5_0,
+    DType::Q8_0,
+    blocks
+);
+safe_dot!(
+    dot_q4_0_q8_0,
+    dot_q4_0_q8_0_avx2,
+    DType::Q4_0,
+    DType::Q8_0,
+    blocks
+);
+safe_dot!(
+    dot_iq4_nl_q8_0,
+    dot_iq4_nl_q8_0_avx2,
+    DType::IQ4_NL,
+    DType::Q8_0,
+    blocks
+);
+safe_dot!(
+    dot_q4_1_q8_1,
+    dot_q4_1_q8_1_avx2,
+    DType::Q4_1,
+    DType::Q8_1,
+    blocks
+);
+safe_dot!(
+    dot_q5_1_q8_1,
+    dot_q5_1_q8_1_avx2,
+    DType::Q5_1,
+    DType::Q8_1,
+    blocks
+);
+safe_dot!(
+    dot_f32_f32,
+    dot_f32_f32_avx2,
+    DType::F32,
+    DType::F32,
+    values
+);
+safe_dot!(
+    dot_f16_f16,
+    dot_f16_f16_avx2,
+    DType::F16,
+    DType::F16,
+    values
+);
+safe_dot!(
+    dot_bf16_bf16,
+    dot_bf16_bf16_avx2,
+    DType::BF16,
+    DType::BF16,
+    values
+);
+
+macro_rules! safe_quant {
+    ($name:ident, $kernel:ident, $dt:expr, |$n:ident| $count:expr) => {
+        #[doc = concat!("Safe wrapper of [`", stringify!($kernel), "`].")]
+        ///
+        /// # Panics
+        /// If `src` is not whole blocks, `dst` is too short, or the CPU lacks AVX2/FMA/F16C.
+        pub fn $name(src: &[f32], dst: &mut [u8]) {
+            let $n = src.len();
+            let dst = whole_blocks_mut($dt, $n, dst);
+            assert_avx2();
+            // SAFETY: the features were just checked; `dst` holds the blocks for `src`.
+            unsafe { $kernel($count, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+    };
+}
+
+safe_quant!(quant_q8_0, quant_q8_0_avx2, DType::Q8_0, |n| n / QK);
+safe_quant!(quant_q8_1, quant_q8_1_avx2, DType::Q8_1, |n| n / QK);
+safe_quant!(quant_f16, quant_f16_avx2, DType::F16, |n| n);
+
+/// The AVX2 dot product for weights of `dtype`, if there is one.
+pub(crate) fn dot_fn(dtype: DType) -> Option<DotFn> {
+    use DType::*;
+    Some(match dtype {
+        F32 => dot_f32_f32,
+        F16 => dot_f16_f16,
+        BF16 => dot_bf16_bf16,
+        Q4_0 => dot_q4_0_q8_0,
+        Q4_1 => dot_q4_1_q8_1,
+        Q5_0 => dot_q5_0_q8_0,
+        Q5_1 => dot_q5_1_q8_1,
+        Q8_0 => dot_q8_0_q8_0,
+        IQ4_NL => dot_iq4_nl_q8_0,
+        _ => return None,
+    })
+}
+
+/// The AVX2 activation quantizer into `dtype`, if there is one.
+pub(crate) fn quant_fn(dtype: DType) -> Option<QuantFn> {
+    use DType::*;
+    Some(match dtype {
+        Q8_0 => quant_q8_0,
+        Q8_1 => quant_q8_1,
+        F16 => quant_f16,
+        _ => return None,
+    })
+}
