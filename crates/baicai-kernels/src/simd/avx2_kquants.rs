@@ -1,1 +1,433 @@
-//! AVX2 kernels (kquants): to be implemented.
+//! AVX2 + FMA kernels for the K-quants and IQ4_XS against Q8_K activations, and an AVX2 Q8_K
+//! quantizer.
+//!
+//! The integer scheme is llama.cpp's: `maddubs` multiplies unsigned weight levels by signed
+//! activation bytes into i16 pair sums (no saturation: |level| ≤ 63 and |a| ≤ 128 keep each pair
+//! under 2^15), `madd` with the sub-block scales widens to i32, and one FMA per super-block applies
+//! `d_w * d_a`. Offsets are not applied per value: a level offset `o` (Q3_K: 4, Q6_K: 32) or a
+//! per-sub-block min becomes `Σ_j scale_j * o * bsum_j`, from the 16-value sums Q8_K carries.
+//! Integer sums are exact, so results differ from the scalar references in
+//! [`crate::quant::kquants`] only by the order of float additions.
+//!
+//! Levels may be decoded from F16C too (`avx2,fma,f16c` is what `Isa::Avx2` means). The safe
+//! wrappers here are handed out only by `kquants::dot_fn` / `quant_fn` after checking the CPU.
+
+use core::arch::x86_64::*;
+
+use crate::dtype::QK_K;
+use crate::quant::kquants::{
+    finish_q8k, q8k_dst, row_blocks, scales_mins_k4, scales_q3k, BlockIq4Xs, BlockQ2K, BlockQ3K,
+    BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
+};
+use crate::quant::tables::KVALUES_IQ4NL;
+
+/// Loads 32 bytes from the start of `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn ld_u8(s: &[u8]) -> __m256i {
+    assert!(s.len() >= 32);
+    // SAFETY: 32 readable bytes (checked); `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+/// Loads 32 signed bytes from the start of `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn ld_i8(s: &[i8]) -> __m256i {
+    assert!(s.len() >= 32);
+    // SAFETY: 32 readable bytes (checked); `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+/// Loads 16 bytes from the start of `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn ld128<T: Copy>(s: &[T]) -> __m128i {
+    assert!(size_of_val(s) >= 16);
+    // SAFETY: 16 readable bytes (checked); `loadu` has no alignment requirement; only called on
+    // byte arrays, so every byte is initialised.
+    unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
+}
+
+/// Loads 8 f32 from the start of `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn ld_f32(s: &[f32]) -> __m256 {
+    assert!(s.len() >= 8);
+    // SAFETY: 8 readable floats (checked); `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_ps(s.as_ptr()) }
+}
+
+/// The 16 `bsums` of a Q8_K block as i16 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn ld_bsums(y: &BlockQ8K) -> __m256i {
+    // SAFETY: `bsums` is 32 bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
+}
+
+/// Converts a little-endian f16 with F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_to_f32(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+        u16::from_le_bytes(b),
+    ))))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_ps128(s: __m128) -> f32 {
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_ps(v: __m256) -> f32 {
+    hsum_ps128(_mm_add_ps(
+        _mm256_castps256_ps128(v),
+        _mm256_extractf128_ps::<1>(v),
+    ))
+}
+
+/// For formats with sub-blocks of 16: the i8 scales `2c` and `2c+1` of `sc` widened to i16 and
+/// repeated across the low and high 128-bit lane, matching the `maddubs` output of the 32
+/// values `32c .. 32c+32`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_pair(sc: __m128i, c: usize) -> __m256i {
+    const ONES: i64 = 0x0101_0101_0101_0101;
+    let lo = (2 * c) as i64 * ONES;
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, _mm_set_epi64x(lo + ONES, lo)))
+}
+
+/// For Q4_K/Q5_K: a `pshufb` control repeating i16 lane `k` of each 128-bit half.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bcast_i16(k: usize) -> __m256i {
+    _mm256_set1_epi16((((2 * k + 1) << 8) | (2 * k)) as i16)
+}
+
+/// `dmin * Σ_j min_j * (bsum_2j + bsum_2j+1)` lanes for Q4_K/Q5_K, added to `acc`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mins_k4(acc: __m128, dmin: f32, mins: [u8; 8], y: &BlockQ8K) -> __m128 {
+    let mn = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(mins)));
+    let bs = ld_bsums(y);
+    // Pairs of 16-sums are sums over sub-blocks of 32; each fits i16 (≤ 32 * 128).
+    let bs32 = _mm_hadd_epi16(
+        _mm256_castsi256_si128(bs),
+        _mm256_extracti128_si256::<1>(bs),
+    );
+    _mm_fmadd_ps(
+        _mm_set1_ps(dmin),
+        _mm_cvtepi32_ps(_mm_madd_epi16(mn, bs32)),
+        acc,
+    )
+}
+
+/// The eight 6-bit Q4_K/Q5_K scales as i16, in both 128-bit lanes (for [`bcast_i16`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scales_k4(sc: [u8; 8]) -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(sc))))
+}
+
+/// Dot product of Q4_K weights with Q8_K activations.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4k_q8k_avx2(xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = _mm_setzero_ps();
+    for (x, y) in xs.iter().zip(ys) {
+        let dy = y.d();
+        let (sc, mn) = scales_mins_k4(&x.scales);
+        acc_m = mins_k4(acc_m, f16_to_f32(x.dmin) * dy, mn, y);
+        let sc = scales_k4(sc);
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..4 {
+            let q = ld_u8(&x.qs[32 * c..]);
+            let lo = _mm256_and_si256(q, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+            let p_lo = _mm256_maddubs_epi16(lo, ld_i8(&y.qs[64 * c..]));
+            let p_hi = _mm256_maddubs_epi16(hi, ld_i8(&y.qs[64 * c + 32..]));
+            let s_lo = _mm256_madd_epi16(p_lo, _mm256_shuffle_epi8(sc, bcast_i16(2 * c)));
+            let s_hi = _mm256_madd_epi16(p_hi, _mm256_shuffle_epi8(sc, bcast_i16(2 * c + 1)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(s_lo, s_hi));
+        }
+        let d = _mm256_set1_ps(f16_to_f32(x.d) * dy);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - hsum_ps128(acc_m)
+}
+
+/// Dot product of Q5_K weights with Q8_K activations.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q5k_q8k_avx2(xs: &[BlockQ5K], ys: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let bit4 = _mm256_set1_epi8(0x10);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = _mm_setzero_ps();
+    for (x, y) in xs.iter().zip(ys) {
+        let dy = y.d();
+        let (sc, mn) = scales_mins_k4(&x.scales);
+        acc_m = mins_k4(acc_m, f16_to_f32(x.dmin) * dy, mn, y);
+        let sc = scales_k4(sc);
+        // Sub-block j takes its fifth bit from bit j of `qh`; shift two bits out per chunk
+        // (16-bit shifts only pull neighbouring bits into the top of each byte, never bit 0/1).
+        let mut qh = ld_u8(&x.qh);
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..4 {
+            let q = ld_u8(&x.qs[32 * c..]);
+            let h_lo = _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bit4);
+            let h_hi = _mm256_and_si256(_mm256_slli_epi16::<3>(qh), bit4);
+            qh = _mm256_srli_epi16::<2>(qh);
+            let lo = _mm256_or_si256(_mm256_and_si256(q, m4), h_lo);
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q), m4), h_hi);
+            let p_lo = _mm256_maddubs_epi16(lo, ld_i8(&y.qs[64 * c..]));
+            let p_hi = _mm256_maddubs_epi16(hi, ld_i8(&y.qs[64 * c + 32..]));
+            let s_lo = _mm256_madd_epi16(p_lo, _mm256_shuffle_epi8(sc, bcast_i16(2 * c)));
+            let s_hi = _mm256_madd_epi16(p_hi, _mm256_shuffle_epi8(sc, bcast_i16(2 * c + 1)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(s_lo, s_hi));
+        }
+        let d = _mm256_set1_ps(f16_to_f32(x.d) * dy);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - hsum_ps128(acc_m)
+}
+
+/// Dot product of Q6_K weights with Q8_K activations.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6k_q8k_avx2(xs: &[BlockQ6K], ys: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m30 = _mm256_set1_epi8(0x30);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in xs.iter().zip(ys) {
+        let sc = ld128(&x.scales);
+        // Levels are stored +32; subtract 32 * Σ_j sc_j * bsum_j once per block.
+        let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), ld_bsums(y));
+        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset));
+        for h in 0..2 {
+            let ql0 = ld_u8(&x.ql[64 * h..]);
+            let ql1 = ld_u8(&x.ql[64 * h + 32..]);
+            let qh = ld_u8(&x.qh[32 * h..]);
+            // Bits 2k..2k+2 of qh become bits 4..6 of level k.
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, m4),
+                    _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                    _mm256_and_si256(qh, m30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                ),
+            ];
+            for (k, q) in q.into_iter().enumerate() {
+                let c = 4 * h + k;
+                let p = _mm256_maddubs_epi16(q, ld_i8(&y.qs[32 * c..]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc, c)));
+            }
+        }
+        let d = _mm256_set1_ps(f16_to_f32(x.d) * y.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Dot product of Q3_K weights with Q8_K activations.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q3k_q8k_avx2(xs: &[BlockQ3K], ys: &[BlockQ8K]) -> f32 {
+    let m3 = _mm256_set1_epi8(0x03);
+    let bit2 = _mm256_set1_epi8(0x04);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in xs.iter().zip(ys) {
+        let sc = ld128(&scales_q3k(&x.scales));
+        // Level = (low | inverted-high << 2) - 4; subtract 4 * Σ_j sc_j * bsum_j once.
+        let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), ld_bsums(y));
+        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<2>(offset));
+        // Chunk c takes its high bit from bit c of hmask, its low bits from bits 2(c%4).. of qs.
+        let mut hm = ld_u8(&x.hmask);
+        for h in 0..2 {
+            let mut qs = ld_u8(&x.qs[32 * h..]);
+            for k in 0..4 {
+                let c = 4 * h + k;
+                let high = _mm256_and_si256(_mm256_slli_epi16::<2>(hm), bit2);
+                let q = _mm256_or_si256(_mm256_and_si256(qs, m3), high);
+                hm = _mm256_srli_epi16::<1>(hm);
+                qs = _mm256_srli_epi16::<2>(qs);
+                let p = _mm256_maddubs_epi16(q, ld_i8(&y.qs[32 * c..]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc, c)));
+            }
+        }
+        let d = _mm256_set1_ps(f16_to_f32(x.d) * y.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Dot product of Q2_K weights with Q8_K activations.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q2k_q8k_avx2(xs: &[BlockQ2K], ys: &[BlockQ8K]) -> f32 {
+    let m3 = _mm256_set1_epi8(0x03);
+    let m4 = _mm_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = _mm256_setzero_ps();
+    for (x, y) in xs.iter().zip(ys) {
+        let dy = y.d();
+        let raw = ld128(&x.scales);
+        let sc = _mm_and_si128(raw, m4);
+        let mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m4));
+        let msum = _mm256_madd_epi16(mn, ld_bsums(y));
+        let dmin = _mm256_set1_ps(f16_to_f32(x.dmin) * dy);
+        acc_m = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(msum), acc_m);
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let mut qs = ld_u8(&x.qs[32 * h..]);
+            for k in 0..4 {
+                let c = 4 * h + k;
+                let q = _mm256_and_si256(qs, m3);
+                qs = _mm256_srli_epi16::<2>(qs);
+                let p = _mm256_maddubs_epi16(q, ld_i8(&y.qs[32 * c..]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc, c)));
+            }
+        }
+        let d = _mm256_set1_ps(f16_to_f32(x.d) * dy);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - hsum_ps(acc_m)
+}
+
+/// Dot product of IQ4_XS weights with Q8_K activations.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. Activations must lie in [-127, 127], as
+/// [`crate::quant::kquants::quantize_row_q8k`] produces them: the signed×signed product goes
+/// through `sign`/`abs`, which cannot negate -128.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_iq4xs_q8k_avx2(xs: &[BlockIq4Xs], ys: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let table = _mm256_broadcastsi128_si256(ld128(&KVALUES_IQ4NL));
+    // The 16 index bytes of a sub-block go to both lanes; the high lane takes the high nibbles.
+    let nibble = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in xs.iter().zip(ys) {
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..8 {
+            let q = _mm256_broadcastsi128_si256(ld128(&x.qs[16 * j..]));
+            let v = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srlv_epi32(q, nibble), m4));
+            let a = ld_i8(&y.qs[32 * j..]);
+            let p = _mm256_maddubs_epi16(_mm256_abs_epi8(v), _mm256_sign_epi8(a, v));
+            let s = _mm256_set1_epi16(x.scale(j) as i16);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+        }
+        let d = _mm256_set1_ps(f16_to_f32(x.d) * y.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Quantizes to Q8_K; bit-identical to [`crate::quant::kquants::quantize_row_q8k`].
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row_q8k_avx2(src: &[f32], ys: &mut [BlockQ8K]) {
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (x, y) in src.chunks_exact(QK_K).zip(ys) {
+        let mut vmax = _mm256_setzero_ps();
+        for v in x.chunks_exact(8) {
+            // `max_ps` returns its second operand when either is NaN: NaNs are skipped, as in
+            // the scalar scan.
+            vmax = _mm256_max_ps(_mm256_and_ps(ld_f32(v), abs), vmax);
+        }
+        let m = _mm_max_ps(
+            _mm256_castps256_ps128(vmax),
+            _mm256_extractf128_ps::<1>(vmax),
+        );
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        if amax == 0.0 {
+            *y = BlockQ8K {
+                d: [0; 4],
+                qs: [0; QK_K],
+                bsums: [[0; 2]; 16],
+            };
+            continue;
+        }
+        // The scalar scan keeps the first value of largest magnitude, with its sign.
+        let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
+        let iscale = -127.0 / max;
+        let vs = _mm256_set1_ps(iscale);
+        for (v, out) in x.chunks_exact(32).zip(y.qs.chunks_exact_mut(32)) {
+            let q = |k: usize| {
+                let p = _mm256_mul_ps(ld_f32(&v[8 * k..]), vs);
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(p);
+                _mm256_cvtps_epi32(r)
+            };
+            // Saturating packs cap at 127 like the scalar `min(127)`; the permute undoes the
+            // per-lane interleaving of the two packs.
+            let packed = _mm256_packs_epi16(
+                _mm256_packs_epi32(q(0), q(1)),
+                _mm256_packs_epi32(q(2), q(3)),
+            );
+            let packed = _mm256_permutevar8x32_epi32(packed, order);
+            // SAFETY: `out` is 32 bytes; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), packed) };
+        }
+        finish_q8k(y, 1.0 / iscale);
+    }
+}
+
+macro_rules! safe_dot {
+    ($name:ident, $kernel:ident, $block:ty) => {
+        /// Safe wrapper over the AVX2 kernel of the same name, with the row checks of the
+        /// scalar reference. Only handed out by `kquants::dot_fn` on CPUs with AVX2.
+        pub(crate) fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let (xs, ys) = (row_blocks::<$block>(w, n), row_blocks::<BlockQ8K>(a, n));
+            // SAFETY: `kquants::dot_fn` returns this function only after checking that the CPU
+            // supports AVX2, FMA and F16C.
+            unsafe { $kernel(xs, ys) }
+        }
+    };
+}
+
+safe_dot!(dot_q2k_q8k, dot_q2k_q8k_avx2, BlockQ2K);
+safe_dot!(dot_q3k_q8k, dot_q3k_q8k_avx2, BlockQ3K);
+safe_dot!(dot_q4k_q8k, dot_q4k_q8k_avx2, BlockQ4K);
+safe_dot!(dot_q5k_q8k, dot_q5k_q8k_avx2, BlockQ5K);
+safe_dot!(dot_q6k_q8k, dot_q6k_q8k_avx2, BlockQ6K);
+safe_dot!(dot_iq4xs_q8k, dot_iq4xs_q8k_avx2, BlockIq4Xs);
+
+/// Safe wrapper over [`quantize_row_q8k_avx2`] with the checks of the scalar quantizer. Only
+/// handed out by `kquants::quant_fn` on CPUs with AVX2.
+pub(crate) fn quantize_row_q8k(src: &[f32], dst: &mut [u8]) {
+    let ys = q8k_dst(src, dst);
+    // SAFETY: `kquants::quant_fn` returns this function only after checking that the CPU
+    // supports AVX2, FMA and F16C.
+    unsafe { quantize_row_q8k_avx2(src, ys) }
+}
