@@ -1,0 +1,155 @@
+//! Times `matmul` on the shapes of Qwen2.5-0.5B's FFN, for decode (1 token: reports weight GB/s,
+//! the memory-bound figure) and prefill (512 tokens: reports GFLOP/s), with 1 and 2 threads.
+//!
+//! ```text
+//! cargo run --release -p baicai-kernels --example bench_matmul -- [TYPE…] [--tokens 1,512] [--threads 1,2]
+//! ```
+//! TYPE defaults to `Q5_0 Q8_0`; any [`DType`] name works once its kernels exist. Decode cycles
+//! through enough copies of the weights to exceed the last-level cache, so the figure is DRAM
+//! bandwidth, not cache bandwidth.
+
+use std::time::{Duration, Instant};
+
+use baicai_kernels::{matmul, DType, Weight};
+
+/// Total weight bytes decode cycles through (well above a 32 MiB L3).
+const DECODE_BYTES: usize = 256 << 20;
+/// Minimum time measured per configuration.
+const MIN_TIME: Duration = Duration::from_millis(700);
+
+struct Args {
+    types: Vec<DType>,
+    tokens: Vec<usize>,
+    threads: Vec<usize>,
+}
+
+fn parse_list(s: &str) -> Vec<usize> {
+    s.split(',')
+        .map(|v| v.parse().expect("a comma-separated list of numbers"))
+        .collect()
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        types: Vec::new(),
+        tokens: vec![1, 512],
+        threads: vec![1, 2],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--tokens" => args.tokens = parse_list(&it.next().expect("--tokens LIST")),
+            "--threads" => args.threads = parse_list(&it.next().expect("--threads LIST")),
+            name => {
+                let t = DType::ALL
+                    .iter()
+                    .find(|t| t.name().eq_ignore_ascii_case(name));
+                args.types
+                    .push(*t.unwrap_or_else(|| panic!("unknown type {name}")));
+            }
+        }
+    }
+    if args.types.is_empty() {
+        args.types = vec![DType::Q5_0, DType::Q8_0];
+    }
+    args
+}
+
+/// Pseudo-random bytes (xorshift), with every block's first f16 (the scale in legacy formats)
+/// set to a small normal value so sums stay finite.
+fn weight_bytes(dtype: DType, n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut bytes: Vec<u8> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect();
+    if dtype.block_len() > 1 {
+        for b in bytes.chunks_exact_mut(dtype.block_bytes()) {
+            b[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        }
+    }
+    bytes
+}
+
+/// Runs `f` until [`MIN_TIME`] has passed; returns seconds per call.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut calls = 0u32;
+    while start.elapsed() < MIN_TIME {
+        f();
+        calls += 1;
+    }
+    start.elapsed().as_secs_f64() / calls as f64
+}
+
+fn main() {
+    let args = parse_args();
+    let shapes = [(4864, 896), (896, 4864)];
+    println!(
+        "{:<6} {:>11} {:>6} {:>7} {:>10} {:>12}",
+        "type", "rows×cols", "tokens", "threads", "ms/call", "rate"
+    );
+    for &dtype in &args.types {
+        for &(rows, cols) in &shapes {
+            let Some(row_bytes) = dtype.row_bytes(cols) else {
+                continue;
+            };
+            let bytes = rows * row_bytes;
+            for &n_tokens in &args.tokens {
+                let copies = if n_tokens == 1 {
+                    DECODE_BYTES.div_ceil(bytes)
+                } else {
+                    1
+                };
+                let data: Vec<Vec<u8>> = (0..copies)
+                    .map(|i| weight_bytes(dtype, bytes, 0x9e37_79b9 + i as u64))
+                    .collect();
+                let x: Vec<f32> = (0..n_tokens * cols)
+                    .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
+                    .collect();
+                let mut out = vec![0.0f32; n_tokens * rows];
+                for &threads in &args.threads {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut i = 0;
+                    let secs = pool.install(|| {
+                        time(|| {
+                            let w = Weight {
+                                dtype,
+                                data: &data[i % copies],
+                                rows,
+                                cols,
+                            };
+                            matmul(&w, &x, n_tokens, &mut out);
+                            i += 1;
+                        })
+                    });
+                    let rate = if n_tokens == 1 {
+                        format!("{:.1} GB/s", bytes as f64 / secs / 1e9)
+                    } else {
+                        format!(
+                            "{:.1} GFLOP/s",
+                            2.0 * (rows * cols * n_tokens) as f64 / secs / 1e9
+                        )
+                    };
+                    println!(
+                        "{:<6} {:>11} {:>6} {:>7} {:>10.3} {:>12}",
+                        dtype.name(),
+                        format!("{rows}×{cols}"),
+                        n_tokens,
+                        threads,
+                        secs * 1e3,
+                        rate
+                    );
+                }
+            }
+        }
+    }
+}

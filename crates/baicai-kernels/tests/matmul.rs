@@ -1,0 +1,248 @@
+//! `matmul` against a naive f64 reference, and its batch invariance.
+
+use baicai_kernels::dispatch::{dequant_fn, quant_fn, Isa};
+use baicai_kernels::{matmul, DType, Weight};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TYPES: [DType; 9] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::IQ4_NL,
+];
+
+/// Random `rows × cols` weights of `dtype`: quantizable types get random code bytes with moderate
+/// f16 scales/minimums, float types random moderate values.
+fn random_weights(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
+    let n = rows * cols;
+    let mut bytes = vec![0u8; dtype.row_bytes(n).unwrap()];
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => {
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            quant_fn(dtype, Isa::Scalar)(&x, &mut bytes);
+        }
+        _ => {
+            rng.fill(&mut bytes[..]);
+            let fields: &[usize] = match dtype {
+                DType::Q4_1 | DType::Q5_1 => &[0, 2],
+                _ => &[0],
+            };
+            for block in bytes.chunks_exact_mut(dtype.block_bytes()) {
+                for &o in fields {
+                    let v = half::f16::from_f32(rng.gen_range(-0.05f32..0.05));
+                    block[o..o + 2].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+    bytes
+}
+
+/// f64 reference: dequantized weights times activations quantized and dequantized exactly as
+/// `matmul` sees them. Returns the values and the sums of |products| (error scales).
+fn reference(w: &Weight, x: &[f32], n_tokens: usize) -> (Vec<f64>, Vec<f64>) {
+    let (rows, cols) = (w.rows, w.cols);
+    let mut wf = vec![0.0f32; rows * cols];
+    dequant_fn(w.dtype, Isa::Scalar)(w.data, &mut wf);
+    let vt = w.dtype.vec_dot_type();
+    let mut q = vec![0u8; vt.row_bytes(n_tokens * cols).unwrap()];
+    quant_fn(vt, Isa::Scalar)(x, &mut q);
+    let mut xf = vec![0.0f32; n_tokens * cols];
+    dequant_fn(vt, Isa::Scalar)(&q, &mut xf);
+    let mut out = vec![0.0; n_tokens * rows];
+    let mut mag = vec![0.0; n_tokens * rows];
+    for t in 0..n_tokens {
+        for r in 0..rows {
+            let (wr, xr) = (&wf[r * cols..][..cols], &xf[t * cols..][..cols]);
+            out[t * rows + r] = wr.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
+            mag[t * rows + r] = wr
+                .iter()
+                .zip(xr)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+        }
+    }
+    (out, mag)
+}
+
+fn run(w: &Weight, x: &[f32], n_tokens: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; n_tokens * w.rows];
+    matmul(w, x, n_tokens, &mut out);
+    out
+}
+
+#[test]
+fn matmul_matches_naive_f64_reference() {
+    let mut rng = StdRng::seed_from_u64(0x3a7);
+    let shapes = [
+        (1, 32, 1),
+        (17, 64, 3),
+        (100, 96, 1),
+        (64, 256, 70),
+        (33, 896, 5),
+        (300, 64, 2),
+    ];
+    for dtype in TYPES {
+        for &(rows, cols, n_tokens) in &shapes {
+            let data = random_weights(&mut rng, dtype, rows, cols);
+            let w = Weight {
+                dtype,
+                data: &data,
+                rows,
+                cols,
+            };
+            let x: Vec<f32> = (0..n_tokens * cols)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect();
+            let got = run(&w, &x, n_tokens);
+            let (want, mag) = reference(&w, &x, n_tokens);
+            // The offset formats use each activation block's f16-rounded sum: allow 2^-10 of a
+            // generous bound on that term (|m| ≤ 0.05, |s| ≤ 32).
+            let offset = if matches!(dtype, DType::Q4_1 | DType::Q5_1) {
+                0.05 * 32.0
+            } else {
+                0.0
+            };
+            for i in 0..got.len() {
+                let tol = 1e-5 * mag[i] + 1e-3 * offset * (cols / 32) as f64 + 1e-6;
+                assert!(
+                    (got[i] as f64 - want[i]).abs() <= tol,
+                    "{} [{rows}, {cols}] × {n_tokens} tokens: element [t={}, r={}] = {} vs {} (tol {tol})",
+                    dtype.name(),
+                    i / rows,
+                    i % rows,
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_is_batch_invariant_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(0xba7c);
+    for dtype in TYPES {
+        for &(rows, cols, n_tokens) in &[(70, 128, 7), (40, 96, 130)] {
+            let data = random_weights(&mut rng, dtype, rows, cols);
+            let w = Weight {
+                dtype,
+                data: &data,
+                rows,
+                cols,
+            };
+            let x: Vec<f32> = (0..n_tokens * cols)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect();
+            let batched = run(&w, &x, n_tokens);
+            for t in 0..n_tokens {
+                let alone = run(&w, &x[t * cols..][..cols], 1);
+                let row = &batched[t * rows..][..rows];
+                if let Some(r) = (0..rows).find(|&r| row[r].to_bits() != alone[r].to_bits()) {
+                    panic!(
+                        "{} token {t} of {n_tokens}: first difference at row {r}: batched {} alone {}",
+                        dtype.name(),
+                        row[r],
+                        alone[r]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_is_independent_of_thread_count() {
+    let mut rng = StdRng::seed_from_u64(0x7d);
+    let (rows, cols, n_tokens) = (200, 256, 9);
+    for dtype in [DType::Q5_0, DType::Q8_0, DType::F16] {
+        let data = random_weights(&mut rng, dtype, rows, cols);
+        let w = Weight {
+            dtype,
+            data: &data,
+            rows,
+            cols,
+        };
+        let x: Vec<f32> = (0..n_tokens * cols)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let results: Vec<Vec<u32>> = [1, 2, 3]
+            .iter()
+            .map(|&threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| run(&w, &x, n_tokens))
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(results[0], results[1], "{} 1 vs 2 threads", dtype.name());
+        assert_eq!(results[0], results[2], "{} 1 vs 3 threads", dtype.name());
+    }
+}
+
+#[test]
+fn matmul_accepts_unaligned_weight_bytes() {
+    let mut rng = StdRng::seed_from_u64(0xa1);
+    let (rows, cols) = (8, 64);
+    let data = random_weights(&mut rng, DType::Q8_0, rows, cols);
+    let mut shifted = vec![0u8; 3];
+    shifted.extend_from_slice(&data);
+    let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let a = run(
+        &Weight {
+            dtype: DType::Q8_0,
+            data: &data,
+            rows,
+            cols,
+        },
+        &x,
+        1,
+    );
+    let b = run(
+        &Weight {
+            dtype: DType::Q8_0,
+            data: &shifted[3..],
+            rows,
+            cols,
+        },
+        &x,
+        1,
+    );
+    assert_eq!(a, b);
+}
+
+#[test]
+#[should_panic(expected = "out must be")]
+fn matmul_rejects_wrong_output_shape() {
+    let data = vec![0u8; 34 * 2];
+    let w = Weight {
+        dtype: DType::Q8_0,
+        data: &data,
+        rows: 2,
+        cols: 32,
+    };
+    matmul(&w, &[0.0; 32], 1, &mut [0.0; 3]);
+}
+
+#[test]
+#[should_panic(expected = "not whole")]
+fn matmul_rejects_partial_blocks() {
+    let data = vec![0u8; 64];
+    let w = Weight {
+        dtype: DType::Q8_0,
+        data: &data,
+        rows: 1,
+        cols: 16,
+    };
+    matmul(&w, &[0.0; 16], 1, &mut [0.0; 1]);
+}
