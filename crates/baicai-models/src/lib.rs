@@ -1,1 +1,79 @@
-//! baicai-models (skeleton).
+//! Model configs, weight loading and forward passes, one file per architecture.
+//!
+//! A key design decision made in this crate: model code is quant-agnostic. A layer holds
+//! [`weights::Linear`] handles that point into the memory-mapped file; their matmul dispatches on
+//! the storage type inside `baicai-kernels`, so there are no `quantized_<arch>` twins and the
+//! weights are never copied. Small vectors (norm weights, biases) are decoded to f32 at load.
+//!
+//! Each architecture file (`llama.rs`, `qwen2.rs`, `gemma3.rs`) reads top to bottom like its
+//! paper; the shared pieces (norms, RoPE, attention, feed-forward) live in [`layers`].
+
+pub mod config;
+pub mod error;
+pub mod gemma3;
+pub mod kv;
+pub mod layers;
+pub mod llama;
+pub mod weights;
+
+use std::sync::Arc;
+
+use baicai_gguf::Gguf;
+
+pub use config::{Arch, ModelConfig};
+pub use error::ModelError;
+pub use kv::KvCache;
+
+/// Which positions of a forward pass produce logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token (generation, prompt processing).
+    Last,
+    /// Every token (tests, perplexity).
+    All,
+}
+
+/// A causal language model: tokens in, logits out, state in a [`KvCache`].
+pub trait CausalLm: Send + Sync {
+    /// The model's configuration.
+    fn config(&self) -> &ModelConfig;
+
+    /// Runs `tokens` at positions `cache.len()..cache.len() + tokens.len()`, appends their keys and
+    /// values to `cache`, and returns logits (`[n_vocab]` for [`Logits::Last`], or
+    /// `[tokens.len(), n_vocab]` for [`Logits::All`]).
+    ///
+    /// # Errors
+    /// When the cache has no room for the tokens or a token id is outside the vocabulary.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError>;
+
+    /// A fresh cache for up to `n_ctx` tokens (memory is committed as it fills).
+    fn new_cache(&self, n_ctx: usize) -> KvCache {
+        let c = self.config();
+        KvCache::new(c.n_layer, n_ctx, c.n_head_kv * c.head_dim_k, c.n_head_kv * c.head_dim_v)
+    }
+
+    /// Bytes of weights read to produce one token (every tensor except the token embedding,
+    /// of which one row is read).
+    fn weight_bytes_per_token(&self) -> u64;
+}
+
+/// Architectures this crate can run (`general.architecture` values).
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3"];
+
+/// Loads the model in `gguf`, choosing the architecture from `general.architecture`.
+///
+/// # Errors
+/// An unsupported architecture, a missing tensor, a wrong shape or an unsupported tensor type,
+/// each named.
+pub fn load(gguf: Arc<Gguf>) -> Result<Box<dyn CausalLm>, ModelError> {
+    let cfg = ModelConfig::from_gguf(&gguf)?;
+    Ok(match cfg.arch {
+        Arch::Llama | Arch::Qwen2 => Box::new(llama::Llama::load(gguf, cfg)?),
+        Arch::Gemma3 => Box::new(gemma3::Gemma3::load(gguf, cfg)?),
+    })
+}

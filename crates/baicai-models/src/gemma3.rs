@@ -1,0 +1,184 @@
+//! Gemma 3 (`gemma3`): interleaved sliding-window and global attention with their own RoPE bases,
+//! QK-norm, norms before and after both sub-blocks, GeGLU, embeddings scaled by √d
+//! (Gemma 3 technical report §2; llama.cpp's `gemma3.cpp`). GGUF norm weights already include
+//! Gemma's `1 + w` offset (the converter adds it), so the norm is a plain RMSNorm here.
+
+use std::sync::Arc;
+
+use baicai_gguf::Gguf;
+
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::kv::KvCache;
+use crate::layers::{self, AttnParams, Rope, RopeParams};
+use crate::llama::{bytes_per_token, embed, head};
+use crate::weights::{Linear, WeightStore};
+use crate::{CausalLm, Logits};
+
+struct Block {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    attn_post_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    ffn_post_norm: Vec<f32>,
+}
+
+/// A Gemma 3 text model.
+pub struct Gemma3 {
+    store: WeightStore,
+    cfg: ModelConfig,
+    tok_embd: Linear,
+    output_norm: Vec<f32>,
+    output: Linear,
+    blocks: Vec<Block>,
+    rope_global: Rope,
+    rope_local: Rope,
+}
+
+impl Gemma3 {
+    /// Loads and checks every tensor.
+    ///
+    /// # Errors
+    /// Missing tensors, wrong shapes, unsupported types.
+    pub fn load(gguf: Arc<Gguf>, cfg: ModelConfig) -> Result<Gemma3, ModelError> {
+        let s = WeightStore::new(gguf);
+        let (d, ff) = (cfg.n_embd, cfg.n_ff);
+        let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, d)?;
+        let output = if s.has("output.weight") {
+            s.linear("output.weight", cfg.n_vocab, d)?
+        } else {
+            tok_embd.clone()
+        };
+        let rope = |base, linear_factor| {
+            Rope::new(RopeParams {
+                head_dim: cfg.head_dim_k,
+                base,
+                linear_factor,
+                style: cfg.rope_style,
+                freq_factors: None,
+            })
+        };
+        let blocks = (0..cfg.n_layer)
+            .map(|il| {
+                let n = |t: &str| format!("blk.{il}.{t}");
+                Ok(Block {
+                    attn_norm: s.vector(&n("attn_norm.weight"), d)?,
+                    wq: s.linear(&n("attn_q.weight"), cfg.q_dim(), d)?,
+                    wk: s.linear(&n("attn_k.weight"), cfg.k_dim(), d)?,
+                    wv: s.linear(&n("attn_v.weight"), cfg.v_dim(), d)?,
+                    wo: s.linear(&n("attn_output.weight"), d, cfg.n_head * cfg.head_dim_v)?,
+                    q_norm: s.vector(&n("attn_q_norm.weight"), cfg.head_dim_k)?,
+                    k_norm: s.vector(&n("attn_k_norm.weight"), cfg.head_dim_k)?,
+                    attn_post_norm: s.vector(&n("post_attention_norm.weight"), d)?,
+                    ffn_norm: s.vector(&n("ffn_norm.weight"), d)?,
+                    gate: s.linear(&n("ffn_gate.weight"), ff, d)?,
+                    up: s.linear(&n("ffn_up.weight"), ff, d)?,
+                    down: s.linear(&n("ffn_down.weight"), d, ff)?,
+                    ffn_post_norm: s.vector(&n("post_ffw_norm.weight"), d)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Gemma3 {
+            output_norm: s.vector("output_norm.weight", d)?,
+            rope_global: rope(cfg.rope_base, cfg.rope_linear_factor),
+            rope_local: rope(cfg.rope_base_swa, 1.0),
+            store: s,
+            cfg,
+            tok_embd,
+            output,
+            blocks,
+        })
+    }
+
+    fn attention_block(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+        let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
+        let n = x.len() / c.n_embd;
+        let pos0 = cache.len();
+        let swa = c.is_swa_layer(il);
+        let rope = if swa { &self.rope_local } else { &self.rope_global };
+        let mut h = vec![0.0; x.len()]; // [n, n_embd]
+        layers::rms_norm(x, &b.attn_norm, c.rms_eps, &mut h);
+        let mut q = vec![0.0; n * c.q_dim()]; // [n, n_head, head_dim_k]
+        let mut k = vec![0.0; n * c.k_dim()]; // [n, n_head_kv, head_dim_k]
+        let mut v = vec![0.0; n * c.v_dim()]; // [n, n_head_kv, head_dim_v]
+        s.matmul(&b.wq, &h, n, &mut q);
+        s.matmul(&b.wk, &h, n, &mut k);
+        s.matmul(&b.wv, &h, n, &mut v);
+        layers::rms_norm_inplace(&mut q, &b.q_norm, c.rms_eps);
+        layers::rms_norm_inplace(&mut k, &b.k_norm, c.rms_eps);
+        rope.apply(&mut q, n, pos0);
+        rope.apply(&mut k, n, pos0);
+        cache.store(il, &k, &v);
+        let (kc, vc) = cache.layer(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
+        let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
+        let p = AttnParams {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim_k: c.head_dim_k,
+            head_dim_v: c.head_dim_v,
+            // query_pre_attn_scalar = head_dim for the released Gemma 3 sizes up to 12B.
+            scale: 1.0 / (c.head_dim_k as f32).sqrt(),
+            pos0,
+            window: if swa { c.sliding_window } else { None },
+        };
+        layers::attention(&q, kc, vc, p, &mut attn);
+        let mut o = vec![0.0; x.len()]; // [n, n_embd]
+        s.matmul(&b.wo, &attn, n, &mut o);
+        layers::rms_norm(&o, &b.attn_post_norm, c.rms_eps, out);
+    }
+
+    fn ffn_block(&self, il: usize, x: &[f32], out: &mut [f32]) {
+        let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
+        let n = x.len() / c.n_embd;
+        let mut h = vec![0.0; x.len()]; // [n, n_embd]
+        layers::rms_norm(x, &b.ffn_norm, c.rms_eps, &mut h);
+        let mut g = vec![0.0; n * c.n_ff]; // [n, n_ff]
+        let mut u = vec![0.0; n * c.n_ff]; // [n, n_ff]
+        s.matmul(&b.gate, &h, n, &mut g);
+        s.matmul(&b.up, &h, n, &mut u);
+        layers::geglu(&mut g, &u);
+        let mut o = vec![0.0; x.len()]; // [n, n_embd]
+        s.matmul(&b.down, &g, n, &mut o);
+        layers::rms_norm(&o, &b.ffn_post_norm, c.rms_eps, out);
+    }
+}
+
+impl CausalLm for Gemma3 {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
+        cache.reserve(tokens.len())?;
+        let mut x = embed(&self.store, &self.tok_embd, tokens, self.cfg.n_vocab)?; // [n, n_embd]
+        let scale = (self.cfg.n_embd as f32).sqrt();
+        x.iter_mut().for_each(|v| *v *= scale);
+        let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
+        for il in 0..self.cfg.n_layer {
+            self.attention_block(il, &x, cache, &mut tmp);
+            layers::add_inplace(&mut x, &tmp);
+            self.ffn_block(il, &x, &mut tmp);
+            layers::add_inplace(&mut x, &tmp);
+        }
+        cache.advance(tokens.len());
+        Ok(head(&self.store, &x, &self.output_norm, self.cfg.rms_eps, &self.output, logits))
+    }
+
+    fn weight_bytes_per_token(&self) -> u64 {
+        let ls = self.blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down]);
+        bytes_per_token(&self.store, ls, &self.tok_embd, &self.output)
+    }
+}

@@ -1,0 +1,182 @@
+//! Layers shared by the architectures: norms, RoPE, attention, activations.
+
+use rayon::prelude::*;
+
+use crate::config::RopeStyle;
+
+/// RMSNorm of each row of `x` (`[n, w.len()]`) into `out`: `x / sqrt(mean(x²) + eps) * w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// RMSNorm in place, per chunk of `w.len()` values (per-head QK-norm).
+pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for xr in x.chunks_exact_mut(d) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for (v, &g) in xr.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    }
+}
+
+/// Rotary position embedding tables for one head dimension and base.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// `inv_freq[i] = base^(-2i/d) / freq_factor[i]`, `[d/2]`.
+    inv_freq: Vec<f64>,
+    /// Positions are multiplied by this (1 / linear scaling factor).
+    pos_scale: f64,
+    style: RopeStyle,
+}
+
+/// Settings of a [`Rope`].
+#[derive(Debug, Clone, Copy)]
+pub struct RopeParams<'a> {
+    pub head_dim: usize,
+    pub base: f32,
+    pub linear_factor: f32,
+    pub style: RopeStyle,
+    /// Per-frequency divisors (llama3 scaling writes them as `rope_freqs.weight`).
+    pub freq_factors: Option<&'a [f32]>,
+}
+
+impl Rope {
+    pub fn new(p: RopeParams) -> Rope {
+        let half = p.head_dim / 2;
+        let inv_freq = (0..half)
+            .map(|i| {
+                let f = (p.base as f64).powf(-2.0 * i as f64 / p.head_dim as f64);
+                f / p.freq_factors.map_or(1.0, |ff| ff[i] as f64)
+            })
+            .collect();
+        Rope { inv_freq, pos_scale: 1.0 / p.linear_factor as f64, style: p.style }
+    }
+
+    /// Rotates every head of `x` (`[n_tokens, n_heads, head_dim]`), token `t` at `pos0 + t`.
+    pub fn apply(&self, x: &mut [f32], n_tokens: usize, pos0: usize) {
+        let d = self.inv_freq.len() * 2;
+        let per_tok = x.len() / n_tokens;
+        let mut cs = vec![(0f32, 0f32); d / 2];
+        for (t, xt) in x.chunks_exact_mut(per_tok).enumerate() {
+            let pos = (pos0 + t) as f64 * self.pos_scale;
+            for (c, &f) in cs.iter_mut().zip(&self.inv_freq) {
+                let (s, co) = (pos * f).sin_cos();
+                *c = (co as f32, s as f32);
+            }
+            for head in xt.chunks_exact_mut(d) {
+                for (i, &(c, s)) in cs.iter().enumerate() {
+                    let (a, b) = match self.style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::Neox => (i, i + d / 2),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * c - x1 * s;
+                    head[b] = x0 * s + x1 * c;
+                }
+            }
+        }
+    }
+}
+
+/// Settings of one causal attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnParams {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim_k: usize,
+    pub head_dim_v: usize,
+    /// Multiplies q·k.
+    pub scale: f32,
+    /// Position of the first query token.
+    pub pos0: usize,
+    /// Keys at distance ≥ window are masked (Gemma's local layers).
+    pub window: Option<usize>,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent partial sums so the compiler vectorizes the loop.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for j in 0..8 {
+            acc[j] += a[c * 8 + j] * b[c * 8 + j];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for j in chunks * 8..a.len() {
+        s += a[j] * b[j];
+    }
+    s
+}
+
+/// Causal multi-head attention with grouped KV heads.
+/// `q`: `[n_tokens, n_head, head_dim_k]`; `k`, `v`: `[pos0 + n_tokens, n_head_kv, dim]` (the
+/// cache including the new tokens); `out`: `[n_tokens, n_head, head_dim_v]`.
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], p: AttnParams, out: &mut [f32]) {
+    let group = p.n_head / p.n_head_kv;
+    let (dk, dv) = (p.head_dim_k, p.head_dim_v);
+    let (kw, vw) = (p.n_head_kv * dk, p.n_head_kv * dv);
+    out.par_chunks_mut(dv).enumerate().for_each(|(i, o)| {
+        let (t, h) = (i / p.n_head, i % p.n_head);
+        let kvh = h / group;
+        let pos = p.pos0 + t;
+        let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let qh = &q[(t * p.n_head + h) * dk..][..dk];
+        let mut scores: Vec<f32> = (start..=pos)
+            .map(|j| dot(qh, &k[j * kw + kvh * dk..][..dk]) * p.scale)
+            .collect();
+        let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        o.fill(0.0);
+        for (j, s) in (start..=pos).zip(&scores) {
+            let w = s / sum;
+            let vj = &v[j * vw + kvh * dv..][..dv];
+            for (oo, &vv) in o.iter_mut().zip(vj) {
+                *oo += w * vv;
+            }
+        }
+    });
+}
+
+/// `a[i] = silu(a[i]) * b[i]` (SwiGLU).
+pub fn swiglu(a: &mut [f32], b: &[f32]) {
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x = *x / (1.0 + (-*x).exp()) * y;
+    }
+}
+
+/// `a[i] = gelu(a[i]) * b[i]` with the tanh approximation (GeGLU, Gemma).
+pub fn geglu(a: &mut [f32], b: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (x, &y) in a.iter_mut().zip(b) {
+        let v = *x;
+        *x = 0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)).tanh()) * y;
+    }
+}
+
+/// `x[i] += y[i]`.
+pub fn add_inplace(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Adds `bias` to every row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_inplace(row, bias);
+    }
+}

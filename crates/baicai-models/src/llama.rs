@@ -1,0 +1,226 @@
+//! Llama 2/3 and Mistral (`llama`), and Qwen2/2.5 (`qwen2`: the same block with qkv bias and
+//! NeoX RoPE) — llama.cpp's `llama.cpp` / `qwen2.cpp` graphs.
+
+use std::sync::Arc;
+
+use baicai_gguf::Gguf;
+
+use crate::config::{Arch, ModelConfig, RopeStyle};
+use crate::error::ModelError;
+use crate::kv::KvCache;
+use crate::layers::{self, AttnParams, Rope, RopeParams};
+use crate::weights::{Linear, WeightStore};
+use crate::{CausalLm, Logits};
+
+struct Block {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A Llama-family model.
+pub struct Llama {
+    store: WeightStore,
+    cfg: ModelConfig,
+    tok_embd: Linear,
+    output_norm: Vec<f32>,
+    output: Linear,
+    blocks: Vec<Block>,
+    rope: Rope,
+}
+
+impl Llama {
+    /// Loads and checks every tensor.
+    ///
+    /// # Errors
+    /// Missing tensors, wrong shapes, unsupported types.
+    pub fn load(gguf: Arc<Gguf>, cfg: ModelConfig) -> Result<Llama, ModelError> {
+        let s = WeightStore::new(gguf);
+        let (d, ff) = (cfg.n_embd, cfg.n_ff);
+        let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, d)?;
+        // Tied embeddings: Qwen2.5 small models reuse the token embedding as the output head.
+        let output = if s.has("output.weight") {
+            s.linear("output.weight", cfg.n_vocab, d)?
+        } else {
+            tok_embd.clone()
+        };
+        let freq_factors = s.vector_opt("rope_freqs.weight", cfg.head_dim_k / 2)?;
+        let rope = Rope::new(RopeParams {
+            head_dim: cfg.head_dim_k,
+            base: cfg.rope_base,
+            linear_factor: cfg.rope_linear_factor,
+            style: cfg.rope_style,
+            freq_factors: freq_factors.as_deref(),
+        });
+        let blocks = (0..cfg.n_layer)
+            .map(|il| {
+                let n = |t: &str| format!("blk.{il}.{t}");
+                Ok(Block {
+                    attn_norm: s.vector(&n("attn_norm.weight"), d)?,
+                    wq: s.linear(&n("attn_q.weight"), cfg.q_dim(), d)?,
+                    wk: s.linear(&n("attn_k.weight"), cfg.k_dim(), d)?,
+                    wv: s.linear(&n("attn_v.weight"), cfg.v_dim(), d)?,
+                    wo: s.linear(&n("attn_output.weight"), d, cfg.n_head * cfg.head_dim_v)?,
+                    bq: s.vector_opt(&n("attn_q.bias"), cfg.q_dim())?,
+                    bk: s.vector_opt(&n("attn_k.bias"), cfg.k_dim())?,
+                    bv: s.vector_opt(&n("attn_v.bias"), cfg.v_dim())?,
+                    ffn_norm: s.vector(&n("ffn_norm.weight"), d)?,
+                    gate: s.linear(&n("ffn_gate.weight"), ff, d)?,
+                    up: s.linear(&n("ffn_up.weight"), ff, d)?,
+                    down: s.linear(&n("ffn_down.weight"), d, ff)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        if cfg.arch == Arch::Qwen2 && blocks.first().is_some_and(|b| b.bq.is_none()) {
+            return Err(ModelError::MissingTensor("blk.0.attn_q.bias".into()));
+        }
+        debug_assert!(cfg.arch != Arch::Qwen2 || cfg.rope_style == RopeStyle::Neox);
+        Ok(Llama {
+            output_norm: s.vector("output_norm.weight", d)?,
+            store: s,
+            cfg,
+            tok_embd,
+            output,
+            blocks,
+            rope,
+        })
+    }
+
+    fn attention_block(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+        let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
+        let n = x.len() / c.n_embd;
+        let pos0 = cache.len();
+        let mut h = vec![0.0; x.len()]; // [n, n_embd]
+        layers::rms_norm(x, &b.attn_norm, c.rms_eps, &mut h);
+        let mut q = vec![0.0; n * c.q_dim()]; // [n, n_head, head_dim_k]
+        let mut k = vec![0.0; n * c.k_dim()]; // [n, n_head_kv, head_dim_k]
+        let mut v = vec![0.0; n * c.v_dim()]; // [n, n_head_kv, head_dim_v]
+        s.matmul(&b.wq, &h, n, &mut q);
+        s.matmul(&b.wk, &h, n, &mut k);
+        s.matmul(&b.wv, &h, n, &mut v);
+        for (t, bias) in [(&mut q, &b.bq), (&mut k, &b.bk), (&mut v, &b.bv)] {
+            if let Some(bias) = bias {
+                layers::add_bias(t, bias);
+            }
+        }
+        self.rope.apply(&mut q, n, pos0);
+        self.rope.apply(&mut k, n, pos0);
+        cache.store(il, &k, &v);
+        let (kc, vc) = cache.layer(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
+        let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
+        let p = AttnParams {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim_k: c.head_dim_k,
+            head_dim_v: c.head_dim_v,
+            scale: 1.0 / (c.head_dim_k as f32).sqrt(),
+            pos0,
+            window: None,
+        };
+        layers::attention(&q, kc, vc, p, &mut attn);
+        s.matmul(&b.wo, &attn, n, out); // [n, n_embd]
+    }
+
+    fn ffn_block(&self, il: usize, x: &[f32], out: &mut [f32]) {
+        let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
+        let n = x.len() / c.n_embd;
+        let mut h = vec![0.0; x.len()]; // [n, n_embd]
+        layers::rms_norm(x, &b.ffn_norm, c.rms_eps, &mut h);
+        let mut g = vec![0.0; n * c.n_ff]; // [n, n_ff]
+        let mut u = vec![0.0; n * c.n_ff]; // [n, n_ff]
+        s.matmul(&b.gate, &h, n, &mut g);
+        s.matmul(&b.up, &h, n, &mut u);
+        layers::swiglu(&mut g, &u);
+        s.matmul(&b.down, &g, n, out); // [n, n_embd]
+    }
+}
+
+/// Embedding lookup of `tokens` into `[n, n_embd]`.
+pub(crate) fn embed(
+    store: &WeightStore,
+    tok_embd: &Linear,
+    tokens: &[u32],
+    n_vocab: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let d = tok_embd.cols;
+    let mut x = vec![0.0; tokens.len() * d];
+    for (&t, row) in tokens.iter().zip(x.chunks_exact_mut(d)) {
+        if t as usize >= n_vocab {
+            return Err(ModelError::BadToken { id: t, n_vocab });
+        }
+        store.row(tok_embd, t as usize, row);
+    }
+    Ok(x)
+}
+
+/// Final norm and output head over the rows `logits` asks for.
+pub(crate) fn head(
+    store: &WeightStore,
+    x: &[f32],
+    norm: &[f32],
+    eps: f32,
+    output: &Linear,
+    logits: Logits,
+) -> Vec<f32> {
+    let d = norm.len();
+    let rows = match logits {
+        Logits::Last => &x[x.len() - d..],
+        Logits::All => x,
+    };
+    let n = rows.len() / d;
+    let mut h = vec![0.0; rows.len()]; // [n, n_embd]
+    layers::rms_norm(rows, norm, eps, &mut h);
+    let mut out = vec![0.0; n * output.rows]; // [n, n_vocab]
+    store.matmul(output, &h, n, &mut out);
+    out
+}
+
+/// Bytes read per generated token: every layer weight, the head, one embedding row.
+pub(crate) fn bytes_per_token<'a>(
+    store: &WeightStore,
+    linears: impl Iterator<Item = &'a Linear>,
+    tok_embd: &Linear,
+    output: &Linear,
+) -> u64 {
+    let row = tok_embd.dtype.row_bytes(tok_embd.cols).unwrap_or(0) as u64;
+    linears.map(|l| store.bytes(l)).sum::<u64>() + store.bytes(output) + row
+}
+
+impl CausalLm for Llama {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
+        cache.reserve(tokens.len())?;
+        let mut x = embed(&self.store, &self.tok_embd, tokens, self.cfg.n_vocab)?; // [n, n_embd]
+        let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
+        for il in 0..self.cfg.n_layer {
+            self.attention_block(il, &x, cache, &mut tmp);
+            layers::add_inplace(&mut x, &tmp);
+            self.ffn_block(il, &x, &mut tmp);
+            layers::add_inplace(&mut x, &tmp);
+        }
+        cache.advance(tokens.len());
+        Ok(head(&self.store, &x, &self.output_norm, self.cfg.rms_eps, &self.output, logits))
+    }
+
+    fn weight_bytes_per_token(&self) -> u64 {
+        let ls = self.blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down]);
+        bytes_per_token(&self.store, ls, &self.tok_embd, &self.output)
+    }
+}
