@@ -40,7 +40,7 @@ pub unsafe trait Block: Copy + 'static {
 pub fn as_blocks<T: Block>(bytes: &[u8]) -> &[T] {
     let size = size_of::<T>();
     assert!(
-        bytes.len() % size == 0,
+        bytes.len().is_multiple_of(size),
         "{} bytes are not whole {} blocks of {size} bytes",
         bytes.len(),
         T::DTYPE.name()
@@ -57,7 +57,7 @@ pub fn as_blocks<T: Block>(bytes: &[u8]) -> &[T] {
 pub fn as_blocks_mut<T: Block>(bytes: &mut [u8]) -> &mut [T] {
     let size = size_of::<T>();
     assert!(
-        bytes.len() % size == 0,
+        bytes.len().is_multiple_of(size),
         "{} bytes are not whole {} blocks of {size} bytes",
         bytes.len(),
         T::DTYPE.name()
@@ -73,7 +73,7 @@ pub fn as_blocks_mut<T: Block>(bytes: &mut [u8]) -> &mut [T] {
 pub(crate) fn row_blocks<T: Block>(bytes: &[u8], n: usize) -> &[T] {
     let name = T::DTYPE.name();
     assert!(
-        n % QK_K == 0,
+        n.is_multiple_of(QK_K),
         "{name} row of {n} values is not a multiple of {QK_K}"
     );
     let len = n / QK_K * size_of::<T>();
@@ -363,7 +363,7 @@ impl BlockQ6K {
             let qh = &self.qh[32 * h..32 * h + 32];
             for k in 0..4 {
                 for l in 0..32 {
-                    let low = ql[32 * (k % 2) + l] >> (4 * (k / 2)) & 0x0f;
+                    let low = (ql[32 * (k % 2) + l] >> (4 * (k / 2))) & 0x0f;
                     let high = (qh[l] >> (2 * k)) & 3;
                     q[128 * h + 32 * k + l] = (low | high << 4) as i8 - 32;
                 }
@@ -585,7 +585,7 @@ pub fn quantize_row_q8k(src: &[f32], dst: &mut [u8]) {
 /// Checks the lengths of a Q8_K quantization and returns the destination blocks.
 pub(crate) fn q8k_dst<'a>(src: &[f32], dst: &'a mut [u8]) -> &'a mut [BlockQ8K] {
     assert!(
-        src.len() % QK_K == 0,
+        src.len().is_multiple_of(QK_K),
         "Q8_K row of {} values is not a multiple of {QK_K}",
         src.len()
     );
