@@ -6,6 +6,13 @@
 //! bytes that remain before anything is allocated, so a hostile file gets an error naming the
 //! field and byte offset instead of a panic or an unbounded allocation.
 //!
+//! The parser works on any byte slice ([`parse`], [`Gguf::from_bytes`]), so tests and the
+//! `gguf_parse` fuzz target (in `fuzz/`) drive exactly the code that reads real files; the only
+//! `unsafe` is the `mmap` call in [`Gguf::open`]. GGUF v2 and v3 are read (v1, with 32-bit counts,
+//! is rejected). Split models (`<prefix>-00001-of-0000N.gguf`, as llama.cpp's `gguf-split` writes
+//! them) open as one [`Gguf`] whose tensors carry the index of the part holding them.
+//! [`GgufWriter`] writes files for tests and tools, streaming tensor bytes in declared order.
+//!
 //! This crate knows nothing of models or kernels: [`GgmlType`] only carries what the container
 //! needs to size tensors (block length and block bytes).
 
@@ -17,6 +24,7 @@ mod writer;
 
 pub use parse::{
     parse, parse_named, Parsed, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS,
+    MAX_METADATA_VALUES,
 };
 pub use split::{
     split_file_name, split_metadata, split_name_parts, KEY_SPLIT_COUNT, KEY_SPLIT_NO,
@@ -33,31 +41,45 @@ pub enum GgufError {
     /// An I/O error on a named file.
     #[error("{path}: {source}")]
     Io {
+        /// The file (or split part) concerned.
         path: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
     /// The file is malformed: `what` names the field, `offset` the byte offset where it starts.
+    /// [`GgufWriter`] also reports misuse this way (`offset`: bytes written so far).
     #[error("{path}: invalid GGUF at byte offset {offset}: {what}")]
     Format {
+        /// The file (`<memory>` for in-memory input, `<stream>` for a writer without a path).
         path: String,
+        /// Byte offset of the offending field.
         offset: u64,
+        /// What is wrong, naming the field, the metadata key or tensor, and the limit.
         what: String,
     },
     /// A metadata key exists but has another type than asked for.
     #[error("metadata key '{key}' has type {found}, expected {expected}")]
     WrongType {
+        /// The metadata key.
         key: String,
+        /// The type found, e.g. `"i32"` or `"array of string"`.
         found: &'static str,
+        /// The type asked for.
         expected: &'static str,
     },
     /// A required metadata key is missing.
     #[error("metadata key '{key}' is missing")]
-    MissingKey { key: String },
+    MissingKey {
+        /// The metadata key.
+        key: String,
+    },
 }
 
-/// A metadata value.
+/// A metadata value. Variants are in GGUF type-id order (`U8` = 0 … `F64` = 12); the typed
+/// accessors of [`Gguf`] and [`Value::to_u64`] and friends convert between integer widths.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)] // each variant is the GGUF type of the same name
 pub enum Value {
     U8(u8),
     I8(i8),
@@ -67,15 +89,19 @@ pub enum Value {
     I32(i32),
     F32(f32),
     Bool(bool),
+    /// UTF-8 (checked when read).
     String(String),
+    /// Elements of one type (arrays of arrays may differ in element type per inner array).
     Array(Vec<Value>),
     U64(u64),
     I64(i64),
     F64(f64),
 }
 
-/// ggml tensor types as numbered in the GGUF spec.
-#[allow(non_camel_case_types)]
+/// ggml tensor types as numbered in the GGUF spec. Variant names are llama.cpp's spelling
+/// ([`GgmlType::name`]); ids, block lengths and block sizes are in [`GgmlType::id`],
+/// [`GgmlType::block_len`] and [`GgmlType::block_bytes`].
+#[allow(non_camel_case_types, missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
@@ -116,8 +142,11 @@ pub enum GgmlType {
 /// dimension, i.e. the row length of a weight matrix `[rows = shape[1], cols = shape[0]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
+    /// Tensor name as stored, e.g. `blk.0.attn_q.weight`.
     pub name: String,
+    /// Shape in ggml order, at most 4 dimensions.
     pub shape: Vec<u64>,
+    /// Storage type.
     pub ggml_type: GgmlType,
     /// Index of the split file that holds the data (0 for single files).
     pub file_index: usize,
@@ -180,6 +209,9 @@ impl Gguf {
     /// Any part of a split model may be named; part 1 is found from the name. Metadata comes from
     /// part 1 (as llama.cpp reads it); tensors of every part are listed with their
     /// [`TensorInfo::file_index`].
+    ///
+    /// The files are memory-mapped read-only and must not be truncated or rewritten while the
+    /// `Gguf` lives (as with any mmap-based loader, llama.cpp's included).
     ///
     /// # Errors
     /// [`GgufError::Io`] when a file (or a split part, named) cannot be opened or mapped;

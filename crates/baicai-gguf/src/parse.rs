@@ -14,6 +14,12 @@ pub const MAX_DIMS: u32 = 4;
 /// How deeply arrays may nest (an array of arrays is depth 2). Real files use depth 1.
 pub const MAX_ARRAY_DEPTH: u32 = 8;
 
+/// Most metadata values (array elements included) one file may hold. A value takes 32 bytes in
+/// memory however few it takes in the file (a u8 takes one), so this bounds what a hostile file
+/// can make the reader allocate; real models hold a few million at most (vocabulary, scores,
+/// token types and merges of a 262k-token vocabulary come to about 1.3M).
+pub const MAX_METADATA_VALUES: u64 = 1 << 24;
+
 /// Value type ids as numbered in the GGUF spec.
 mod type_id {
     pub const U8: u32 = 0;
@@ -100,6 +106,7 @@ pub fn parse_named(bytes: &[u8], path: &str) -> Result<Parsed, GgufError> {
         buf: bytes,
         pos: 0,
         path,
+        values: 0,
     }
     .parse()
 }
@@ -111,6 +118,8 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     path: &'a str,
+    /// Metadata values read so far, array elements included.
+    values: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -262,6 +271,16 @@ impl<'a> Reader<'a> {
         let count_at = self.pos;
         let count = self.u64(ctx, "array count")?;
         let n = self.check_count(count, min, count_at, ctx, "array count")?;
+        self.values += count;
+        if self.values > MAX_METADATA_VALUES {
+            return Err(self.err(
+                count_at,
+                format!(
+                    "{}: array count {count} takes the metadata past {MAX_METADATA_VALUES} values (the limit)",
+                    ctx()
+                ),
+            ));
+        }
         let mut items = Vec::with_capacity(n);
         for _ in 0..n {
             items.push(self.value(elem, depth, ctx)?);

@@ -361,3 +361,20 @@ fn zero_dimension_tensors_are_accepted() {
     assert_eq!(p.tensors[0].n_bytes, 4);
     assert_eq!(p.tensors[1].n_bytes, 0);
 }
+
+#[test]
+fn metadata_value_count_is_bounded() {
+    // 2^24 + 1 u8 elements: few bytes each in the file, 32 bytes each in memory.
+    let n = baicai_gguf::MAX_METADATA_VALUES + 1;
+    let f = Raw::header(3, 0, 1)
+        .str("big")
+        .u32(9)
+        .u32(0)
+        .u64(n)
+        .bytes(&vec![0; n as usize])
+        .data(0);
+    assert_error_contains(
+        &f,
+        "metadata key 0 ('big'): array count 16777217 takes the metadata past 16777216 values",
+    );
+}
