@@ -1,1 +1,199 @@
-//! Machine facts: peak RSS, memory bandwidth (skeleton).
+//! Machine facts for `bench` and usage reports: resident memory, total memory, CPU model, and the
+//! measured memory read bandwidth that bounds decode speed (DESIGN.md: decode is memory-bound).
+//!
+//! Everything is read from Linux's `/proc` and `/sys`; on other systems, or when a file is
+//! missing, the functions return `None` rather than guessing.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// Largest buffer [`measure_read_bandwidth`] uses: 8× the 32 MiB L3 of the development machine,
+/// so that caches cannot serve a noticeable share of the reads.
+const BANDWIDTH_BUFFER_BYTES: u64 = 256 * MIB;
+/// Timed passes over the buffer; the best one is reported.
+const BANDWIDTH_PASSES: usize = 5;
+/// Work unit for the threads: small enough to balance, large enough to stream.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Peak resident set size of this process (`VmHWM` in `/proc/self/status`), in bytes.
+///
+/// The high-water mark never goes down: read it before [`measure_read_bandwidth`], whose buffer
+/// would otherwise be part of it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    proc_kib_field("/proc/self/status", "VmHWM")
+}
+
+/// Current resident set size of this process (`VmRSS` in `/proc/self/status`), in bytes.
+pub fn current_rss_bytes() -> Option<u64> {
+    proc_kib_field("/proc/self/status", "VmRSS")
+}
+
+/// Physical memory of the machine (`MemTotal` in `/proc/meminfo`), in bytes.
+pub fn total_memory_bytes() -> Option<u64> {
+    proc_kib_field("/proc/meminfo", "MemTotal")
+}
+
+/// Memory the kernel estimates is available without swapping (`MemAvailable`), in bytes.
+pub fn available_memory_bytes() -> Option<u64> {
+    proc_kib_field("/proc/meminfo", "MemAvailable")
+}
+
+/// The CPU's marketing name (`model name` in `/proc/cpuinfo`), e.g. `AMD EPYC`.
+pub fn cpu_model_name() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == "model name")
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Size of the last-level (L3) cache seen by CPU 0, from `/sys/devices/system/cpu/cpu0/cache`.
+pub fn l3_cache_bytes() -> Option<u64> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("index"))
+        .find(|e| std::fs::read_to_string(e.path().join("level")).is_ok_and(|l| l.trim() == "3"))
+        .and_then(|e| std::fs::read_to_string(e.path().join("size")).ok())
+        .and_then(|s| parse_size(s.trim()))
+}
+
+/// Measures memory read bandwidth in bytes per second with `threads` threads (0 = the current
+/// rayon pool's size).
+///
+/// Allocates a buffer far above the L3 size (256 MiB, less if available memory is short), writes
+/// it so every page is really backed, then times [`BANDWIDTH_PASSES`] passes of summing it in
+/// parallel and reports the best pass. The buffer is freed before returning, so current RSS falls
+/// back — but the peak RSS (`VmHWM`) keeps it: call [`peak_rss_bytes`] first when both are wanted.
+///
+/// Runs in the current rayon pool when its size is `threads`, otherwise in a pool built for the
+/// call. Takes a few tenths of a second.
+pub fn measure_read_bandwidth(threads: usize) -> f64 {
+    measure_read_bandwidth_with(threads, bandwidth_buffer_bytes(), BANDWIDTH_PASSES)
+}
+
+/// [`measure_read_bandwidth`] with an explicit buffer size (rounded down to whole 4 MiB chunks, at
+/// least one) and number of timed passes (at least one).
+pub fn measure_read_bandwidth_with(threads: usize, buffer_bytes: u64, passes: usize) -> f64 {
+    let chunk_words = CHUNK_BYTES / 8;
+    let chunks = (buffer_bytes / CHUNK_BYTES as u64).max(1) as usize;
+    // Non-zero contents: a zeroed allocation could leave pages mapped to the shared zero page,
+    // which reads at cache speed.
+    let buf: Vec<u64> = (0..(chunks * chunk_words) as u64).collect();
+    let bytes = (buf.len() * 8) as f64;
+    let run = || {
+        // One untimed pass brings the threads up and the TLB warm.
+        black_box(parallel_sum(&buf, chunk_words));
+        (0..passes.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                black_box(parallel_sum(black_box(&buf), chunk_words));
+                bytes / t.elapsed().as_secs_f64()
+            })
+            .fold(0.0, f64::max)
+    };
+    if threads == 0 || threads == rayon::current_num_threads() {
+        return run();
+    }
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(run),
+        // Cannot spawn threads: measure with what there is rather than fail a benchmark.
+        Err(_) => run(),
+    }
+}
+
+/// Wrapping sum of `buf`, chunk by chunk across the pool; the inner loop auto-vectorises.
+fn parallel_sum(buf: &[u64], chunk_words: usize) -> u64 {
+    buf.par_chunks(chunk_words)
+        .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+        .reduce(|| 0, u64::wrapping_add)
+}
+
+/// 256 MiB, or a quarter of available memory if that is less (never under 16 MiB).
+fn bandwidth_buffer_bytes() -> u64 {
+    let quarter = available_memory_bytes().map_or(u64::MAX, |a| a / 4);
+    BANDWIDTH_BUFFER_BYTES.min(quarter).max(16 * MIB)
+}
+
+/// Value of a `Key:   1234 kB` line, in bytes.
+fn proc_kib_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| parse_size(v.trim()))
+}
+
+/// Parses `1234 kB`, `32768K`, `1M`, or a plain byte count.
+fn parse_size(s: &str) -> Option<u64> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits].parse().ok()?;
+    let unit = match s[digits..].trim() {
+        "" | "B" => 1,
+        "k" | "K" | "kB" | "KB" | "KiB" => KIB,
+        "M" | "MB" | "MiB" => MIB,
+        "G" | "GB" | "GiB" => 1024 * MIB,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_and_sysfs_sizes() {
+        assert_eq!(parse_size("2168 kB"), Some(2168 * 1024));
+        assert_eq!(parse_size("32768K"), Some(32 * MIB));
+        assert_eq!(parse_size("1M"), Some(MIB));
+        assert_eq!(parse_size("17"), Some(17));
+        assert_eq!(parse_size("kB"), None);
+        assert_eq!(parse_size("12 parsecs"), None);
+    }
+
+    #[test]
+    fn memory_figures_are_plausible() {
+        let rss = current_rss_bytes().expect("VmRSS");
+        let peak = peak_rss_bytes().expect("VmHWM");
+        let total = total_memory_bytes().expect("MemTotal");
+        assert!(rss > MIB, "rss {rss}");
+        assert!(peak >= rss, "peak {peak} < rss {rss}");
+        assert!(total > 64 * MIB && total > peak, "total {total}");
+        assert!(available_memory_bytes().is_some_and(|a| a <= total));
+    }
+
+    #[test]
+    fn cpu_facts_are_plausible() {
+        if let Some(name) = cpu_model_name() {
+            assert!(!name.is_empty() && !name.contains('\n'));
+        }
+        if let Some(l3) = l3_cache_bytes() {
+            assert!((256 * KIB..=4096 * MIB).contains(&l3), "l3 {l3}");
+        }
+    }
+
+    #[test]
+    fn bandwidth_is_plausible_and_its_buffer_is_freed() {
+        let before = current_rss_bytes().unwrap();
+        let bw = measure_read_bandwidth_with(2, 128 * MIB, 2);
+        let after = current_rss_bytes().unwrap();
+        // Anything from a slow VM to a many-channel server.
+        assert!(
+            bw.is_finite() && (5e8..1e13).contains(&bw),
+            "bandwidth {bw}"
+        );
+        assert!(peak_rss_bytes().unwrap() >= 128 * MIB);
+        assert!(
+            after < before + 64 * MIB,
+            "rss {before} -> {after}: buffer not freed"
+        );
+        // Degenerate sizes still work.
+        assert!(measure_read_bandwidth_with(1, 0, 0) > 0.0);
+    }
+}
