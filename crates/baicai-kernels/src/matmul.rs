@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use crate::dispatch::{active_isa, dot_fn, quant_fn, DotFn};
 use crate::dtype::DType;
+use crate::quant::legacy::{tile_fns, TileFns, DECODE_ROWS, TILE_ROWS, TILE_TOKENS};
 
 /// A weight matrix `[rows, cols]` (row-major, each row `cols` values of `dtype`), borrowed from
 /// wherever it lives (usually a memory map).
@@ -51,10 +52,12 @@ impl Weight<'_> {
 
 /// Bytes of weights a decode task should at least stream, so scheduling stays a small fraction.
 const MIN_TASK_BYTES: usize = 32 * 1024;
-/// Weight rows per prefill tile: a few rows, each in L1 while it meets the tile's tokens.
-const TILE_ROWS: usize = 16;
-/// Tokens per prefill tile: their quantized rows (≤ 64 × 5 KiB here) stay in L2.
-const TILE_TOKENS: usize = 64;
+/// Weight rows per prefill task: a few rows, each in L1 while it meets the task's tokens.
+const TASK_ROWS: usize = 16;
+/// Tokens per prefill task: their quantized rows (≤ 64 × 5 KiB here) stay in L2.
+const TASK_TOKENS: usize = 64;
+const _: () =
+    assert!(TASK_ROWS.is_multiple_of(TILE_ROWS) && TASK_TOKENS.is_multiple_of(TILE_TOKENS));
 
 thread_local! {
     /// Quantized activations, reused across calls on the same thread. Taken out while in use, so
@@ -108,6 +111,7 @@ pub fn matmul(w: &Weight, x: &[f32], n_tokens: usize, out: &mut [f32]) {
 
     let m = Mat {
         dot: dot_fn(w.dtype, isa),
+        tiles: tile_fns(w.dtype, isa),
         w: w.data,
         w_row,
         cols: w.cols,
@@ -138,6 +142,8 @@ fn quantize_rows(
 /// The operands of one matmul: weight rows and quantized activation rows as bytes.
 struct Mat<'a> {
     dot: DotFn,
+    /// Register-tiled kernels, bit-identical per element to `dot`, where the format has them.
+    tiles: Option<TileFns>,
     w: &'a [u8],
     w_row: usize,
     cols: usize,
@@ -149,9 +155,75 @@ impl Mat<'_> {
     /// Output element `[t, r]`: one dot product.
     #[inline]
     fn element(&self, r: usize, t: usize) -> f32 {
-        let w = &self.w[r * self.w_row..(r + 1) * self.w_row];
-        let a = &self.acts[t * self.a_row..(t + 1) * self.a_row];
-        (self.dot)(self.cols, w, a)
+        (self.dot)(self.cols, self.w_row(r), self.act_row(t))
+    }
+
+    #[inline]
+    fn w_row(&self, r: usize) -> &[u8] {
+        &self.w[r * self.w_row..(r + 1) * self.w_row]
+    }
+
+    #[inline]
+    fn act_row(&self, t: usize) -> &[u8] {
+        &self.acts[t * self.a_row..(t + 1) * self.a_row]
+    }
+
+    /// Computes `out[k] = [r0 + k, t]`, [`DECODE_ROWS`] rows at a time where possible.
+    fn rows(&self, r0: usize, t: usize, out: &mut [f32]) {
+        let mut k = 0;
+        if let Some(tiles) = self.tiles {
+            while k + DECODE_ROWS <= out.len() {
+                let w = std::array::from_fn(|i| self.w_row(r0 + k + i));
+                out[k..k + DECODE_ROWS].copy_from_slice(&(tiles.rows)(
+                    self.cols,
+                    w,
+                    self.act_row(t),
+                ));
+                k += DECODE_ROWS;
+            }
+        }
+        for (i, o) in out.iter_mut().enumerate().skip(k) {
+            *o = self.element(r0 + i, t);
+        }
+    }
+
+    /// Calls `put(r, t, value)` for every element of rows `rows` × tokens `tokens`, in
+    /// [`TILE_ROWS`] × [`TILE_TOKENS`] register tiles where possible.
+    fn block(
+        &self,
+        rows: std::ops::Range<usize>,
+        tokens: std::ops::Range<usize>,
+        mut put: impl FnMut(usize, usize, f32),
+    ) {
+        let (mut r_end, mut t_end) = (rows.start, tokens.start);
+        if let Some(tiles) = self.tiles {
+            r_end += (rows.len() / TILE_ROWS) * TILE_ROWS;
+            t_end += (tokens.len() / TILE_TOKENS) * TILE_TOKENS;
+            for r in (rows.start..r_end).step_by(TILE_ROWS) {
+                let w = std::array::from_fn(|i| self.w_row(r + i));
+                for t in (tokens.start..t_end).step_by(TILE_TOKENS) {
+                    let a = std::array::from_fn(|j| self.act_row(t + j));
+                    let v = (tiles.tile)(self.cols, w, a);
+                    for (i, row) in v.iter().enumerate() {
+                        for (j, &x) in row.iter().enumerate() {
+                            put(r + i, t + j, x);
+                        }
+                    }
+                }
+            }
+        }
+        // Whatever the tiles left: the rows below r_end for the tokens past t_end, and all rows
+        // past r_end.
+        for r in rows {
+            let ts = if r < r_end {
+                t_end..tokens.end
+            } else {
+                tokens.clone()
+            };
+            for t in ts {
+                put(r, t, self.element(r, t));
+            }
+        }
     }
 }
 
@@ -162,12 +234,13 @@ fn matvec(m: &Mat, out: &mut [f32]) {
     let threads = rayon::current_num_threads();
     let by_balance = rows.div_ceil(4 * threads);
     let by_bytes = MIN_TASK_BYTES.div_ceil(m.w_row);
-    let chunk = by_balance.max(by_bytes).clamp(1, rows);
-    out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
-        for (k, o) in out.iter_mut().enumerate() {
-            *o = m.element(c * chunk + k, 0);
-        }
-    });
+    let chunk = by_balance
+        .max(by_bytes)
+        .next_multiple_of(DECODE_ROWS)
+        .min(rows);
+    out.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(c, out)| m.rows(c * chunk, 0, out));
 }
 
 /// Raw pointer to `out`, shared by tiles that write disjoint elements.
@@ -185,26 +258,25 @@ impl OutPtr {
     }
 }
 
-/// Several tokens: `[rows, tokens]` tiles in parallel, row tiles outermost (consecutive tasks
+/// Several tokens: `[rows, tokens]` tasks in parallel, row ranges outermost (consecutive tasks
 /// share weight rows), tokens innermost.
 fn matmul_tiled(m: &Mat, rows: usize, n_tokens: usize, out: &mut [f32]) {
-    let row_tiles = rows.div_ceil(TILE_ROWS);
-    let token_tiles = n_tokens.div_ceil(TILE_TOKENS);
+    let row_tasks = rows.div_ceil(TASK_ROWS);
+    let token_tasks = n_tokens.div_ceil(TASK_TOKENS);
     let ptr = OutPtr(out.as_mut_ptr());
-    (0..row_tiles * token_tiles)
+    (0..row_tasks * token_tasks)
         .into_par_iter()
-        .for_each(|tile| {
-            let r0 = tile / token_tiles * TILE_ROWS;
-            let t0 = tile % token_tiles * TILE_TOKENS;
-            for r in r0..(r0 + TILE_ROWS).min(rows) {
-                for t in t0..(t0 + TILE_TOKENS).min(n_tokens) {
-                    let v = m.element(r, t);
-                    // SAFETY: `t < n_tokens` and `r < rows`, so the index is inside `out`
-                    // (`n_tokens * rows` long, asserted in `matmul`), and each (t, r) belongs to
-                    // exactly one tile, so no two tasks write the same element; `out` is borrowed
-                    // mutably for the whole parallel loop, which nothing else reads.
-                    unsafe { *ptr.get().add(t * rows + r) = v };
-                }
-            }
+        .for_each(|task| {
+            let r0 = task / token_tasks * TASK_ROWS;
+            let t0 = task % token_tasks * TASK_TOKENS;
+            let task_rows = r0..(r0 + TASK_ROWS).min(rows);
+            let task_tokens = t0..(t0 + TASK_TOKENS).min(n_tokens);
+            m.block(task_rows, task_tokens, |r, t, v| {
+                assert!(r < rows && t < n_tokens);
+                // SAFETY: the index is inside `out` (`n_tokens * rows` long, asserted in `matmul`);
+                // each (t, r) belongs to exactly one task, so no two tasks write the same element,
+                // and `out` is borrowed mutably for the whole parallel loop, which reads none of it.
+                unsafe { *ptr.get().add(t * rows + r) = v };
+            });
         });
 }

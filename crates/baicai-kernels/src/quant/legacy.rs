@@ -640,6 +640,46 @@ pub fn dot_bf16_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Register-tiled dot products (for matmul).
+
+/// Weight rows per [`TileFns::rows`] call (decode).
+pub const DECODE_ROWS: usize = 4;
+/// Weight rows per [`TileFns::tile`] call (prefill).
+pub const TILE_ROWS: usize = 2;
+/// Activation rows per [`TileFns::tile`] call (prefill).
+pub const TILE_TOKENS: usize = 4;
+
+/// [`DECODE_ROWS`] weight rows with one activation row (`n` values each): `out[r]`.
+pub type RowsFn = fn(n: usize, w: [&[u8]; DECODE_ROWS], a: &[u8]) -> [f32; DECODE_ROWS];
+/// [`TILE_ROWS`] weight rows with [`TILE_TOKENS`] activation rows (`n` values each): `out[r][t]`.
+pub type TileFn = fn(n: usize, w: [&[u8]; TILE_ROWS], a: [&[u8]; TILE_TOKENS]) -> TileOut;
+/// The output of a [`TileFn`].
+pub type TileOut = [[f32; TILE_TOKENS]; TILE_ROWS];
+
+/// Dot products of several weight rows with several activation rows at once, decoding each weight
+/// block once for all tokens and loading each activation block once for all rows. Each element is
+/// bit-identical to the format's [`dot_fn`] on the same ISA, so callers may mix them freely
+/// without breaking batch invariance.
+#[derive(Debug, Clone, Copy)]
+pub struct TileFns {
+    /// Decode: several rows, one token.
+    pub rows: RowsFn,
+    /// Prefill: a register tile of rows × tokens.
+    pub tile: TileFn,
+}
+
+/// The register-tiled kernels for weights of `dtype` on `isa`, where there are (AVX2: Q4_0, Q5_0,
+/// Q8_0, IQ4_NL). Otherwise use [`dot_fn`] per element.
+pub fn tile_fns(dtype: DType, isa: Isa) -> Option<TileFns> {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2(isa) {
+        return crate::simd::avx2_legacy::tile_fns(dtype);
+    }
+    let _ = (dtype, isa);
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
 // Dispatch.
 
 /// Whether the AVX2 kernels may run: `isa` asks for them and this CPU has them. Asking for AVX2

@@ -16,7 +16,9 @@ use std::ptr::read_unaligned;
 
 use crate::dispatch::{DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK};
-use crate::quant::legacy::{f16_le_from, whole_blocks, whole_blocks_mut};
+use crate::quant::legacy::{
+    f16_le_from, whole_blocks, whole_blocks_mut, TileFns, DECODE_ROWS, TILE_ROWS, TILE_TOKENS,
+};
 use crate::quant::tables::KVALUES_IQ4NL;
 
 /// Asserts the CPU features the `_avx2` functions need (a cached check, negligible per row).
@@ -46,13 +48,6 @@ unsafe fn f16_product(p: *const u8, q: *const u8) -> __m128 {
     let b = read_unaligned(q.cast::<u16>()) as i32;
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(a | (b << 16)));
     _mm_mul_ss(v, _mm_movehdup_ps(v))
-}
-
-/// `sum(x * y)` of signed bytes, as 8 float partial sums. `y` must not contain -128.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn mul_sum_i8_ps(x: __m256i, y: __m256i) -> __m256 {
-    mul_sum_u8_i8_ps(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 }
 
 /// `sum(u * s)` of unsigned × signed bytes, as 8 float partial sums.
@@ -97,71 +92,133 @@ const Q8_0_BYTES: usize = DType::Q8_0.block_bytes();
 const Q8_1_BYTES: usize = DType::Q8_1.block_bytes();
 const IQ4_NL_BYTES: usize = DType::IQ4_NL.block_bytes();
 
-/// Defines an AVX2 dot of a symmetric format (`d * signed code`) with Q8_0 activations: `$codes`
-/// turns a weight block pointer `$x` into its 32 signed codes.
-macro_rules! dot_sym_q8_0 {
-    ($(#[$doc:meta])* $name:ident, $wbytes:expr, |$x:ident| $codes:expr) => {
-        $(#[$doc])*
-        ///
-        /// # Safety
-        /// The CPU must support AVX2, FMA and F16C; `w` and `a` must hold `nb` blocks each.
-        #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn $name(nb: usize, w: *const u8, a: *const u8) -> f32 {
-            #[inline]
-            #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn block(i: usize, w: *const u8, a: *const u8, acc: __m256) -> __m256 {
-                let $x = w.add(i * $wbytes);
-                let y = a.add(i * Q8_0_BYTES);
-                let q: __m256i = $codes;
-                let qy = _mm256_loadu_si256(y.add(2).cast());
-                let d = _mm256_broadcastss_ps(f16_product($x, y));
-                _mm256_fmadd_ps(d, mul_sum_i8_ps(q, qy), acc)
-            }
-            let mut acc0 = _mm256_setzero_ps();
-            let mut acc1 = _mm256_setzero_ps();
-            let mut i = 0;
-            while i + 2 <= nb {
-                acc0 = block(i, w, a, acc0);
-                acc1 = block(i + 1, w, a, acc1);
-                i += 2;
-            }
-            if i < nb {
-                acc0 = block(i, w, a, acc0);
-            }
-            hsum_ps(_mm256_add_ps(acc0, acc1))
-        }
-    };
+/// A symmetric weight format (`d * signed code`, f16 `d` first in the block) whose dot product
+/// takes Q8_0 activations.
+pub trait SymQ8_0 {
+    /// The storage type.
+    const DTYPE: DType;
+    /// Bytes per block.
+    const BYTES: usize;
+    /// The 32 signed codes of the block at `x`, in value order.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `x` must point at a whole block.
+    unsafe fn codes(x: *const u8) -> __m256i;
 }
 
-dot_sym_q8_0!(
-    /// Q8_0 × Q8_0.
-    dot_q8_0_q8_0_avx2, Q8_0_BYTES, |x| _mm256_loadu_si256(x.add(2).cast())
-);
+/// Q8_0 weights.
+pub struct Q8_0;
+/// Q5_0 weights.
+pub struct Q5_0;
+/// Q4_0 weights.
+pub struct Q4_0;
+/// IQ4_NL weights.
+#[allow(non_camel_case_types)]
+pub struct IQ4_NL;
 
-dot_sym_q8_0!(
-    /// Q5_0 × Q8_0: the fifth bit selects `nibble` (set) or `nibble - 16` (clear, i.e. the
-    /// nibble with 0xF0 or-ed in, read as i8).
-    dot_q5_0_q8_0_avx2, Q5_0_BYTES, |x| {
+impl SymQ8_0 for Q8_0 {
+    const DTYPE: DType = DType::Q8_0;
+    const BYTES: usize = Q8_0_BYTES;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(x: *const u8) -> __m256i {
+        _mm256_loadu_si256(x.add(2).cast())
+    }
+}
+
+impl SymQ8_0 for Q5_0 {
+    const DTYPE: DType = DType::Q5_0;
+    const BYTES: usize = Q5_0_BYTES;
+    /// The fifth bit selects `nibble` (set) or `nibble - 16` (clear: the nibble with 0xF0 or-ed
+    /// in, read as i8).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(x: *const u8) -> __m256i {
         let high = bit_bytes(read_unaligned(x.add(2).cast::<u32>()));
         _mm256_or_si256(
             nibbles(x.add(6)),
             _mm256_andnot_si256(high, _mm256_set1_epi8(0xf0u8 as i8)),
         )
     }
-);
+}
 
-dot_sym_q8_0!(
-    /// Q4_0 × Q8_0.
-    dot_q4_0_q8_0_avx2, Q4_0_BYTES, |x| _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8))
-);
+impl SymQ8_0 for Q4_0 {
+    const DTYPE: DType = DType::Q4_0;
+    const BYTES: usize = Q4_0_BYTES;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(x: *const u8) -> __m256i {
+        _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8))
+    }
+}
 
-dot_sym_q8_0!(
-    /// IQ4_NL × Q8_0: the nibbles index the 16 levels with a byte shuffle.
-    dot_iq4_nl_q8_0_avx2, IQ4_NL_BYTES, |x| {
+impl SymQ8_0 for IQ4_NL {
+    const DTYPE: DType = DType::IQ4_NL;
+    const BYTES: usize = IQ4_NL_BYTES;
+    /// The nibbles index the 16 levels with a byte shuffle.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(x: *const u8) -> __m256i {
         let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()));
         _mm256_shuffle_epi8(table, nibbles(x.add(2)))
     }
-);
+}
+
+/// The f16 at `p`, converted and broadcast to 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn broadcast_f16(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(read_unaligned(p.cast::<i16>())))
+}
+
+/// Dot products of `R` weight rows with `T` Q8_0 activation rows, `nb` blocks each: a register
+/// tile that decodes each weight block once for `T` tokens and loads each activation block once
+/// for `R` rows.
+///
+/// Every element is reduced the same way whatever `R` and `T` (so a tile equals the 1×1 dot bit
+/// for bit, which makes matmul batch invariant): per block, the exact integer lane sums
+/// `s = madd(maddubs(|q|, sign(a, q)), 1)` as floats, `acc = fma(dw * da, s, acc)` in block
+/// order, then a fixed horizontal sum.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; every `w[r]` must point at `nb` blocks of `F` and
+/// every `a[t]` at `nb` Q8_0 blocks whose codes are never -128.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_sym_q8_0<F: SymQ8_0, const R: usize, const T: usize>(
+    nb: usize,
+    w: [*const u8; R],
+    a: [*const u8; T],
+) -> [[f32; T]; R] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for b in 0..nb {
+        let x = w.map(|x| x.add(b * F::BYTES));
+        let q = x.map(|x| F::codes(x));
+        let abs_q = q.map(|q| _mm256_sign_epi8(q, q));
+        let dw = x.map(|x| broadcast_f16(x));
+        for t in 0..T {
+            let y = a[t].add(b * Q8_0_BYTES);
+            let qy = _mm256_loadu_si256(y.add(2).cast());
+            let da = broadcast_f16(y);
+            for r in 0..R {
+                let pairs = _mm256_maddubs_epi16(abs_q[r], _mm256_sign_epi8(qy, q[r]));
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], da), s, acc[r][t]);
+            }
+        }
+    }
+    acc.map(|row| row.map(|v| hsum_ps(v)))
+}
+
+/// The 1×1 tile: one dot product.
+///
+/// # Safety
+/// As [`tile_sym_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_sym_q8_0_avx2<F: SymQ8_0>(nb: usize, w: *const u8, a: *const u8) -> f32 {
+    tile_sym_q8_0::<F, 1, 1>(nb, [w], [a])[0][0]
+}
 
 /// Defines an AVX2 dot of an offset format (`d * unsigned code + m`) with Q8_1 activations:
 /// `$codes` turns a weight block pointer `$x` into its 32 unsigned codes; `d` is at offset 0 and
@@ -369,14 +426,14 @@ pub unsafe fn quant_f16_avx2(n: usize, x: *const f32, y: *mut u8) {
 
 /// Safe wrappers: check lengths and CPU features, then call the `_avx2` kernel.
 macro_rules! safe_dot {
-    ($name:ident, $kernel:ident, $wt:expr, $at:expr, blocks) => {
+    ($name:ident, $kernel:path, $wt:expr, $at:expr, blocks) => {
         safe_dot!(@ $name, $kernel, $wt, $at, |n| n / QK);
     };
-    ($name:ident, $kernel:ident, $wt:expr, $at:expr, values) => {
+    ($name:ident, $kernel:path, $wt:expr, $at:expr, values) => {
         safe_dot!(@ $name, $kernel, $wt, $at, |n| n);
     };
-    (@ $name:ident, $kernel:ident, $wt:expr, $at:expr, |$n:ident| $count:expr) => {
-        #[doc = concat!("Safe wrapper of [`", stringify!($kernel), "`].")]
+    (@ $name:ident, $kernel:path, $wt:expr, $at:expr, |$n:ident| $count:expr) => {
+        #[doc = concat!("Safe wrapper of `", stringify!($kernel), "`.")]
         ///
         /// # Panics
         /// If the slices are too short for `n` values or the CPU lacks AVX2/FMA/F16C.
@@ -392,28 +449,28 @@ macro_rules! safe_dot {
 
 safe_dot!(
     dot_q8_0_q8_0,
-    dot_q8_0_q8_0_avx2,
+    dot_sym_q8_0_avx2::<Q8_0>,
     DType::Q8_0,
     DType::Q8_0,
     blocks
 );
 safe_dot!(
     dot_q5_0_q8_0,
-    dot_q5_0_q8_0_avx2,
+    dot_sym_q8_0_avx2::<Q5_0>,
     DType::Q5_0,
     DType::Q8_0,
     blocks
 );
 safe_dot!(
     dot_q4_0_q8_0,
-    dot_q4_0_q8_0_avx2,
+    dot_sym_q8_0_avx2::<Q4_0>,
     DType::Q4_0,
     DType::Q8_0,
     blocks
 );
 safe_dot!(
     dot_iq4_nl_q8_0,
-    dot_iq4_nl_q8_0_avx2,
+    dot_sym_q8_0_avx2::<IQ4_NL>,
     DType::IQ4_NL,
     DType::Q8_0,
     blocks
@@ -473,6 +530,45 @@ macro_rules! safe_quant {
 safe_quant!(quant_q8_0, quant_q8_0_avx2, DType::Q8_0, |n| n / QK);
 safe_quant!(quant_q8_1, quant_q8_1_avx2, DType::Q8_1, |n| n / QK);
 safe_quant!(quant_f16, quant_f16_avx2, DType::F16, |n| n);
+
+/// Safe wrapper of [`tile_sym_q8_0`]: checks the row lengths and the CPU features.
+///
+/// # Panics
+/// If a row is too short for `n` values or the CPU lacks AVX2/FMA/F16C.
+pub fn tile_sym<F: SymQ8_0, const R: usize, const T: usize>(
+    n: usize,
+    w: [&[u8]; R],
+    a: [&[u8]; T],
+) -> [[f32; T]; R] {
+    let w = w.map(|w| whole_blocks(F::DTYPE, n, w).as_ptr());
+    let a = a.map(|a| whole_blocks(DType::Q8_0, n, a).as_ptr());
+    assert_avx2();
+    // SAFETY: the features were just checked and every row holds `n` values.
+    unsafe { tile_sym_q8_0::<F, R, T>(n / QK, w, a) }
+}
+
+/// [`tile_sym`] for `DECODE_ROWS` rows and one token.
+fn decode_rows<F: SymQ8_0>(n: usize, w: [&[u8]; DECODE_ROWS], a: &[u8]) -> [f32; DECODE_ROWS] {
+    tile_sym::<F, DECODE_ROWS, 1>(n, w, [a]).map(|[v]| v)
+}
+
+/// The register-tiled kernels for weights of `dtype`, if there are.
+pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
+    fn fns<F: SymQ8_0>() -> TileFns {
+        TileFns {
+            rows: decode_rows::<F>,
+            tile: tile_sym::<F, TILE_ROWS, TILE_TOKENS>,
+        }
+    }
+    use DType::*;
+    Some(match dtype {
+        Q4_0 => fns::<self::Q4_0>(),
+        Q5_0 => fns::<self::Q5_0>(),
+        Q8_0 => fns::<self::Q8_0>(),
+        IQ4_NL => fns::<self::IQ4_NL>(),
+        _ => return None,
+    })
+}
 
 /// The AVX2 dot product for weights of `dtype`, if there is one.
 pub(crate) fn dot_fn(dtype: DType) -> Option<DotFn> {
