@@ -104,13 +104,24 @@ struct Symbol {
     id: u32,
 }
 
+/// A candidate merge of symbols `left` and `right`. The derived order compares `rank`, then
+/// `left`: with `Reverse`, the queue pops the lowest rank, ties leftmost (llama.cpp's
+/// `llm_bigram_bpe::comparator`).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    rank: u32,
+    left: u32,
+    right: u32,
+    left_id: u32,
+    right_id: u32,
+    merged: u32,
+}
+
 /// Reusable buffers for encoding many words.
 #[derive(Default)]
 pub(crate) struct BpeScratch {
     symbols: Vec<Symbol>,
-    /// Candidate merges, popped lowest (rank, left) first: (rank, left, right, left id,
-    /// right id, merged id).
-    queue: BinaryHeap<Reverse<(u32, u32, u32, u32, u32, u32)>>,
+    queue: BinaryHeap<Reverse<Candidate>>,
     encoded: String,
 }
 
@@ -182,8 +193,14 @@ impl Bpe {
         }
         let (l, r) = (s.symbols[left as usize].id, s.symbols[right as usize].id);
         if let Some(&(rank, merged)) = self.merges.get(&pair_key(l, r)) {
-            s.queue
-                .push(Reverse((rank, left as u32, right as u32, l, r, merged)));
+            s.queue.push(Reverse(Candidate {
+                rank,
+                left: left as u32,
+                right: right as u32,
+                left_id: l,
+                right_id: r,
+                merged,
+            }));
         }
     }
 
@@ -211,15 +228,21 @@ impl Bpe {
         for i in 1..n {
             self.try_add(s, i - 1, i);
         }
-        while let Some(Reverse((_, left, right, lid, rid, merged))) = s.queue.pop() {
+        while let Some(Reverse(c)) = s.queue.pop() {
+            let (left, right) = (c.left, c.right);
             let (l, r) = (s.symbols[left as usize], s.symbols[right as usize]);
             // Skip candidates made stale by an earlier merge of either side.
-            if l.len == 0 || r.len == 0 || l.id != lid || r.id != rid || l.next != right as i32 {
+            if l.len == 0
+                || r.len == 0
+                || l.id != c.left_id
+                || r.id != c.right_id
+                || l.next != right as i32
+            {
                 continue;
             }
             let sl = &mut s.symbols[left as usize];
             sl.len += r.len;
-            sl.id = merged;
+            sl.id = c.merged;
             sl.next = r.next;
             let prev = sl.prev;
             s.symbols[right as usize].len = 0;

@@ -25,6 +25,9 @@ pub enum TokenizerError {
     /// The vocabulary (`tokenizer.ggml.tokens`) is empty.
     #[error("the vocabulary (tokenizer.ggml.tokens) is empty")]
     EmptyVocab,
+    /// The token texts add up to more than 4 GiB.
+    #[error("the vocabulary's token texts exceed 4 GiB")]
+    VocabTooLarge,
     /// A per-token array is shorter than the vocabulary.
     #[error("{field} has {found} entries but the vocabulary has {expected} tokens")]
     LengthMismatch {

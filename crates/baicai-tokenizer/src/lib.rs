@@ -326,7 +326,7 @@ impl Tokenizer {
     /// unknown tokens only when `special`, user-defined tokens always as their text, byte tokens
     /// as their byte, unused tokens as nothing.
     pub(crate) fn append_piece(&self, id: u32, special: bool, out: &mut Vec<u8>) {
-        let Some(text) = self.vocab.tokens.get(id as usize) else {
+        let Some(text) = self.vocab.get_text(id) else {
             return;
         };
         let a = self.vocab.attrs[id as usize];
@@ -410,7 +410,7 @@ impl Tokenizer {
     /// The vocabulary text of token `id` (byte-level BPE texts are in GPT-2 byte characters, SPM
     /// texts use `▁` for spaces).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.vocab.tokens.get(id as usize).map(String::as_str)
+        self.vocab.get_text(id)
     }
 
     /// The id of the token whose vocabulary text is exactly `text`.

@@ -245,10 +245,9 @@ impl PreTokenizer {
 
     /// Splits `text` into words (byte ranges, in order, covering all of `text`).
     pub fn split(&self, text: &str) -> Vec<Range<usize>> {
-        let mut words = vec![0..text.len()];
-        if text.is_empty() {
-            words.clear();
-            return words;
+        let mut words = Vec::new();
+        if !text.is_empty() {
+            words.push(0..text.len());
         }
         for re in &self.regexes {
             let mut next = Vec::with_capacity(words.len() * 2);

@@ -32,7 +32,7 @@ impl SpecialMatcher {
         let automaton = if ids.is_empty() {
             None
         } else {
-            AhoCorasick::new(ids.iter().map(|&id| vocab.tokens[id as usize].as_bytes())).ok()
+            AhoCorasick::new(ids.iter().map(|&id| vocab.text(id).as_bytes())).ok()
         };
         SpecialMatcher { ids, automaton }
     }
@@ -59,7 +59,7 @@ impl SpecialMatcher {
             if !parse_special && vocab.has(id, attr::CONTROL | attr::UNKNOWN) {
                 continue;
             }
-            let needle = vocab.tokens[id as usize].as_str();
+            let needle = vocab.text(id);
             let mut next = Vec::with_capacity(frags.len() + 2);
             for f in frags {
                 let Fragment::Text(range) = f else {

@@ -121,19 +121,103 @@ impl Hasher for FxHasher {
 
 pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
-/// Token texts, scores and attributes, with the text → id map.
+/// Token texts, scores and attributes, with the text → id index.
 pub(crate) struct Vocab {
-    pub tokens: Vec<String>,
+    texts: Texts,
     pub scores: Vec<f32>,
     pub attrs: Vec<u8>,
-    pub token_to_id: FxMap<String, u32>,
+    index: TextIndex,
+}
+
+/// All token texts in one string: token `id` is `all[offsets[id]..offsets[id + 1]]`. One
+/// allocation instead of one per token, and lookups touch a few compact arrays (the merge table
+/// of a 150k vocabulary is built from ~450k lookups, which are bound by cache misses).
+struct Texts {
+    all: String,
+    offsets: Vec<u32>,
+}
+
+impl Texts {
+    #[inline]
+    fn get(&self, id: u32) -> &str {
+        let i = id as usize;
+        &self.all[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+}
+
+/// Open-addressing hash index from token text to id. The texts live once, in [`Texts`]; a slot
+/// holds an id (or `EMPTY`), probed linearly.
+struct TextIndex {
+    slots: Vec<u32>,
+    shift: u32,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+fn hash_text(s: &str) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(s.as_bytes());
+    h.write_usize(s.len());
+    h.finish()
+}
+
+impl TextIndex {
+    /// Indexes `tokens`; on a duplicate text returns `Err((first id, second id))`.
+    fn build(texts: &Texts) -> std::result::Result<TextIndex, (u32, u32)> {
+        let cap = (texts.len() * 2).next_power_of_two().max(2);
+        let mut index = TextIndex {
+            slots: vec![EMPTY; cap],
+            shift: 64 - cap.trailing_zeros(),
+        };
+        for id in 0..texts.len() as u32 {
+            let text = texts.get(id);
+            let mut i = index.start(text);
+            loop {
+                let slot = index.slots[i];
+                if slot == EMPTY {
+                    index.slots[i] = id;
+                    break;
+                }
+                if texts.get(slot) == text {
+                    return Err((slot, id));
+                }
+                i = (i + 1) & (index.slots.len() - 1);
+            }
+        }
+        Ok(index)
+    }
+
+    /// First probe position: the high bits of the hash, which the final multiply mixes best.
+    #[inline]
+    fn start(&self, text: &str) -> usize {
+        (hash_text(text) >> self.shift) as usize
+    }
+
+    #[inline]
+    fn get(&self, texts: &Texts, text: &str) -> Option<u32> {
+        let mut i = self.start(text);
+        loop {
+            let slot = self.slots[i];
+            if slot == EMPTY {
+                return None;
+            }
+            if texts.get(slot) == text {
+                return Some(slot);
+            }
+            i = (i + 1) & (self.slots.len() - 1);
+        }
+    }
 }
 
 impl Vocab {
     /// Builds the vocabulary. Empty texts become `[EMPTY_<id>]` and duplicates are an error, as
     /// in llama.cpp.
     pub fn new(
-        mut tokens: Vec<String>,
+        tokens: Vec<String>,
         scores: Option<Vec<f32>>,
         types: Option<Vec<TokenType>>,
     ) -> Result<Vocab> {
@@ -166,34 +250,52 @@ impl Vocab {
             Some(t) => t[..n].iter().map(|&t| attr::from_type(t)).collect(),
             None => vec![attr::NORMAL; n],
         };
-        let mut token_to_id = FxMap::with_capacity_and_hasher(n, Default::default());
-        for (i, text) in tokens.iter_mut().enumerate() {
+        let mut all = String::with_capacity(tokens.iter().map(|t| t.len() + 1).sum());
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(0);
+        for (i, text) in tokens.iter().enumerate() {
             if text.is_empty() {
-                *text = format!("[EMPTY_{i}]");
+                all.push_str(&format!("[EMPTY_{i}]"));
+            } else {
+                all.push_str(text);
             }
-            if let Some(first) = token_to_id.insert(text.clone(), i as u32) {
-                return Err(TokenizerError::DuplicateToken {
-                    text: text.clone(),
-                    first,
-                    second: i as u32,
-                });
-            }
+            offsets.push(u32::try_from(all.len()).map_err(|_| TokenizerError::VocabTooLarge)?);
         }
+        drop(tokens);
+        let texts = Texts { all, offsets };
+        let index =
+            TextIndex::build(&texts).map_err(|(first, second)| TokenizerError::DuplicateToken {
+                text: texts.get(second).to_string(),
+                first,
+                second,
+            })?;
         Ok(Vocab {
-            tokens,
+            texts,
             scores,
             attrs,
-            token_to_id,
+            index,
         })
     }
 
     pub fn len(&self) -> usize {
-        self.tokens.len()
+        self.texts.len()
+    }
+
+    /// The text of token `id` (which must be in the vocabulary).
+    #[inline]
+    pub fn text(&self, id: u32) -> &str {
+        self.texts.get(id)
+    }
+
+    /// The text of token `id`, or `None` outside the vocabulary.
+    #[inline]
+    pub fn get_text(&self, id: u32) -> Option<&str> {
+        ((id as usize) < self.len()).then(|| self.texts.get(id))
     }
 
     #[inline]
     pub fn id(&self, text: &str) -> Option<u32> {
-        self.token_to_id.get(text).copied()
+        self.index.get(&self.texts, text)
     }
 
     #[inline]
@@ -362,8 +464,9 @@ pub(crate) fn resolve_specials(vocab: &mut Vocab, input: &SpecialInput) -> Speci
     let fim_rep = detect(vocab, pick(None, input.fim_rep), FIM_REP_TEXTS);
     let fim_sep = detect(vocab, pick(None, input.fim_sep), FIM_SEP_TEXTS);
 
-    for (id, text) in vocab.tokens.iter().enumerate() {
+    for id in 0..vocab.len() {
         let a = &mut vocab.attrs[id];
+        let text = vocab.texts.get(id as u32);
         if *a & attr::CONTROL != 0 && text.contains("unused") {
             *a |= attr::UNUSED;
         }
@@ -416,6 +519,6 @@ pub(crate) fn special_cache(vocab: &Vocab) -> Vec<u32> {
     let mut ids: Vec<u32> = (0..vocab.len() as u32)
         .filter(|&id| vocab.has(id, attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN))
         .collect();
-    ids.sort_by_key(|&id| std::cmp::Reverse(vocab.tokens[id as usize].len()));
+    ids.sort_by_key(|&id| std::cmp::Reverse(vocab.text(id).len()));
     ids
 }
