@@ -15,7 +15,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use crate::dispatch::{active_isa, dot_fn, quant_fn, DotFn};
+use crate::dispatch::{active_isa, dot_fn, quant_fn, DotFn, QuantFn};
 use crate::dtype::DType;
 use crate::quant::legacy::{tile_fns, TileFns, DECODE_ROWS, TILE_ROWS, TILE_TOKENS};
 
@@ -99,6 +99,10 @@ pub fn matmul(w: &Weight, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     if n_tokens == 0 || w.rows == 0 {
         return;
     }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return;
+    }
 
     let isa = active_isa();
     let vt = w.dtype.vec_dot_type();
@@ -126,17 +130,22 @@ pub fn matmul(w: &Weight, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     ACTIVATIONS.with(|c| c.set(acts));
 }
 
+/// Token rows below which activations are quantized on the calling thread: a row takes about a
+/// microsecond, less than handing work to the pool.
+const PARALLEL_QUANT_ROWS: usize = 32;
+
 /// Quantizes each `cols`-long row of `x` into an `a_row`-byte row of `acts`, in parallel when
 /// there are many.
-fn quantize_rows(
-    quant: crate::dispatch::QuantFn,
-    x: &[f32],
-    cols: usize,
-    acts: &mut [u8],
-    a_row: usize,
-) {
-    let rows = acts.par_chunks_mut(a_row).zip(x.par_chunks(cols));
-    rows.with_min_len(16).for_each(|(a, x)| quant(x, a));
+fn quantize_rows(quant: QuantFn, x: &[f32], cols: usize, acts: &mut [u8], a_row: usize) {
+    let n_tokens = x.len() / cols;
+    if n_tokens < PARALLEL_QUANT_ROWS {
+        for (a, x) in acts.chunks_exact_mut(a_row).zip(x.chunks_exact(cols)) {
+            quant(x, a);
+        }
+    } else {
+        let rows = acts.par_chunks_mut(a_row).zip(x.par_chunks(cols));
+        rows.with_min_len(8).for_each(|(a, x)| quant(x, a));
+    }
 }
 
 /// The operands of one matmul: weight rows and quantized activation rows as bytes.

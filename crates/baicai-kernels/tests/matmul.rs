@@ -246,3 +246,30 @@ fn matmul_rejects_partial_blocks() {
     };
     matmul(&w, &[0.0; 16], 1, &mut [0.0; 1]);
 }
+
+#[test]
+fn matmul_handles_empty_shapes() {
+    let w = Weight {
+        dtype: DType::Q8_0,
+        data: &[],
+        rows: 3,
+        cols: 0,
+    };
+    let mut out = [f32::NAN; 6];
+    matmul(&w, &[], 2, &mut out);
+    assert_eq!(out, [0.0; 6]);
+    let w = Weight {
+        dtype: DType::Q8_0,
+        data: &[],
+        rows: 0,
+        cols: 32,
+    };
+    matmul(&w, &[0.0; 64], 2, &mut []);
+    let w = Weight {
+        dtype: DType::Q8_0,
+        data: &[0; 34],
+        rows: 1,
+        cols: 32,
+    };
+    matmul(&w, &[], 0, &mut []);
+}
