@@ -9,8 +9,10 @@
 //! per `tokenizer.ggml.pre`, the same merge priority and tie-breaks, the same special-token
 //! partitioning (longest special token first, user-defined tokens matched even when specials are
 //! not parsed), the same defaults for BOS/EOS and the same end-of-generation set detected from
-//! token texts. Where llama.cpp's behaviour is an accident of its implementation (the collapsed
-//! `\p{S}` that misses `~`), it is reproduced and marked in a comment.
+//! token texts. Where llama.cpp's behaviour is an accident of its implementation (a normal `</s>`
+//! token treated as end of generation, the `[UNK_BYTE_…]` rendering), it is reproduced and marked
+//! in a comment. The reference is the llama.cpp vendored in llama-cpp-python 0.3.36 (ggml
+//! 0c1e570), the build the test fixtures come from.
 //!
 //! The second decision: the core is independent of GGUF. [`Tokenizer::from_spec`] takes a plain
 //! [`TokenizerSpec`]; [`Tokenizer::from_gguf`] only fills one from `tokenizer.ggml.*` keys. Symbols

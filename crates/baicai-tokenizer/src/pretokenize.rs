@@ -4,10 +4,10 @@
 //! llama.cpp applies each regex of a list in turn to every fragment the previous one produced;
 //! text a regex does not match stays a fragment of its own. It runs the `\p{..}` patterns over a
 //! "collapsed" text (each non-ASCII code point replaced by one byte per Unicode category) with
-//! `std::regex`, or hand-written equivalents for the GPT-2 and Llama-3 patterns; both give the
-//! same splits as a Unicode-aware backtracking regex over the real text, which is what we run
-//! (fancy-regex, for the `(?!\S)` lookaheads). The one visible quirk of the collapsed form, that
-//! `\p{S}` does not match `~`, is written into the patterns that use `\p{S}`.
+//! `std::regex`, or hand-written equivalents for the GPT-2, Llama-3 and Qwen2 patterns; both give
+//! the same splits as a Unicode-aware backtracking regex over the real text, which is what we run
+//! (fancy-regex, for the `(?!\S)` lookaheads). Splits can differ only where llama.cpp's Unicode
+//! tables and the `regex` crate's disagree (code points new in one Unicode version).
 
 use std::ops::Range;
 
@@ -47,11 +47,10 @@ const DEEPSEEK_CODER: &[&str] = &[
     r"[一-龥ࠀ-一가-퟿]+",
     r"\p{N}",
 ];
-// `[\p{S}--~]`: llama.cpp's collapsed `\p{S}` lists `$+<=>^`|` for ASCII, not `~`.
 const DEEPSEEK_V3: &[&str] = &[
     r"\p{N}{1,3}",
     r"[一-龥぀-ゟ゠-ヿ]+",
-    r"[!\x22#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}[\p{S}--~]]?[\p{L}\p{M}]+| ?[\p{P}[\p{S}--~]]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
 ];
 const FALCON: &[&str] = &[
     r"[\p{P}\$\+<=>\^~\|`]+",
@@ -116,6 +115,7 @@ const TABLE: &[(&[&str], PreConfig)] = &[
             "pixtral",
             "midm-2.0",
             "lfm2",
+            "jina-v5-nano",
         ],
         PreConfig {
             regexes: LLAMA3,
@@ -128,7 +128,7 @@ const TABLE: &[(&[&str], PreConfig)] = &[
     (&["deepseek-llm"], cfg(DEEPSEEK_LLM, false)),
     (&["deepseek-coder"], cfg(DEEPSEEK_CODER, false)),
     (
-        &["deepseek-v3", "hunyuan-dense", "joyai-llm"],
+        &["deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"],
         cfg(DEEPSEEK_V3, false),
     ),
     (&["falcon"], cfg(FALCON, true)),
@@ -171,11 +171,21 @@ const TABLE: &[(&[&str], PreConfig)] = &[
     (&["poro-chat"], cfg(PORO, false)),
     (&["bloom", "gpt3-finnish"], cfg(PORO, true)),
     (
-        &["glm4", "chatglm-bpe"],
+        &["chatglm-bpe"],
         PreConfig {
             regexes: CHATGLM4,
             clean_spaces: true,
             ignore_merges: false,
+            add_bos: false,
+            no_default_bos: true,
+        },
+    ),
+    (
+        &["glm4", "glm5"],
+        PreConfig {
+            regexes: CHATGLM4,
+            clean_spaces: true,
+            ignore_merges: true,
             add_bos: false,
             no_default_bos: true,
         },
@@ -316,10 +326,12 @@ mod tests {
     }
 
     #[test]
-    fn deepseek_v3_symbol_class_excludes_tilde_like_llamacpp() {
-        // '~' is in neither the collapsed \p{P} nor \p{S}, so it splits a symbol run.
-        assert_eq!(words("deepseek-v3", "+~="), vec!["+", "~", "="]);
-        assert_eq!(words("deepseek-v3", "+="), vec!["+="]);
+    fn deepseek_v3_splits_cjk_digits_and_symbol_runs() {
+        assert_eq!(
+            words("deepseek-v3", "+~= 1234中文ab"),
+            vec!["+~=", " ", "123", "4", "中文", "ab"]
+        );
+        assert_eq!(words("deepseek-v3", "a.b"), vec!["a", ".b"]);
     }
 
     #[test]

@@ -502,8 +502,11 @@ pub(crate) fn resolve_specials(vocab: &mut Vocab, input: &SpecialInput) -> Speci
             vocab.attrs[end as usize] = attr::USER_DEFINED;
         }
     }
-    // Gemma 4: "</s>" is ordinary text when "<|tool_response>" is an end marker.
-    if in_eog(vocab, &eog, "<|tool_response>").is_some() {
+    // Gemma 4 and PLaMo: "</s>" is ordinary text when "<|tool_response>" or "<|plamo:eos|>" is
+    // an end marker (it is one only for PaddleOCR).
+    let normal_s_marker =
+        in_eog(vocab, &eog, "<|tool_response>").or_else(|| in_eog(vocab, &eog, "<|plamo:eos|>"));
+    if normal_s_marker.is_some() {
         if let Some(s_id) = in_eog(vocab, &eog, "</s>") {
             eog.retain(|&e| e != s_id);
             vocab.attrs[s_id as usize] = attr::NORMAL;
