@@ -1,15 +1,20 @@
 //! AVX2 + FMA + F16C kernels for the legacy formats and the float types.
 //!
 //! Each `unsafe fn …_avx2` works on raw block pointers; a safe wrapper of the same name without the
-//! suffix checks the slice lengths and that the CPU has the features, and only those wrappers
-//! leave this module (through [`dot_fn`] / [`quant_fn`]).
+//! suffix checks the slice lengths and that the CPU has the features. The wrappers are what
+//! [`crate::quant::legacy::dot_fn`], [`crate::quant::legacy::quant_fn`] and
+//! [`crate::quant::legacy::tile_fns`] hand out for [`Isa::Avx2`].
 //!
 //! The integer dots use the usual `maddubs` trick (ggml's `mul_sum_i8_pairs_float`): the weight
 //! codes' absolute values times the activations carrying the weights' signs, so the unsigned ×
-//! signed byte multiply applies. That needs activations in `-127..=127`, which the Q8 quantizers
-//! guarantee (they never produce -128). Blocks are accumulated into two vector accumulators
-//! (alternating blocks) to hide the FMA latency, so sums differ from the scalar reference only by
-//! float rounding.
+//! signed byte multiply applies. That is exact only for activation codes in `-127..=127`, which
+//! the Q8 quantizers guarantee (they never produce -128; a -128 would give a wrong sum, never
+//! undefined behaviour). Sums differ from the scalar reference only by float rounding.
+//!
+//! The symmetric formats with Q8_0 activations (Q4_0, Q5_0, Q8_0, IQ4_NL) share one register-tiled
+//! kernel, [`tile_sym_q8_0`]: several weight rows × several activation rows per call, with each
+//! element reduced exactly as the 1×1 dot, so matmul can use tiles for speed and stay batch
+//! invariant.
 
 use std::arch::x86_64::*;
 use std::ptr::read_unaligned;
@@ -180,9 +185,11 @@ unsafe fn broadcast_f16(p: *const u8) -> __m256 {
 /// `s = madd(maddubs(|q|, sign(a, q)), 1)` as floats, `acc = fma(dw * da, s, acc)` in block
 /// order, then a fixed horizontal sum.
 ///
+/// Exact for activation codes in `-127..=127` (see the module docs).
+///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; every `w[r]` must point at `nb` blocks of `F` and
-/// every `a[t]` at `nb` Q8_0 blocks whose codes are never -128.
+/// every `a[t]` at `nb` Q8_0 blocks.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile_sym_q8_0<F: SymQ8_0, const R: usize, const T: usize>(
