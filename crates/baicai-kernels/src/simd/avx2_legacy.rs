@@ -109,6 +109,9 @@ pub trait SymQ8_0 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; `x` must point at a whole block.
     unsafe fn codes(x: *const u8) -> __m256i;
+    /// 0 when [`SymQ8_0::codes`] returns signed codes; otherwise the codes are unsigned and the
+    /// values are `code - OFFSET`, which saves the sign trick (see [`tile_sym_q8_0`]).
+    const OFFSET: i8 = 0;
 }
 
 /// Q8_0 weights.
@@ -134,15 +137,15 @@ impl SymQ8_0 for Q8_0 {
 impl SymQ8_0 for Q5_0 {
     const DTYPE: DType = DType::Q5_0;
     const BYTES: usize = Q5_0_BYTES;
-    /// The fifth bit selects `nibble` (set) or `nibble - 16` (clear: the nibble with 0xF0 or-ed
-    /// in, read as i8).
+    const OFFSET: i8 = 16;
+    /// The nibble with the fifth bit as bit 4.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(x: *const u8) -> __m256i {
         let high = bit_bytes(read_unaligned(x.add(2).cast::<u32>()));
         _mm256_or_si256(
             nibbles(x.add(6)),
-            _mm256_andnot_si256(high, _mm256_set1_epi8(0xf0u8 as i8)),
+            _mm256_and_si256(high, _mm256_set1_epi8(0x10)),
         )
     }
 }
@@ -150,10 +153,11 @@ impl SymQ8_0 for Q5_0 {
 impl SymQ8_0 for Q4_0 {
     const DTYPE: DType = DType::Q4_0;
     const BYTES: usize = Q4_0_BYTES;
+    const OFFSET: i8 = 8;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(x: *const u8) -> __m256i {
-        _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8))
+        nibbles(x.add(2))
     }
 }
 
@@ -169,11 +173,24 @@ impl SymQ8_0 for IQ4_NL {
     }
 }
 
+/// f16 bits → f32, for block scales: a broadcast load from this table is cheaper than
+/// `vcvtph2ps` (which competes with the dot product for the vector ALUs), and the scales of one
+/// tensor touch only a few of its cache lines. Built at compile time (256 KiB of read-only data).
+static F16_TO_F32: [f32; 1 << 16] = {
+    let mut table = [0.0f32; 1 << 16];
+    let mut i = 0;
+    while i < table.len() {
+        table[i] = half::f16::from_bits(i as u16).to_f32_const();
+        i += 1;
+    }
+    table
+};
+
 /// The f16 at `p`, converted and broadcast to 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn broadcast_f16(p: *const u8) -> __m256 {
-    _mm256_cvtph_ps(_mm_set1_epi16(read_unaligned(p.cast::<i16>())))
+    _mm256_broadcast_ss(&F16_TO_F32[read_unaligned(p.cast::<u16>()) as usize])
 }
 
 /// Dot products of `R` weight rows with `T` Q8_0 activation rows, `nb` blocks each: a register
@@ -183,7 +200,8 @@ unsafe fn broadcast_f16(p: *const u8) -> __m256 {
 /// Every element is reduced the same way whatever `R` and `T` (so a tile equals the 1×1 dot bit
 /// for bit, which makes matmul batch invariant): per block, the exact integer lane sums
 /// `s = madd(maddubs(|q|, sign(a, q)), 1)` as floats, `acc = fma(dw * da, s, acc)` in block
-/// order, then a fixed horizontal sum.
+/// order, then a fixed horizontal sum. Formats with an [`SymQ8_0::OFFSET`] get the same exact
+/// pair sums as `maddubs(u, a) - maddubs(OFFSET, a)`, the second term computed once per token.
 ///
 /// Exact for activation codes in `-127..=127` (see the module docs).
 ///
@@ -208,8 +226,13 @@ pub unsafe fn tile_sym_q8_0<F: SymQ8_0, const R: usize, const T: usize>(
             let y = a[t].add(b * Q8_0_BYTES);
             let qy = _mm256_loadu_si256(y.add(2).cast());
             let da = broadcast_f16(y);
+            let offset = _mm256_maddubs_epi16(_mm256_set1_epi8(F::OFFSET), qy);
             for r in 0..R {
-                let pairs = _mm256_maddubs_epi16(abs_q[r], _mm256_sign_epi8(qy, q[r]));
+                let pairs = if F::OFFSET == 0 {
+                    _mm256_maddubs_epi16(abs_q[r], _mm256_sign_epi8(qy, q[r]))
+                } else {
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(q[r], qy), offset)
+                };
                 let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
                 acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], da), s, acc[r][t]);
             }
