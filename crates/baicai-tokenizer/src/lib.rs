@@ -546,6 +546,188 @@ fn clean_up_spaces(text: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    /// A byte-level BPE vocabulary: the 256 byte characters, merged tokens, and specials.
+    fn tiny_bpe() -> Tokenizer {
+        let mut tokens: Vec<String> = bpe::BYTE_CHARS.iter().map(|c| c.to_string()).collect();
+        let merged = ["ab", "bc", "aa", "he", "ll", "hell", "hello", "Ġw", "Ġwo"];
+        tokens.extend(merged.iter().map(|s| s.to_string()));
+        tokens.extend(["<|im_start|>", "<|im_end|>", "<tool>"].map(String::from));
+        let n = tokens.len();
+        let mut types = vec![TokenType::Normal; n];
+        types[n - 3] = TokenType::Control;
+        types[n - 2] = TokenType::Control;
+        types[n - 1] = TokenType::UserDefined;
+        let merges = [
+            "a b", "b c", "a a", "h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o",
+        ];
+        Tokenizer::from_spec(TokenizerSpec {
+            model: TokenizerModel::Bpe,
+            pre: Some("qwen2".into()),
+            tokens,
+            token_types: Some(types),
+            merges: merges.map(String::from).to_vec(),
+            eos_id: Some(n as u32 - 2),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn ids_of(tok: &Tokenizer, texts: &[&str]) -> Vec<u32> {
+        texts
+            .iter()
+            .map(|t| tok.token_id(t).unwrap_or_else(|| panic!("no token {t:?}")))
+            .collect()
+    }
+
+    #[test]
+    fn bpe_merges_by_rank_then_leftmost() {
+        let tok = tiny_bpe();
+        // "a b" outranks "b c"; of two equal "a a" candidates the left one merges first.
+        assert_eq!(tok.encode("abc", false, false), ids_of(&tok, &["ab", "c"]));
+        assert_eq!(tok.encode("aaa", false, false), ids_of(&tok, &["aa", "a"]));
+        assert_eq!(
+            tok.encode("hello wo", false, false),
+            ids_of(&tok, &["hello", "Ġwo"])
+        );
+        assert_eq!(
+            tok.decode(&tok.encode("hello wo", false, false), false),
+            "hello wo"
+        );
+    }
+
+    #[test]
+    fn bpe_specials_control_only_when_parsed_user_defined_always() {
+        let tok = tiny_bpe();
+        let start = tok.token_id("<|im_start|>").unwrap();
+        let tool = tok.token_id("<tool>").unwrap();
+        assert_eq!(
+            tok.encode("<|im_start|>ab", false, true),
+            vec![start, tok.token_id("ab").unwrap()]
+        );
+        assert!(!tok.encode("<|im_start|>ab", false, false).contains(&start));
+        assert!(tok.encode("x<tool>y", false, false).contains(&tool));
+        let ids = tok.encode("<|im_start|>he<|im_end|>", false, true);
+        assert_eq!(tok.decode(&ids, false), "<|im_start|>he<|im_end|>");
+        assert_eq!(tok.decode(&ids, true), "he");
+        assert!(tok.is_eog(tok.token_id("<|im_end|>").unwrap()));
+        assert!(!tok.add_bos(), "qwen2-style BPE adds no BOS by default");
+    }
+
+    /// A SentencePiece vocabulary with byte fallback.
+    fn tiny_spm(add_space_prefix: Option<bool>) -> Tokenizer {
+        let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+        let mut types = vec![TokenType::Unknown, TokenType::Control, TokenType::Control];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(TokenType::Byte);
+        }
+        let pieces = [
+            ("▁", -1.0),
+            ("a", -2.0),
+            ("b", -2.0),
+            ("▁a", -1.5),
+            ("ab", -0.5),
+            ("▁ab", -0.1),
+        ];
+        let mut scores = vec![0.0; tokens.len()];
+        for (p, s) in pieces {
+            tokens.push(p.to_string());
+            types.push(TokenType::Normal);
+            scores.push(s);
+        }
+        Tokenizer::from_spec(TokenizerSpec {
+            model: TokenizerModel::Spm,
+            tokens,
+            scores: Some(scores),
+            token_types: Some(types),
+            add_space_prefix,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn spm_merges_by_score_with_space_prefix_and_byte_fallback() {
+        let tok = tiny_spm(None);
+        assert_eq!(tok.bos_id(), Some(1));
+        assert!(tok.add_bos());
+        let ids = tok.encode("ab", true, false);
+        assert_eq!(ids, [vec![1], ids_of(&tok, &["▁ab"])].concat());
+        // Without the prefix: "ab" (score -0.5) merges before "▁a" (-1.5), then "▁ab" (-0.1).
+        let tok2 = tiny_spm(Some(false));
+        assert_eq!(tok2.encode(" ab", false, false), ids_of(&tok2, &["▁ab"]));
+        assert_eq!(
+            tok2.encode(" aab", false, false),
+            ids_of(&tok2, &["▁a", "ab"])
+        );
+        assert_eq!(tok2.encode("ba", false, false), ids_of(&tok2, &["b", "a"]));
+        // "é" is no token: its UTF-8 bytes become <0xC3><0xA9>.
+        assert_eq!(
+            tok2.encode("é", false, false),
+            ids_of(&tok2, &["<0xC3>", "<0xA9>"])
+        );
+        // llama.cpp strips the prefixed space from the first token, except when a skipped BOS
+        // comes first (then the space stays).
+        assert_eq!(tok.decode(&ids[1..], true), "ab");
+        assert_eq!(tok.decode(&ids, true), " ab");
+        assert_eq!(tok.decode(&ids, false), "<s> ab");
+        assert_eq!(
+            tok2.decode(&tok2.encode("aé b", false, false), false),
+            "aé b"
+        );
+    }
+
+    #[test]
+    fn stream_decoder_waits_for_byte_fallback_characters() {
+        let tok = tiny_spm(Some(false));
+        let text = "aé中🥬b";
+        let ids = tok.encode(text, false, false);
+        let mut dec = tok.stream_decoder(true);
+        let mut out = String::new();
+        for &id in &ids {
+            let part = dec.push(&tok, id);
+            assert!(!part.contains('\u{FFFD}'), "broken character after {id}");
+            out.push_str(&part);
+        }
+        out.push_str(&dec.flush());
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn spec_errors_name_the_problem() {
+        let e = Tokenizer::from_spec(TokenizerSpec::default()).unwrap_err();
+        assert!(matches!(e, TokenizerError::EmptyVocab), "{e}");
+        let dup = TokenizerSpec {
+            model: TokenizerModel::Spm,
+            tokens: vec!["a".into(), "a".into()],
+            ..Default::default()
+        };
+        let e = Tokenizer::from_spec(dup).unwrap_err().to_string();
+        assert!(
+            e.contains("\"a\"") && e.contains("0") && e.contains("1"),
+            "{e}"
+        );
+        let short = TokenizerSpec {
+            model: TokenizerModel::Spm,
+            tokens: vec!["a".into(), "b".into()],
+            scores: Some(vec![0.0]),
+            ..Default::default()
+        };
+        let e = Tokenizer::from_spec(short).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.ggml.scores"), "{e}");
+        assert!(TokenizerModel::from_gguf_name("t5")
+            .unwrap_err()
+            .to_string()
+            .contains("'t5'"));
+    }
+
+    #[test]
+    fn tokenizer_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+        assert_send_sync::<ChatTemplate>();
+    }
+
     #[test]
     fn clean_spaces_matches_llamacpp_passes() {
         let run = |s: &str| {
