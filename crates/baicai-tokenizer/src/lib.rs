@@ -19,6 +19,8 @@
 //! inside the merge loops are ids or text slices, never fresh strings, so loading a 150k-merge
 //! vocabulary and encoding a prompt stay cheap.
 
+#![warn(missing_docs)]
+
 mod bpe;
 pub mod chat;
 mod error;

@@ -3,54 +3,18 @@
 //! reference llama.cpp by tools/tokenizer_llamacpp_fixture.py into tests/data/. Needs the real
 //! models (scripts/fetch-models.sh); without them the tests print a note and pass.
 
-use std::path::Path;
+mod common;
 
-use baicai_gguf::Gguf;
 use baicai_tokenizer::Tokenizer;
+use common::{first_difference, ids, load_tokenizer, read_json, GEMMA, QWEN};
 use serde_json::Value;
 
 fn load(model: &str) -> Option<(Tokenizer, Value)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join("../../models").join(format!("{model}.gguf"));
-    if !path.exists() {
-        eprintln!(
-            "skipped: {} not found (run scripts/fetch-models.sh)",
-            path.display()
-        );
-        return None;
-    }
-    let gguf = Gguf::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let tok = Tokenizer::from_gguf(&gguf).unwrap_or_else(|e| panic!("{model}: {e}"));
-    let data = root
+    let tok = load_tokenizer(model)?;
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(format!("llamacpp_{model}.json"));
-    let text = std::fs::read_to_string(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
-    Some((tok, serde_json::from_str(&text).unwrap()))
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn describe(tok: &Tokenizer, got: &[u32], want: &[u32]) -> String {
-    let pos = got
-        .iter()
-        .zip(want)
-        .position(|(a, b)| a != b)
-        .unwrap_or(got.len().min(want.len()));
-    let show = |v: &[u32]| {
-        v.get(pos)
-            .map(|&id| format!("{id} {:?}", tok.token_text(id).unwrap_or("?")))
-    };
-    format!(
-        "first difference at position {pos}: got {:?}, llama.cpp {:?}\n    got:       {got:?}\n    llama.cpp: {want:?}",
-        show(got),
-        show(want)
-    )
+    Some((tok, read_json(&data)))
 }
 
 /// Compares every case and fails once at the end, listing the first few mismatches.
@@ -97,7 +61,10 @@ fn check(model: &str) {
         ];
         for (what, got, want) in runs {
             if got != want {
-                failures.push(format!("{text:?} {what}: {}", describe(&tok, &got, &want)));
+                failures.push(format!(
+                    "{text:?} {what}: {}",
+                    first_difference(&tok, &got, &want)
+                ));
             }
         }
         let want_ids = ids(&case["with_special"]);
@@ -128,10 +95,10 @@ fn check(model: &str) {
 
 #[test]
 fn qwen_matches_llamacpp_on_awkward_corpus() {
-    check("qwen2.5-coder-0.5b-instruct-q4_k_m");
+    check(QWEN);
 }
 
 #[test]
 fn gemma_matches_llamacpp_on_awkward_corpus() {
-    check("gemma-3-270m-q4_k_m");
+    check(GEMMA);
 }

@@ -2,75 +2,28 @@
 //! models (fixtures/llamacpp, see shared/fixtures/README.md). The models are fetched by
 //! `scripts/fetch-models.sh`; without them these tests print a note and pass.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Instant;
 
 use baicai_gguf::Gguf;
 use baicai_tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer};
+use common::{first_difference, ids, load_tokenizer as load, model_path, read_json, GEMMA, QWEN};
 use serde_json::Value;
 
-const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m";
-const GEMMA: &str = "gemma-3-270m-q4_k_m";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The tokenizer of `models/<name>.gguf`, or `None` (with a note) when the model is absent.
-fn load(name: &str) -> Option<Tokenizer> {
-    let path = repo_root().join("models").join(format!("{name}.gguf"));
-    if !path.exists() {
-        eprintln!(
-            "skipped: {} not found (run scripts/fetch-models.sh)",
-            path.display()
-        );
-        return None;
-    }
-    let gguf = Gguf::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let t = Instant::now();
-    let tok = Tokenizer::from_gguf(&gguf).unwrap_or_else(|e| panic!("{name}: {e}"));
-    eprintln!(
-        "{name}: tokenizer built in {:.1} ms",
-        t.elapsed().as_secs_f64() * 1e3
-    );
-    Some(tok)
-}
-
 fn fixture(name: &str) -> Value {
-    let path = repo_root()
-        .join("fixtures/llamacpp")
-        .join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    read_json(
+        &common::repo_root()
+            .join("fixtures/llamacpp")
+            .join(format!("{name}.json")),
+    )
 }
 
 /// Fails with the first differing position, both ids and their token texts.
 fn assert_ids(tok: &Tokenizer, what: &str, got: &[u32], want: &[u32]) {
-    if got == want {
-        return;
+    if got != want {
+        panic!("{what}: {}", first_difference(tok, got, want));
     }
-    let pos = got
-        .iter()
-        .zip(want)
-        .position(|(a, b)| a != b)
-        .unwrap_or(got.len().min(want.len()));
-    let show = |v: &[u32]| {
-        v.get(pos)
-            .map(|&id| format!("{id} {:?}", tok.token_text(id).unwrap_or("?")))
-    };
-    panic!(
-        "{what}: first difference at position {pos}: got {:?}, llama.cpp {:?}\n  got:       {got:?}\n  llama.cpp: {want:?}",
-        show(got),
-        show(want)
-    );
 }
 
 fn check_tokenize(name: &str) {
@@ -312,23 +265,21 @@ fn end_of_generation_set_matches_llamacpp() {
 #[test]
 fn loading_and_encoding_are_fast() {
     for name in [QWEN, GEMMA] {
-        let path = repo_root().join("models").join(format!("{name}.gguf"));
-        if !path.exists() {
-            eprintln!("skipped: {} not found", path.display());
+        let Some(path) = model_path(name) else {
             continue;
-        }
+        };
         let gguf = Gguf::open(&path).unwrap();
         let t = Instant::now();
         let tok = Tokenizer::from_gguf(&gguf).unwrap();
         let load_s = t.elapsed().as_secs_f64();
         let prompt = VARIED.join(" ").repeat(4);
         let t = Instant::now();
-        let ids = tok.encode(&prompt, true, true);
+        let encoded = tok.encode(&prompt, true, true);
         let enc_s = t.elapsed().as_secs_f64();
         eprintln!(
             "{name}: load {:.0} ms, encode {} tokens in {:.2} ms",
             load_s * 1e3,
-            ids.len(),
+            encoded.len(),
             enc_s * 1e3
         );
         // Generous bounds (shared CI cores); they catch quadratic behaviour, not jitter.
@@ -336,7 +287,7 @@ fn loading_and_encoding_are_fast() {
         assert!(
             enc_s < 0.2,
             "{name}: encoding {} tokens took {enc_s:.3} s",
-            ids.len()
+            encoded.len()
         );
     }
 }
