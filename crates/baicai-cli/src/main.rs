@@ -1,1 +1,61 @@
-fn main() {}
+//! `baicai`: run, chat with, inspect and benchmark GGUF models on the CPU.
+//!
+//! Standard output carries only what the command produces (generated text, JSON); status and
+//! errors go to standard error. Every error is one line and a non-zero exit.
+
+mod bench;
+mod generate;
+mod inspect;
+mod load;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Run large language models on ordinary CPUs at the lowest cost per token.
+#[derive(Parser)]
+#[command(name = "baicai", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Raw completion of a prompt (no chat template), streamed to stdout.
+    Run(generate::RunArgs),
+    /// Interactive multi-turn chat with the model's chat template (`-p` for one turn).
+    Chat(generate::ChatArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(load::TokenizeArgs),
+    /// Print metadata, tensors, parameter count and memory needed.
+    Inspect(inspect::InspectArgs),
+    /// Measure prompt processing and generation speed (like llama-bench's pp/tg).
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Run(a) => generate::run(a),
+        Command::Chat(a) => generate::chat(a),
+        Command::Tokenize(a) => load::tokenize(a),
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Bench(a) => bench::bench(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}

@@ -5,4 +5,5 @@
 //! (RNG, penalty history) owned by the sequence, so the same seed always yields the same text.
 
 pub mod sampler;
+pub mod session;
 pub mod sysinfo;

@@ -1,0 +1,146 @@
+//! `baicai bench`: prompt processing (ppN) and generation (tgN) speed with the same meaning as
+//! llama-bench's pp512/tg128, peak RSS, and the fraction of the memory-bandwidth roofline reached
+//! in generation.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use baicai_engine::sysinfo;
+use baicai_models::Logits;
+use clap::Args;
+
+use crate::load::{load, ModelArgs};
+
+/// Arguments of `bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens processed in one batch (0 skips the test).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Tokens generated one at a time (0 skips the test).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions; the mean is reported.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    pub repetitions: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn stddev(v: &[f64]) -> f64 {
+    let m = mean(v);
+    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+}
+
+/// Deterministic pseudo-random token ids (llama-bench also feeds random tokens).
+fn tokens(n: usize, n_vocab: usize) -> Vec<u32> {
+    let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % n_vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// `baicai bench`.
+pub fn bench(a: BenchArgs) -> Result<()> {
+    if a.repetitions == 0 {
+        anyhow::bail!("--repetitions must be at least 1");
+    }
+    let loaded = load(&a.model)?;
+    let threads = rayon::current_num_threads();
+    let model = loaded.model;
+    let cfg = model.config().clone();
+    let n_ctx = a.n_prompt.max(a.n_gen).max(1);
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    // One warm-up pass pages the weights in, as llama-bench's warm-up run does.
+    {
+        let mut cache = model.new_cache(n_ctx);
+        model.forward(&tokens(1, cfg.n_vocab), &mut cache, Logits::Last)?;
+    }
+    for _ in 0..a.repetitions {
+        if a.n_prompt > 0 {
+            let mut cache = model.new_cache(n_ctx);
+            let prompt = tokens(a.n_prompt, cfg.n_vocab);
+            let t = Instant::now();
+            for chunk in prompt.chunks(baicai_engine::session::PREFILL_CHUNK) {
+                model.forward(chunk, &mut cache, Logits::Last).context("prompt processing")?;
+            }
+            pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+        }
+        if a.n_gen > 0 {
+            let mut cache = model.new_cache(n_ctx);
+            let mut tok = tokens(1, cfg.n_vocab)[0];
+            let t = Instant::now();
+            for _ in 0..a.n_gen {
+                let logits = model.forward(&[tok], &mut cache, Logits::Last).context("generation")?;
+                tok = argmax(&logits);
+            }
+            tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    // Peak RSS is read before the bandwidth probe, whose buffer would otherwise count.
+    let peak_rss = sysinfo::peak_rss_bytes().unwrap_or(0);
+    let bandwidth = sysinfo::measure_read_bandwidth(threads);
+    let bytes_per_token = model.weight_bytes_per_token();
+    let tg_mean = mean(&tg);
+    let roofline = if bandwidth > 0.0 { tg_mean * bytes_per_token as f64 / bandwidth } else { 0.0 };
+    let file = loaded.gguf.file_size();
+    if a.json {
+        let j = serde_json::json!({
+            "model": a.model.model.display().to_string(),
+            "architecture": cfg.arch_name,
+            "threads": threads,
+            "n_prompt": a.n_prompt,
+            "n_gen": a.n_gen,
+            "repetitions": a.repetitions,
+            "pp_tokens_per_s": mean(&pp),
+            "pp_stddev": stddev(&pp),
+            "tg_tokens_per_s": tg_mean,
+            "tg_stddev": stddev(&tg),
+            "peak_rss_mib": peak_rss as f64 / 1048576.0,
+            "file_mib": file as f64 / 1048576.0,
+            "weight_bytes_per_token": bytes_per_token,
+            "bandwidth_gb_per_s": bandwidth / 1e9,
+            "roofline_fraction": roofline,
+        });
+        println!("{j}");
+    } else {
+        println!("model: {} ({}), threads {threads}", a.model.model.display(), cfg.arch_name);
+        if a.n_prompt > 0 {
+            println!("pp{:<6} {:>8.2} ± {:.2} tok/s", a.n_prompt, mean(&pp), stddev(&pp));
+        }
+        if a.n_gen > 0 {
+            println!("tg{:<6} {:>8.2} ± {:.2} tok/s", a.n_gen, tg_mean, stddev(&tg));
+        }
+        println!("peak RSS: {:.1} MiB (file {:.1} MiB)", peak_rss as f64 / 1048576.0, file as f64 / 1048576.0);
+        println!(
+            "roofline: {:.1} MiB read per token, bandwidth {:.1} GB/s, {:.0}% of the limit reached",
+            bytes_per_token as f64 / 1048576.0,
+            bandwidth / 1e9,
+            roofline * 100.0
+        );
+    }
+    Ok(())
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
