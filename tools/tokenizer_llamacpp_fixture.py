@@ -79,6 +79,13 @@ HANDPICKED = [
     "\t" * 40 + "many tabs",
     " " * 40 + "many spaces",
     "ab" * 200,
+    # Long runs (regex backtracking, long merge chains).
+    " " * 3000 + "a",
+    "a" * 2000,
+    "\n " * 500,
+    "中" * 500,
+    "1" * 300,
+    "<|im_start|>" * 50,
 ]
 
 POOLS = {
