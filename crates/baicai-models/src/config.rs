@@ -14,6 +14,57 @@ pub enum Arch {
     Qwen2,
     /// Gemma 3: interleaved sliding-window / global attention, QK-norm, pre/post norms.
     Gemma3,
+    /// DeepSeek-V2/V2-Lite/V3/R1: Multi-head Latent Attention and DeepSeekMoE.
+    Deepseek2,
+}
+
+/// YaRN RoPE scaling (Peng et al. 2023), as DeepSeek-V2/V3 configure it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yarn {
+    pub factor: f32,
+    pub original_context: usize,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// `mscale_all_dim`: the softmax scale is multiplied by `(0.1·m·ln(factor) + 1)²`.
+    pub mscale_all_dim: f32,
+    /// `mscale`: cos/sin are multiplied by `yarn_mscale(mscale) / yarn_mscale(mscale_all_dim)`.
+    pub mscale: f32,
+}
+
+/// Multi-head Latent Attention sizes (DeepSeek-V2 §2.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaConfig {
+    /// Rank of the query compression; `None` projects queries directly (V2-Lite).
+    pub q_lora_rank: Option<usize>,
+    /// Rank of the joint key/value compression: the latent the KV cache stores.
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+    pub yarn: Option<Yarn>,
+}
+
+impl MlaConfig {
+    /// Per-head query/key width before absorption.
+    pub fn q_head_dim(&self) -> usize {
+        self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// Values cached per token and layer: the latent plus the shared RoPE key.
+    pub fn cache_width(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
+}
+
+/// Mixture-of-Experts sizes and routing.
+#[derive(Debug, Clone)]
+pub struct MoeConfig {
+    pub router: crate::moe::RouterConfig,
+    /// Shared experts run on every token (their width is `n_shared * n_ff_expert`).
+    pub n_shared: usize,
+    pub n_ff_expert: usize,
+    /// The first `first_dense` layers have a dense feed-forward block.
+    pub first_dense: usize,
 }
 
 /// How RoPE pairs dimensions.
@@ -51,6 +102,10 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// Every `swa_period`-th layer (1-based) is global; the rest use the sliding window.
     pub swa_period: usize,
+    /// Multi-head Latent Attention, for DeepSeek-V2/V3.
+    pub mla: Option<MlaConfig>,
+    /// Mixture-of-Experts feed-forward blocks.
+    pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
@@ -64,6 +119,7 @@ impl ModelConfig {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             "gemma3" => Arch::Gemma3,
+            "deepseek2" => Arch::Deepseek2,
             other => {
                 return Err(ModelError::UnsupportedArch {
                     found: other.to_string(),
@@ -104,8 +160,9 @@ impl ModelConfig {
             Some("linear") => g.get_f32(&key("rope.scaling.factor"))?.unwrap_or(1.0),
             Some("none") | None => 1.0,
             Some(other) => {
-                // llama3-style scaling is carried by the `rope_freqs.weight` tensor instead.
-                if other == "llama3" {
+                // llama3-style scaling is carried by the `rope_freqs.weight` tensor instead;
+                // YaRN is read into `MlaConfig::yarn`.
+                if other == "llama3" || (other == "yarn" && arch == Arch::Deepseek2) {
                     1.0
                 } else {
                     return Err(ModelError::Config(format!(
@@ -140,11 +197,13 @@ impl ModelConfig {
             rope_base_swa,
             rope_linear_factor,
             rope_style: match arch {
-                Arch::Llama => RopeStyle::Interleaved,
+                Arch::Llama | Arch::Deepseek2 => RopeStyle::Interleaved,
                 Arch::Qwen2 | Arch::Gemma3 => RopeStyle::Neox,
             },
             sliding_window,
             swa_period,
+            mla: if arch == Arch::Deepseek2 { Some(mla_from_gguf(g, &arch_name)?) } else { None },
+            moe: if arch == Arch::Deepseek2 { Some(moe_from_gguf(g, &arch_name)?) } else { None },
             arch_name,
         };
         Ok(cfg)
@@ -169,4 +228,90 @@ impl ModelConfig {
     pub fn v_dim(&self) -> usize {
         self.n_head_kv * self.head_dim_v
     }
+}
+
+fn mla_from_gguf(g: &Gguf, arch: &str) -> Result<MlaConfig, ModelError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let u = |k: &str| -> Result<usize, ModelError> { Ok(g.require_u64(&key(k))? as usize) };
+    let rope = u("rope.dimension_count")?;
+    // Files converted for absorbed MLA carry the per-head sizes under `*_mla` keys and the
+    // latent sizes under the plain keys.
+    let head_k = match g.get_u64(&key("attention.key_length_mla"))? {
+        Some(v) => v as usize,
+        None => u("attention.key_length")?,
+    };
+    let head_v = match g.get_u64(&key("attention.value_length_mla"))? {
+        Some(v) => v as usize,
+        None => u("attention.value_length")?,
+    };
+    if head_k <= rope {
+        return Err(ModelError::Config(format!(
+            "key length {head_k} must exceed the RoPE dimension {rope}"
+        )));
+    }
+    let yarn = match g.get_str(&key("rope.scaling.type"))? {
+        Some("yarn") => {
+            // The converter writes 0.1 * mscale_all_dim as the log multiplier.
+            let log_mul = g.get_f32(&key("rope.scaling.yarn_log_multiplier"))?.unwrap_or(0.0);
+            Some(Yarn {
+                factor: g.require_f32(&key("rope.scaling.factor"))?,
+                original_context: u("rope.scaling.original_context_length")?,
+                beta_fast: g.get_f32(&key("rope.scaling.yarn_beta_fast"))?.unwrap_or(32.0),
+                beta_slow: g.get_f32(&key("rope.scaling.yarn_beta_slow"))?.unwrap_or(1.0),
+                mscale_all_dim: log_mul / 0.1,
+                mscale: log_mul / 0.1,
+            })
+        }
+        _ => None,
+    };
+    Ok(MlaConfig {
+        q_lora_rank: g.get_u64(&key("attention.q_lora_rank"))?.map(|v| v as usize).filter(|&v| v > 0),
+        kv_lora_rank: u("attention.kv_lora_rank")?,
+        qk_nope_head_dim: head_k - rope,
+        qk_rope_head_dim: rope,
+        v_head_dim: head_v,
+        yarn,
+    })
+}
+
+fn moe_from_gguf(g: &Gguf, arch: &str) -> Result<MoeConfig, ModelError> {
+    use crate::moe::{GroupScore, RouterConfig, Scoring};
+    let key = |k: &str| format!("{arch}.{k}");
+    let u = |k: &str| -> Result<usize, ModelError> { Ok(g.require_u64(&key(k))? as usize) };
+    // 1 = softmax (V2, the default for files without the key), 2 = sigmoid (V3).
+    let scoring = match g.get_u64(&key("expert_gating_func"))?.unwrap_or(1) {
+        1 => Scoring::Softmax,
+        2 => Scoring::Sigmoid,
+        other => {
+            return Err(ModelError::Config(format!(
+                "expert_gating_func {other} is not supported (1 = softmax, 2 = sigmoid)"
+            )))
+        }
+    };
+    let n_expert = u("expert_count")?;
+    let n_group = g.get_u64(&key("expert_group_count"))?.map_or(1, |v| v as usize).max(1);
+    let router = RouterConfig {
+        n_expert,
+        n_used: u("expert_used_count")?,
+        scoring,
+        norm_topk_prob: g.get_bool(&key("expert_weights_norm"))?.unwrap_or(false),
+        scaling: g.get_f32(&key("expert_weights_scale"))?.unwrap_or(1.0),
+        n_group,
+        topk_group: g.get_u64(&key("expert_group_used_count"))?.map_or(n_group, |v| v as usize),
+        // The reference scores groups by their max under softmax routing (V2) and by the sum of
+        // the top two biased scores under sigmoid routing (V3).
+        group_score: if scoring == Scoring::Sigmoid { GroupScore::Top2Sum } else { GroupScore::Max },
+    };
+    if router.n_used == 0 || router.n_used > n_expert || n_expert % n_group != 0 {
+        return Err(ModelError::Config(format!(
+            "expert_used_count {} / expert_count {n_expert} / expert_group_count {n_group} are inconsistent",
+            router.n_used
+        )));
+    }
+    Ok(MoeConfig {
+        router,
+        n_shared: g.get_u64(&key("expert_shared_count"))?.map_or(0, |v| v as usize),
+        n_ff_expert: u("expert_feed_forward_length")?,
+        first_dense: g.get_u64(&key("leading_dense_block_count"))?.map_or(0, |v| v as usize),
+    })
 }

@@ -9,11 +9,13 @@
 //! paper; the shared pieces (norms, RoPE, attention, feed-forward) live in [`layers`].
 
 pub mod config;
+pub mod deepseek2;
 pub mod error;
 pub mod gemma3;
 pub mod kv;
 pub mod layers;
 pub mod llama;
+pub mod moe;
 pub mod weights;
 
 use std::sync::Arc;
@@ -63,7 +65,7 @@ pub trait CausalLm: Send + Sync {
 }
 
 /// Architectures this crate can run (`general.architecture` values).
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3", "deepseek2"];
 
 /// Loads the model in `gguf`, choosing the architecture from `general.architecture`.
 ///
@@ -75,5 +77,6 @@ pub fn load(gguf: Arc<Gguf>) -> Result<Box<dyn CausalLm>, ModelError> {
     Ok(match cfg.arch {
         Arch::Llama | Arch::Qwen2 => Box::new(llama::Llama::load(gguf, cfg)?),
         Arch::Gemma3 => Box::new(gemma3::Gemma3::load(gguf, cfg)?),
+        Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(gguf, cfg)?),
     })
 }

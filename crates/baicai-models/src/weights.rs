@@ -82,6 +82,16 @@ impl WeightStore {
                 expected,
             });
         }
+        self.checked_linear(name, info.clone(), rows, cols)
+    }
+
+    fn checked_linear(
+        &self,
+        name: &str,
+        info: TensorInfo,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Linear, ModelError> {
         let dtype = dtype_of(info.ggml_type).ok_or_else(|| ModelError::UnsupportedType {
             name: name.into(),
             ty: info.ggml_type.name().to_string(),
@@ -94,7 +104,23 @@ impl WeightStore {
                 dtype.block_len()
             )));
         }
-        Ok(Linear { name: name.into(), info: info.clone(), dtype, rows, cols })
+        Ok(Linear { name: name.into(), info, dtype, rows, cols })
+    }
+
+    /// `n` stacked matrices of `rows` × `cols` (GGUF shape `[cols, rows, n]`, e.g. the routed
+    /// experts of a MoE layer), held as one [`Linear`] of `n * rows` rows.
+    ///
+    /// # Errors
+    /// Missing tensor, other shape, or unsupported type.
+    pub fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Linear, ModelError> {
+        let info = self.info(name)?;
+        let expected = vec![cols as u64, rows as u64, n as u64];
+        if info.shape != expected {
+            return Err(ModelError::BadShape { name: name.into(), found: info.shape.clone(), expected });
+        }
+        let mut flat = info.clone();
+        flat.shape = vec![cols as u64, (rows * n) as u64];
+        self.checked_linear(name, flat, rows * n, cols)
     }
 
     /// A vector of `n` values decoded to f32 (norm weights, biases).
@@ -158,6 +184,23 @@ impl WeightStore {
     /// `out[t, :] = W x[t, :]` for `n_tokens` rows of `x`.
     pub fn matmul(&self, lin: &Linear, x: &[f32], n_tokens: usize, out: &mut [f32]) {
         baicai_kernels::matmul(&self.weight(lin), x, n_tokens, out);
+    }
+
+    /// `out[t, :] = W[r0..r0 + rows] x[t, :]`: a block of rows (one expert of a stacked tensor,
+    /// one head of a per-head projection).
+    pub fn matmul_rows(
+        &self,
+        lin: &Linear,
+        r0: usize,
+        rows: usize,
+        x: &[f32],
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
+        let rb = lin.dtype.row_bytes(lin.cols).expect("checked at load");
+        let data = self.gguf.tensor_data(&lin.info);
+        let w = Weight { dtype: lin.dtype, data: &data[r0 * rb..(r0 + rows) * rb], rows, cols: lin.cols };
+        baicai_kernels::matmul(&w, x, n_tokens, out);
     }
 
     /// Bytes of a tensor in the file.

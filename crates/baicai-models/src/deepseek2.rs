@@ -1,0 +1,431 @@
+//! DeepSeek-V2 / V2-Lite / V3 / R1 (`deepseek2`): Multi-head Latent Attention in the absorbed
+//! form and DeepSeekMoE (DeepSeek-V2 §2.1–2.2, DeepSeek-V3 §2.1; llama.cpp's `deepseek2.cpp`).
+//!
+//! The KV cache holds only the normalized latent `c_kv` (`kv_lora_rank` values) and the shared
+//! RoPE key (`qk_rope_head_dim` values) per token and layer. Queries are absorbed into the
+//! latent space (`q_lat = W_UK^T q_nope`), attention runs over the latents, and `W_UV` expands
+//! each head's attended latent afterwards, so keys and values are never decompressed.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use baicai_gguf::Gguf;
+use rayon::prelude::*;
+
+use crate::config::{MlaConfig, ModelConfig, MoeConfig, Yarn};
+use crate::error::ModelError;
+use crate::kv::KvCache;
+use crate::layers;
+use crate::llama::{embed, head};
+use crate::moe::{self, ExpertLoad, Experts};
+use crate::weights::{Linear, WeightStore};
+use crate::{CausalLm, Logits};
+
+/// How `W_UK` is held for absorption.
+enum KAbsorb {
+    /// `attn_k_b`: per-head `[kv_lora_rank, qk_nope]` matrices, used as they are.
+    Split(Linear),
+    /// From the older fused `attn_kv_b`: per head, `qk_nope` rows of `kv_lora_rank` values
+    /// decoded to f32 at load (absorption needs their transpose).
+    Dense(Vec<f32>),
+}
+
+struct Attn {
+    q_a: Option<(Linear, Vec<f32>)>,
+    q: Linear,
+    kv_a: Linear,
+    kv_a_norm: Vec<f32>,
+    k_absorb: KAbsorb,
+    /// `W_UV`: rows of `v_head_dim` per head, starting at `v_row0 + h * v_stride`.
+    v_b: Linear,
+    v_row0: usize,
+    v_stride: usize,
+    wo: Linear,
+}
+
+enum Ffn {
+    Dense { gate: Linear, up: Linear, down: Linear },
+    Moe { router: Linear, bias: Option<Vec<f32>>, experts: Experts, shared: Option<(Linear, Linear, Linear)> },
+}
+
+struct Block {
+    attn_norm: Vec<f32>,
+    attn: Attn,
+    ffn_norm: Vec<f32>,
+    ffn: Ffn,
+}
+
+/// YaRN-scaled RoPE over the rope slice only (interleaved pairs).
+struct RopeYarn {
+    /// Per pair: the angle per position.
+    theta: Vec<f64>,
+    /// cos/sin magnitude (`yarn_mscale(mscale) / yarn_mscale(mscale_all_dim)`, usually 1).
+    mscale: f32,
+}
+
+fn yarn_mscale(factor: f32, m: f32) -> f32 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * m * factor.ln() + 1.0
+    }
+}
+
+impl RopeYarn {
+    fn new(dim: usize, base: f32, yarn: Option<&Yarn>) -> RopeYarn {
+        let half = dim / 2;
+        let extrap: Vec<f64> = (0..half).map(|i| (base as f64).powf(-2.0 * i as f64 / dim as f64)).collect();
+        let Some(y) = yarn else { return RopeYarn { theta: extrap, mscale: 1.0 } };
+        // Correction range of YaRN §A.2: dimensions rotating faster than beta_fast turns over
+        // the original context keep their frequency, slower than beta_slow are interpolated.
+        let corr = |rot: f32| {
+            dim as f64 * ((y.original_context as f64) / (rot as f64 * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * (base as f64).ln())
+        };
+        let low = corr(y.beta_fast).floor().max(0.0);
+        let high = corr(y.beta_slow).ceil().min(dim as f64 - 1.0);
+        let theta = extrap
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| {
+                let ramp = ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                let keep = 1.0 - ramp; // 1: extrapolate (original frequency)
+                e / y.factor as f64 * (1.0 - keep) + e * keep
+            })
+            .collect();
+        RopeYarn { theta, mscale: yarn_mscale(y.factor, y.mscale) / yarn_mscale(y.factor, y.mscale_all_dim) }
+    }
+
+    /// Rotates `x` (`[dim]`) for position `pos`.
+    fn apply(&self, x: &mut [f32], pos: usize) {
+        for (i, &th) in self.theta.iter().enumerate() {
+            let (s, c) = (pos as f64 * th).sin_cos();
+            let (c, s) = (c as f32 * self.mscale, s as f32 * self.mscale);
+            let (a, b) = (x[2 * i], x[2 * i + 1]);
+            x[2 * i] = a * c - b * s;
+            x[2 * i + 1] = a * s + b * c;
+        }
+    }
+}
+
+/// A DeepSeek-V2/V3 model.
+pub struct Deepseek2 {
+    store: WeightStore,
+    cfg: ModelConfig,
+    mla: MlaConfig,
+    moe: MoeConfig,
+    tok_embd: Linear,
+    output_norm: Vec<f32>,
+    output: Linear,
+    blocks: Vec<Block>,
+    rope: RopeYarn,
+    kq_scale: f32,
+    load: Mutex<Vec<ExpertLoad>>,
+}
+
+impl Deepseek2 {
+    /// Loads and checks every tensor.
+    ///
+    /// # Errors
+    /// Missing tensors, wrong shapes, unsupported types.
+    pub fn load(gguf: Arc<Gguf>, cfg: ModelConfig) -> Result<Deepseek2, ModelError> {
+        let s = WeightStore::new(gguf);
+        let mla = cfg.mla.clone().ok_or_else(|| ModelError::Config("deepseek2 without MLA sizes".into()))?;
+        let moe = cfg.moe.clone().ok_or_else(|| ModelError::Config("deepseek2 without MoE sizes".into()))?;
+        let d = cfg.n_embd;
+        let nh = cfg.n_head;
+        let (nope, rope, vd, lora) = (mla.qk_nope_head_dim, mla.qk_rope_head_dim, mla.v_head_dim, mla.kv_lora_rank);
+        let qd = mla.q_head_dim();
+        let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, d)?;
+        let output = if s.has("output.weight") { s.linear("output.weight", cfg.n_vocab, d)? } else { tok_embd.clone() };
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for il in 0..cfg.n_layer {
+            let n = |t: &str| format!("blk.{il}.{t}");
+            let (q_a, q) = match mla.q_lora_rank {
+                Some(r) => (
+                    Some((s.linear(&n("attn_q_a.weight"), r, d)?, s.vector(&n("attn_q_a_norm.weight"), r)?)),
+                    s.linear(&n("attn_q_b.weight"), nh * qd, r)?,
+                ),
+                None => (None, s.linear(&n("attn_q.weight"), nh * qd, d)?),
+            };
+            let (k_absorb, v_b, v_row0, v_stride) = if s.has(&n("attn_k_b.weight")) {
+                (
+                    KAbsorb::Split(s.stacked(&n("attn_k_b.weight"), nh, lora, nope)?),
+                    s.stacked(&n("attn_v_b.weight"), nh, vd, lora)?,
+                    0,
+                    vd,
+                )
+            } else {
+                let kv_b = s.linear(&n("attn_kv_b.weight"), nh * (nope + vd), lora)?;
+                let mut dense = vec![0.0; nh * nope * lora];
+                for h in 0..nh {
+                    for i in 0..nope {
+                        let r = h * (nope + vd) + i;
+                        s.row(&kv_b, r, &mut dense[(h * nope + i) * lora..][..lora]);
+                    }
+                }
+                (KAbsorb::Dense(dense), kv_b, nope, nope + vd)
+            };
+            let attn = Attn {
+                q_a,
+                q,
+                kv_a: s.linear(&n("attn_kv_a_mqa.weight"), lora + rope, d)?,
+                kv_a_norm: s.vector(&n("attn_kv_a_norm.weight"), lora)?,
+                k_absorb,
+                v_b,
+                v_row0,
+                v_stride,
+                wo: s.linear(&n("attn_output.weight"), d, nh * vd)?,
+            };
+            let ffn = if il < moe.first_dense {
+                Ffn::Dense {
+                    gate: s.linear(&n("ffn_gate.weight"), cfg.n_ff, d)?,
+                    up: s.linear(&n("ffn_up.weight"), cfg.n_ff, d)?,
+                    down: s.linear(&n("ffn_down.weight"), d, cfg.n_ff)?,
+                }
+            } else {
+                let ne = moe.router.n_expert;
+                let ff = moe.n_ff_expert;
+                let shared = if moe.n_shared > 0 {
+                    let w = ff * moe.n_shared;
+                    Some((
+                        s.linear(&n("ffn_gate_shexp.weight"), w, d)?,
+                        s.linear(&n("ffn_up_shexp.weight"), w, d)?,
+                        s.linear(&n("ffn_down_shexp.weight"), d, w)?,
+                    ))
+                } else {
+                    None
+                };
+                Ffn::Moe {
+                    router: s.linear(&n("ffn_gate_inp.weight"), ne, d)?,
+                    bias: s.vector_opt(&n("exp_probs_b.bias"), ne)?,
+                    experts: Experts {
+                        gate: s.stacked(&n("ffn_gate_exps.weight"), ne, ff, d)?,
+                        up: s.stacked(&n("ffn_up_exps.weight"), ne, ff, d)?,
+                        down: s.stacked(&n("ffn_down_exps.weight"), ne, d, ff)?,
+                        n_expert: ne,
+                    },
+                    shared,
+                }
+            };
+            blocks.push(Block {
+                attn_norm: s.vector(&n("attn_norm.weight"), d)?,
+                attn,
+                ffn_norm: s.vector(&n("ffn_norm.weight"), d)?,
+                ffn,
+            });
+        }
+        let mscale = mla.yarn.as_ref().map_or(1.0, |y| yarn_mscale(y.factor, y.mscale_all_dim));
+        let kq_scale = mscale * mscale / (qd as f32).sqrt();
+        Ok(Deepseek2 {
+            output_norm: s.vector("output_norm.weight", d)?,
+            rope: RopeYarn::new(rope, cfg.rope_base, mla.yarn.as_ref()),
+            load: Mutex::new(vec![ExpertLoad::default(); cfg.n_layer]),
+            store: s,
+            kq_scale,
+            cfg,
+            mla,
+            moe,
+            tok_embd,
+            output,
+            blocks,
+        })
+    }
+
+    /// Tokens routed to each expert of each layer since load (or the last reset).
+    pub fn expert_load(&self) -> Vec<ExpertLoad> {
+        self.load.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+        let (c, m, b, s) = (&self.cfg, &self.mla, &self.blocks[il].attn, &self.store);
+        let n = x.len() / c.n_embd;
+        let nh = c.n_head;
+        let (nope, rope, vd, lora) = (m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim, m.kv_lora_rank);
+        let qd = m.q_head_dim();
+        let pos0 = cache.len();
+        let mut h = vec![0.0; x.len()]; // [n, n_embd]
+        layers::rms_norm(x, &self.blocks[il].attn_norm, c.rms_eps, &mut h);
+        let mut q = vec![0.0; n * nh * qd]; // [n, n_head, q_head_dim]
+        match &b.q_a {
+            Some((q_a, q_a_norm)) => {
+                let r = q_a.rows;
+                let mut qa = vec![0.0; n * r]; // [n, q_lora_rank]
+                s.matmul(q_a, &h, n, &mut qa);
+                let mut qn = vec![0.0; n * r];
+                layers::rms_norm(&qa, q_a_norm, c.rms_eps, &mut qn);
+                s.matmul(&b.q, &qn, n, &mut q);
+            }
+            None => s.matmul(&b.q, &h, n, &mut q),
+        }
+        let w = lora + rope;
+        let mut kv = vec![0.0; n * w]; // [n, kv_lora_rank + qk_rope]
+        s.matmul(&b.kv_a, &h, n, &mut kv);
+        let mut latent = vec![0.0; n * w]; // [n, kv_lora_rank | qk_rope]: what the cache stores
+        for t in 0..n {
+            let (src, dst) = (&kv[t * w..(t + 1) * w], &mut latent[t * w..(t + 1) * w]);
+            layers::rms_norm(&src[..lora], &b.kv_a_norm, c.rms_eps, &mut dst[..lora]);
+            dst[lora..].copy_from_slice(&src[lora..]);
+            self.rope.apply(&mut dst[lora..], pos0 + t);
+        }
+        cache.store(il, &latent, &[]);
+        // Absorbed queries: [n, n_head, kv_lora_rank | qk_rope].
+        let mut qa = vec![0.0; n * nh * w];
+        for t in 0..n {
+            for hh in 0..nh {
+                let qh = &mut q[(t * nh + hh) * qd..][..qd];
+                self.rope.apply(&mut qh[nope..], pos0 + t);
+                qa[(t * nh + hh) * w + lora..][..rope].copy_from_slice(&qh[nope..]);
+            }
+        }
+        for hh in 0..nh {
+            let mut qn = vec![0.0; n * nope]; // [n, qk_nope] of head hh
+            for t in 0..n {
+                qn[t * nope..(t + 1) * nope].copy_from_slice(&q[(t * nh + hh) * qd..][..nope]);
+            }
+            let mut ql = vec![0.0; n * lora]; // [n, kv_lora_rank]
+            match &b.k_absorb {
+                KAbsorb::Split(wk) => s.matmul_rows(wk, hh * lora, lora, &qn, n, &mut ql),
+                KAbsorb::Dense(wk) => {
+                    for t in 0..n {
+                        let o = &mut ql[t * lora..(t + 1) * lora];
+                        for i in 0..nope {
+                            let qi = qn[t * nope + i];
+                            let row = &wk[(hh * nope + i) * lora..][..lora];
+                            for (oo, &r) in o.iter_mut().zip(row) {
+                                *oo += qi * r;
+                            }
+                        }
+                    }
+                }
+            }
+            for t in 0..n {
+                qa[(t * nh + hh) * w..][..lora].copy_from_slice(&ql[t * lora..(t + 1) * lora]);
+            }
+        }
+        let (kc, _) = cache.layer(il, pos0 + n); // [pos0 + n, kv_lora_rank | qk_rope]
+        let mut ol = vec![0.0; n * nh * lora]; // [n, n_head, kv_lora_rank]
+        let scale = self.kq_scale;
+        ol.par_chunks_mut(lora).enumerate().for_each(|(i, o)| {
+            let t = i / nh;
+            let qv = &qa[i * w..(i + 1) * w];
+            let end = pos0 + t + 1;
+            let mut sc: Vec<f32> = (0..end)
+                .map(|j| qv.iter().zip(&kc[j * w..(j + 1) * w]).map(|(a, b)| a * b).sum::<f32>() * scale)
+                .collect();
+            let max = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for v in sc.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            o.fill(0.0);
+            for (j, p) in sc.iter().enumerate() {
+                let p = p / sum;
+                for (oo, &cv) in o.iter_mut().zip(&kc[j * w..j * w + lora]) {
+                    *oo += p * cv;
+                }
+            }
+        });
+        let mut o = vec![0.0; n * nh * vd]; // [n, n_head, v_head_dim]
+        for hh in 0..nh {
+            let mut lat = vec![0.0; n * lora];
+            for t in 0..n {
+                lat[t * lora..(t + 1) * lora].copy_from_slice(&ol[(t * nh + hh) * lora..][..lora]);
+            }
+            let mut vh = vec![0.0; n * vd];
+            s.matmul_rows(&b.v_b, b.v_row0 + hh * b.v_stride, vd, &lat, n, &mut vh);
+            for t in 0..n {
+                o[(t * nh + hh) * vd..][..vd].copy_from_slice(&vh[t * vd..(t + 1) * vd]);
+            }
+        }
+        s.matmul(&b.wo, &o, n, out); // [n, n_embd]
+    }
+
+    fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
+        let (c, s) = (&self.cfg, &self.store);
+        let n = x.len() / c.n_embd;
+        let mut h = vec![0.0; x.len()]; // [n, n_embd]
+        layers::rms_norm(x, &self.blocks[il].ffn_norm, c.rms_eps, &mut h);
+        let swiglu = |gate: &Linear, up: &Linear, down: &Linear, out: &mut [f32]| {
+            let mut g = vec![0.0; n * gate.rows]; // [n, n_ff]
+            let mut u = vec![0.0; n * up.rows]; // [n, n_ff]
+            s.matmul(gate, &h, n, &mut g);
+            s.matmul(up, &h, n, &mut u);
+            layers::swiglu(&mut g, &u);
+            s.matmul(down, &g, n, out); // [n, n_embd]
+        };
+        match &self.blocks[il].ffn {
+            Ffn::Dense { gate, up, down } => swiglu(gate, up, down, out),
+            Ffn::Moe { router, bias, experts, shared } => {
+                let ne = self.moe.router.n_expert;
+                let mut logits = vec![0.0; n * ne]; // [n, n_expert]
+                s.matmul(router, &h, n, &mut logits);
+                let routes: Vec<Vec<(usize, f32)>> = logits
+                    .chunks_exact(ne)
+                    .map(|l| moe::route(l, &self.moe.router, bias.as_deref()))
+                    .collect();
+                match shared {
+                    Some((g, u, d)) => swiglu(g, u, d, out),
+                    None => out.fill(0.0),
+                }
+                let mut load = self.load.lock().ok();
+                let layer_load = load.as_mut().map(|l| &mut l[il]);
+                experts.forward(s, &h, &routes, out, layer_load);
+            }
+        }
+    }
+}
+
+impl CausalLm for Deepseek2 {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>, ModelError> {
+        cache.reserve(tokens.len())?;
+        let mut x = embed(&self.store, &self.tok_embd, tokens, self.cfg.n_vocab)?; // [n, n_embd]
+        let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
+        for il in 0..self.cfg.n_layer {
+            self.attention(il, &x, cache, &mut tmp);
+            layers::add_inplace(&mut x, &tmp);
+            self.ffn(il, &x, &mut tmp);
+            layers::add_inplace(&mut x, &tmp);
+        }
+        cache.advance(tokens.len());
+        Ok(head(&self.store, &x, &self.output_norm, self.cfg.rms_eps, &self.output, logits))
+    }
+
+    fn new_cache(&self, n_ctx: usize) -> KvCache {
+        KvCache::new(self.cfg.n_layer, n_ctx, self.mla.cache_width(), 0)
+    }
+
+    fn weight_bytes_per_token(&self) -> u64 {
+        // Attention, dense, router and shared weights are read every token; of the routed
+        // experts only n_used of n_expert per layer.
+        let s = &self.store;
+        let mut total = 0u64;
+        for b in &self.blocks {
+            let a = &b.attn;
+            total += s.bytes(&a.q) + s.bytes(&a.kv_a) + s.bytes(&a.v_b) + s.bytes(&a.wo);
+            total += a.q_a.as_ref().map_or(0, |(l, _)| s.bytes(l));
+            if let KAbsorb::Split(l) = &a.k_absorb {
+                total += s.bytes(l);
+            }
+            match &b.ffn {
+                Ffn::Dense { gate, up, down } => total += s.bytes(gate) + s.bytes(up) + s.bytes(down),
+                Ffn::Moe { router, experts, shared, .. } => {
+                    total += s.bytes(router);
+                    let per = (s.bytes(&experts.gate) + s.bytes(&experts.up) + s.bytes(&experts.down))
+                        / experts.n_expert as u64;
+                    total += per * self.moe.router.n_used as u64;
+                    if let Some((g, u, d)) = shared {
+                        total += s.bytes(g) + s.bytes(u) + s.bytes(d);
+                    }
+                }
+            }
+        }
+        let row = self.tok_embd.dtype.row_bytes(self.tok_embd.cols).unwrap_or(0) as u64;
+        total + s.bytes(&self.output) + row
+    }
+}

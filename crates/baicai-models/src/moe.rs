@@ -1,0 +1,160 @@
+//! Mixture-of-Experts: routing exactly as the reference implementations, and expert dispatch
+//! grouped by expert so each selected expert's weights are read once per step and unselected
+//! experts are never touched (memory-mapped experts stay on disk until used).
+
+use crate::layers;
+use crate::weights::{Linear, WeightStore};
+
+/// How router logits become expert scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    /// Softmax over all experts (DeepSeek-V2, Qwen-MoE, Mixtral).
+    Softmax,
+    /// Independent sigmoids (DeepSeek-V3).
+    Sigmoid,
+}
+
+/// How a group of experts is scored for group-limited routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupScore {
+    /// The group's best expert score (DeepSeek-V2 `group_limited_greedy`).
+    Max,
+    /// Sum of the group's two best biased scores (DeepSeek-V3 `noaux_tc`).
+    Top2Sum,
+}
+
+/// Router settings, named after the Hugging Face config keys.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub n_expert: usize,
+    /// `num_experts_per_tok`.
+    pub n_used: usize,
+    pub scoring: Scoring,
+    /// Renormalize the selected weights to sum to 1 (`norm_topk_prob`).
+    pub norm_topk_prob: bool,
+    /// Multiplies the final weights (`routed_scaling_factor`).
+    pub scaling: f32,
+    /// `n_group` (1 = no group limit) and `topk_group`.
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub group_score: GroupScore,
+}
+
+/// Indices of the `k` largest values, largest first; ties go to the lower index (as
+/// `torch.topk` on CPU does for the values seen here).
+pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].partial_cmp(&v[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// Selects experts for one token from its router logits (`[n_expert]`); returns
+/// `(expert, weight)` pairs. `bias` (`e_score_correction_bias`) changes which experts are
+/// selected, never their weights (DeepSeek-V3 §2.1.2).
+pub fn route(logits: &[f32], cfg: &RouterConfig, bias: Option<&[f32]>) -> Vec<(usize, f32)> {
+    let scores: Vec<f32> = match cfg.scoring {
+        Scoring::Softmax => {
+            let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+            let s: f32 = e.iter().sum();
+            e.iter().map(|x| x / s).collect()
+        }
+        Scoring::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+    };
+    let mut choice: Vec<f32> = match bias {
+        Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
+        None => scores.clone(),
+    };
+    if cfg.n_group > 1 {
+        let per = cfg.n_expert / cfg.n_group;
+        let group_scores: Vec<f32> = choice
+            .chunks(per)
+            .map(|g| match cfg.group_score {
+                GroupScore::Max => g.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
+                GroupScore::Top2Sum => top_k(g, 2).iter().map(|&i| g[i]).sum(),
+            })
+            .collect();
+        let keep = top_k(&group_scores, cfg.topk_group);
+        for (gi, g) in choice.chunks_mut(per).enumerate() {
+            if !keep.contains(&gi) {
+                // The reference masks with 0 (V2) or -inf (V3); both lose to any kept score
+                // except in degenerate cases, so -inf is used for both.
+                g.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            }
+        }
+    }
+    let sel = top_k(&choice, cfg.n_used);
+    let mut w: Vec<f32> = sel.iter().map(|&e| scores[e]).collect();
+    if cfg.norm_topk_prob {
+        let s: f32 = w.iter().sum::<f32>() + 1e-20;
+        w.iter_mut().for_each(|x| *x /= s);
+    }
+    w.iter_mut().for_each(|x| *x *= cfg.scaling);
+    sel.into_iter().zip(w).collect()
+}
+
+/// The routed experts of one layer: `[n_expert]` stacked matrices.
+pub struct Experts {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+    pub n_expert: usize,
+}
+
+/// Per-layer expert load, for `--moe-stats` and `bench`.
+#[derive(Debug, Clone, Default)]
+pub struct ExpertLoad {
+    /// Tokens routed to each expert, summed over steps.
+    pub tokens: Vec<u64>,
+}
+
+impl Experts {
+    /// Runs the routed experts: `out[t] += Σ_e w_{t,e} · down_e(silu(gate_e x_t) ⊙ up_e x_t)`,
+    /// grouping tokens by expert so each selected expert is read once.
+    pub fn forward(
+        &self,
+        store: &WeightStore,
+        x: &[f32],
+        routes: &[Vec<(usize, f32)>],
+        out: &mut [f32],
+        load: Option<&mut ExpertLoad>,
+    ) {
+        let d = self.gate.cols;
+        let ff = self.gate.rows / self.n_expert;
+        let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.n_expert];
+        for (t, r) in routes.iter().enumerate() {
+            for &(e, w) in r {
+                by_expert[e].push((t, w));
+            }
+        }
+        if let Some(load) = load {
+            load.tokens.resize(self.n_expert, 0);
+            for (e, toks) in by_expert.iter().enumerate() {
+                load.tokens[e] += toks.len() as u64;
+            }
+        }
+        for (e, toks) in by_expert.iter().enumerate() {
+            if toks.is_empty() {
+                continue;
+            }
+            let n = toks.len();
+            let mut xe = vec![0.0; n * d]; // [n, d]
+            for (row, &(t, _)) in xe.chunks_exact_mut(d).zip(toks) {
+                row.copy_from_slice(&x[t * d..(t + 1) * d]);
+            }
+            let mut g = vec![0.0; n * ff]; // [n, ff]
+            let mut u = vec![0.0; n * ff]; // [n, ff]
+            store.matmul_rows(&self.gate, e * ff, ff, &xe, n, &mut g);
+            store.matmul_rows(&self.up, e * ff, ff, &xe, n, &mut u);
+            layers::swiglu(&mut g, &u);
+            let mut o = vec![0.0; n * d]; // [n, d]
+            store.matmul_rows(&self.down, e * d, d, &g, n, &mut o);
+            for (row, &(t, w)) in o.chunks_exact(d).zip(toks) {
+                for (acc, v) in out[t * d..(t + 1) * d].iter_mut().zip(row) {
+                    *acc += w * v;
+                }
+            }
+        }
+    }
+}
