@@ -12,6 +12,7 @@
 //! a block of activation rows that stays in L2.
 
 use std::cell::Cell;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -226,12 +227,14 @@ impl Mat<'_> {
         }
     }
 
-    /// Calls `put(r, t, value)` for every element of rows `rows` × tokens `tokens`, in
-    /// [`TILE_ROWS`] × [`TILE_TOKENS`] register tiles where possible.
+    /// Calls `put(r, t, value)` for every element of rows `rows` × tokens `tokens`: whole
+    /// [`TILE_TOKENS`] groups of tokens in [`TILE_ROWS`] × [`TILE_TOKENS`] register tiles, the
+    /// tokens left over (all of them when there are few) a token at a time through
+    /// [`Mat::rows`], the rows left over element by element.
     fn block(
         &self,
-        rows: std::ops::Range<usize>,
-        tokens: std::ops::Range<usize>,
+        rows: Range<usize>,
+        tokens: Range<usize>,
         mut put: impl FnMut(usize, usize, f32),
     ) {
         let (mut r_end, mut t_end) = (rows.start, tokens.start);
@@ -250,17 +253,20 @@ impl Mat<'_> {
                     }
                 }
             }
+            for r in r_end..rows.end {
+                for t in tokens.start..t_end {
+                    put(r, t, self.element(r, t));
+                }
+            }
         }
-        // Whatever the tiles left: the rows below r_end for the tokens past t_end, and all rows
-        // past r_end.
-        for r in rows {
-            let ts = if r < r_end {
-                t_end..tokens.end
-            } else {
-                tokens.clone()
-            };
-            for t in ts {
-                put(r, t, self.element(r, t));
+        let mut buf = [0.0f32; TASK_ROWS];
+        for r0 in rows.clone().step_by(TASK_ROWS) {
+            let out = &mut buf[..TASK_ROWS.min(rows.end - r0)];
+            for t in t_end..tokens.end {
+                self.rows(r0, t, out);
+                for (i, &v) in out.iter().enumerate() {
+                    put(r0 + i, t, v);
+                }
             }
         }
     }
@@ -300,17 +306,22 @@ impl OutPtr {
 /// Several tokens: `[rows, tokens]` tasks in parallel, row ranges outermost (consecutive tasks
 /// share weight rows), tokens innermost.
 fn matmul_tiled(m: &Mat, rows: usize, n_tokens: usize, out: &mut [f32]) {
-    let row_tasks = rows.div_ceil(TASK_ROWS);
+    // With few tokens a task reads its weights for little work: give it more rows, as decode does.
+    let tokens_per_task = n_tokens.min(TASK_TOKENS);
+    let by_bytes = MIN_TASK_BYTES.div_ceil(m.w_row * tokens_per_task);
+    let by_balance = rows.div_ceil(4 * rayon::current_num_threads());
+    let task_rows = by_bytes.min(by_balance).next_multiple_of(TASK_ROWS);
+    let row_tasks = rows.div_ceil(task_rows);
     let token_tasks = n_tokens.div_ceil(TASK_TOKENS);
     let ptr = OutPtr(out.as_mut_ptr());
     (0..row_tasks * token_tasks)
         .into_par_iter()
         .for_each(|task| {
-            let r0 = task / token_tasks * TASK_ROWS;
+            let r0 = task / token_tasks * task_rows;
             let t0 = task % token_tasks * TASK_TOKENS;
-            let task_rows = r0..(r0 + TASK_ROWS).min(rows);
-            let task_tokens = t0..(t0 + TASK_TOKENS).min(n_tokens);
-            m.block(task_rows, task_tokens, |r, t, v| {
+            let rows_here = r0..(r0 + task_rows).min(rows);
+            let tokens_here = t0..(t0 + TASK_TOKENS).min(n_tokens);
+            m.block(rows_here, tokens_here, |r, t, v| {
                 assert!(r < rows && t < n_tokens);
                 // SAFETY: the index is inside `out` (`n_tokens * rows` long, asserted in `matmul`);
                 // each (t, r) belongs to exactly one task, so no two tasks write the same element,
