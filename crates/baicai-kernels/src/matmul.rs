@@ -1,15 +1,17 @@
 //! Multithreaded matmul of quantized weights with f32 activations.
 //!
-//! Each token row of the activations is quantized once into the weights' vec-dot type, then every
-//! output element is exactly one call of the format's dot product ([`crate::dispatch::dot_fn`]) on
-//! one weight row and one activation row. The work is split over output rows (and, for prefill,
+//! Each token row of the activations is quantized once into the weights' vec-dot type. Every
+//! output element is then one dot product of a weight row and an activation row: either the
+//! format's [`crate::dispatch::dot_fn`], or, where the format has them
+//! ([`crate::quant::legacy::tile_fns`]), a register tile of several rows × tokens that computes
+//! each element bit-identically to that dot. Work is split over output rows (and, for prefill,
 //! blocks of tokens) but never inside a dot product, so each element is reduced in the same order
 //! whatever `n_tokens` is or how many threads run: results are batch invariant bit for bit.
 //!
 //! Decode (`n_tokens == 1`) is memory bound: each weight row is streamed once, rows are split into
-//! chunks big enough that a rayon task is worth its scheduling cost. Prefill tiles the output into
-//! (rows × tokens) blocks, iterating tokens innermost, so a weight row stays in L1 while it meets
-//! a block of activation rows that stays in L2.
+//! chunks big enough that a rayon task is worth its scheduling cost, and rows a little ahead are
+//! prefetched. Prefill splits the output into (rows × tokens) tasks, iterating tokens innermost,
+//! so a weight row stays in L1 while it meets a block of activation rows that stays in L2.
 
 use std::cell::Cell;
 use std::ops::Range;
