@@ -24,7 +24,7 @@ use crate::{CausalLm, Logits};
 /// How `W_UK` is held for absorption.
 enum KAbsorb {
     /// `attn_k_b`: per-head `[kv_lora_rank, qk_nope]` matrices, used as they are.
-    Split(Linear),
+    Split(Vec<Linear>),
     /// From the older fused `attn_kv_b`: per head, `qk_nope` rows of `kv_lora_rank` values
     /// decoded to f32 at load (absorption needs their transpose).
     Dense(Vec<f32>),
@@ -36,10 +36,8 @@ struct Attn {
     kv_a: Linear,
     kv_a_norm: Vec<f32>,
     k_absorb: KAbsorb,
-    /// `W_UV`: rows of `v_head_dim` per head, starting at `v_row0 + h * v_stride`.
-    v_b: Linear,
-    v_row0: usize,
-    v_stride: usize,
+    /// `W_UV`: per head `[v_head_dim, kv_lora_rank]`.
+    v_b: Vec<Linear>,
     wo: Linear,
 }
 
@@ -148,12 +146,10 @@ impl Deepseek2 {
                 ),
                 None => (None, s.linear(&n("attn_q.weight"), nh * qd, d)?),
             };
-            let (k_absorb, v_b, v_row0, v_stride) = if s.has(&n("attn_k_b.weight")) {
+            let (k_absorb, v_b) = if s.has(&n("attn_k_b.weight")) {
                 (
                     KAbsorb::Split(s.stacked(&n("attn_k_b.weight"), nh, lora, nope)?),
                     s.stacked(&n("attn_v_b.weight"), nh, vd, lora)?,
-                    0,
-                    vd,
                 )
             } else {
                 let kv_b = s.linear(&n("attn_kv_b.weight"), nh * (nope + vd), lora)?;
@@ -164,7 +160,8 @@ impl Deepseek2 {
                         s.row(&kv_b, r, &mut dense[(h * nope + i) * lora..][..lora]);
                     }
                 }
-                (KAbsorb::Dense(dense), kv_b, nope, nope + vd)
+                let v_b = (0..nh).map(|h| kv_b.rows_slice(h * (nope + vd) + nope, vd)).collect();
+                (KAbsorb::Dense(dense), v_b)
             };
             let attn = Attn {
                 q_a,
@@ -173,8 +170,6 @@ impl Deepseek2 {
                 kv_a_norm: s.vector(&n("attn_kv_a_norm.weight"), lora)?,
                 k_absorb,
                 v_b,
-                v_row0,
-                v_stride,
                 wo: s.linear(&n("attn_output.weight"), d, nh * vd)?,
             };
             let ffn = if il < moe.first_dense {
@@ -199,12 +194,7 @@ impl Deepseek2 {
                 Ffn::Moe {
                     router: s.linear(&n("ffn_gate_inp.weight"), ne, d)?,
                     bias: s.vector_opt(&n("exp_probs_b.bias"), ne)?,
-                    experts: Experts {
-                        gate: s.stacked(&n("ffn_gate_exps.weight"), ne, ff, d)?,
-                        up: s.stacked(&n("ffn_up_exps.weight"), ne, ff, d)?,
-                        down: s.stacked(&n("ffn_down_exps.weight"), ne, d, ff)?,
-                        n_expert: ne,
-                    },
+                    experts: Experts::from_stacked(&s, &format!("blk.{il}"), ne, d, ff)?,
                     shared,
                 }
             };
@@ -285,7 +275,7 @@ impl Deepseek2 {
             }
             let mut ql = vec![0.0; n * lora]; // [n, kv_lora_rank]
             match &b.k_absorb {
-                KAbsorb::Split(wk) => s.matmul_rows(wk, hh * lora, lora, &qn, n, &mut ql),
+                KAbsorb::Split(wk) => s.matmul(&wk[hh], &qn, n, &mut ql),
                 KAbsorb::Dense(wk) => {
                     for t in 0..n {
                         let o = &mut ql[t * lora..(t + 1) * lora];
@@ -334,7 +324,7 @@ impl Deepseek2 {
                 lat[t * lora..(t + 1) * lora].copy_from_slice(&ol[(t * nh + hh) * lora..][..lora]);
             }
             let mut vh = vec![0.0; n * vd];
-            s.matmul_rows(&b.v_b, b.v_row0 + hh * b.v_stride, vd, &lat, n, &mut vh);
+            s.matmul(&b.v_b[hh], &lat, n, &mut vh);
             for t in 0..n {
                 o[(t * nh + hh) * vd..][..vd].copy_from_slice(&vh[t * vd..(t + 1) * vd]);
             }
@@ -407,18 +397,17 @@ impl CausalLm for Deepseek2 {
         let mut total = 0u64;
         for b in &self.blocks {
             let a = &b.attn;
-            total += s.bytes(&a.q) + s.bytes(&a.kv_a) + s.bytes(&a.v_b) + s.bytes(&a.wo);
+            total += s.bytes(&a.q) + s.bytes(&a.kv_a) + s.bytes(&a.wo);
+            total += a.v_b.iter().map(|l| s.bytes(l)).sum::<u64>();
             total += a.q_a.as_ref().map_or(0, |(l, _)| s.bytes(l));
             if let KAbsorb::Split(l) = &a.k_absorb {
-                total += s.bytes(l);
+                total += l.iter().map(|l| s.bytes(l)).sum::<u64>();
             }
             match &b.ffn {
                 Ffn::Dense { gate, up, down } => total += s.bytes(gate) + s.bytes(up) + s.bytes(down),
                 Ffn::Moe { router, experts, shared, .. } => {
                     total += s.bytes(router);
-                    let per = (s.bytes(&experts.gate) + s.bytes(&experts.up) + s.bytes(&experts.down))
-                        / experts.n_expert as u64;
-                    total += per * self.moe.router.n_used as u64;
+                    total += experts.bytes_per_expert() * self.moe.router.n_used as u64;
                     if let Some((g, u, d)) = shared {
                         total += s.bytes(g) + s.bytes(u) + s.bytes(d);
                     }

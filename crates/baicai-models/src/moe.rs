@@ -94,12 +94,10 @@ pub fn route(logits: &[f32], cfg: &RouterConfig, bias: Option<&[f32]>) -> Vec<(u
     sel.into_iter().zip(w).collect()
 }
 
-/// The routed experts of one layer: `[n_expert]` stacked matrices.
+/// The routed experts of one layer.
 pub struct Experts {
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
-    pub n_expert: usize,
+    /// Per expert: gate `[ff, d]`, up `[ff, d]`, down `[d, ff]`.
+    pub experts: Vec<(Linear, Linear, Linear)>,
 }
 
 /// Per-layer expert load, for `--moe-stats` and `bench`.
@@ -110,6 +108,28 @@ pub struct ExpertLoad {
 }
 
 impl Experts {
+    /// Bytes of one expert's three matrices.
+    pub fn bytes_per_expert(&self) -> u64 {
+        self.experts.first().map_or(0, |(g, u, d)| g.n_bytes() + u.n_bytes() + d.n_bytes())
+    }
+
+    /// Loads the stacked GGUF expert tensors of a layer (`ffn_{gate,up,down}_exps`).
+    ///
+    /// # Errors
+    /// Missing tensors, wrong shapes, unsupported types.
+    pub fn from_stacked(
+        store: &WeightStore,
+        prefix: &str,
+        n_expert: usize,
+        d: usize,
+        ff: usize,
+    ) -> Result<Experts, crate::ModelError> {
+        let gate = store.stacked(&format!("{prefix}.ffn_gate_exps.weight"), n_expert, ff, d)?;
+        let up = store.stacked(&format!("{prefix}.ffn_up_exps.weight"), n_expert, ff, d)?;
+        let down = store.stacked(&format!("{prefix}.ffn_down_exps.weight"), n_expert, d, ff)?;
+        Ok(Experts { experts: gate.into_iter().zip(up).zip(down).map(|((g, u), d)| (g, u, d)).collect() })
+    }
+
     /// Runs the routed experts: `out[t] += Σ_e w_{t,e} · down_e(silu(gate_e x_t) ⊙ up_e x_t)`,
     /// grouping tokens by expert so each selected expert is read once.
     pub fn forward(
@@ -120,16 +140,15 @@ impl Experts {
         out: &mut [f32],
         load: Option<&mut ExpertLoad>,
     ) {
-        let d = self.gate.cols;
-        let ff = self.gate.rows / self.n_expert;
-        let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.n_expert];
+        let n_expert = self.experts.len();
+        let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
         for (t, r) in routes.iter().enumerate() {
             for &(e, w) in r {
                 by_expert[e].push((t, w));
             }
         }
         if let Some(load) = load {
-            load.tokens.resize(self.n_expert, 0);
+            load.tokens.resize(n_expert, 0);
             for (e, toks) in by_expert.iter().enumerate() {
                 load.tokens[e] += toks.len() as u64;
             }
@@ -138,6 +157,8 @@ impl Experts {
             if toks.is_empty() {
                 continue;
             }
+            let (gate, up, down) = &self.experts[e];
+            let (d, ff) = (gate.cols, gate.rows);
             let n = toks.len();
             let mut xe = vec![0.0; n * d]; // [n, d]
             for (row, &(t, _)) in xe.chunks_exact_mut(d).zip(toks) {
@@ -145,11 +166,11 @@ impl Experts {
             }
             let mut g = vec![0.0; n * ff]; // [n, ff]
             let mut u = vec![0.0; n * ff]; // [n, ff]
-            store.matmul_rows(&self.gate, e * ff, ff, &xe, n, &mut g);
-            store.matmul_rows(&self.up, e * ff, ff, &xe, n, &mut u);
+            store.matmul(gate, &xe, n, &mut g);
+            store.matmul(up, &xe, n, &mut u);
             layers::swiglu(&mut g, &u);
             let mut o = vec![0.0; n * d]; // [n, d]
-            store.matmul_rows(&self.down, e * d, d, &g, n, &mut o);
+            store.matmul(down, &g, n, &mut o);
             for (row, &(t, w)) in o.chunks_exact(d).zip(toks) {
                 for (acc, v) in out[t * d..(t + 1) * d].iter_mut().zip(row) {
                     *acc += w * v;

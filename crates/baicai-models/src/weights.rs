@@ -1,5 +1,8 @@
-//! Weight handles: views into the memory-mapped file, checked at load.
+//! Weight handles: views into memory-mapped files (GGUF or safetensors), checked at load, under
+//! one canonical naming (llama.cpp's GGUF names; safetensors names are mapped onto it in
+//! [`crate::hf`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use baicai_gguf::{GgmlType, Gguf, TensorInfo};
@@ -33,39 +36,167 @@ pub fn dtype_of(t: GgmlType) -> Option<DType> {
 pub const SUPPORTED_TYPES: &str =
     "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
 
-/// A weight matrix `[rows, cols]` in the file, ready for [`Linear::weight`].
-#[derive(Debug, Clone)]
+/// What a tensor's bytes live in.
+#[derive(Clone)]
+pub enum Backing {
+    /// A tensor of a GGUF file (its memory map).
+    Gguf(Arc<Gguf>, TensorInfo),
+    /// A whole memory-mapped file (a safetensors shard).
+    Mapped(Arc<memmap2::Mmap>),
+    /// Bytes made at load (a format converted to a supported type, a transposed matrix).
+    Owned(Arc<Vec<u8>>),
+}
+
+/// A byte range of a [`Backing`].
+#[derive(Clone)]
+pub struct Bytes {
+    backing: Backing,
+    start: usize,
+    len: usize,
+}
+
+impl Bytes {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        let base: &[u8] = match &self.backing {
+            Backing::Gguf(g, info) => g.tensor_data(info),
+            Backing::Mapped(m) => m,
+            Backing::Owned(v) => v,
+        };
+        &base[self.start..self.start + self.len]
+    }
+
+    /// Whether the bytes were made at load rather than mapped from the file.
+    pub fn is_owned(&self) -> bool {
+        matches!(self.backing, Backing::Owned(_))
+    }
+
+    /// Bytes made at load.
+    pub fn owned(v: Vec<u8>) -> Bytes {
+        let len = v.len();
+        Bytes { backing: Backing::Owned(Arc::new(v)), start: 0, len }
+    }
+
+    /// A range of a mapped file.
+    pub fn mapped(m: Arc<memmap2::Mmap>, start: usize, len: usize) -> Bytes {
+        Bytes { backing: Backing::Mapped(m), start, len }
+    }
+}
+
+/// One stored tensor: shape in ggml order (`shape[0]` contiguous), storage type, bytes.
+#[derive(Clone)]
+pub struct TensorEntry {
+    pub shape: Vec<u64>,
+    pub dtype: DType,
+    pub bytes: Bytes,
+}
+
+/// A weight matrix `[rows, cols]`, ready for [`WeightStore::matmul`].
+#[derive(Clone)]
 pub struct Linear {
-    /// Canonical (GGUF) name, for messages and traces.
+    /// Canonical name, for messages and traces.
     pub name: String,
-    info: TensorInfo,
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
+    bytes: Bytes,
 }
 
-/// Loads tensors by name from a file, checking presence, shape and type.
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Linear({} {} [{}, {}])", self.name, self.dtype.name(), self.rows, self.cols)
+    }
+}
+
+impl Linear {
+    /// Rows `r0..r0 + n` as their own matrix (one expert of a stacked tensor, one head).
+    pub fn rows_slice(&self, r0: usize, n: usize) -> Linear {
+        let rb = self.dtype.row_bytes(self.cols).expect("checked at load");
+        assert!(r0 + n <= self.rows, "rows {r0}..{} of {} [{} rows]", r0 + n, self.name, self.rows);
+        let mut bytes = self.bytes.clone();
+        bytes.start += r0 * rb;
+        bytes.len = n * rb;
+        Linear { name: self.name.clone(), dtype: self.dtype, rows: n, cols: self.cols, bytes }
+    }
+
+    /// The kernel view.
+    pub fn weight(&self) -> Weight<'_> {
+        Weight { dtype: self.dtype, data: self.bytes.as_slice(), rows: self.rows, cols: self.cols }
+    }
+
+    /// Bytes of the matrix.
+    pub fn n_bytes(&self) -> u64 {
+        self.bytes.len as u64
+    }
+
+    /// Whether it was made at load (not a view of the file).
+    pub fn is_owned(&self) -> bool {
+        self.bytes.is_owned()
+    }
+}
+
+/// Tensors by canonical name, checked for presence, shape and type when taken.
 pub struct WeightStore {
-    gguf: Arc<Gguf>,
+    tensors: HashMap<String, TensorEntry>,
+    /// GGUF tensors of types without kernels: name → type name.
+    unsupported: HashMap<String, String>,
 }
 
 impl WeightStore {
+    /// The tensors of a GGUF file.
     pub fn new(gguf: Arc<Gguf>) -> WeightStore {
-        WeightStore { gguf }
+        let mut tensors = HashMap::new();
+        let mut unsupported = HashMap::new();
+        for info in gguf.tensors() {
+            // Types without kernels are only named when a model asks for them (see `entry`).
+            let Some(dtype) = dtype_of(info.ggml_type) else {
+                unsupported.insert(info.name.clone(), info.ggml_type.name().to_string());
+                continue;
+            };
+            let len = info.n_bytes as usize;
+            let bytes = Bytes { backing: Backing::Gguf(gguf.clone(), info.clone()), start: 0, len };
+            tensors.insert(info.name.clone(), TensorEntry { shape: info.shape.clone(), dtype, bytes });
+        }
+        WeightStore { tensors, unsupported }
     }
 
-    /// The underlying file.
-    pub fn gguf(&self) -> &Gguf {
-        &self.gguf
+    /// Tensors from another source (safetensors), already under canonical names.
+    pub fn from_entries(tensors: HashMap<String, TensorEntry>) -> WeightStore {
+        WeightStore { tensors, unsupported: HashMap::new() }
     }
 
-    fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
-        self.gguf.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    fn entry(&self, name: &str) -> Result<&TensorEntry, ModelError> {
+        if let Some(ty) = self.unsupported.get(name) {
+            return Err(ModelError::UnsupportedType {
+                name: name.into(),
+                ty: ty.clone(),
+                supported: SUPPORTED_TYPES.into(),
+            });
+        }
+        self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
     }
 
     /// Whether the file has a tensor of this name.
     pub fn has(&self, name: &str) -> bool {
-        self.gguf.tensor(name).is_some()
+        self.tensors.contains_key(name) || self.unsupported.contains_key(name)
+    }
+
+    fn check_shape(name: &str, found: &[u64], expected: Vec<u64>) -> Result<(), ModelError> {
+        if found != expected.as_slice() {
+            return Err(ModelError::BadShape { name: name.into(), found: found.to_vec(), expected });
+        }
+        Ok(())
+    }
+
+    fn make_linear(name: &str, e: &TensorEntry, rows: usize, cols: usize) -> Result<Linear, ModelError> {
+        if e.dtype.row_bytes(cols).is_none() {
+            return Err(ModelError::Config(format!(
+                "tensor '{name}': row length {cols} is not a multiple of the {} block length {}",
+                e.dtype.name(),
+                e.dtype.block_len()
+            )));
+        }
+        Ok(Linear { name: name.into(), dtype: e.dtype, rows, cols, bytes: e.bytes.clone() })
     }
 
     /// A matrix of `rows` outputs by `cols` inputs (GGUF shape `[cols, rows]`).
@@ -73,54 +204,21 @@ impl WeightStore {
     /// # Errors
     /// Missing tensor, other shape, or unsupported type.
     pub fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Linear, ModelError> {
-        let info = self.info(name)?;
-        let expected = vec![cols as u64, rows as u64];
-        if info.shape != expected {
-            return Err(ModelError::BadShape {
-                name: name.into(),
-                found: info.shape.clone(),
-                expected,
-            });
-        }
-        self.checked_linear(name, info.clone(), rows, cols)
-    }
-
-    fn checked_linear(
-        &self,
-        name: &str,
-        info: TensorInfo,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Linear, ModelError> {
-        let dtype = dtype_of(info.ggml_type).ok_or_else(|| ModelError::UnsupportedType {
-            name: name.into(),
-            ty: info.ggml_type.name().to_string(),
-            supported: SUPPORTED_TYPES.into(),
-        })?;
-        if dtype.row_bytes(cols).is_none() {
-            return Err(ModelError::Config(format!(
-                "tensor '{name}': row length {cols} is not a multiple of the {} block length {}",
-                dtype.name(),
-                dtype.block_len()
-            )));
-        }
-        Ok(Linear { name: name.into(), info, dtype, rows, cols })
+        let e = self.entry(name)?;
+        Self::check_shape(name, &e.shape, vec![cols as u64, rows as u64])?;
+        Self::make_linear(name, e, rows, cols)
     }
 
     /// `n` stacked matrices of `rows` × `cols` (GGUF shape `[cols, rows, n]`, e.g. the routed
-    /// experts of a MoE layer), held as one [`Linear`] of `n * rows` rows.
+    /// experts of a MoE layer), one [`Linear`] each.
     ///
     /// # Errors
     /// Missing tensor, other shape, or unsupported type.
-    pub fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Linear, ModelError> {
-        let info = self.info(name)?;
-        let expected = vec![cols as u64, rows as u64, n as u64];
-        if info.shape != expected {
-            return Err(ModelError::BadShape { name: name.into(), found: info.shape.clone(), expected });
-        }
-        let mut flat = info.clone();
-        flat.shape = vec![cols as u64, (rows * n) as u64];
-        self.checked_linear(name, flat, rows * n, cols)
+    pub fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Vec<Linear>, ModelError> {
+        let e = self.entry(name)?;
+        Self::check_shape(name, &e.shape, vec![cols as u64, rows as u64, n as u64])?;
+        let all = Self::make_linear(name, e, rows * n, cols)?;
+        Ok((0..n).map(|i| all.rows_slice(i * rows, rows)).collect())
     }
 
     /// A vector of `n` values decoded to f32 (norm weights, biases).
@@ -128,25 +226,9 @@ impl WeightStore {
     /// # Errors
     /// Missing tensor, other shape, or unsupported type.
     pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
-        let info = self.info(name)?;
-        if info.shape != [n as u64] {
-            return Err(ModelError::BadShape {
-                name: name.into(),
-                found: info.shape.clone(),
-                expected: vec![n as u64],
-            });
-        }
-        let lin = Linear {
-            name: name.into(),
-            info: info.clone(),
-            dtype: dtype_of(info.ggml_type).ok_or_else(|| ModelError::UnsupportedType {
-                name: name.into(),
-                ty: info.ggml_type.name().to_string(),
-                supported: SUPPORTED_TYPES.into(),
-            })?,
-            rows: 1,
-            cols: n,
-        };
+        let e = self.entry(name)?;
+        Self::check_shape(name, &e.shape, vec![n as u64])?;
+        let lin = Self::make_linear(name, e, 1, n)?;
         let mut out = vec![0.0; n];
         self.row(&lin, 0, &mut out);
         Ok(out)
@@ -165,46 +247,30 @@ impl WeightStore {
     }
 
     /// The kernel view of a weight.
-    pub fn weight(&self, lin: &Linear) -> Weight<'_> {
-        Weight {
-            dtype: lin.dtype,
-            data: self.gguf.tensor_data(&lin.info),
-            rows: lin.rows,
-            cols: lin.cols,
-        }
+    pub fn weight<'a>(&self, lin: &'a Linear) -> Weight<'a> {
+        lin.weight()
     }
 
     /// Decodes row `r` of a weight into `out` (`[cols]`): embedding lookup.
     pub fn row(&self, lin: &Linear, r: usize, out: &mut [f32]) {
         let row_bytes = lin.dtype.row_bytes(lin.cols).expect("checked at load");
-        let data = self.gguf.tensor_data(&lin.info);
+        let data = lin.bytes.as_slice();
         baicai_kernels::dequantize_row(lin.dtype, &data[r * row_bytes..(r + 1) * row_bytes], out);
     }
 
     /// `out[t, :] = W x[t, :]` for `n_tokens` rows of `x`.
     pub fn matmul(&self, lin: &Linear, x: &[f32], n_tokens: usize, out: &mut [f32]) {
-        baicai_kernels::matmul(&self.weight(lin), x, n_tokens, out);
+        baicai_kernels::matmul(&lin.weight(), x, n_tokens, out);
     }
 
-    /// `out[t, :] = W[r0..r0 + rows] x[t, :]`: a block of rows (one expert of a stacked tensor,
-    /// one head of a per-head projection).
-    pub fn matmul_rows(
-        &self,
-        lin: &Linear,
-        r0: usize,
-        rows: usize,
-        x: &[f32],
-        n_tokens: usize,
-        out: &mut [f32],
-    ) {
-        let rb = lin.dtype.row_bytes(lin.cols).expect("checked at load");
-        let data = self.gguf.tensor_data(&lin.info);
-        let w = Weight { dtype: lin.dtype, data: &data[r0 * rb..(r0 + rows) * rb], rows, cols: lin.cols };
-        baicai_kernels::matmul(&w, x, n_tokens, out);
+    /// `out[t, :] = W[r0..r0 + rows] x[t, :]`: a block of rows (one head of a per-head
+    /// projection).
+    pub fn matmul_rows(&self, lin: &Linear, r0: usize, rows: usize, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+        self.matmul(&lin.rows_slice(r0, rows), x, n_tokens, out);
     }
 
-    /// Bytes of a tensor in the file.
+    /// Bytes of a weight.
     pub fn bytes(&self, lin: &Linear) -> u64 {
-        lin.info.n_bytes
+        lin.n_bytes()
     }
 }
