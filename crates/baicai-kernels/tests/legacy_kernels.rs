@@ -2,23 +2,15 @@
 //! f64 oracle over dequantized values, and the Q8 quantizers against their error bound.
 
 use baicai_kernels::dispatch::{dequant_fn, dot_fn, quant_fn, Isa};
+use baicai_kernels::dtype::QK_K;
 use baicai_kernels::DType;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The legacy weight types with a dot product.
-const WEIGHT_TYPES: [DType; 10] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q8_0,
-    DType::Q8_1,
-    DType::IQ4_NL,
-];
+/// The legacy and float types (every one has a dot product).
+fn weight_types() -> impl Iterator<Item = DType> {
+    DType::ALL.into_iter().filter(|t| t.block_len() != QK_K)
+}
 
 /// Byte offsets of the f16 fields (scales, minimums) in one block.
 fn f16_fields(dtype: DType) -> &'static [usize] {
@@ -118,7 +110,7 @@ fn avx2_dot_matches_scalar_reference_for_every_legacy_type() {
         return;
     }
     let mut rng = StdRng::seed_from_u64(0x001e_6ac1);
-    for dtype in WEIGHT_TYPES {
+    for dtype in weight_types() {
         let scalar = dot_fn(dtype, Isa::Scalar);
         let simd = dot_fn(dtype, Isa::Avx2);
         for n in lengths(dtype) {
@@ -141,7 +133,7 @@ fn avx2_dot_matches_scalar_reference_for_every_legacy_type() {
 #[test]
 fn scalar_dot_matches_f64_sum_of_dequantized_values() {
     let mut rng = StdRng::seed_from_u64(0xd07);
-    for dtype in WEIGHT_TYPES {
+    for dtype in weight_types() {
         let dot = dot_fn(dtype, Isa::Scalar);
         for n in lengths(dtype) {
             for trial in 0..10 {
@@ -295,7 +287,7 @@ fn block_views_accept_any_offset() {
     // Weights come from a memory map at arbitrary offsets: the kernels must not assume alignment.
     let mut rng = StdRng::seed_from_u64(7);
     let n = 256;
-    for dtype in WEIGHT_TYPES {
+    for dtype in weight_types() {
         let w = random_weights(&mut rng, dtype, n);
         let a = random_activations(&mut rng, dtype, n);
         for shift in 1..4 {
@@ -323,7 +315,7 @@ fn short_weight_slice_panics() {
 fn register_tiles_equal_the_dot_product_bit_for_bit() {
     use baicai_kernels::quant::legacy::{tile_fns, DECODE_ROWS, TILE_ROWS, TILE_TOKENS};
     let mut rng = StdRng::seed_from_u64(0x711e);
-    for dtype in WEIGHT_TYPES {
+    for dtype in weight_types() {
         let Some(tiles) = tile_fns(dtype, Isa::detect()) else {
             continue;
         };

@@ -1,21 +1,30 @@
 //! `matmul` against a naive f64 reference, and its batch invariance.
 
 use baicai_kernels::dispatch::{dequant_fn, quant_fn, Isa};
+use baicai_kernels::dtype::QK_K;
 use baicai_kernels::{matmul, DType, Weight};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const TYPES: [DType; 9] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q8_0,
-    DType::IQ4_NL,
-];
+/// The legacy and float types (the K-quants have their own tests).
+fn types() -> impl Iterator<Item = DType> {
+    DType::ALL.into_iter().filter(|t| t.block_len() != QK_K)
+}
+
+/// Random weights and activations for a `[rows, cols]` × `n_tokens` case.
+fn case(
+    rng: &mut StdRng,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    n_tokens: usize,
+) -> (Vec<u8>, Vec<f32>) {
+    let data = random_weights(rng, dtype, rows, cols);
+    let x = (0..n_tokens * cols)
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    (data, x)
+}
 
 /// Random `rows × cols` weights of `dtype`: quantizable types get random code bytes with moderate
 /// f16 scales/minimums, float types random moderate values.
@@ -30,7 +39,7 @@ fn random_weights(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) -> V
         _ => {
             rng.fill(&mut bytes[..]);
             let fields: &[usize] = match dtype {
-                DType::Q4_1 | DType::Q5_1 => &[0, 2],
+                DType::Q4_1 | DType::Q5_1 | DType::Q8_1 => &[0, 2],
                 _ => &[0],
             };
             for block in bytes.chunks_exact_mut(dtype.block_bytes()) {
@@ -88,18 +97,15 @@ fn matmul_matches_naive_f64_reference() {
         (33, 896, 5),
         (300, 64, 2),
     ];
-    for dtype in TYPES {
+    for dtype in types() {
         for &(rows, cols, n_tokens) in &shapes {
-            let data = random_weights(&mut rng, dtype, rows, cols);
+            let (data, x) = case(&mut rng, dtype, rows, cols, n_tokens);
             let w = Weight {
                 dtype,
                 data: &data,
                 rows,
                 cols,
             };
-            let x: Vec<f32> = (0..n_tokens * cols)
-                .map(|_| rng.gen_range(-1.0f32..1.0))
-                .collect();
             let got = run(&w, &x, n_tokens);
             let (want, mag) = reference(&w, &x, n_tokens);
             // The offset formats use each activation block's f16-rounded sum: allow 2^-10 of a
@@ -128,18 +134,15 @@ fn matmul_matches_naive_f64_reference() {
 #[test]
 fn matmul_is_batch_invariant_bit_for_bit() {
     let mut rng = StdRng::seed_from_u64(0xba7c);
-    for dtype in TYPES {
+    for dtype in types() {
         for &(rows, cols, n_tokens) in &[(70, 128, 7), (40, 96, 130)] {
-            let data = random_weights(&mut rng, dtype, rows, cols);
+            let (data, x) = case(&mut rng, dtype, rows, cols, n_tokens);
             let w = Weight {
                 dtype,
                 data: &data,
                 rows,
                 cols,
             };
-            let x: Vec<f32> = (0..n_tokens * cols)
-                .map(|_| rng.gen_range(-1.0f32..1.0))
-                .collect();
             let batched = run(&w, &x, n_tokens);
             for t in 0..n_tokens {
                 let alone = run(&w, &x[t * cols..][..cols], 1);
@@ -162,16 +165,13 @@ fn matmul_is_independent_of_thread_count() {
     let mut rng = StdRng::seed_from_u64(0x7d);
     let (rows, cols, n_tokens) = (200, 256, 9);
     for dtype in [DType::Q5_0, DType::Q8_0, DType::F16] {
-        let data = random_weights(&mut rng, dtype, rows, cols);
+        let (data, x) = case(&mut rng, dtype, rows, cols, n_tokens);
         let w = Weight {
             dtype,
             data: &data,
             rows,
             cols,
         };
-        let x: Vec<f32> = (0..n_tokens * cols)
-            .map(|_| rng.gen_range(-1.0f32..1.0))
-            .collect();
         let results: Vec<Vec<u32>> = [1, 2, 3]
             .iter()
             .map(|&threads| {
