@@ -16,6 +16,12 @@ pub enum Arch {
     Gemma3,
     /// DeepSeek-V2/V2-Lite/V3/R1: Multi-head Latent Attention and DeepSeekMoE.
     Deepseek2,
+    /// Qwen1.5/Qwen2-MoE: qkv bias, softmax routing, a sigmoid-gated shared expert.
+    Qwen2Moe,
+    /// Qwen3-MoE: QK-norm, softmax routing renormalized over the top-k.
+    Qwen3Moe,
+    /// Mixtral: Llama attention, softmax over the top-k router logits.
+    Mixtral,
 }
 
 /// YaRN RoPE scaling (Peng et al. 2023), as DeepSeek-V2/V3 configure it.
@@ -60,8 +66,9 @@ impl MlaConfig {
 #[derive(Debug, Clone)]
 pub struct MoeConfig {
     pub router: crate::moe::RouterConfig,
-    /// Shared experts run on every token (their width is `n_shared * n_ff_expert`).
-    pub n_shared: usize,
+    /// Width of the shared expert(s) run on every token (0: none); DeepSeek's
+    /// `n_shared_experts × moe_intermediate_size`, Qwen2-MoE's `shared_expert_intermediate_size`.
+    pub n_ff_shared: usize,
     pub n_ff_expert: usize,
     /// The first `first_dense` layers have a dense feed-forward block.
     pub first_dense: usize,
@@ -116,10 +123,14 @@ impl ModelConfig {
     pub fn from_gguf(g: &Gguf) -> Result<ModelConfig, ModelError> {
         let arch_name = g.require_str("general.architecture")?.to_string();
         let arch = match arch_name.as_str() {
+            // Mixtral ships as `llama` with expert tensors.
+            "llama" if g.get_u64("llama.expert_count")?.unwrap_or(0) > 0 => Arch::Mixtral,
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             "gemma3" => Arch::Gemma3,
             "deepseek2" => Arch::Deepseek2,
+            "qwen2moe" => Arch::Qwen2Moe,
+            "qwen3moe" => Arch::Qwen3Moe,
             other => {
                 return Err(ModelError::UnsupportedArch {
                     found: other.to_string(),
@@ -197,13 +208,18 @@ impl ModelConfig {
             rope_base_swa,
             rope_linear_factor,
             rope_style: match arch {
-                Arch::Llama | Arch::Deepseek2 => RopeStyle::Interleaved,
-                Arch::Qwen2 | Arch::Gemma3 => RopeStyle::Neox,
+                Arch::Llama | Arch::Deepseek2 | Arch::Mixtral => RopeStyle::Interleaved,
+                Arch::Qwen2 | Arch::Gemma3 | Arch::Qwen2Moe | Arch::Qwen3Moe => RopeStyle::Neox,
             },
             sliding_window,
             swa_period,
             mla: if arch == Arch::Deepseek2 { Some(mla_from_gguf(g, &arch_name)?) } else { None },
-            moe: if arch == Arch::Deepseek2 { Some(moe_from_gguf(g, &arch_name)?) } else { None },
+            moe: match arch {
+                Arch::Deepseek2 | Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
+                    Some(moe_from_gguf(g, &arch_name, arch)?)
+                }
+                _ => None,
+            },
             arch_name,
         };
         Ok(cfg)
@@ -274,7 +290,7 @@ fn mla_from_gguf(g: &Gguf, arch: &str) -> Result<MlaConfig, ModelError> {
     })
 }
 
-fn moe_from_gguf(g: &Gguf, arch: &str) -> Result<MoeConfig, ModelError> {
+fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelError> {
     use crate::moe::{GroupScore, RouterConfig, Scoring};
     let key = |k: &str| format!("{arch}.{k}");
     let u = |k: &str| -> Result<usize, ModelError> { Ok(g.require_u64(&key(k))? as usize) };
@@ -294,7 +310,13 @@ fn moe_from_gguf(g: &Gguf, arch: &str) -> Result<MoeConfig, ModelError> {
         n_expert,
         n_used: u("expert_used_count")?,
         scoring,
-        norm_topk_prob: g.get_bool(&key("expert_weights_norm"))?.unwrap_or(false),
+        // Qwen3-MoE and Mixtral renormalize over the top-k; Qwen2-MoE does not (llama.cpp's
+        // graphs hard-code these; DeepSeek files say it in `expert_weights_norm`).
+        norm_topk_prob: match kind {
+            Arch::Qwen3Moe | Arch::Mixtral => true,
+            Arch::Qwen2Moe => false,
+            _ => g.get_bool(&key("expert_weights_norm"))?.unwrap_or(false),
+        },
         scaling: g.get_f32(&key("expert_weights_scale"))?.unwrap_or(1.0),
         n_group,
         topk_group: g.get_u64(&key("expert_group_used_count"))?.map_or(n_group, |v| v as usize),
@@ -308,10 +330,19 @@ fn moe_from_gguf(g: &Gguf, arch: &str) -> Result<MoeConfig, ModelError> {
             router.n_used
         )));
     }
+    let n_ff_expert = match g.get_u64(&key("expert_feed_forward_length"))? {
+        Some(v) => v as usize,
+        None => u("feed_forward_length")?,
+    };
+    // Qwen2-MoE's single shared expert has its own width.
+    let n_ff_shared = match g.get_u64(&key("expert_shared_feed_forward_length"))? {
+        Some(w) => w as usize,
+        None => g.get_u64(&key("expert_shared_count"))?.map_or(0, |v| v as usize) * n_ff_expert,
+    };
     Ok(MoeConfig {
         router,
-        n_shared: g.get_u64(&key("expert_shared_count"))?.map_or(0, |v| v as usize),
-        n_ff_expert: u("expert_feed_forward_length")?,
+        n_ff_shared,
+        n_ff_expert,
         first_dense: g.get_u64(&key("leading_dense_block_count"))?.map_or(0, |v| v as usize),
     })
 }

@@ -6,10 +6,8 @@
 //! latent space (`q_lat = W_UK^T q_nope`), attention runs over the latents, and `W_UV` expands
 //! each head's attended latent afterwards, so keys and values are never decompressed.
 
-use std::sync::Arc;
 use std::sync::Mutex;
 
-use baicai_gguf::Gguf;
 use rayon::prelude::*;
 
 use crate::config::{MlaConfig, ModelConfig, MoeConfig, Yarn};
@@ -126,8 +124,7 @@ impl Deepseek2 {
     ///
     /// # Errors
     /// Missing tensors, wrong shapes, unsupported types.
-    pub fn load(gguf: Arc<Gguf>, cfg: ModelConfig) -> Result<Deepseek2, ModelError> {
-        let s = WeightStore::new(gguf);
+    pub fn load(s: WeightStore, cfg: ModelConfig) -> Result<Deepseek2, ModelError> {
         let mla = cfg.mla.clone().ok_or_else(|| ModelError::Config("deepseek2 without MLA sizes".into()))?;
         let moe = cfg.moe.clone().ok_or_else(|| ModelError::Config("deepseek2 without MoE sizes".into()))?;
         let d = cfg.n_embd;
@@ -181,8 +178,8 @@ impl Deepseek2 {
             } else {
                 let ne = moe.router.n_expert;
                 let ff = moe.n_ff_expert;
-                let shared = if moe.n_shared > 0 {
-                    let w = ff * moe.n_shared;
+                let shared = if moe.n_ff_shared > 0 {
+                    let w = moe.n_ff_shared;
                     Some((
                         s.linear(&n("ffn_gate_shexp.weight"), w, d)?,
                         s.linear(&n("ffn_up_shexp.weight"), w, d)?,
@@ -194,7 +191,7 @@ impl Deepseek2 {
                 Ffn::Moe {
                     router: s.linear(&n("ffn_gate_inp.weight"), ne, d)?,
                     bias: s.vector_opt(&n("exp_probs_b.bias"), ne)?,
-                    experts: Experts::from_stacked(&s, &format!("blk.{il}"), ne, d, ff)?,
+                    experts: Experts::load(&s, &format!("blk.{il}"), ne, d, ff)?,
                     shared,
                 }
             };

@@ -12,10 +12,12 @@ pub mod config;
 pub mod deepseek2;
 pub mod error;
 pub mod gemma3;
+pub mod hf;
 pub mod kv;
 pub mod layers;
 pub mod llama;
 pub mod moe;
+pub mod sparse;
 pub mod weights;
 
 use std::sync::Arc;
@@ -65,7 +67,7 @@ pub trait CausalLm: Send + Sync {
 }
 
 /// Architectures this crate can run (`general.architecture` values).
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3", "deepseek2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3", "deepseek2", "qwen2moe", "qwen3moe"];
 
 /// Loads the model in `gguf`, choosing the architecture from `general.architecture`.
 ///
@@ -74,9 +76,27 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3", "deep
 /// each named.
 pub fn load(gguf: Arc<Gguf>) -> Result<Box<dyn CausalLm>, ModelError> {
     let cfg = ModelConfig::from_gguf(&gguf)?;
+    let store = weights::WeightStore::new(gguf.clone());
     Ok(match cfg.arch {
         Arch::Llama | Arch::Qwen2 => Box::new(llama::Llama::load(gguf, cfg)?),
         Arch::Gemma3 => Box::new(gemma3::Gemma3::load(gguf, cfg)?),
-        Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(gguf, cfg)?),
+        Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(store, cfg)?),
+        Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => Box::new(sparse::SparseMoe::load(store, cfg)?),
     })
+}
+
+/// Loads a Hugging Face checkpoint folder (`config.json` + safetensors).
+///
+/// # Errors
+/// As [`hf::HfModel::open`], and missing tensors or wrong shapes, each named.
+pub fn load_hf(dir: &std::path::Path) -> Result<(Box<dyn CausalLm>, hf::HfModel), ModelError> {
+    let mut m = hf::HfModel::open(dir)?;
+    let store = std::mem::replace(&mut m.store, weights::WeightStore::from_entries(Default::default()));
+    let cfg = m.config.clone();
+    let model: Box<dyn CausalLm> = match cfg.arch {
+        Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(store, cfg)?),
+        Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => Box::new(sparse::SparseMoe::load(store, cfg)?),
+        other => return Err(ModelError::Config(format!("{other:?} checkpoints load from GGUF only"))),
+    };
+    Ok((model, m))
 }

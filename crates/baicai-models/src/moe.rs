@@ -113,6 +113,33 @@ impl Experts {
         self.experts.first().map_or(0, |(g, u, d)| g.n_bytes() + u.n_bytes() + d.n_bytes())
     }
 
+    /// Loads a layer's experts: stacked GGUF tensors (`blk.N.ffn_gate_exps.weight`, …) or one
+    /// tensor per expert as checkpoints store them (`blk.N.ffn_gate_exps.E.weight`, …).
+    ///
+    /// # Errors
+    /// Missing tensors, wrong shapes, unsupported types.
+    pub fn load(
+        store: &WeightStore,
+        prefix: &str,
+        n_expert: usize,
+        d: usize,
+        ff: usize,
+    ) -> Result<Experts, crate::ModelError> {
+        if store.has(&format!("{prefix}.ffn_gate_exps.weight")) {
+            return Self::from_stacked(store, prefix, n_expert, d, ff);
+        }
+        let experts = (0..n_expert)
+            .map(|e| {
+                Ok((
+                    store.linear(&format!("{prefix}.ffn_gate_exps.{e}.weight"), ff, d)?,
+                    store.linear(&format!("{prefix}.ffn_up_exps.{e}.weight"), ff, d)?,
+                    store.linear(&format!("{prefix}.ffn_down_exps.{e}.weight"), d, ff)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, crate::ModelError>>()?;
+        Ok(Experts { experts })
+    }
+
     /// Loads the stacked GGUF expert tensors of a layer (`ffn_{gate,up,down}_exps`).
     ///
     /// # Errors

@@ -1,0 +1,247 @@
+//! Llama-style attention with Mixture-of-Experts feed-forward blocks: Mixtral (`llama` with
+//! experts), Qwen1.5/Qwen2-MoE (`qwen2moe`: qkv bias, a sigmoid-gated shared expert) and
+//! Qwen3-MoE (`qwen3moe`: per-head QK-norm) — Hugging Face's `MixtralSparseMoeBlock`,
+//! `Qwen2MoeSparseMoeBlock`, `Qwen3MoeSparseMoeBlock`.
+
+use crate::config::{Arch, ModelConfig, MoeConfig, RopeStyle};
+use crate::error::ModelError;
+use crate::kv::KvCache;
+use crate::layers::{self, AttnParams, Rope, RopeParams};
+use crate::llama::{embed, head};
+use crate::moe::{self, Experts};
+use crate::weights::{Linear, WeightStore};
+use crate::{CausalLm, Logits};
+
+struct Shared {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    /// Qwen2-MoE: `sigmoid(gate_inp · x)` scales the shared expert's output.
+    gate_inp: Option<Vec<f32>>,
+}
+
+struct Block {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    bias: Option<[Vec<f32>; 3]>,
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    ffn_norm: Vec<f32>,
+    router: Linear,
+    experts: Experts,
+    shared: Option<Shared>,
+}
+
+/// A Llama-style model whose feed-forward blocks are Mixtures of Experts.
+pub struct SparseMoe {
+    store: WeightStore,
+    cfg: ModelConfig,
+    moe: MoeConfig,
+    tok_embd: Linear,
+    output_norm: Vec<f32>,
+    output: Linear,
+    blocks: Vec<Block>,
+    rope: Rope,
+}
+
+/// A `[n]` vector stored either 1-D (GGUF) or as a one-row matrix (checkpoints).
+fn gate_vector(s: &WeightStore, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+    match s.vector(name, n) {
+        Ok(v) => Ok(v),
+        Err(ModelError::BadShape { .. }) => {
+            let lin = s.linear(name, 1, n)?;
+            let mut v = vec![0.0; n];
+            s.row(&lin, 0, &mut v);
+            Ok(v)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl SparseMoe {
+    /// Loads and checks every tensor.
+    ///
+    /// # Errors
+    /// Missing tensors, wrong shapes, unsupported types.
+    pub fn load(s: WeightStore, cfg: ModelConfig) -> Result<SparseMoe, ModelError> {
+        let moe = cfg.moe.clone().ok_or_else(|| ModelError::Config("MoE model without expert sizes".into()))?;
+        let d = cfg.n_embd;
+        let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, d)?;
+        let output = if s.has("output.weight") { s.linear("output.weight", cfg.n_vocab, d)? } else { tok_embd.clone() };
+        let rope = Rope::new(RopeParams {
+            head_dim: cfg.head_dim_k,
+            base: cfg.rope_base,
+            linear_factor: 1.0,
+            style: cfg.rope_style,
+            freq_factors: None,
+        });
+        debug_assert!(cfg.arch != Arch::Qwen2Moe || cfg.rope_style == RopeStyle::Neox);
+        let blocks = (0..cfg.n_layer)
+            .map(|il| {
+                let n = |t: &str| format!("blk.{il}.{t}");
+                let ne = moe.router.n_expert;
+                let bias = if cfg.arch == Arch::Qwen2Moe {
+                    Some([
+                        s.vector(&n("attn_q.bias"), cfg.q_dim())?,
+                        s.vector(&n("attn_k.bias"), cfg.k_dim())?,
+                        s.vector(&n("attn_v.bias"), cfg.v_dim())?,
+                    ])
+                } else {
+                    None
+                };
+                let qk_norm = if cfg.arch == Arch::Qwen3Moe {
+                    Some((
+                        s.vector(&n("attn_q_norm.weight"), cfg.head_dim_k)?,
+                        s.vector(&n("attn_k_norm.weight"), cfg.head_dim_k)?,
+                    ))
+                } else {
+                    None
+                };
+                let shared = if moe.n_ff_shared > 0 {
+                    let w = moe.n_ff_shared;
+                    Some(Shared {
+                        gate: s.linear(&n("ffn_gate_shexp.weight"), w, d)?,
+                        up: s.linear(&n("ffn_up_shexp.weight"), w, d)?,
+                        down: s.linear(&n("ffn_down_shexp.weight"), d, w)?,
+                        gate_inp: if s.has(&n("ffn_gate_inp_shexp.weight")) {
+                            Some(gate_vector(&s, &n("ffn_gate_inp_shexp.weight"), d)?)
+                        } else {
+                            None
+                        },
+                    })
+                } else {
+                    None
+                };
+                Ok(Block {
+                    attn_norm: s.vector(&n("attn_norm.weight"), d)?,
+                    wq: s.linear(&n("attn_q.weight"), cfg.q_dim(), d)?,
+                    wk: s.linear(&n("attn_k.weight"), cfg.k_dim(), d)?,
+                    wv: s.linear(&n("attn_v.weight"), cfg.v_dim(), d)?,
+                    wo: s.linear(&n("attn_output.weight"), d, cfg.n_head * cfg.head_dim_v)?,
+                    bias,
+                    qk_norm,
+                    ffn_norm: s.vector(&n("ffn_norm.weight"), d)?,
+                    router: s.linear(&n("ffn_gate_inp.weight"), ne, d)?,
+                    experts: Experts::load(&s, &format!("blk.{il}"), ne, d, moe.n_ff_expert)?,
+                    shared,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(SparseMoe {
+            output_norm: s.vector("output_norm.weight", d)?,
+            store: s,
+            cfg,
+            moe,
+            tok_embd,
+            output,
+            blocks,
+            rope,
+        })
+    }
+
+    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+        let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
+        let n = x.len() / c.n_embd;
+        let pos0 = cache.len();
+        let mut h = vec![0.0; x.len()]; // [n, n_embd]
+        layers::rms_norm(x, &b.attn_norm, c.rms_eps, &mut h);
+        let mut q = vec![0.0; n * c.q_dim()]; // [n, n_head, head_dim]
+        let mut k = vec![0.0; n * c.k_dim()]; // [n, n_head_kv, head_dim]
+        let mut v = vec![0.0; n * c.v_dim()]; // [n, n_head_kv, head_dim]
+        s.matmul(&b.wq, &h, n, &mut q);
+        s.matmul(&b.wk, &h, n, &mut k);
+        s.matmul(&b.wv, &h, n, &mut v);
+        if let Some([bq, bk, bv]) = &b.bias {
+            layers::add_bias(&mut q, bq);
+            layers::add_bias(&mut k, bk);
+            layers::add_bias(&mut v, bv);
+        }
+        if let Some((qn, kn)) = &b.qk_norm {
+            layers::rms_norm_inplace(&mut q, qn, c.rms_eps);
+            layers::rms_norm_inplace(&mut k, kn, c.rms_eps);
+        }
+        self.rope.apply(&mut q, n, pos0);
+        self.rope.apply(&mut k, n, pos0);
+        cache.store(il, &k, &v);
+        let (kc, vc) = cache.layer(il, pos0 + n);
+        let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim]
+        let p = AttnParams {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim_k: c.head_dim_k,
+            head_dim_v: c.head_dim_v,
+            scale: 1.0 / (c.head_dim_k as f32).sqrt(),
+            pos0,
+            window: None,
+        };
+        layers::attention(&q, kc, vc, p, &mut attn);
+        s.matmul(&b.wo, &attn, n, out); // [n, n_embd]
+    }
+
+    fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
+        let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
+        let n = x.len() / c.n_embd;
+        let d = c.n_embd;
+        let mut h = vec![0.0; x.len()]; // [n, n_embd]
+        layers::rms_norm(x, &b.ffn_norm, c.rms_eps, &mut h);
+        let ne = self.moe.router.n_expert;
+        let mut logits = vec![0.0; n * ne]; // [n, n_expert]
+        s.matmul(&b.router, &h, n, &mut logits);
+        let routes: Vec<Vec<(usize, f32)>> =
+            logits.chunks_exact(ne).map(|l| moe::route(l, &self.moe.router, None)).collect();
+        out.fill(0.0);
+        if let Some(sh) = &b.shared {
+            let w = sh.gate.rows;
+            let mut g = vec![0.0; n * w]; // [n, n_ff_shared]
+            let mut u = vec![0.0; n * w];
+            s.matmul(&sh.gate, &h, n, &mut g);
+            s.matmul(&sh.up, &h, n, &mut u);
+            layers::swiglu(&mut g, &u);
+            s.matmul(&sh.down, &g, n, out); // [n, n_embd]
+            if let Some(gi) = &sh.gate_inp {
+                for (t, row) in out.chunks_exact_mut(d).enumerate() {
+                    let z: f32 = gi.iter().zip(&h[t * d..(t + 1) * d]).map(|(a, b)| a * b).sum();
+                    let gate = 1.0 / (1.0 + (-z).exp());
+                    row.iter_mut().for_each(|v| *v *= gate);
+                }
+            }
+        }
+        b.experts.forward(s, &h, &routes, out, None);
+    }
+}
+
+impl CausalLm for SparseMoe {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>, ModelError> {
+        cache.reserve(tokens.len())?;
+        let mut x = embed(&self.store, &self.tok_embd, tokens, self.cfg.n_vocab)?; // [n, n_embd]
+        let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
+        for il in 0..self.cfg.n_layer {
+            self.attention(il, &x, cache, &mut tmp);
+            layers::add_inplace(&mut x, &tmp);
+            self.ffn(il, &x, &mut tmp);
+            layers::add_inplace(&mut x, &tmp);
+        }
+        cache.advance(tokens.len());
+        Ok(head(&self.store, &x, &self.output_norm, self.cfg.rms_eps, &self.output, logits))
+    }
+
+    fn weight_bytes_per_token(&self) -> u64 {
+        let s = &self.store;
+        let mut total = 0;
+        for b in &self.blocks {
+            total += [&b.wq, &b.wk, &b.wv, &b.wo, &b.router].iter().map(|l| s.bytes(l)).sum::<u64>();
+            total += b.experts.bytes_per_expert() * self.moe.router.n_used as u64;
+            if let Some(sh) = &b.shared {
+                total += s.bytes(&sh.gate) + s.bytes(&sh.up) + s.bytes(&sh.down);
+            }
+        }
+        let row = self.tok_embd.dtype.row_bytes(self.tok_embd.cols).unwrap_or(0) as u64;
+        total + s.bytes(&self.output) + row
+    }
+}
