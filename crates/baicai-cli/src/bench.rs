@@ -96,7 +96,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let bytes_per_token = model.weight_bytes_per_token();
     let tg_mean = mean(&tg);
     let roofline = if bandwidth > 0.0 { tg_mean * bytes_per_token as f64 / bandwidth } else { 0.0 };
-    let file = loaded.gguf.file_size();
+    let file = loaded.file_size;
     if a.json {
         let j = serde_json::json!({
             "model": a.model.model.display().to_string(),

@@ -8,7 +8,7 @@ use baicai_engine::session::{GenerateParams, GenerateStats, Session};
 use baicai_tokenizer::{ChatMessage, ChatTemplate};
 use clap::Args;
 
-use crate::load::{load, Loaded, ModelArgs};
+use crate::load::{load, ModelArgs};
 
 /// Sampling and length options shared by `run` and `chat`.
 #[derive(Args, Debug, Clone)]
@@ -124,11 +124,13 @@ fn stream_stdout(text: &str) {
 /// `baicai run`.
 pub fn run(a: RunArgs) -> Result<()> {
     let params = a.sampling.params()?;
-    let Loaded { model, tokenizer, .. } = load(&a.model)?;
+    let loaded = load(&a.model)?;
+    let tokenizer = loaded.tokenizer()?;
+    let model = loaded.model.clone();
     let prompt = tokenizer.encode(&a.prompt, true, false);
     let mut session = Session::new(model, a.sampling.ctx_size);
     let stats = session
-        .generate(&tokenizer, &prompt, &params, stream_stdout)
+        .generate(tokenizer, &prompt, &params, stream_stdout)
         .context("generation failed")?;
     stream_stdout("\n");
     if a.verbose {
@@ -158,8 +160,10 @@ pub struct ChatArgs {
 /// `baicai chat`.
 pub fn chat(a: ChatArgs) -> Result<()> {
     let params = a.sampling.params()?;
-    let Loaded { gguf, model, tokenizer } = load(&a.model)?;
-    let template = ChatTemplate::from_gguf(&gguf).context("cannot load the chat template")?;
+    let loaded = load(&a.model)?;
+    let tokenizer = loaded.tokenizer()?;
+    let model = loaded.model.clone();
+    let template = ChatTemplate::for_tokenizer(tokenizer).context("cannot load the chat template")?;
     let mut session = Session::new(model, a.sampling.ctx_size);
     let mut messages: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &a.system {
@@ -185,10 +189,15 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         }
         messages.push(ChatMessage { role: "user".into(), content: user });
         let text = template.render(&messages, true).context("cannot render the chat template")?;
-        let prompt = tokenizer.encode(&text, false, true);
+        // Templates that write the BOS token themselves must not get a second one.
+        let bos_in_text = tokenizer
+            .bos_id()
+            .and_then(|b| tokenizer.token_text(b))
+            .is_some_and(|b| !b.is_empty() && text.starts_with(b));
+        let prompt = tokenizer.encode(&text, !bos_in_text, true);
         let mut answer = String::new();
         let stats = session
-            .generate(&tokenizer, &prompt, &params, |t| {
+            .generate(tokenizer, &prompt, &params, |t| {
                 answer.push_str(t);
                 stream_stdout(t);
             })

@@ -48,8 +48,50 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
+fn describe_model(model: &dyn baicai_models::CausalLm, file_size: u64, ctx: usize) {
+    let c = model.config();
+    let kv_per_token = model.new_cache(1).bytes_per_token() as u64;
+    println!(
+        "architecture: {} ({} layers, d_model {}, {} heads / {} KV heads, head dim {}, vocab {})",
+        c.arch_name, c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.head_dim_k, c.n_vocab
+    );
+    if let Some(m) = &c.mla {
+        println!(
+            "attention: MLA (absorbed), kv_lora_rank {}, rope dims {}, q_lora_rank {:?}; the KV cache holds {} values per token and layer",
+            m.kv_lora_rank,
+            m.qk_rope_head_dim,
+            m.q_lora_rank,
+            m.cache_width()
+        );
+    }
+    if let Some(moe) = &c.moe {
+        println!(
+            "experts: {} routed ({} per token), shared width {}, expert width {}, first {} layers dense",
+            moe.router.n_expert, moe.router.n_used, moe.n_ff_shared, moe.n_ff_expert, moe.first_dense
+        );
+    }
+    println!("weights read per generated token: {:.1} MiB", mib(model.weight_bytes_per_token()));
+    println!("KV cache: {kv_per_token} bytes per token");
+    println!(
+        "memory needed at context {ctx}: {:.1} MiB (weights {:.1} MiB + KV cache {:.1} MiB)",
+        mib(file_size + kv_per_token * ctx as u64),
+        mib(file_size),
+        mib(kv_per_token * ctx as u64)
+    );
+}
+
 /// `baicai inspect`.
 pub fn inspect(a: InspectArgs) -> Result<()> {
+    if a.model.model.is_dir() {
+        let loaded = crate::load::load(&a.model)?;
+        println!("checkpoint folder: {} ({:.1} MiB)", a.model.model.display(), mib(loaded.file_size));
+        println!("weights in memory:");
+        for h in &loaded.held_in_memory {
+            println!("  {h}");
+        }
+        describe_model(loaded.model.as_ref(), loaded.file_size, a.ctx_size);
+        return Ok(());
+    }
     let g = open_gguf(&a.model.model)?;
     println!("file: {} (GGUF v{}, {:.1} MiB)", a.model.model.display(), g.version(), mib(g.file_size()));
     println!("\nmetadata ({} keys):", g.metadata().len());
@@ -80,22 +122,8 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     println!("\nparameters: {params} ({:.3} B)", params as f64 / 1e9);
     match baicai_models::load(g.clone()) {
         Ok(model) => {
-            let c = model.config();
-            let kv_per_token = (c.n_layer * (c.k_dim() + c.v_dim()) * 4) as u64;
-            println!(
-                "architecture: {} ({} layers, d_model {}, {} heads / {} KV heads, head dim {}, vocab {})",
-                c.arch_name, c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.head_dim_k, c.n_vocab
-            );
             println!("weights in memory: memory-mapped from the file, not copied");
-            println!("weights read per generated token: {:.1} MiB", mib(model.weight_bytes_per_token()));
-            println!("KV cache: f32, {kv_per_token} bytes per token");
-            println!(
-                "memory needed at context {}: {:.1} MiB (weights {:.1} MiB + KV cache {:.1} MiB)",
-                a.ctx_size,
-                mib(g.file_size() + kv_per_token * a.ctx_size as u64),
-                mib(g.file_size()),
-                mib(kv_per_token * a.ctx_size as u64)
-            );
+            describe_model(model.as_ref(), g.file_size(), a.ctx_size);
         }
         Err(e) => println!("architecture: cannot be run: {e}"),
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use baicai_gguf::Gguf;
 use baicai_models::CausalLm;
-use baicai_tokenizer::Tokenizer;
+use baicai_tokenizer::{Tokenizer, TokenizerSpec};
 use clap::Args;
 
 /// Model and threads, shared by every command.
@@ -39,23 +39,59 @@ pub fn init_threads(threads: Option<usize>) -> Result<usize> {
     Ok(n)
 }
 
-/// A loaded model and its tokenizer.
+/// A loaded model and, where it has one, its tokenizer.
 pub struct Loaded {
-    pub gguf: Arc<Gguf>,
     pub model: Arc<dyn CausalLm>,
-    pub tokenizer: Tokenizer,
+    tokenizer: Option<Tokenizer>,
+    tokenizer_error: String,
+    /// Bytes of the model file(s).
+    pub file_size: u64,
+    /// How the weights are held (checkpoint folders: per source type).
+    pub held_in_memory: Vec<String>,
 }
 
-/// Loads model and tokenizer.
+impl Loaded {
+    /// The tokenizer, or the reason there is none.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("{}", self.tokenizer_error))
+    }
+}
+
+/// Loads a model (a GGUF file, or a Hugging Face checkpoint folder) and its tokenizer.
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
     init_threads(args.threads)?;
-    let gguf = open_gguf(&args.model)?;
+    let path = &args.model;
+    if path.is_dir() {
+        let (model, hf) = baicai_models::load_hf(path)
+            .with_context(|| format!("cannot load checkpoint folder {}", path.display()))?;
+        let tok = TokenizerSpec::from_hf_dir(path).and_then(Tokenizer::from_spec);
+        let (tokenizer, tokenizer_error) = match tok {
+            Ok(t) => (Some(t), String::new()),
+            Err(e) => (None, format!("cannot load the tokenizer of {}: {e}", path.display())),
+        };
+        return Ok(Loaded {
+            model: model.into(),
+            tokenizer,
+            tokenizer_error,
+            file_size: hf.file_size,
+            held_in_memory: hf.held_in_memory,
+        });
+    }
+    let gguf = open_gguf(path)?;
     let model: Arc<dyn CausalLm> = baicai_models::load(gguf.clone())
-        .with_context(|| format!("cannot load model {}", args.model.display()))?
+        .with_context(|| format!("cannot load model {}", path.display()))?
         .into();
-    let tokenizer = Tokenizer::from_gguf(&gguf)
-        .with_context(|| format!("cannot load the tokenizer of {}", args.model.display()))?;
-    Ok(Loaded { gguf, model, tokenizer })
+    let (tokenizer, tokenizer_error) = match Tokenizer::from_gguf(&gguf) {
+        Ok(t) => (Some(t), String::new()),
+        Err(e) => (None, format!("cannot load the tokenizer of {}: {e}", path.display())),
+    };
+    Ok(Loaded {
+        model,
+        tokenizer,
+        tokenizer_error,
+        file_size: gguf.file_size(),
+        held_in_memory: vec!["all tensors: memory-mapped from the file, not copied".into()],
+    })
 }
 
 /// Arguments of `tokenize`.

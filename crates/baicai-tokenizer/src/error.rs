@@ -77,6 +77,14 @@ pub enum TokenizerError {
     /// The chat template failed to parse or render.
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// A Hugging Face `tokenizer.json` / `tokenizer_config.json` could not be used.
+    #[error("{path}: {what}")]
+    HfFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        what: String,
+    },
 }
 
 /// Result alias of this crate.

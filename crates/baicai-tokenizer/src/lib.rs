@@ -25,6 +25,7 @@ mod bpe;
 pub mod chat;
 mod error;
 mod gguf;
+mod hf;
 mod pretokenize;
 mod special;
 mod spm;
