@@ -296,6 +296,16 @@ fn opt_f32(v: &Value, key: &str) -> Option<f32> {
     v[key].as_f64().map(|x| x as f32)
 }
 
+/// Parses the text of a `config.json`.
+///
+/// # Errors
+/// Malformed JSON, missing keys, unsupported `model_type`.
+pub fn parse_config(text: &str) -> Result<ModelConfig, ModelError> {
+    let path = Path::new("config.json");
+    let json: Value = serde_json::from_str(text).map_err(|e| err(path, e))?;
+    config_from_json(path, &json)
+}
+
 /// Reads `config.json` into a [`ModelConfig`].
 fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
     let model_type = v["model_type"].as_str().ok_or_else(|| err(path, "'model_type' missing"))?;

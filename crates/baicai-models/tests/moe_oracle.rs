@@ -1,0 +1,114 @@
+//! Tiny seeded MoE models against Hugging Face transformers (fixtures/moe, made by
+//! tools/moe_oracle.py): logits at every prompt position within 1e-3 (max abs, F32 weights) and
+//! identical greedy continuations, for the safetensors folder and the GGUF conversion of each.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use baicai_models::{CausalLm, Logits};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/moe")
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
+}
+
+fn check(model: &dyn CausalLm, reference: &Value, label: &str) {
+    let vocab = reference["vocab_size"].as_u64().unwrap() as usize;
+    for (pi, p) in reference["prompts"].as_array().unwrap().iter().enumerate() {
+        let ids: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let mut cache = model.new_cache(64);
+        let logits = model.forward(&ids, &mut cache, Logits::All).unwrap();
+        let mut worst = (0f32, 0, 0);
+        for (t, row) in p["logits"].as_array().unwrap().iter().enumerate() {
+            for (i, r) in row.as_array().unwrap().iter().enumerate() {
+                let d = (logits[t * vocab + i] - r.as_f64().unwrap() as f32).abs();
+                if d > worst.0 {
+                    worst = (d, t, i);
+                }
+            }
+        }
+        eprintln!("{label} prompt {pi}: max |Δlogit| {:.2e} at position {} token {}", worst.0, worst.1, worst.2);
+        assert!(
+            worst.0 < 1e-3,
+            "{label} prompt {pi}: logit of token {} at position {} differs by {:.2e} from transformers",
+            worst.2,
+            worst.1,
+            worst.0
+        );
+        let expected: Vec<u32> = p["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let mut next = argmax(&logits[(ids.len() - 1) * vocab..]);
+        let mut got = Vec::new();
+        for _ in 0..expected.len() {
+            got.push(next);
+            let l = model.forward(&[next], &mut cache, Logits::Last).unwrap();
+            next = argmax(&l);
+        }
+        assert_eq!(got, expected, "{label} prompt {pi}: greedy continuation differs from transformers");
+    }
+}
+
+fn run(name: &str) {
+    let dir = fixtures().join(name);
+    if !dir.exists() {
+        panic!("fixture {} missing", dir.display());
+    }
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let (hf, _) = baicai_models::load_hf(&dir).unwrap();
+    check(hf.as_ref(), &reference, &format!("{name} (safetensors)"));
+    for gguf in ["model-f32.gguf", "model-f32-fused-kv.gguf"] {
+        let path: &Path = &dir.join(gguf);
+        if !path.exists() {
+            continue;
+        }
+        let g = Arc::new(baicai_gguf::Gguf::open(path).unwrap());
+        let m = baicai_models::load(g).unwrap();
+        check(m.as_ref(), &reference, &format!("{name} ({gguf})"));
+    }
+}
+
+#[test]
+fn deepseek_v3_matches_transformers() {
+    run("deepseek-v3");
+}
+
+/// DeepSeek-V3's published sizes (config.json of deepseek-ai/DeepSeek-V3): the absorbed MLA cache
+/// holds kv_lora_rank 512 + qk_rope_head_dim 64 values per token and layer, nothing else.
+#[test]
+fn deepseek_v3_kv_cache_holds_latent_and_rope_key_only() {
+    let cfg = baicai_models::hf::parse_config(
+        r#"{"model_type": "deepseek_v3", "hidden_size": 7168, "num_hidden_layers": 61,
+            "num_attention_heads": 128, "num_key_value_heads": 128, "vocab_size": 129280,
+            "intermediate_size": 18432, "moe_intermediate_size": 2048, "q_lora_rank": 1536,
+            "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+            "v_head_dim": 128, "n_routed_experts": 256, "num_experts_per_tok": 8,
+            "n_shared_experts": 1, "n_group": 8, "topk_group": 4, "topk_method": "noaux_tc",
+            "scoring_func": "sigmoid", "norm_topk_prob": true, "routed_scaling_factor": 2.5,
+            "first_k_dense_replace": 3,
+            "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                             "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}}"#,
+    )
+    .unwrap();
+    let mla = cfg.mla.as_ref().unwrap();
+    assert_eq!(mla.cache_width(), 512 + 64);
+    let cache = baicai_models::KvCache::new(cfg.n_layer, 1, mla.cache_width(), 0);
+    let per_value = cache.bytes_per_token() / (61 * 576);
+    assert_eq!(cache.bytes_per_token(), 61 * 576 * per_value);
+    eprintln!("DeepSeek-V3 KV cache: {} bytes per token ({per_value} bytes per value)", cache.bytes_per_token());
+}
+
+/// The tiny V3 model's cache really is that narrow (the model builds it).
+#[test]
+fn deepseek_v3_model_cache_is_latent_sized() {
+    let dir = fixtures().join("deepseek-v3");
+    let (m, _) = baicai_models::load_hf(&dir).unwrap();
+    let c = m.config();
+    let mla = c.mla.as_ref().unwrap();
+    let bytes = m.new_cache(1).bytes_per_token();
+    assert_eq!(bytes % (c.n_layer * (mla.kv_lora_rank + mla.qk_rope_head_dim)), 0);
+    assert!(bytes <= c.n_layer * (mla.kv_lora_rank + mla.qk_rope_head_dim) * 4);
+}
