@@ -75,7 +75,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             let prompt = tokens(a.n_prompt, cfg.n_vocab);
             let t = Instant::now();
             for chunk in prompt.chunks(baicai_engine::session::PREFILL_CHUNK) {
-                model.forward(chunk, &mut cache, Logits::Last).context("prompt processing")?;
+                model
+                    .forward(chunk, &mut cache, Logits::Last)
+                    .context("prompt processing")?;
             }
             pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
         }
@@ -84,7 +86,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             let mut tok = tokens(1, cfg.n_vocab)[0];
             let t = Instant::now();
             for _ in 0..a.n_gen {
-                let logits = model.forward(&[tok], &mut cache, Logits::Last).context("generation")?;
+                let logits = model
+                    .forward(&[tok], &mut cache, Logits::Last)
+                    .context("generation")?;
                 tok = argmax(&logits);
             }
             tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
@@ -95,7 +99,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let bandwidth = sysinfo::measure_read_bandwidth(threads);
     let bytes_per_token = model.weight_bytes_per_token();
     let tg_mean = mean(&tg);
-    let roofline = if bandwidth > 0.0 { tg_mean * bytes_per_token as f64 / bandwidth } else { 0.0 };
+    let roofline = if bandwidth > 0.0 {
+        tg_mean * bytes_per_token as f64 / bandwidth
+    } else {
+        0.0
+    };
     let file = loaded.file_size;
     if a.json {
         let j = serde_json::json!({
@@ -114,23 +122,53 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "weight_bytes_per_token": bytes_per_token,
             "bandwidth_gb_per_s": bandwidth / 1e9,
             "roofline_fraction": roofline,
+            "kv_bytes_per_token": model.new_cache(1).bytes_per_token(),
+            "expert_load": model.expert_load().map(|l| l.iter().map(|x| x.tokens.clone()).collect::<Vec<_>>()),
         });
         println!("{j}");
     } else {
-        println!("model: {} ({}), threads {threads}", a.model.model.display(), cfg.arch_name);
+        println!(
+            "model: {} ({}), threads {threads}",
+            a.model.model.display(),
+            cfg.arch_name
+        );
         if a.n_prompt > 0 {
-            println!("pp{:<6} {:>8.2} ± {:.2} tok/s", a.n_prompt, mean(&pp), stddev(&pp));
+            println!(
+                "pp{:<6} {:>8.2} ± {:.2} tok/s",
+                a.n_prompt,
+                mean(&pp),
+                stddev(&pp)
+            );
         }
         if a.n_gen > 0 {
-            println!("tg{:<6} {:>8.2} ± {:.2} tok/s", a.n_gen, tg_mean, stddev(&tg));
+            println!(
+                "tg{:<6} {:>8.2} ± {:.2} tok/s",
+                a.n_gen,
+                tg_mean,
+                stddev(&tg)
+            );
         }
-        println!("peak RSS: {:.1} MiB (file {:.1} MiB)", peak_rss as f64 / 1048576.0, file as f64 / 1048576.0);
+        println!(
+            "peak RSS: {:.1} MiB (file {:.1} MiB)",
+            peak_rss as f64 / 1048576.0,
+            file as f64 / 1048576.0
+        );
         println!(
             "roofline: {:.1} MiB read per token, bandwidth {:.1} GB/s, {:.0}% of the limit reached",
             bytes_per_token as f64 / 1048576.0,
             bandwidth / 1e9,
             roofline * 100.0
         );
+        println!(
+            "KV cache: {} bytes per token",
+            model.new_cache(1).bytes_per_token()
+        );
+        if model.expert_load().is_some() {
+            println!("expert load over the whole run:");
+            for line in crate::generate::expert_load_lines(model.as_ref()) {
+                println!("  {line}");
+            }
+        }
     }
     Ok(())
 }

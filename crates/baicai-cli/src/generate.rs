@@ -97,6 +97,31 @@ pub struct RunArgs {
     /// Print timing to stderr at the end.
     #[arg(long)]
     pub verbose: bool,
+    /// Print per-layer expert load to stderr at the end (MoE models).
+    #[arg(long = "moe-stats")]
+    pub moe_stats: bool,
+}
+
+/// One line per MoE layer: how many tokens each expert received.
+pub fn expert_load_lines(model: &dyn baicai_models::CausalLm) -> Vec<String> {
+    let Some(load) = model.expert_load() else {
+        return vec!["not a Mixture-of-Experts model".into()];
+    };
+    load.iter()
+        .enumerate()
+        .filter(|(_, l)| !l.tokens.is_empty())
+        .map(|(il, l)| {
+            let total: u64 = l.tokens.iter().sum();
+            let used = l.tokens.iter().filter(|&&t| t > 0).count();
+            let max = l.tokens.iter().copied().max().unwrap_or(0);
+            format!(
+                "layer {il:>3}: {used}/{} experts used, {total} routings, busiest expert {max} ({:.1}%), tokens per expert {:?}",
+                l.tokens.len(),
+                100.0 * max as f64 / total.max(1) as f64,
+                l.tokens
+            )
+        })
+        .collect()
 }
 
 fn report(stats: &GenerateStats) {
@@ -136,6 +161,11 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.verbose {
         report(&stats);
     }
+    if a.moe_stats {
+        for line in expert_load_lines(loaded.model.as_ref()) {
+            eprintln!("{line}");
+        }
+    }
     Ok(())
 }
 
@@ -163,11 +193,15 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     let loaded = load(&a.model)?;
     let tokenizer = loaded.tokenizer()?;
     let model = loaded.model.clone();
-    let template = ChatTemplate::for_tokenizer(tokenizer).context("cannot load the chat template")?;
+    let template =
+        ChatTemplate::for_tokenizer(tokenizer).context("cannot load the chat template")?;
     let mut session = Session::new(model, a.sampling.ctx_size);
     let mut messages: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &a.system {
-        messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: s.clone(),
+        });
     }
     let interactive = a.prompt.is_none();
     let stdin = std::io::stdin();
@@ -187,8 +221,13 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         if interactive && (user.trim() == "/exit" || user.trim() == "/quit") {
             break;
         }
-        messages.push(ChatMessage { role: "user".into(), content: user });
-        let text = template.render(&messages, true).context("cannot render the chat template")?;
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: user,
+        });
+        let text = template
+            .render(&messages, true)
+            .context("cannot render the chat template")?;
         // Templates that write the BOS token themselves must not get a second one.
         let bos_in_text = tokenizer
             .bos_id()
@@ -206,7 +245,10 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         if a.verbose {
             report(&stats);
         }
-        messages.push(ChatMessage { role: "assistant".into(), content: answer });
+        messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: answer,
+        });
         if !interactive {
             break;
         }

@@ -70,7 +70,10 @@ fn describe_model(model: &dyn baicai_models::CausalLm, file_size: u64, ctx: usiz
             moe.router.n_expert, moe.router.n_used, moe.n_ff_shared, moe.n_ff_expert, moe.first_dense
         );
     }
-    println!("weights read per generated token: {:.1} MiB", mib(model.weight_bytes_per_token()));
+    println!(
+        "weights read per generated token: {:.1} MiB",
+        mib(model.weight_bytes_per_token())
+    );
     println!("KV cache: {kv_per_token} bytes per token");
     println!(
         "memory needed at context {ctx}: {:.1} MiB (weights {:.1} MiB + KV cache {:.1} MiB)",
@@ -84,7 +87,11 @@ fn describe_model(model: &dyn baicai_models::CausalLm, file_size: u64, ctx: usiz
 pub fn inspect(a: InspectArgs) -> Result<()> {
     if a.model.model.is_dir() {
         let loaded = crate::load::load(&a.model)?;
-        println!("checkpoint folder: {} ({:.1} MiB)", a.model.model.display(), mib(loaded.file_size));
+        println!(
+            "checkpoint folder: {} ({:.1} MiB)",
+            a.model.model.display(),
+            mib(loaded.file_size)
+        );
         println!("weights in memory:");
         for h in &loaded.held_in_memory {
             println!("  {h}");
@@ -93,7 +100,12 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     let g = open_gguf(&a.model.model)?;
-    println!("file: {} (GGUF v{}, {:.1} MiB)", a.model.model.display(), g.version(), mib(g.file_size()));
+    println!(
+        "file: {} (GGUF v{}, {:.1} MiB)",
+        a.model.model.display(),
+        g.version(),
+        mib(g.file_size())
+    );
     println!("\nmetadata ({} keys):", g.metadata().len());
     for (k, v) in g.metadata() {
         println!("  {k} = {}", show(v));
@@ -102,7 +114,10 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     let mut by_type: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
     if !a.no_tensors {
         println!("\ntensors ({}):", g.tensors().len());
-        println!("  {:<40} {:<8} {:>24} {:>12}", "name", "type", "shape", "bytes");
+        println!(
+            "  {:<40} {:<8} {:>24} {:>12}",
+            "name", "type", "shape", "bytes"
+        );
     }
     for t in g.tensors() {
         let n: u64 = t.shape.iter().product();
@@ -112,7 +127,13 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         e.1 += t.n_bytes;
         if !a.no_tensors {
             let shape = format!("{:?}", t.shape);
-            println!("  {:<40} {:<8} {:>24} {:>12}", t.name, t.ggml_type.name(), shape, t.n_bytes);
+            println!(
+                "  {:<40} {:<8} {:>24} {:>12}",
+                t.name,
+                t.ggml_type.name(),
+                shape,
+                t.n_bytes
+            );
         }
     }
     println!("\ntensor types:");

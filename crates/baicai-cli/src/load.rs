@@ -35,7 +35,10 @@ pub fn init_threads(threads: Option<usize>) -> Result<usize> {
     if n == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .ok();
     Ok(n)
 }
 
@@ -53,7 +56,9 @@ pub struct Loaded {
 impl Loaded {
     /// The tokenizer, or the reason there is none.
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("{}", self.tokenizer_error))
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("{}", self.tokenizer_error))
     }
 }
 
@@ -67,7 +72,10 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         let tok = TokenizerSpec::from_hf_dir(path).and_then(Tokenizer::from_spec);
         let (tokenizer, tokenizer_error) = match tok {
             Ok(t) => (Some(t), String::new()),
-            Err(e) => (None, format!("cannot load the tokenizer of {}: {e}", path.display())),
+            Err(e) => (
+                None,
+                format!("cannot load the tokenizer of {}: {e}", path.display()),
+            ),
         };
         return Ok(Loaded {
             model: model.into(),
@@ -83,7 +91,10 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         .into();
     let (tokenizer, tokenizer_error) = match Tokenizer::from_gguf(&gguf) {
         Ok(t) => (Some(t), String::new()),
-        Err(e) => (None, format!("cannot load the tokenizer of {}: {e}", path.display())),
+        Err(e) => (
+            None,
+            format!("cannot load the tokenizer of {}: {e}", path.display()),
+        ),
     };
     Ok(Loaded {
         model,

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 
 /// Run large language models on ordinary CPUs at the lowest cost per token.
 #[derive(Parser)]
-#[command(name = "baicai", version, about = "Run large language models on ordinary CPUs at the lowest cost per token (GGUF, quantized, streaming).")]
+#[command(
+    name = "baicai",
+    version,
+    about = "Run large language models on ordinary CPUs at the lowest cost per token (GGUF, quantized, streaming)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

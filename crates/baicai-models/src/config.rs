@@ -143,20 +143,28 @@ impl ModelConfig {
         let n_embd = u("embedding_length")?;
         let n_head = u("attention.head_count")?;
         if n_head == 0 || n_embd == 0 {
-            return Err(ModelError::Config("head_count and embedding_length must be > 0".into()));
+            return Err(ModelError::Config(
+                "head_count and embedding_length must be > 0".into(),
+            ));
         }
-        let n_head_kv = g.get_u64(&key("attention.head_count_kv"))?.map_or(n_head, |v| v as usize);
-        let head_dim_k =
-            g.get_u64(&key("attention.key_length"))?.map_or(n_embd / n_head, |v| v as usize);
-        let head_dim_v =
-            g.get_u64(&key("attention.value_length"))?.map_or(n_embd / n_head, |v| v as usize);
+        let n_head_kv = g
+            .get_u64(&key("attention.head_count_kv"))?
+            .map_or(n_head, |v| v as usize);
+        let head_dim_k = g
+            .get_u64(&key("attention.key_length"))?
+            .map_or(n_embd / n_head, |v| v as usize);
+        let head_dim_v = g
+            .get_u64(&key("attention.value_length"))?
+            .map_or(n_embd / n_head, |v| v as usize);
         if n_head_kv == 0 || n_head % n_head_kv != 0 {
             return Err(ModelError::Config(format!(
                 "head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
             )));
         }
         if head_dim_k % 2 != 0 || head_dim_k == 0 {
-            return Err(ModelError::Config(format!("key_length {head_dim_k} must be even")));
+            return Err(ModelError::Config(format!(
+                "key_length {head_dim_k} must be even"
+            )));
         }
         let n_vocab = match g.get_u64(&key("vocab_size"))? {
             Some(v) => v as usize,
@@ -186,7 +194,8 @@ impl ModelConfig {
             // Gemma 3: five local layers then one global (HF `sliding_window_pattern = 6`);
             // local layers use RoPE base 10 000 (llama.cpp's gemma3 defaults).
             Arch::Gemma3 => (
-                g.get_u64(&key("attention.sliding_window"))?.map(|v| v as usize),
+                g.get_u64(&key("attention.sliding_window"))?
+                    .map(|v| v as usize),
                 6,
                 10_000.0,
             ),
@@ -203,7 +212,9 @@ impl ModelConfig {
             n_ff: u("feed_forward_length")?,
             n_vocab,
             n_ctx_train: u("context_length")?,
-            rms_eps: g.get_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6),
+            rms_eps: g
+                .get_f32(&key("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-6),
             rope_base,
             rope_base_swa,
             rope_linear_factor,
@@ -213,7 +224,11 @@ impl ModelConfig {
             },
             sliding_window,
             swa_period,
-            mla: if arch == Arch::Deepseek2 { Some(mla_from_gguf(g, &arch_name)?) } else { None },
+            mla: if arch == Arch::Deepseek2 {
+                Some(mla_from_gguf(g, &arch_name)?)
+            } else {
+                None
+            },
             moe: match arch {
                 Arch::Deepseek2 | Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
                     Some(moe_from_gguf(g, &arch_name, arch)?)
@@ -268,12 +283,18 @@ fn mla_from_gguf(g: &Gguf, arch: &str) -> Result<MlaConfig, ModelError> {
     let yarn = match g.get_str(&key("rope.scaling.type"))? {
         Some("yarn") => {
             // The converter writes 0.1 * mscale_all_dim as the log multiplier.
-            let log_mul = g.get_f32(&key("rope.scaling.yarn_log_multiplier"))?.unwrap_or(0.0);
+            let log_mul = g
+                .get_f32(&key("rope.scaling.yarn_log_multiplier"))?
+                .unwrap_or(0.0);
             Some(Yarn {
                 factor: g.require_f32(&key("rope.scaling.factor"))?,
                 original_context: u("rope.scaling.original_context_length")?,
-                beta_fast: g.get_f32(&key("rope.scaling.yarn_beta_fast"))?.unwrap_or(32.0),
-                beta_slow: g.get_f32(&key("rope.scaling.yarn_beta_slow"))?.unwrap_or(1.0),
+                beta_fast: g
+                    .get_f32(&key("rope.scaling.yarn_beta_fast"))?
+                    .unwrap_or(32.0),
+                beta_slow: g
+                    .get_f32(&key("rope.scaling.yarn_beta_slow"))?
+                    .unwrap_or(1.0),
                 mscale_all_dim: log_mul / 0.1,
                 mscale: log_mul / 0.1,
             })
@@ -281,7 +302,10 @@ fn mla_from_gguf(g: &Gguf, arch: &str) -> Result<MlaConfig, ModelError> {
         _ => None,
     };
     Ok(MlaConfig {
-        q_lora_rank: g.get_u64(&key("attention.q_lora_rank"))?.map(|v| v as usize).filter(|&v| v > 0),
+        q_lora_rank: g
+            .get_u64(&key("attention.q_lora_rank"))?
+            .map(|v| v as usize)
+            .filter(|&v| v > 0),
         kv_lora_rank: u("attention.kv_lora_rank")?,
         qk_nope_head_dim: head_k - rope,
         qk_rope_head_dim: rope,
@@ -305,7 +329,10 @@ fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelErr
         }
     };
     let n_expert = u("expert_count")?;
-    let n_group = g.get_u64(&key("expert_group_count"))?.map_or(1, |v| v as usize).max(1);
+    let n_group = g
+        .get_u64(&key("expert_group_count"))?
+        .map_or(1, |v| v as usize)
+        .max(1);
     let router = RouterConfig {
         n_expert,
         n_used: u("expert_used_count")?,
@@ -319,10 +346,16 @@ fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelErr
         },
         scaling: g.get_f32(&key("expert_weights_scale"))?.unwrap_or(1.0),
         n_group,
-        topk_group: g.get_u64(&key("expert_group_used_count"))?.map_or(n_group, |v| v as usize),
+        topk_group: g
+            .get_u64(&key("expert_group_used_count"))?
+            .map_or(n_group, |v| v as usize),
         // The reference scores groups by their max under softmax routing (V2) and by the sum of
         // the top two biased scores under sigmoid routing (V3).
-        group_score: if scoring == Scoring::Sigmoid { GroupScore::Top2Sum } else { GroupScore::Max },
+        group_score: if scoring == Scoring::Sigmoid {
+            GroupScore::Top2Sum
+        } else {
+            GroupScore::Max
+        },
     };
     if router.n_used == 0 || router.n_used > n_expert || n_expert % n_group != 0 {
         return Err(ModelError::Config(format!(
@@ -337,12 +370,18 @@ fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelErr
     // Qwen2-MoE's single shared expert has its own width.
     let n_ff_shared = match g.get_u64(&key("expert_shared_feed_forward_length"))? {
         Some(w) => w as usize,
-        None => g.get_u64(&key("expert_shared_count"))?.map_or(0, |v| v as usize) * n_ff_expert,
+        None => {
+            g.get_u64(&key("expert_shared_count"))?
+                .map_or(0, |v| v as usize)
+                * n_ff_expert
+        }
     };
     Ok(MoeConfig {
         router,
         n_ff_shared,
         n_ff_expert,
-        first_dense: g.get_u64(&key("leading_dense_block_count"))?.map_or(0, |v| v as usize),
+        first_dense: g
+            .get_u64(&key("leading_dense_block_count"))?
+            .map_or(0, |v| v as usize),
     })
 }

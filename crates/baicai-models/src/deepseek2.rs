@@ -40,8 +40,17 @@ struct Attn {
 }
 
 enum Ffn {
-    Dense { gate: Linear, up: Linear, down: Linear },
-    Moe { router: Linear, bias: Option<Vec<f32>>, experts: Experts, shared: Option<(Linear, Linear, Linear)> },
+    Dense {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    Moe {
+        router: Linear,
+        bias: Option<Vec<f32>>,
+        experts: Experts,
+        shared: Option<(Linear, Linear, Linear)>,
+    },
 }
 
 struct Block {
@@ -70,12 +79,20 @@ fn yarn_mscale(factor: f32, m: f32) -> f32 {
 impl RopeYarn {
     fn new(dim: usize, base: f32, yarn: Option<&Yarn>) -> RopeYarn {
         let half = dim / 2;
-        let extrap: Vec<f64> = (0..half).map(|i| (base as f64).powf(-2.0 * i as f64 / dim as f64)).collect();
-        let Some(y) = yarn else { return RopeYarn { theta: extrap, mscale: 1.0 } };
+        let extrap: Vec<f64> = (0..half)
+            .map(|i| (base as f64).powf(-2.0 * i as f64 / dim as f64))
+            .collect();
+        let Some(y) = yarn else {
+            return RopeYarn {
+                theta: extrap,
+                mscale: 1.0,
+            };
+        };
         // Correction range of YaRN §A.2: dimensions rotating faster than beta_fast turns over
         // the original context keep their frequency, slower than beta_slow are interpolated.
         let corr = |rot: f32| {
-            dim as f64 * ((y.original_context as f64) / (rot as f64 * 2.0 * std::f64::consts::PI)).ln()
+            dim as f64
+                * ((y.original_context as f64) / (rot as f64 * 2.0 * std::f64::consts::PI)).ln()
                 / (2.0 * (base as f64).ln())
         };
         let low = corr(y.beta_fast).floor().max(0.0);
@@ -89,7 +106,10 @@ impl RopeYarn {
                 e / y.factor as f64 * (1.0 - keep) + e * keep
             })
             .collect();
-        RopeYarn { theta, mscale: yarn_mscale(y.factor, y.mscale) / yarn_mscale(y.factor, y.mscale_all_dim) }
+        RopeYarn {
+            theta,
+            mscale: yarn_mscale(y.factor, y.mscale) / yarn_mscale(y.factor, y.mscale_all_dim),
+        }
     }
 
     /// Rotates `x` (`[dim]`) for position `pos`.
@@ -125,20 +145,38 @@ impl Deepseek2 {
     /// # Errors
     /// Missing tensors, wrong shapes, unsupported types.
     pub fn load(s: WeightStore, cfg: ModelConfig) -> Result<Deepseek2, ModelError> {
-        let mla = cfg.mla.clone().ok_or_else(|| ModelError::Config("deepseek2 without MLA sizes".into()))?;
-        let moe = cfg.moe.clone().ok_or_else(|| ModelError::Config("deepseek2 without MoE sizes".into()))?;
+        let mla = cfg
+            .mla
+            .clone()
+            .ok_or_else(|| ModelError::Config("deepseek2 without MLA sizes".into()))?;
+        let moe = cfg
+            .moe
+            .clone()
+            .ok_or_else(|| ModelError::Config("deepseek2 without MoE sizes".into()))?;
         let d = cfg.n_embd;
         let nh = cfg.n_head;
-        let (nope, rope, vd, lora) = (mla.qk_nope_head_dim, mla.qk_rope_head_dim, mla.v_head_dim, mla.kv_lora_rank);
+        let (nope, rope, vd, lora) = (
+            mla.qk_nope_head_dim,
+            mla.qk_rope_head_dim,
+            mla.v_head_dim,
+            mla.kv_lora_rank,
+        );
         let qd = mla.q_head_dim();
         let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, d)?;
-        let output = if s.has("output.weight") { s.linear("output.weight", cfg.n_vocab, d)? } else { tok_embd.clone() };
+        let output = if s.has("output.weight") {
+            s.linear("output.weight", cfg.n_vocab, d)?
+        } else {
+            tok_embd.clone()
+        };
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {
             let n = |t: &str| format!("blk.{il}.{t}");
             let (q_a, q) = match mla.q_lora_rank {
                 Some(r) => (
-                    Some((s.linear(&n("attn_q_a.weight"), r, d)?, s.vector(&n("attn_q_a_norm.weight"), r)?)),
+                    Some((
+                        s.linear(&n("attn_q_a.weight"), r, d)?,
+                        s.vector(&n("attn_q_a_norm.weight"), r)?,
+                    )),
                     s.linear(&n("attn_q_b.weight"), nh * qd, r)?,
                 ),
                 None => (None, s.linear(&n("attn_q.weight"), nh * qd, d)?),
@@ -157,7 +195,9 @@ impl Deepseek2 {
                         s.row(&kv_b, r, &mut dense[(h * nope + i) * lora..][..lora]);
                     }
                 }
-                let v_b = (0..nh).map(|h| kv_b.rows_slice(h * (nope + vd) + nope, vd)).collect();
+                let v_b = (0..nh)
+                    .map(|h| kv_b.rows_slice(h * (nope + vd) + nope, vd))
+                    .collect();
                 (KAbsorb::Dense(dense), v_b)
             };
             let attn = Attn {
@@ -202,7 +242,10 @@ impl Deepseek2 {
                 ffn,
             });
         }
-        let mscale = mla.yarn.as_ref().map_or(1.0, |y| yarn_mscale(y.factor, y.mscale_all_dim));
+        let mscale = mla
+            .yarn
+            .as_ref()
+            .map_or(1.0, |y| yarn_mscale(y.factor, y.mscale_all_dim));
         let kq_scale = mscale * mscale / (qd as f32).sqrt();
         Ok(Deepseek2 {
             output_norm: s.vector("output_norm.weight", d)?,
@@ -219,16 +262,16 @@ impl Deepseek2 {
         })
     }
 
-    /// Tokens routed to each expert of each layer since load (or the last reset).
-    pub fn expert_load(&self) -> Vec<ExpertLoad> {
-        self.load.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
     fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
         let (c, m, b, s) = (&self.cfg, &self.mla, &self.blocks[il].attn, &self.store);
         let n = x.len() / c.n_embd;
         let nh = c.n_head;
-        let (nope, rope, vd, lora) = (m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim, m.kv_lora_rank);
+        let (nope, rope, vd, lora) = (
+            m.qk_nope_head_dim,
+            m.qk_rope_head_dim,
+            m.v_head_dim,
+            m.kv_lora_rank,
+        );
         let qd = m.q_head_dim();
         let pos0 = cache.len();
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
@@ -298,7 +341,13 @@ impl Deepseek2 {
             let qv = &qa[i * w..(i + 1) * w];
             let end = pos0 + t + 1;
             let mut sc: Vec<f32> = (0..end)
-                .map(|j| qv.iter().zip(&kc[j * w..(j + 1) * w]).map(|(a, b)| a * b).sum::<f32>() * scale)
+                .map(|j| {
+                    qv.iter()
+                        .zip(&kc[j * w..(j + 1) * w])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>()
+                        * scale
+                })
                 .collect();
             let max = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0;
@@ -344,7 +393,12 @@ impl Deepseek2 {
         };
         match &self.blocks[il].ffn {
             Ffn::Dense { gate, up, down } => swiglu(gate, up, down, out),
-            Ffn::Moe { router, bias, experts, shared } => {
+            Ffn::Moe {
+                router,
+                bias,
+                experts,
+                shared,
+            } => {
                 let ne = self.moe.router.n_expert;
                 let mut logits = vec![0.0; n * ne]; // [n, n_expert]
                 s.matmul(router, &h, n, &mut logits);
@@ -369,7 +423,12 @@ impl CausalLm for Deepseek2 {
         &self.cfg
     }
 
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>, ModelError> {
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
         cache.reserve(tokens.len())?;
         let mut x = embed(&self.store, &self.tok_embd, tokens, self.cfg.n_vocab)?; // [n, n_embd]
         let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
@@ -380,7 +439,18 @@ impl CausalLm for Deepseek2 {
             layers::add_inplace(&mut x, &tmp);
         }
         cache.advance(tokens.len());
-        Ok(head(&self.store, &x, &self.output_norm, self.cfg.rms_eps, &self.output, logits))
+        Ok(head(
+            &self.store,
+            &x,
+            &self.output_norm,
+            self.cfg.rms_eps,
+            &self.output,
+            logits,
+        ))
+    }
+
+    fn expert_load(&self) -> Option<Vec<ExpertLoad>> {
+        self.load.lock().ok().map(|l| l.clone())
     }
 
     fn new_cache(&self, n_ctx: usize) -> KvCache {
@@ -401,8 +471,15 @@ impl CausalLm for Deepseek2 {
                 total += l.iter().map(|l| s.bytes(l)).sum::<u64>();
             }
             match &b.ffn {
-                Ffn::Dense { gate, up, down } => total += s.bytes(gate) + s.bytes(up) + s.bytes(down),
-                Ffn::Moe { router, experts, shared, .. } => {
+                Ffn::Dense { gate, up, down } => {
+                    total += s.bytes(gate) + s.bytes(up) + s.bytes(down)
+                }
+                Ffn::Moe {
+                    router,
+                    experts,
+                    shared,
+                    ..
+                } => {
                     total += s.bytes(router);
                     total += experts.bytes_per_expert() * self.moe.router.n_used as u64;
                     if let Some((g, u, d)) = shared {
@@ -411,7 +488,11 @@ impl CausalLm for Deepseek2 {
                 }
             }
         }
-        let row = self.tok_embd.dtype.row_bytes(self.tok_embd.cols).unwrap_or(0) as u64;
+        let row = self
+            .tok_embd
+            .dtype
+            .row_bytes(self.tok_embd.cols)
+            .unwrap_or(0) as u64;
         total + s.bytes(&self.output) + row
     }
 }

@@ -43,15 +43,23 @@ struct RawTensor {
 /// Parses a safetensors header: u64 little-endian length, then that many bytes of JSON.
 fn parse_header(path: &Path, bytes: &[u8], file: usize) -> Result<Vec<RawTensor>, ModelError> {
     if bytes.len() < 8 {
-        return Err(err(path, "file shorter than the 8-byte safetensors header length"));
+        return Err(err(
+            path,
+            "file shorter than the 8-byte safetensors header length",
+        ));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     if n > (bytes.len() - 8) as u64 || n > 100 << 20 {
-        return Err(err(path, format!("header length {n} exceeds the file ({} bytes)", bytes.len())));
+        return Err(err(
+            path,
+            format!("header length {n} exceeds the file ({} bytes)", bytes.len()),
+        ));
     }
     let header: Value = serde_json::from_slice(&bytes[8..8 + n as usize])
         .map_err(|e| err(path, format!("header is not JSON: {e}")))?;
-    let obj = header.as_object().ok_or_else(|| err(path, "header is not a JSON object"))?;
+    let obj = header
+        .as_object()
+        .ok_or_else(|| err(path, "header is not a JSON object"))?;
     let data_start = 8 + n as usize;
     let data_len = bytes.len() - data_start;
     let mut out = Vec::new();
@@ -59,18 +67,29 @@ fn parse_header(path: &Path, bytes: &[u8], file: usize) -> Result<Vec<RawTensor>
         if name == "__metadata__" {
             continue;
         }
-        let dtype = t["dtype"].as_str().ok_or_else(|| err(path, format!("tensor '{name}': no dtype")))?;
+        let dtype = t["dtype"]
+            .as_str()
+            .ok_or_else(|| err(path, format!("tensor '{name}': no dtype")))?;
         let shape: Vec<u64> = t["shape"]
             .as_array()
             .ok_or_else(|| err(path, format!("tensor '{name}': no shape")))?
             .iter()
-            .map(|v| v.as_u64().ok_or_else(|| err(path, format!("tensor '{name}': bad shape"))))
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| err(path, format!("tensor '{name}': bad shape")))
+            })
             .collect::<Result<_, _>>()?;
         let offs = t["data_offsets"].as_array().filter(|a| a.len() == 2);
         let offs = offs.ok_or_else(|| err(path, format!("tensor '{name}': no data_offsets")))?;
-        let (s, e) = (offs[0].as_u64().unwrap_or(u64::MAX), offs[1].as_u64().unwrap_or(u64::MAX));
+        let (s, e) = (
+            offs[0].as_u64().unwrap_or(u64::MAX),
+            offs[1].as_u64().unwrap_or(u64::MAX),
+        );
         if s > e || e > data_len as u64 {
-            return Err(err(path, format!("tensor '{name}': data {s}..{e} outside the {data_len} data bytes")));
+            return Err(err(
+                path,
+                format!("tensor '{name}': data {s}..{e} outside the {data_len} data bytes"),
+            ));
         }
         let elem = match dtype {
             "F32" => 4,
@@ -80,7 +99,13 @@ fn parse_header(path: &Path, bytes: &[u8], file: usize) -> Result<Vec<RawTensor>
         };
         let count = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         if elem > 0 && count.and_then(|c| c.checked_mul(elem)) != Some(e - s) {
-            return Err(err(path, format!("tensor '{name}': {} bytes do not hold shape {shape:?} of {dtype}", e - s)));
+            return Err(err(
+                path,
+                format!(
+                    "tensor '{name}': {} bytes do not hold shape {shape:?} of {dtype}",
+                    e - s
+                ),
+            ));
         }
         out.push(RawTensor {
             name: name.clone(),
@@ -101,16 +126,28 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         return Ok(vec![single]);
     }
     let index = dir.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&index)
-        .map_err(|e| err(dir, format!("no model.safetensors and no readable index ({e})")))?;
+    let text = std::fs::read_to_string(&index).map_err(|e| {
+        err(
+            dir,
+            format!("no model.safetensors and no readable index ({e})"),
+        )
+    })?;
     let v: Value = serde_json::from_str(&text).map_err(|e| err(&index, e))?;
-    let map = v["weight_map"].as_object().ok_or_else(|| err(&index, "no weight_map"))?;
-    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| err(&index, "no weight_map"))?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str().map(String::from))
+        .collect();
     files.sort();
     files.dedup();
     for f in &files {
         if f.contains('/') || f.contains("..") {
-            return Err(err(&index, format!("shard name '{f}' is not a plain file name")));
+            return Err(err(
+                &index,
+                format!("shard name '{f}' is not a plain file name"),
+            ));
         }
     }
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
@@ -131,7 +168,10 @@ fn canonical_name(name: &str) -> Option<String> {
     let (il, rest) = rest.split_once('.')?;
     let il: usize = il.parse().ok()?;
     let map = |s: &str| Some(format!("blk.{il}.{s}"));
-    if let Some(r) = rest.strip_prefix("mlp.experts.").or_else(|| rest.strip_prefix("block_sparse_moe.experts.")) {
+    if let Some(r) = rest
+        .strip_prefix("mlp.experts.")
+        .or_else(|| rest.strip_prefix("block_sparse_moe.experts."))
+    {
         // Experts keep their index: blk.N.ffn_{gate,up,down}_exps.E.weight
         let (e, w) = r.split_once('.')?;
         let kind = match w {
@@ -234,11 +274,14 @@ impl HfModel {
             raw.extend(parse_header(p, &m, i)?);
             maps.push(Arc::new(m));
         }
-        let by_name: HashMap<String, &RawTensor> = raw.iter().map(|t| (t.name.clone(), t)).collect();
+        let by_name: HashMap<String, &RawTensor> =
+            raw.iter().map(|t| (t.name.clone(), t)).collect();
         let mut tensors = HashMap::new();
         let mut counts: HashMap<String, usize> = HashMap::new();
         for t in &raw {
-            let Some(canon) = canonical_name(&t.name) else { continue };
+            let Some(canon) = canonical_name(&t.name) else {
+                continue;
+            };
             if canon.ends_with(".scale_inv") {
                 continue;
             }
@@ -252,40 +295,79 @@ impl HfModel {
                 "F8_E4M3" => {
                     let scale_name = t.name.replace(".weight", ".weight_scale_inv");
                     let s = by_name.get(&scale_name).ok_or_else(|| {
-                        err(dir, format!("FP8 tensor '{}' has no '{scale_name}'", t.name))
+                        err(
+                            dir,
+                            format!("FP8 tensor '{}' has no '{scale_name}'", t.name),
+                        )
                     })?;
                     if t.shape.len() != 2 || s.dtype != "F32" {
-                        return Err(err(dir, format!("FP8 tensor '{}' must be 2-D with F32 scales", t.name)));
+                        return Err(err(
+                            dir,
+                            format!("FP8 tensor '{}' must be 2-D with F32 scales", t.name),
+                        ));
                     }
                     let (rows, cols) = (t.shape[0] as usize, t.shape[1] as usize);
                     let need = rows.div_ceil(128) * cols.div_ceil(128);
                     let sb = &maps[s.file][s.start..s.end];
                     if sb.len() != need * 4 {
-                        return Err(err(dir, format!("'{scale_name}' has {} values, expected {need}", sb.len() / 4)));
+                        return Err(err(
+                            dir,
+                            format!(
+                                "'{scale_name}' has {} values, expected {need}",
+                                sb.len() / 4
+                            ),
+                        ));
                     }
-                    let scales: Vec<f32> =
-                        sb.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect();
+                    let scales: Vec<f32> = sb
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                        .collect();
                     let w = &maps[t.file][t.start..t.end];
-                    (DType::F32, Bytes::owned(dequant_fp8(w, &scales, rows, cols)), "FP8 E4M3 → F32 at load (128×128 block scales applied)")
+                    (
+                        DType::F32,
+                        Bytes::owned(dequant_fp8(w, &scales, rows, cols)),
+                        "FP8 E4M3 → F32 at load (128×128 block scales applied)",
+                    )
                 }
                 other => {
-                    return Err(err(dir, format!(
-                        "tensor '{}' has dtype {other}; supported: F32, F16, BF16, F8_E4M3", t.name
-                    )))
+                    return Err(err(
+                        dir,
+                        format!(
+                            "tensor '{}' has dtype {other}; supported: F32, F16, BF16, F8_E4M3",
+                            t.name
+                        ),
+                    ))
                 }
             };
             *counts.entry(held.to_string()).or_default() += 1;
-            tensors.insert(canon, TensorEntry { shape, dtype, bytes });
+            tensors.insert(
+                canon,
+                TensorEntry {
+                    shape,
+                    dtype,
+                    bytes,
+                },
+            );
         }
-        let mut held_in_memory: Vec<String> =
-            counts.into_iter().map(|(k, v)| format!("{v} tensors: {k}")).collect();
+        let mut held_in_memory: Vec<String> = counts
+            .into_iter()
+            .map(|(k, v)| format!("{v} tensors: {k}"))
+            .collect();
         held_in_memory.sort();
-        Ok(HfModel { config, store: WeightStore::from_entries(tensors), held_in_memory, file_size })
+        Ok(HfModel {
+            config,
+            store: WeightStore::from_entries(tensors),
+            held_in_memory,
+            file_size,
+        })
     }
 }
 
 fn get_usize(path: &Path, v: &Value, key: &str) -> Result<usize, ModelError> {
-    v[key].as_u64().map(|x| x as usize).ok_or_else(|| err(path, format!("'{key}' missing or not an integer")))
+    v[key]
+        .as_u64()
+        .map(|x| x as usize)
+        .ok_or_else(|| err(path, format!("'{key}' missing or not an integer")))
 }
 
 fn opt_usize(v: &Value, key: &str) -> Option<usize> {
@@ -308,7 +390,9 @@ pub fn parse_config(text: &str) -> Result<ModelConfig, ModelError> {
 
 /// Reads `config.json` into a [`ModelConfig`].
 fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
-    let model_type = v["model_type"].as_str().ok_or_else(|| err(path, "'model_type' missing"))?;
+    let model_type = v["model_type"]
+        .as_str()
+        .ok_or_else(|| err(path, "'model_type' missing"))?;
     let arch = match model_type {
         "deepseek_v2" | "deepseek_v3" => Arch::Deepseek2,
         "qwen2_moe" => Arch::Qwen2Moe,
@@ -336,7 +420,12 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
             mscale: opt_f32(rope, "mscale").unwrap_or(1.0),
         }),
         None => None,
-        Some(other) => return Err(err(path, format!("rope_scaling type '{other}' is not supported (supported: yarn)"))),
+        Some(other) => {
+            return Err(err(
+                path,
+                format!("rope_scaling type '{other}' is not supported (supported: yarn)"),
+            ))
+        }
     };
     let mla = (arch == Arch::Deepseek2)
         .then(|| -> Result<MlaConfig, ModelError> {
@@ -350,20 +439,28 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
             })
         })
         .transpose()?;
-    let n_expert = opt_usize(v, "n_routed_experts").or(opt_usize(v, "num_experts")).or(opt_usize(v, "num_local_experts"));
+    let n_expert = opt_usize(v, "n_routed_experts")
+        .or(opt_usize(v, "num_experts"))
+        .or(opt_usize(v, "num_local_experts"));
     let moe = match n_expert {
         Some(n_expert) => {
             let scoring = match v["scoring_func"].as_str().unwrap_or("softmax") {
                 "softmax" => Scoring::Softmax,
                 "sigmoid" => Scoring::Sigmoid,
-                other => return Err(err(path, format!("scoring_func '{other}' is not supported"))),
+                other => {
+                    return Err(err(
+                        path,
+                        format!("scoring_func '{other}' is not supported"),
+                    ))
+                }
             };
             let topk_method = v["topk_method"].as_str().unwrap_or("greedy");
             let (n_group, topk_group) = match topk_method {
                 "greedy" => (1, 1),
-                "group_limited_greedy" | "noaux_tc" => {
-                    (opt_usize(v, "n_group").unwrap_or(1), opt_usize(v, "topk_group").unwrap_or(1))
-                }
+                "group_limited_greedy" | "noaux_tc" => (
+                    opt_usize(v, "n_group").unwrap_or(1),
+                    opt_usize(v, "topk_group").unwrap_or(1),
+                ),
                 other => return Err(err(path, format!("topk_method '{other}' is not supported"))),
             };
             let norm_default = matches!(arch, Arch::Mixtral);
@@ -379,7 +476,11 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
                     scaling: opt_f32(v, "routed_scaling_factor").unwrap_or(1.0),
                     n_group: n_group.max(1),
                     topk_group,
-                    group_score: if topk_method == "noaux_tc" { GroupScore::Top2Sum } else { GroupScore::Max },
+                    group_score: if topk_method == "noaux_tc" {
+                        GroupScore::Top2Sum
+                    } else {
+                        GroupScore::Max
+                    },
                 },
                 n_ff_shared: match opt_usize(v, "shared_expert_intermediate_size") {
                     Some(w) => w,
@@ -409,7 +510,11 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
         rope_linear_factor: 1.0,
         // DeepSeek's HF code de-interleaves before rotate_half, i.e. rotates adjacent pairs;
         // the others rotate halves of the unpermuted HF weights.
-        rope_style: if arch == Arch::Deepseek2 { RopeStyle::Interleaved } else { RopeStyle::Neox },
+        rope_style: if arch == Arch::Deepseek2 {
+            RopeStyle::Interleaved
+        } else {
+            RopeStyle::Neox
+        },
         sliding_window: None,
         swa_period: 1,
         mla,

@@ -58,7 +58,17 @@ pub trait CausalLm: Send + Sync {
     /// A fresh cache for up to `n_ctx` tokens (memory is committed as it fills).
     fn new_cache(&self, n_ctx: usize) -> KvCache {
         let c = self.config();
-        KvCache::new(c.n_layer, n_ctx, c.n_head_kv * c.head_dim_k, c.n_head_kv * c.head_dim_v)
+        KvCache::new(
+            c.n_layer,
+            n_ctx,
+            c.n_head_kv * c.head_dim_k,
+            c.n_head_kv * c.head_dim_v,
+        )
+    }
+
+    /// Tokens routed to each expert of each layer so far (MoE models only).
+    fn expert_load(&self) -> Option<Vec<moe::ExpertLoad>> {
+        None
     }
 
     /// Bytes of weights read to produce one token (every tensor except the token embedding,
@@ -67,7 +77,14 @@ pub trait CausalLm: Send + Sync {
 }
 
 /// Architectures this crate can run (`general.architecture` values).
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3", "deepseek2", "qwen2moe", "qwen3moe"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "llama",
+    "qwen2",
+    "gemma3",
+    "deepseek2",
+    "qwen2moe",
+    "qwen3moe",
+];
 
 /// Loads the model in `gguf`, choosing the architecture from `general.architecture`.
 ///
@@ -81,7 +98,9 @@ pub fn load(gguf: Arc<Gguf>) -> Result<Box<dyn CausalLm>, ModelError> {
         Arch::Llama | Arch::Qwen2 => Box::new(llama::Llama::load(gguf, cfg)?),
         Arch::Gemma3 => Box::new(gemma3::Gemma3::load(gguf, cfg)?),
         Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(store, cfg)?),
-        Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => Box::new(sparse::SparseMoe::load(store, cfg)?),
+        Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
+            Box::new(sparse::SparseMoe::load(store, cfg)?)
+        }
     })
 }
 
@@ -91,12 +110,21 @@ pub fn load(gguf: Arc<Gguf>) -> Result<Box<dyn CausalLm>, ModelError> {
 /// As [`hf::HfModel::open`], and missing tensors or wrong shapes, each named.
 pub fn load_hf(dir: &std::path::Path) -> Result<(Box<dyn CausalLm>, hf::HfModel), ModelError> {
     let mut m = hf::HfModel::open(dir)?;
-    let store = std::mem::replace(&mut m.store, weights::WeightStore::from_entries(Default::default()));
+    let store = std::mem::replace(
+        &mut m.store,
+        weights::WeightStore::from_entries(Default::default()),
+    );
     let cfg = m.config.clone();
     let model: Box<dyn CausalLm> = match cfg.arch {
         Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(store, cfg)?),
-        Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => Box::new(sparse::SparseMoe::load(store, cfg)?),
-        other => return Err(ModelError::Config(format!("{other:?} checkpoints load from GGUF only"))),
+        Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
+            Box::new(sparse::SparseMoe::load(store, cfg)?)
+        }
+        other => {
+            return Err(ModelError::Config(format!(
+                "{other:?} checkpoints load from GGUF only"
+            )))
+        }
     };
     Ok((model, m))
 }

@@ -44,7 +44,11 @@ pub struct RouterConfig {
 /// `torch.topk` on CPU does for the values seen here).
 pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[b].partial_cmp(&v[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        v[b].partial_cmp(&v[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
     idx.truncate(k);
     idx
 }
@@ -110,7 +114,9 @@ pub struct ExpertLoad {
 impl Experts {
     /// Bytes of one expert's three matrices.
     pub fn bytes_per_expert(&self) -> u64 {
-        self.experts.first().map_or(0, |(g, u, d)| g.n_bytes() + u.n_bytes() + d.n_bytes())
+        self.experts
+            .first()
+            .map_or(0, |(g, u, d)| g.n_bytes() + u.n_bytes() + d.n_bytes())
     }
 
     /// Loads a layer's experts: stacked GGUF tensors (`blk.N.ffn_gate_exps.weight`, …) or one
@@ -154,7 +160,14 @@ impl Experts {
         let gate = store.stacked(&format!("{prefix}.ffn_gate_exps.weight"), n_expert, ff, d)?;
         let up = store.stacked(&format!("{prefix}.ffn_up_exps.weight"), n_expert, ff, d)?;
         let down = store.stacked(&format!("{prefix}.ffn_down_exps.weight"), n_expert, d, ff)?;
-        Ok(Experts { experts: gate.into_iter().zip(up).zip(down).map(|((g, u), d)| (g, u, d)).collect() })
+        Ok(Experts {
+            experts: gate
+                .into_iter()
+                .zip(up)
+                .zip(down)
+                .map(|((g, u), d)| (g, u, d))
+                .collect(),
+        })
     }
 
     /// Runs the routed experts: `out[t] += Σ_e w_{t,e} · down_e(silu(gate_e x_t) ⊙ up_e x_t)`,

@@ -3,12 +3,14 @@
 //! Qwen3-MoE (`qwen3moe`: per-head QK-norm) — Hugging Face's `MixtralSparseMoeBlock`,
 //! `Qwen2MoeSparseMoeBlock`, `Qwen3MoeSparseMoeBlock`.
 
+use std::sync::Mutex;
+
 use crate::config::{Arch, ModelConfig, MoeConfig, RopeStyle};
 use crate::error::ModelError;
 use crate::kv::KvCache;
 use crate::layers::{self, AttnParams, Rope, RopeParams};
 use crate::llama::{embed, head};
-use crate::moe::{self, Experts};
+use crate::moe::{self, ExpertLoad, Experts};
 use crate::weights::{Linear, WeightStore};
 use crate::{CausalLm, Logits};
 
@@ -44,6 +46,7 @@ pub struct SparseMoe {
     output: Linear,
     blocks: Vec<Block>,
     rope: Rope,
+    load: Mutex<Vec<ExpertLoad>>,
 }
 
 /// A `[n]` vector stored either 1-D (GGUF) or as a one-row matrix (checkpoints).
@@ -66,10 +69,17 @@ impl SparseMoe {
     /// # Errors
     /// Missing tensors, wrong shapes, unsupported types.
     pub fn load(s: WeightStore, cfg: ModelConfig) -> Result<SparseMoe, ModelError> {
-        let moe = cfg.moe.clone().ok_or_else(|| ModelError::Config("MoE model without expert sizes".into()))?;
+        let moe = cfg
+            .moe
+            .clone()
+            .ok_or_else(|| ModelError::Config("MoE model without expert sizes".into()))?;
         let d = cfg.n_embd;
         let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, d)?;
-        let output = if s.has("output.weight") { s.linear("output.weight", cfg.n_vocab, d)? } else { tok_embd.clone() };
+        let output = if s.has("output.weight") {
+            s.linear("output.weight", cfg.n_vocab, d)?
+        } else {
+            tok_embd.clone()
+        };
         let rope = Rope::new(RopeParams {
             head_dim: cfg.head_dim_k,
             base: cfg.rope_base,
@@ -131,6 +141,7 @@ impl SparseMoe {
             .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(SparseMoe {
             output_norm: s.vector("output_norm.weight", d)?,
+            load: Mutex::new(vec![ExpertLoad::default(); cfg.n_layer]),
             store: s,
             cfg,
             moe,
@@ -189,8 +200,10 @@ impl SparseMoe {
         let ne = self.moe.router.n_expert;
         let mut logits = vec![0.0; n * ne]; // [n, n_expert]
         s.matmul(&b.router, &h, n, &mut logits);
-        let routes: Vec<Vec<(usize, f32)>> =
-            logits.chunks_exact(ne).map(|l| moe::route(l, &self.moe.router, None)).collect();
+        let routes: Vec<Vec<(usize, f32)>> = logits
+            .chunks_exact(ne)
+            .map(|l| moe::route(l, &self.moe.router, None))
+            .collect();
         out.fill(0.0);
         if let Some(sh) = &b.shared {
             let w = sh.gate.rows;
@@ -202,13 +215,19 @@ impl SparseMoe {
             s.matmul(&sh.down, &g, n, out); // [n, n_embd]
             if let Some(gi) = &sh.gate_inp {
                 for (t, row) in out.chunks_exact_mut(d).enumerate() {
-                    let z: f32 = gi.iter().zip(&h[t * d..(t + 1) * d]).map(|(a, b)| a * b).sum();
+                    let z: f32 = gi
+                        .iter()
+                        .zip(&h[t * d..(t + 1) * d])
+                        .map(|(a, b)| a * b)
+                        .sum();
                     let gate = 1.0 / (1.0 + (-z).exp());
                     row.iter_mut().for_each(|v| *v *= gate);
                 }
             }
         }
-        b.experts.forward(s, &h, &routes, out, None);
+        let mut load = self.load.lock().ok();
+        b.experts
+            .forward(s, &h, &routes, out, load.as_mut().map(|l| &mut l[il]));
     }
 }
 
@@ -217,7 +236,12 @@ impl CausalLm for SparseMoe {
         &self.cfg
     }
 
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>, ModelError> {
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
         cache.reserve(tokens.len())?;
         let mut x = embed(&self.store, &self.tok_embd, tokens, self.cfg.n_vocab)?; // [n, n_embd]
         let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
@@ -228,20 +252,38 @@ impl CausalLm for SparseMoe {
             layers::add_inplace(&mut x, &tmp);
         }
         cache.advance(tokens.len());
-        Ok(head(&self.store, &x, &self.output_norm, self.cfg.rms_eps, &self.output, logits))
+        Ok(head(
+            &self.store,
+            &x,
+            &self.output_norm,
+            self.cfg.rms_eps,
+            &self.output,
+            logits,
+        ))
+    }
+
+    fn expert_load(&self) -> Option<Vec<ExpertLoad>> {
+        self.load.lock().ok().map(|l| l.clone())
     }
 
     fn weight_bytes_per_token(&self) -> u64 {
         let s = &self.store;
         let mut total = 0;
         for b in &self.blocks {
-            total += [&b.wq, &b.wk, &b.wv, &b.wo, &b.router].iter().map(|l| s.bytes(l)).sum::<u64>();
+            total += [&b.wq, &b.wk, &b.wv, &b.wo, &b.router]
+                .iter()
+                .map(|l| s.bytes(l))
+                .sum::<u64>();
             total += b.experts.bytes_per_expert() * self.moe.router.n_used as u64;
             if let Some(sh) = &b.shared {
                 total += s.bytes(&sh.gate) + s.bytes(&sh.up) + s.bytes(&sh.down);
             }
         }
-        let row = self.tok_embd.dtype.row_bytes(self.tok_embd.cols).unwrap_or(0) as u64;
+        let row = self
+            .tok_embd
+            .dtype
+            .row_bytes(self.tok_embd.cols)
+            .unwrap_or(0) as u64;
         total + s.bytes(&self.output) + row
     }
 }

@@ -74,12 +74,20 @@ impl Bytes {
     /// Bytes made at load.
     pub fn owned(v: Vec<u8>) -> Bytes {
         let len = v.len();
-        Bytes { backing: Backing::Owned(Arc::new(v)), start: 0, len }
+        Bytes {
+            backing: Backing::Owned(Arc::new(v)),
+            start: 0,
+            len,
+        }
     }
 
     /// A range of a mapped file.
     pub fn mapped(m: Arc<memmap2::Mmap>, start: usize, len: usize) -> Bytes {
-        Bytes { backing: Backing::Mapped(m), start, len }
+        Bytes {
+            backing: Backing::Mapped(m),
+            start,
+            len,
+        }
     }
 }
 
@@ -104,7 +112,14 @@ pub struct Linear {
 
 impl std::fmt::Debug for Linear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Linear({} {} [{}, {}])", self.name, self.dtype.name(), self.rows, self.cols)
+        write!(
+            f,
+            "Linear({} {} [{}, {}])",
+            self.name,
+            self.dtype.name(),
+            self.rows,
+            self.cols
+        )
     }
 }
 
@@ -112,16 +127,33 @@ impl Linear {
     /// Rows `r0..r0 + n` as their own matrix (one expert of a stacked tensor, one head).
     pub fn rows_slice(&self, r0: usize, n: usize) -> Linear {
         let rb = self.dtype.row_bytes(self.cols).expect("checked at load");
-        assert!(r0 + n <= self.rows, "rows {r0}..{} of {} [{} rows]", r0 + n, self.name, self.rows);
+        assert!(
+            r0 + n <= self.rows,
+            "rows {r0}..{} of {} [{} rows]",
+            r0 + n,
+            self.name,
+            self.rows
+        );
         let mut bytes = self.bytes.clone();
         bytes.start += r0 * rb;
         bytes.len = n * rb;
-        Linear { name: self.name.clone(), dtype: self.dtype, rows: n, cols: self.cols, bytes }
+        Linear {
+            name: self.name.clone(),
+            dtype: self.dtype,
+            rows: n,
+            cols: self.cols,
+            bytes,
+        }
     }
 
     /// The kernel view.
     pub fn weight(&self) -> Weight<'_> {
-        Weight { dtype: self.dtype, data: self.bytes.as_slice(), rows: self.rows, cols: self.cols }
+        Weight {
+            dtype: self.dtype,
+            data: self.bytes.as_slice(),
+            rows: self.rows,
+            cols: self.cols,
+        }
     }
 
     /// Bytes of the matrix.
@@ -154,15 +186,32 @@ impl WeightStore {
                 continue;
             };
             let len = info.n_bytes as usize;
-            let bytes = Bytes { backing: Backing::Gguf(gguf.clone(), info.clone()), start: 0, len };
-            tensors.insert(info.name.clone(), TensorEntry { shape: info.shape.clone(), dtype, bytes });
+            let bytes = Bytes {
+                backing: Backing::Gguf(gguf.clone(), info.clone()),
+                start: 0,
+                len,
+            };
+            tensors.insert(
+                info.name.clone(),
+                TensorEntry {
+                    shape: info.shape.clone(),
+                    dtype,
+                    bytes,
+                },
+            );
         }
-        WeightStore { tensors, unsupported }
+        WeightStore {
+            tensors,
+            unsupported,
+        }
     }
 
     /// Tensors from another source (safetensors), already under canonical names.
     pub fn from_entries(tensors: HashMap<String, TensorEntry>) -> WeightStore {
-        WeightStore { tensors, unsupported: HashMap::new() }
+        WeightStore {
+            tensors,
+            unsupported: HashMap::new(),
+        }
     }
 
     fn entry(&self, name: &str) -> Result<&TensorEntry, ModelError> {
@@ -173,7 +222,9 @@ impl WeightStore {
                 supported: SUPPORTED_TYPES.into(),
             });
         }
-        self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
     }
 
     /// Whether the file has a tensor of this name.
@@ -183,12 +234,21 @@ impl WeightStore {
 
     fn check_shape(name: &str, found: &[u64], expected: Vec<u64>) -> Result<(), ModelError> {
         if found != expected.as_slice() {
-            return Err(ModelError::BadShape { name: name.into(), found: found.to_vec(), expected });
+            return Err(ModelError::BadShape {
+                name: name.into(),
+                found: found.to_vec(),
+                expected,
+            });
         }
         Ok(())
     }
 
-    fn make_linear(name: &str, e: &TensorEntry, rows: usize, cols: usize) -> Result<Linear, ModelError> {
+    fn make_linear(
+        name: &str,
+        e: &TensorEntry,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Linear, ModelError> {
         if e.dtype.row_bytes(cols).is_none() {
             return Err(ModelError::Config(format!(
                 "tensor '{name}': row length {cols} is not a multiple of the {} block length {}",
@@ -196,7 +256,13 @@ impl WeightStore {
                 e.dtype.block_len()
             )));
         }
-        Ok(Linear { name: name.into(), dtype: e.dtype, rows, cols, bytes: e.bytes.clone() })
+        Ok(Linear {
+            name: name.into(),
+            dtype: e.dtype,
+            rows,
+            cols,
+            bytes: e.bytes.clone(),
+        })
     }
 
     /// A matrix of `rows` outputs by `cols` inputs (GGUF shape `[cols, rows]`).
@@ -214,7 +280,13 @@ impl WeightStore {
     ///
     /// # Errors
     /// Missing tensor, other shape, or unsupported type.
-    pub fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Vec<Linear>, ModelError> {
+    pub fn stacked(
+        &self,
+        name: &str,
+        n: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<Linear>, ModelError> {
         let e = self.entry(name)?;
         Self::check_shape(name, &e.shape, vec![cols as u64, rows as u64, n as u64])?;
         let all = Self::make_linear(name, e, rows * n, cols)?;
@@ -265,7 +337,15 @@ impl WeightStore {
 
     /// `out[t, :] = W[r0..r0 + rows] x[t, :]`: a block of rows (one head of a per-head
     /// projection).
-    pub fn matmul_rows(&self, lin: &Linear, r0: usize, rows: usize, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+    pub fn matmul_rows(
+        &self,
+        lin: &Linear,
+        r0: usize,
+        rows: usize,
+        x: &[f32],
+        n_tokens: usize,
+        out: &mut [f32],
+    ) {
         self.matmul(&lin.rows_slice(r0, rows), x, n_tokens, out);
     }
 

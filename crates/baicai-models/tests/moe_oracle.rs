@@ -19,7 +19,12 @@ fn argmax(v: &[f32]) -> u32 {
 fn check(model: &dyn CausalLm, reference: &Value, label: &str) {
     let vocab = reference["vocab_size"].as_u64().unwrap() as usize;
     for (pi, p) in reference["prompts"].as_array().unwrap().iter().enumerate() {
-        let ids: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = p["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let mut cache = model.new_cache(64);
         let logits = model.forward(&ids, &mut cache, Logits::All).unwrap();
         let mut worst = (0f32, 0, 0);
@@ -31,7 +36,10 @@ fn check(model: &dyn CausalLm, reference: &Value, label: &str) {
                 }
             }
         }
-        eprintln!("{label} prompt {pi}: max |Δlogit| {:.2e} at position {} token {}", worst.0, worst.1, worst.2);
+        eprintln!(
+            "{label} prompt {pi}: max |Δlogit| {:.2e} at position {} token {}",
+            worst.0, worst.1, worst.2
+        );
         assert!(
             worst.0 < 1e-3,
             "{label} prompt {pi}: logit of token {} at position {} differs by {:.2e} from transformers",
@@ -39,7 +47,12 @@ fn check(model: &dyn CausalLm, reference: &Value, label: &str) {
             worst.1,
             worst.0
         );
-        let expected: Vec<u32> = p["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let expected: Vec<u32> = p["greedy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let mut next = argmax(&logits[(ids.len() - 1) * vocab..]);
         let mut got = Vec::new();
         for _ in 0..expected.len() {
@@ -47,7 +60,10 @@ fn check(model: &dyn CausalLm, reference: &Value, label: &str) {
             let l = model.forward(&[next], &mut cache, Logits::Last).unwrap();
             next = argmax(&l);
         }
-        assert_eq!(got, expected, "{label} prompt {pi}: greedy continuation differs from transformers");
+        assert_eq!(
+            got, expected,
+            "{label} prompt {pi}: greedy continuation differs from transformers"
+        );
     }
 }
 
@@ -57,7 +73,8 @@ fn run(name: &str) {
         panic!("fixture {} missing", dir.display());
     }
     let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
     let (hf, _) = baicai_models::load_hf(&dir).unwrap();
     check(hf.as_ref(), &reference, &format!("{name} (safetensors)"));
     for gguf in ["model-f32.gguf", "model-f32-fused-kv.gguf"] {
@@ -98,7 +115,10 @@ fn deepseek_v3_kv_cache_holds_latent_and_rope_key_only() {
     let cache = baicai_models::KvCache::new(cfg.n_layer, 1, mla.cache_width(), 0);
     let per_value = cache.bytes_per_token() / (61 * 576);
     assert_eq!(cache.bytes_per_token(), 61 * 576 * per_value);
-    eprintln!("DeepSeek-V3 KV cache: {} bytes per token ({per_value} bytes per value)", cache.bytes_per_token());
+    eprintln!(
+        "DeepSeek-V3 KV cache: {} bytes per token ({per_value} bytes per value)",
+        cache.bytes_per_token()
+    );
 }
 
 /// The tiny V3 model's cache really is that narrow (the model builds it).
@@ -109,6 +129,9 @@ fn deepseek_v3_model_cache_is_latent_sized() {
     let c = m.config();
     let mla = c.mla.as_ref().unwrap();
     let bytes = m.new_cache(1).bytes_per_token();
-    assert_eq!(bytes % (c.n_layer * (mla.kv_lora_rank + mla.qk_rope_head_dim)), 0);
+    assert_eq!(
+        bytes % (c.n_layer * (mla.kv_lora_rank + mla.qk_rope_head_dim)),
+        0
+    );
     assert!(bytes <= c.n_layer * (mla.kv_lora_rank + mla.qk_rope_head_dim) * 4);
 }

@@ -9,7 +9,10 @@ use serde_json::Value;
 use crate::{Result, TokenType, TokenizerError, TokenizerModel, TokenizerSpec};
 
 fn bad(path: &Path, what: impl Into<String>) -> TokenizerError {
-    TokenizerError::HfFile { path: path.display().to_string(), what: what.into() }
+    TokenizerError::HfFile {
+        path: path.display().to_string(),
+        what: what.into(),
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -48,17 +51,34 @@ impl TokenizerSpec {
         let tj = read_json(&path)?;
         let model = &tj["model"];
         if model["type"].as_str() != Some("BPE") {
-            return Err(bad(&path, format!("model type {} is not supported (byte-level BPE only)", model["type"])));
+            return Err(bad(
+                &path,
+                format!(
+                    "model type {} is not supported (byte-level BPE only)",
+                    model["type"]
+                ),
+            ));
         }
-        let vocab = model["vocab"].as_object().ok_or_else(|| bad(&path, "model.vocab missing"))?;
+        let vocab = model["vocab"]
+            .as_object()
+            .ok_or_else(|| bad(&path, "model.vocab missing"))?;
         let mut entries: Vec<(u32, String, TokenType)> = Vec::with_capacity(vocab.len());
         for (text, id) in vocab {
-            let id = id.as_u64().filter(|&i| i < u32::MAX as u64).ok_or_else(|| bad(&path, format!("bad id for {text:?}")))?;
+            let id = id
+                .as_u64()
+                .filter(|&i| i < u32::MAX as u64)
+                .ok_or_else(|| bad(&path, format!("bad id for {text:?}")))?;
             entries.push((id as u32, text.clone(), TokenType::Normal));
         }
         for t in tj["added_tokens"].as_array().into_iter().flatten() {
-            let (Some(id), Some(text)) = (t["id"].as_u64(), t["content"].as_str()) else { continue };
-            let ty = if t["special"].as_bool().unwrap_or(false) { TokenType::Control } else { TokenType::UserDefined };
+            let (Some(id), Some(text)) = (t["id"].as_u64(), t["content"].as_str()) else {
+                continue;
+            };
+            let ty = if t["special"].as_bool().unwrap_or(false) {
+                TokenType::Control
+            } else {
+                TokenType::UserDefined
+            };
             match entries.iter_mut().find(|e| e.0 == id as u32) {
                 Some(e) => {
                     e.1 = text.to_string();
@@ -71,8 +91,9 @@ impl TokenizerSpec {
         let n = entries.last().map_or(0, |e| e.0 as usize + 1);
         if n > entries.len() {
             // Holes in the id space become unused placeholder tokens.
-            let mut full: Vec<(u32, String, TokenType)> =
-                (0..n as u32).map(|i| (i, format!("<unused_{i}>"), TokenType::Unused)).collect();
+            let mut full: Vec<(u32, String, TokenType)> = (0..n as u32)
+                .map(|i| (i, format!("<unused_{i}>"), TokenType::Unused))
+                .collect();
             for e in entries {
                 let i = e.0 as usize;
                 full[i] = e;
@@ -85,13 +106,19 @@ impl TokenizerSpec {
             .flatten()
             .filter_map(|m| match m {
                 Value::String(s) => Some(s.clone()),
-                Value::Array(p) if p.len() == 2 => Some(format!("{} {}", p[0].as_str()?, p[1].as_str()?)),
+                Value::Array(p) if p.len() == 2 => {
+                    Some(format!("{} {}", p[0].as_str()?, p[1].as_str()?))
+                }
                 _ => None,
             })
             .collect();
         let id_of = |text: &str| entries.iter().find(|e| e.1 == text).map(|e| e.0);
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg = if cfg_path.exists() { read_json(&cfg_path)? } else { Value::Null };
+        let cfg = if cfg_path.exists() {
+            read_json(&cfg_path)?
+        } else {
+            Value::Null
+        };
         let bos_id = token_text(&cfg["bos_token"]).and_then(|t| id_of(&t));
         let eos_id = token_text(&cfg["eos_token"]).and_then(|t| id_of(&t));
         Ok(TokenizerSpec {
