@@ -10,9 +10,17 @@ pub enum ModelError {
     #[error("tensor '{0}' is missing from the model file")]
     MissingTensor(String),
     #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    BadShape { name: String, found: Vec<u64>, expected: Vec<u64> },
+    BadShape {
+        name: String,
+        found: Vec<u64>,
+        expected: Vec<u64>,
+    },
     #[error("tensor '{name}' has type {ty}, which is not supported (supported: {supported})")]
-    UnsupportedType { name: String, ty: String, supported: String },
+    UnsupportedType {
+        name: String,
+        ty: String,
+        supported: String,
+    },
     #[error("invalid model configuration: {0}")]
     Config(String),
     #[error("context full: {needed} tokens needed, the cache holds {capacity}")]
