@@ -135,3 +135,8 @@ fn deepseek_v3_model_cache_is_latent_sized() {
     );
     assert!(bytes <= c.n_layer * (mla.kv_lora_rank + mla.qk_rope_head_dim) * 4);
 }
+
+#[test]
+fn deepseek_v2_lite_matches_transformers() {
+    run("deepseek-v2-lite");
+}
