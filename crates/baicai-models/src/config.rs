@@ -156,12 +156,12 @@ impl ModelConfig {
         let head_dim_v = g
             .get_u64(&key("attention.value_length"))?
             .map_or(n_embd / n_head, |v| v as usize);
-        if n_head_kv == 0 || n_head % n_head_kv != 0 {
+        if n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
             return Err(ModelError::Config(format!(
                 "head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
             )));
         }
-        if head_dim_k % 2 != 0 || head_dim_k == 0 {
+        if !head_dim_k.is_multiple_of(2) || head_dim_k == 0 {
             return Err(ModelError::Config(format!(
                 "key_length {head_dim_k} must be even"
             )));
@@ -242,7 +242,7 @@ impl ModelConfig {
 
     /// Whether layer `il` (0-based) attends only within the sliding window.
     pub fn is_swa_layer(&self, il: usize) -> bool {
-        self.sliding_window.is_some() && (il + 1) % self.swa_period != 0
+        self.sliding_window.is_some() && !(il + 1).is_multiple_of(self.swa_period)
     }
 
     /// Width of all query heads together.
@@ -357,7 +357,7 @@ fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelErr
             GroupScore::Max
         },
     };
-    if router.n_used == 0 || router.n_used > n_expert || n_expert % n_group != 0 {
+    if router.n_used == 0 || router.n_used > n_expert || !n_expert.is_multiple_of(n_group) {
         return Err(ModelError::Config(format!(
             "expert_used_count {} / expert_count {n_expert} / expert_group_count {n_group} are inconsistent",
             router.n_used
