@@ -91,7 +91,7 @@ MODELS = {
             "model_type": "deepseek_v2",
             "num_hidden_layers": 3,
             "q_lora_rank": None,
-            "intermediate_size": 64,
+            "intermediate_size": 32,
             "moe_intermediate_size": 16,
             "n_routed_experts": 8,
             "num_experts_per_tok": 3,
@@ -111,7 +111,7 @@ MODELS = {
     # in the group), no renormalisation, weights scaled by routed_scaling_factor.
     "deepseek-v2": {
         "seed": 2002,
-        "router_std": 3.0,
+        "router_std": 2.0,
         "config": {
             **COMMON,
             **MLA,
@@ -122,7 +122,7 @@ MODELS = {
             "intermediate_size": 64,
             "moe_intermediate_size": 16,
             "n_routed_experts": 8,
-            "num_experts_per_tok": 2,
+            "num_experts_per_tok": 3,
             "n_group": 4,
             "topk_group": 2,
             "topk_method": "group_limited_greedy",
