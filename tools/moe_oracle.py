@@ -109,6 +109,15 @@ def write_tokenizer(tok, out: Path):
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def drop_config_keys(path: Path, keys):
+    """Removes keys that transformers derives and writes but the family's own config.json lacks, so
+    that the fixture reads like a real checkpoint (the model recomputes them when it loads)."""
+    config = json.loads(path.read_text())
+    for k in keys:
+        config.pop(k, None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def init_weights(model, spec):
     """Seeded weights at unit activation scale; router weights wider so that top-k varies per token."""
     g = torch.Generator().manual_seed(spec["seed"])
@@ -365,21 +374,29 @@ def to_json(obj, indent=0):
 
 def convert_to_gguf(llama_cpp: Path, model_dir: Path, outfile: Path):
     """Runs llama.cpp's convert_hf_to_gguf.py unchanged, except that the BPE pre-tokenizer name is
-    supplied: the converter recognises pre-tokenizers only by hashing a known model's tokens."""
+    supplied: the converter recognises pre-tokenizers only by hashing a known model's tokens.
+    Works with the single-file converter of older trees and the `conversion/` package of newer ones."""
+    script = llama_cpp / "convert_hf_to_gguf.py"
     code = (
-        "import runpy, sys\n"
+        "import importlib.util, sys\n"
         f"sys.path.insert(0, {str(llama_cpp)!r})\n"
-        "import conversion.base as base\n"
-        f"base.TextModel.get_vocab_base_pre = lambda self, tokenizer: {GGUF_PRE_TOKENIZER!r}\n"
-        f"sys.argv = ['convert_hf_to_gguf.py', {str(model_dir)!r}, '--outtype', 'f32', "
-        f"'--outfile', {str(outfile)!r}]\n"
-        f"runpy.run_path({str(llama_cpp / 'convert_hf_to_gguf.py')!r}, run_name='__main__')\n"
+        f"sys.argv = ['convert_hf_to_gguf.py', {str(model_dir)!r}, '--outtype', 'f32', '--outfile', {str(outfile)!r}]\n"
+        f"spec = importlib.util.spec_from_file_location('convert_hf_to_gguf', {str(script)!r})\n"
+        "mod = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['convert_hf_to_gguf'] = mod\n"
+        "spec.loader.exec_module(mod)\n"
+        "try:\n"
+        "    from conversion.base import TextModel as Base\n"
+        "except ImportError:\n"
+        "    Base = getattr(mod, 'TextModel', None) or mod.Model\n"
+        f"Base.get_vocab_base_pre = lambda self, tokenizer: {GGUF_PRE_TOKENIZER!r}\n"
+        "mod.main()\n"
     )
     env = dict(os.environ, PYTHONPATH=str(llama_cpp / "gguf-py"), NO_LOCAL_GGUF="1")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if res.returncode != 0:
         sys.stderr.write(res.stdout + res.stderr)
-        raise RuntimeError(f"convert_hf_to_gguf.py failed for {model_dir}")
+        raise RuntimeError(f"{script} failed for {model_dir}")
 
 
 def gguf_summary(llama_cpp: Path, path: Path) -> str:
@@ -405,7 +422,7 @@ def gguf_summary(llama_cpp: Path, path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(name, spec, out_root: Path, llama_cpp: Path, tok):
+def build(name, spec, out_root: Path, llama_cpp: Path, llama_cpp_kv_b, tok):
     out = out_root / name
     print(f"== {name}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -417,6 +434,7 @@ def build(name, spec, out_root: Path, llama_cpp: Path, tok):
         )
         init_weights(model, spec)
         model.save_pretrained(stage, safe_serialization=True)
+        drop_config_keys(stage / "config.json", spec.get("drop_config_keys", []))
         write_tokenizer(tok, stage)
 
         # The reference comes from the checkpoint as written, loaded back the usual way.
@@ -431,7 +449,13 @@ def build(name, spec, out_root: Path, llama_cpp: Path, tok):
         (stage / "reference.json").write_text(to_json(ref) + "\n")
 
         convert_to_gguf(llama_cpp, stage, stage / "model-f32.gguf")
-        (stage / "gguf-summary.txt").write_text(gguf_summary(llama_cpp, stage / "model-f32.gguf"))
+        summary = gguf_summary(llama_cpp, stage / "model-f32.gguf")
+        if spec.get("kv_b_gguf") and llama_cpp_kv_b is not None:
+            # The layout of GGUFs converted before llama.cpp split kv_b_proj into attn_k_b and
+            # attn_v_b for the absorbed MLA path: one attn_kv_b per layer, other attention metadata.
+            convert_to_gguf(llama_cpp_kv_b, stage, stage / "model-f32-kv_b.gguf")
+            summary += "\n" + gguf_summary(llama_cpp, stage / "model-f32-kv_b.gguf")
+        (stage / "gguf-summary.txt").write_text(summary)
 
         if out.exists():
             shutil.rmtree(out)
@@ -452,6 +476,12 @@ def build(name, spec, out_root: Path, llama_cpp: Path, tok):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--llama-cpp", type=Path, default=Path(DEFAULT_LLAMA_CPP), help="llama.cpp source tree")
+    ap.add_argument(
+        "--llama-cpp-kv-b",
+        type=Path,
+        help="an older llama.cpp tree whose converter writes DeepSeek's fused attn_kv_b "
+        "(e.g. llama-cpp-python 0.3.8's vendor/llama.cpp); adds model-f32-kv_b.gguf where the model asks for it",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "fixtures" / "moe")
     ap.add_argument("--only", nargs="*", choices=sorted(MODELS), help="build only these models")
     args = ap.parse_args()
@@ -461,7 +491,8 @@ def main():
     tok = build_tokenizer()
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only or MODELS:
-        build(name, MODELS[name], args.out, args.llama_cpp.resolve(), tok)
+        kv_b = args.llama_cpp_kv_b.resolve() if args.llama_cpp_kv_b else None
+        build(name, MODELS[name], args.out, args.llama_cpp.resolve(), kv_b, tok)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ COMMON = {
     "use_cache": True,
 }
 
+# transformers' DeepSeek configs write head_dim (= qk_rope_head_dim) and qk_head_dim into config.json;
+# DeepSeek's own config files have neither, and older llama.cpp converters misread head_dim.
+DEEPSEEK_DERIVED_KEYS = ["head_dim", "qk_head_dim"]
+
 # MLA dimensions shared by the three DeepSeek fixtures.
 MLA = {
     "num_attention_heads": 4,
@@ -45,6 +49,7 @@ MODELS = {
     # routed_scaling_factor, one shared expert, the first layer dense, YaRN.
     "deepseek-v3": {
         "seed": 3001,
+        "drop_config_keys": DEEPSEEK_DERIVED_KEYS,
         "router_std": 3.0,
         "bias_max": 0.4,
         "config": {
@@ -83,6 +88,8 @@ MODELS = {
     # two shared experts, the first layer dense.
     "deepseek-v2-lite": {
         "seed": 2001,
+        "drop_config_keys": DEEPSEEK_DERIVED_KEYS,
+        "kv_b_gguf": True,
         "router_std": 3.0,
         "config": {
             **COMMON,
@@ -111,6 +118,7 @@ MODELS = {
     # in the group), no renormalisation, weights scaled by routed_scaling_factor.
     "deepseek-v2": {
         "seed": 2002,
+        "drop_config_keys": DEEPSEEK_DERIVED_KEYS,
         "router_std": 2.0,
         "config": {
             **COMMON,
