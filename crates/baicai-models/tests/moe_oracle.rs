@@ -77,7 +77,7 @@ fn run(name: &str) {
             .unwrap();
     let (hf, _) = baicai_models::load_hf(&dir).unwrap();
     check(hf.as_ref(), &reference, &format!("{name} (safetensors)"));
-    for gguf in ["model-f32.gguf", "model-f32-fused-kv.gguf"] {
+    for gguf in ["model-f32.gguf", "model-f32-kv_b.gguf"] {
         let path: &Path = &dir.join(gguf);
         if !path.exists() {
             continue;
@@ -139,4 +139,24 @@ fn deepseek_v3_model_cache_is_latent_sized() {
 #[test]
 fn deepseek_v2_lite_matches_transformers() {
     run("deepseek-v2-lite");
+}
+
+#[test]
+fn deepseek_v2_group_limited_matches_transformers() {
+    run("deepseek-v2");
+}
+
+#[test]
+fn qwen2_moe_matches_transformers() {
+    run("qwen2-moe");
+}
+
+#[test]
+fn qwen3_moe_matches_transformers() {
+    run("qwen3-moe");
+}
+
+#[test]
+fn mixtral_matches_transformers() {
+    run("mixtral");
 }
