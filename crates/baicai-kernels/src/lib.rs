@@ -8,6 +8,7 @@
 //!
 //! This crate knows nothing of files or models: it sees byte slices and a [`DType`].
 
+pub mod attention;
 pub mod dispatch;
 pub mod dtype;
 pub mod matmul;

@@ -1,12 +1,20 @@
 //! The key/value cache of one sequence.
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 use crate::error::ModelError;
 
-/// Keys and values of every layer for up to `capacity` positions, f32, `[pos, n_head_kv * dim]`
-/// per layer. Allocated zeroed, so the OS commits pages only as the cache fills.
+/// Keys and values of every layer for up to `capacity` positions, `[pos, n_head_kv * dim]` per
+/// layer, stored as f32 ([`KvCache::new`]) or f16 ([`KvCache::new_f16`], llama.cpp's default cache
+/// type: half the memory and half the bytes attention reads per token). Allocated zeroed, so the
+/// OS commits pages only as the cache fills.
 pub struct KvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// The f16 storage; empty when the cache is f32.
+    k16: Vec<Vec<f16>>,
+    v16: Vec<Vec<f16>>,
     k_width: usize,
     v_width: usize,
     len: usize,
@@ -19,6 +27,23 @@ impl KvCache {
         KvCache {
             k: (0..n_layer).map(|_| vec![0.0; capacity * k_width]).collect(),
             v: (0..n_layer).map(|_| vec![0.0; capacity * v_width]).collect(),
+            k16: Vec::new(),
+            v16: Vec::new(),
+            k_width,
+            v_width,
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// A cache for `n_layer` layers and `capacity` positions that stores f16 (values are rounded
+    /// to nearest even when stored).
+    pub fn new_f16(n_layer: usize, capacity: usize, k_width: usize, v_width: usize) -> KvCache {
+        KvCache {
+            k: Vec::new(),
+            v: Vec::new(),
+            k16: (0..n_layer).map(|_| vec![f16::ZERO; capacity * k_width]).collect(),
+            v16: (0..n_layer).map(|_| vec![f16::ZERO; capacity * v_width]).collect(),
             k_width,
             v_width,
             len: 0,
@@ -48,7 +73,13 @@ impl KvCache {
 
     /// Bytes per position over all layers.
     pub fn bytes_per_token(&self) -> usize {
-        self.k.len() * (self.k_width + self.v_width) * std::mem::size_of::<f32>()
+        let (n_layer, size) = if self.is_f16() { (self.k16.len(), 2) } else { (self.k.len(), 4) };
+        n_layer * (self.k_width + self.v_width) * size
+    }
+
+    /// Whether keys and values are stored as f16.
+    pub fn is_f16(&self) -> bool {
+        !self.k16.is_empty()
     }
 
     /// Checks that `n` more positions fit.
@@ -67,13 +98,33 @@ impl KvCache {
     pub fn store(&mut self, il: usize, k: &[f32], v: &[f32]) {
         let n = k.len() / self.k_width;
         let p = self.len;
-        self.k[il][p * self.k_width..(p + n) * self.k_width].copy_from_slice(k);
-        self.v[il][p * self.v_width..(p + n) * self.v_width].copy_from_slice(v);
+        let (kr, vr) =
+            (p * self.k_width..(p + n) * self.k_width, p * self.v_width..(p + n) * self.v_width);
+        if self.is_f16() {
+            self.k16[il][kr].convert_from_f32_slice(k);
+            self.v16[il][vr].convert_from_f32_slice(v);
+        } else {
+            self.k[il][kr].copy_from_slice(k);
+            self.v[il][vr].copy_from_slice(v);
+        }
     }
 
-    /// Keys and values of layer `il` for positions `0..end`.
+    /// Keys and values of layer `il` for positions `0..end` of an f32 cache.
+    ///
+    /// # Panics
+    /// If the cache stores f16 (use [`KvCache::layer_f16`]).
     pub fn layer(&self, il: usize, end: usize) -> (&[f32], &[f32]) {
+        assert!(!self.is_f16(), "f16 KV cache read as f32");
         (&self.k[il][..end * self.k_width], &self.v[il][..end * self.v_width])
+    }
+
+    /// Keys and values of layer `il` for positions `0..end` of an f16 cache.
+    ///
+    /// # Panics
+    /// If the cache stores f32 (use [`KvCache::layer`]).
+    pub fn layer_f16(&self, il: usize, end: usize) -> (&[f16], &[f16]) {
+        assert!(self.is_f16(), "f32 KV cache read as f16");
+        (&self.k16[il][..end * self.k_width], &self.v16[il][..end * self.v_width])
     }
 
     /// Marks `n` more positions as filled (after every layer stored them).

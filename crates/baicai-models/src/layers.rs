@@ -1,5 +1,8 @@
 //! Layers shared by the architectures: norms, RoPE, attention, activations.
 
+use baicai_kernels::attention;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::config::RopeStyle;
@@ -131,9 +134,8 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], p: AttnParams, out: &mut [f32]
         let pos = p.pos0 + t;
         let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let qh = &q[(t * p.n_head + h) * dk..][..dk];
-        let mut scores: Vec<f32> = (start..=pos)
-            .map(|j| dot(qh, &k[j * kw + kvh * dk..][..dk]) * p.scale)
-            .collect();
+        let mut scores: Vec<f32> =
+            (start..=pos).map(|j| dot(qh, &k[j * kw + kvh * dk..][..dk]) * p.scale).collect();
         let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for s in scores.iter_mut() {
@@ -147,6 +149,34 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], p: AttnParams, out: &mut [f32]
             for (oo, &vv) in o.iter_mut().zip(vj) {
                 *oo += w * vv;
             }
+        }
+    });
+}
+
+/// Causal multi-head attention over an f16 KV cache, with llama.cpp's rounding steps (its
+/// non-flash graph with the default F16 cache): the query row is rounded to f16 before `K·q`,
+/// the softmax probabilities to f16 before `P·V` (see [`baicai_kernels::attention`]).
+/// `q`: `[n_tokens, n_head, head_dim_k]` f32; `k`, `v`: `[pos0 + n_tokens, n_head_kv, dim]` f16;
+/// `out`: `[n_tokens, n_head, head_dim_v]`. Parallel over (token, head) pairs.
+pub fn attention_f16(q: &[f32], k: &[f16], v: &[f16], p: AttnParams, out: &mut [f32]) {
+    let group = p.n_head / p.n_head_kv;
+    let (dk, dv) = (p.head_dim_k, p.head_dim_v);
+    let (kw, vw) = (p.n_head_kv * dk, p.n_head_kv * dv);
+    out.par_chunks_mut(dv).enumerate().for_each(|(i, o)| {
+        let (t, h) = (i / p.n_head, i % p.n_head);
+        let kvh = h / group;
+        let pos = p.pos0 + t;
+        let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let mut qh = vec![f16::ZERO; dk]; // [head_dim_k]
+        qh.convert_from_f32_slice(&q[(t * p.n_head + h) * dk..][..dk]);
+        let mut scores: Vec<f32> = (start..=pos) // [pos + 1 - start]
+            .map(|j| attention::dot_f16(&qh, &k[j * kw + kvh * dk..][..dk]) * p.scale)
+            .collect();
+        attention::softmax_inplace(&mut scores);
+        o.fill(0.0);
+        for (j, &s) in (start..=pos).zip(&scores) {
+            let w = f16::from_f32(s).to_f32();
+            attention::axpy_f16(o, w, &v[j * vw + kvh * dv..][..dv]);
         }
     });
 }

@@ -115,7 +115,7 @@ impl Llama {
         self.rope.apply(&mut q, n, pos0);
         self.rope.apply(&mut k, n, pos0);
         cache.store(il, &k, &v);
-        let (kc, vc) = cache.layer(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
+        let (kc, vc) = cache.layer_f16(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
         let p = AttnParams {
             n_head: c.n_head,
@@ -126,7 +126,7 @@ impl Llama {
             pos0,
             window: None,
         };
-        layers::attention(&q, kc, vc, p, &mut attn);
+        layers::attention_f16(&q, kc, vc, p, &mut attn);
         s.matmul(&b.wo, &attn, n, out); // [n, n_embd]
     }
 
@@ -219,8 +219,15 @@ impl CausalLm for Llama {
         Ok(head(&self.store, &x, &self.output_norm, self.cfg.rms_eps, &self.output, logits))
     }
 
+    /// An f16 cache, llama.cpp's default.
+    fn new_cache(&self, n_ctx: usize) -> KvCache {
+        let c = &self.cfg;
+        KvCache::new_f16(c.n_layer, n_ctx, c.n_head_kv * c.head_dim_k, c.n_head_kv * c.head_dim_v)
+    }
+
     fn weight_bytes_per_token(&self) -> u64 {
-        let ls = self.blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down]);
+        let ls =
+            self.blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down]);
         bytes_per_token(&self.store, ls, &self.tok_embd, &self.output)
     }
 }
