@@ -31,6 +31,7 @@ fn err(path: &Path, what: impl std::fmt::Display) -> ModelError {
 }
 
 /// One tensor as a safetensors header describes it.
+#[derive(Debug)]
 struct RawTensor {
     name: String,
     dtype: String,
@@ -520,4 +521,94 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
         mla,
         moe,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values from the OCP 8-bit floating point specification (E4M3: bias 7, no infinities,
+    /// S.1111.111 is NaN).
+    #[test]
+    fn fp8_e4m3_decodes_spec_values() {
+        assert_eq!(fp8_e4m3_to_f32(0x00), 0.0);
+        assert_eq!(fp8_e4m3_to_f32(0x01), 2f32.powi(-9)); // smallest subnormal
+        assert_eq!(fp8_e4m3_to_f32(0x07), 0.875 * 2f32.powi(-6)); // largest subnormal
+        assert_eq!(fp8_e4m3_to_f32(0x08), 2f32.powi(-6)); // smallest normal
+        assert_eq!(fp8_e4m3_to_f32(0x38), 1.0);
+        assert_eq!(fp8_e4m3_to_f32(0xB8), -1.0);
+        assert_eq!(fp8_e4m3_to_f32(0x7E), 448.0); // largest normal
+        assert!(fp8_e4m3_to_f32(0x7F).is_nan());
+        assert!(fp8_e4m3_to_f32(0xFF).is_nan());
+    }
+
+    #[test]
+    fn hostile_safetensors_headers_are_rejected() {
+        let p = Path::new("x.safetensors");
+        assert!(parse_header(p, &[1, 2, 3], 0).is_err());
+        let mut huge = u64::MAX.to_le_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        assert!(parse_header(p, &huge, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("header length"));
+        let mk = |json: &str, data: usize| {
+            let mut v = (json.len() as u64).to_le_bytes().to_vec();
+            v.extend_from_slice(json.as_bytes());
+            v.extend(std::iter::repeat_n(0u8, data));
+            v
+        };
+        let out_of_range = mk(
+            r#"{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}}"#,
+            8,
+        );
+        assert!(parse_header(p, &out_of_range, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
+        let wrong_size = mk(
+            r#"{"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}"#,
+            8,
+        );
+        assert!(parse_header(p, &wrong_size, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("do not hold"));
+        let overflow = mk(
+            r#"{"w": {"dtype": "F32", "shape": [4294967296, 4294967296, 4294967296], "data_offsets": [0, 8]}}"#,
+            8,
+        );
+        assert!(parse_header(p, &overflow, 0).is_err());
+        let ok = mk(
+            r#"{"__metadata__": {}, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}"#,
+            8,
+        );
+        assert_eq!(parse_header(p, &ok, 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn checkpoint_names_map_onto_gguf_names() {
+        let m = |s: &str| canonical_name(s);
+        assert_eq!(
+            m("model.layers.3.self_attn.kv_a_proj_with_mqa.weight").as_deref(),
+            Some("blk.3.attn_kv_a_mqa.weight")
+        );
+        assert_eq!(
+            m("model.layers.1.mlp.experts.7.down_proj.weight").as_deref(),
+            Some("blk.1.ffn_down_exps.7.weight")
+        );
+        assert_eq!(
+            m("model.layers.1.block_sparse_moe.experts.2.w3.weight").as_deref(),
+            Some("blk.1.ffn_up_exps.2.weight")
+        );
+        assert_eq!(
+            m("model.layers.2.mlp.gate.e_score_correction_bias").as_deref(),
+            Some("blk.2.exp_probs_b.bias")
+        );
+        assert_eq!(
+            m("model.layers.0.mlp.shared_expert_gate.weight").as_deref(),
+            Some("blk.0.ffn_gate_inp_shexp.weight")
+        );
+        assert_eq!(m("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
+    }
 }

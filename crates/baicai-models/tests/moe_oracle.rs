@@ -160,3 +160,19 @@ fn qwen3_moe_matches_transformers() {
 fn mixtral_matches_transformers() {
     run("mixtral");
 }
+
+/// FP8 E4M3 weights with 128×128 block scales (the official DeepSeek-V3/R1 layout), made from
+/// the V3 fixture by tools/moe_oracle_fp8.py; the reference is transformers with the weights
+/// dequantized as fp8 × scale_inv.
+#[test]
+fn deepseek_v3_fp8_block_scaled_matches_transformers() {
+    run("deepseek-v3-fp8");
+    let (_, hf) = baicai_models::load_hf(&fixtures().join("deepseek-v3-fp8")).unwrap();
+    assert!(
+        hf.held_in_memory
+            .iter()
+            .any(|h| h.contains("FP8 E4M3 → F32")),
+        "inspect must say FP8 weights were converted: {:?}",
+        hf.held_in_memory
+    );
+}
