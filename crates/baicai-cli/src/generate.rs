@@ -54,10 +54,21 @@ pub struct SamplingArgs {
     pub ignore_eos: bool,
 }
 
+/// Largest accepted context (the KV cache is sized from it).
+const MAX_CTX: usize = 1 << 21;
+
+/// Warns when the context exceeds what the model was trained for.
+fn check_ctx(model: &dyn baicai_models::CausalLm, ctx: usize) {
+    let train = model.config().n_ctx_train;
+    if ctx > train {
+        eprintln!("warning: --ctx-size {ctx} exceeds the model's training context {train}");
+    }
+}
+
 impl SamplingArgs {
     fn params(&self) -> Result<GenerateParams> {
-        if self.ctx_size == 0 {
-            anyhow::bail!("--ctx-size must be at least 1");
+        if self.ctx_size == 0 || self.ctx_size > MAX_CTX {
+            anyhow::bail!("--ctx-size must lie in 1..={MAX_CTX}, got {}", self.ctx_size);
         }
         if !(0.0..=1.0).contains(&self.top_p) || !(0.0..=1.0).contains(&self.min_p) {
             anyhow::bail!("--top-p and --min-p must lie in [0, 1]");
@@ -153,6 +164,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let tokenizer = loaded.tokenizer()?;
     let model = loaded.model.clone();
     let prompt = tokenizer.encode(&a.prompt, true, false);
+    check_ctx(model.as_ref(), a.sampling.ctx_size);
     let mut session = Session::new(model, a.sampling.ctx_size);
     let stats = session
         .generate(tokenizer, &prompt, &params, stream_stdout)
@@ -195,6 +207,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     let model = loaded.model.clone();
     let template =
         ChatTemplate::for_tokenizer(tokenizer).context("cannot load the chat template")?;
+    check_ctx(model.as_ref(), a.sampling.ctx_size);
     let mut session = Session::new(model, a.sampling.ctx_size);
     let mut messages: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &a.system {
