@@ -353,15 +353,7 @@ impl Deepseek2 {
             let t = i / nh;
             let qv = &qa[i * w..(i + 1) * w];
             let end = pos0 + t + 1;
-            let mut sc: Vec<f32> = (0..end)
-                .map(|j| {
-                    qv.iter()
-                        .zip(&kc[j * w..(j + 1) * w])
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>()
-                        * scale
-                })
-                .collect();
+            let mut sc: Vec<f32> = (0..end).map(|j| dot(qv, &kc[j * w..(j + 1) * w]) * scale).collect();
             let max = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0;
             for v in sc.iter_mut() {
