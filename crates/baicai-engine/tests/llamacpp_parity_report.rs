@@ -86,3 +86,27 @@ fn report_qwen2() {
 fn report_gemma3() {
     report("gemma-3-270m-q4_k_m.gguf");
 }
+
+/// Writes every trace point of one prefill of `prompt` as raw little-endian f32 to
+/// `$TRACE_DIR/{name}-{layer}.bin` (the names llama.cpp's eval callback sees), for diffing.
+fn dump_trace(model: &str, prompt: &[u32]) {
+    let Ok(dir) = std::env::var("TRACE_DIR") else {
+        eprintln!("SKIP: set TRACE_DIR");
+        return;
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let gguf = Arc::new(Gguf::open(&root.join("models").join(model)).unwrap());
+    let mut lm = baicai_models::load(gguf).unwrap();
+    lm.set_trace(Some(Arc::new(move |name: &str, il: usize, x: &[f32]| {
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(format!("{dir}/{name}-{il}.bin"), bytes).unwrap();
+    })));
+    let mut cache = lm.new_cache(64);
+    lm.forward(prompt, &mut cache, baicai_models::Logits::Last).unwrap();
+}
+
+#[test]
+#[ignore = "diagnostic dump, needs TRACE_DIR"]
+fn trace_qwen2_prompt() {
+    dump_trace("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", &[785, 6722, 315, 9625, 374]);
+}

@@ -13,7 +13,7 @@ use crate::kv::KvCache;
 use crate::layers::{self, AttnParams, Rope, RopeParams};
 use crate::llama::{bytes_per_token, embed, head};
 use crate::weights::{Linear, WeightStore};
-use crate::{CausalLm, Logits};
+use crate::{CausalLm, Logits, Trace};
 
 struct Block {
     attn_norm: Vec<f32>,
@@ -41,6 +41,7 @@ pub struct Gemma3 {
     blocks: Vec<Block>,
     rope_global: Rope,
     rope_local: Rope,
+    trace: Option<Trace>,
 }
 
 impl Gemma3 {
@@ -95,7 +96,15 @@ impl Gemma3 {
             tok_embd,
             output,
             blocks,
+            trace: None,
         })
+    }
+
+    /// Trace point `name` of layer `il` (see [`Trace`]).
+    fn trace(&self, name: &str, il: usize, x: &[f32]) {
+        if let Some(t) = &self.trace {
+            t(name, il, x);
+        }
     }
 
     fn attention_block(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
@@ -106,6 +115,7 @@ impl Gemma3 {
         let rope = if swa { &self.rope_local } else { &self.rope_global };
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.attn_norm, c.rms_eps, &mut h);
+        self.trace("attn_norm", il, &h);
         let mut q = vec![0.0; n * c.q_dim()]; // [n, n_head, head_dim_k]
         let mut k = vec![0.0; n * c.k_dim()]; // [n, n_head_kv, head_dim_k]
         let mut v = vec![0.0; n * c.v_dim()]; // [n, n_head_kv, head_dim_v]
@@ -116,6 +126,9 @@ impl Gemma3 {
         layers::rms_norm_inplace(&mut k, &b.k_norm, c.rms_eps);
         rope.apply(&mut q, n, pos0);
         rope.apply(&mut k, n, pos0);
+        self.trace("Qcur", il, &q);
+        self.trace("Kcur", il, &k);
+        self.trace("Vcur", il, &v);
         cache.store(il, &k, &v);
         let (kc, vc) = cache.layer_f16(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
@@ -130,9 +143,11 @@ impl Gemma3 {
             window: if swa { c.sliding_window } else { None },
         };
         layers::attention_f16(&q, kc, vc, p, &mut attn);
+        self.trace("kqv_out", il, &attn);
         let mut o = vec![0.0; x.len()]; // [n, n_embd]
         s.matmul(&b.wo, &attn, n, &mut o);
         layers::rms_norm(&o, &b.attn_post_norm, c.rms_eps, out);
+        self.trace("attn_post_norm", il, out);
     }
 
     fn ffn_block(&self, il: usize, x: &[f32], out: &mut [f32]) {
@@ -140,6 +155,7 @@ impl Gemma3 {
         let n = x.len() / c.n_embd;
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.ffn_norm, c.rms_eps, &mut h);
+        self.trace("ffn_norm", il, &h);
         let mut g = vec![0.0; n * c.n_ff]; // [n, n_ff]
         let mut u = vec![0.0; n * c.n_ff]; // [n, n_ff]
         s.matmul(&b.gate, &h, n, &mut g);
@@ -148,6 +164,7 @@ impl Gemma3 {
         let mut o = vec![0.0; x.len()]; // [n, n_embd]
         s.matmul(&b.down, &g, n, &mut o);
         layers::rms_norm(&o, &b.ffn_post_norm, c.rms_eps, out);
+        self.trace("ffn_post_norm", il, out);
     }
 }
 
@@ -170,11 +187,17 @@ impl CausalLm for Gemma3 {
         for il in 0..self.cfg.n_layer {
             self.attention_block(il, &x, cache, &mut tmp);
             layers::add_inplace(&mut x, &tmp);
+            self.trace("ffn_inp", il, &x);
             self.ffn_block(il, &x, &mut tmp);
             layers::add_inplace(&mut x, &tmp);
+            self.trace("l_out", il, &x);
         }
         cache.advance(tokens.len());
         Ok(head(&self.store, &x, &self.output_norm, self.cfg.rms_eps, &self.output, logits))
+    }
+
+    fn set_trace(&mut self, trace: Option<Trace>) {
+        self.trace = trace;
     }
 
     /// An f16 cache, llama.cpp's default.

@@ -37,6 +37,11 @@ pub enum Logits {
     All,
 }
 
+/// Receives named intermediate activations during a forward pass: the name (llama.cpp's graph
+/// names: `attn_norm`, `Qcur`, `kqv_out`, `ffn_out`, `l_out`, …), the layer, and the values
+/// (`[n_tokens, width]`, row-major). For dumping and diffing against a reference implementation.
+pub type Trace = Arc<dyn Fn(&str, usize, &[f32]) + Send + Sync>;
+
 /// A causal language model: tokens in, logits out, state in a [`KvCache`].
 pub trait CausalLm: Send + Sync {
     /// The model's configuration.
@@ -70,6 +75,10 @@ pub trait CausalLm: Send + Sync {
     fn expert_load(&self) -> Option<Vec<moe::ExpertLoad>> {
         None
     }
+
+    /// Installs (or with `None` removes) a [`Trace`] called at the model's named trace points.
+    /// Models without trace points ignore it; with none installed a trace point costs one branch.
+    fn set_trace(&mut self, _trace: Option<Trace>) {}
 
     /// Bytes of weights read to produce one token (every tensor except the token embedding,
     /// of which one row is read).

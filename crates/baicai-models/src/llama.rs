@@ -10,7 +10,7 @@ use crate::error::ModelError;
 use crate::kv::KvCache;
 use crate::layers::{self, AttnParams, Rope, RopeParams};
 use crate::weights::{Linear, WeightStore};
-use crate::{CausalLm, Logits};
+use crate::{CausalLm, Logits, Trace};
 
 struct Block {
     attn_norm: Vec<f32>,
@@ -36,6 +36,7 @@ pub struct Llama {
     output: Linear,
     blocks: Vec<Block>,
     rope: Rope,
+    trace: Option<Trace>,
 }
 
 impl Llama {
@@ -92,7 +93,15 @@ impl Llama {
             output,
             blocks,
             rope,
+            trace: None,
         })
+    }
+
+    /// Trace point `name` of layer `il` (see [`Trace`]).
+    fn trace(&self, name: &str, il: usize, x: &[f32]) {
+        if let Some(t) = &self.trace {
+            t(name, il, x);
+        }
     }
 
     fn attention_block(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
@@ -101,6 +110,7 @@ impl Llama {
         let pos0 = cache.len();
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.attn_norm, c.rms_eps, &mut h);
+        self.trace("attn_norm", il, &h);
         let mut q = vec![0.0; n * c.q_dim()]; // [n, n_head, head_dim_k]
         let mut k = vec![0.0; n * c.k_dim()]; // [n, n_head_kv, head_dim_k]
         let mut v = vec![0.0; n * c.v_dim()]; // [n, n_head_kv, head_dim_v]
@@ -114,6 +124,9 @@ impl Llama {
         }
         self.rope.apply(&mut q, n, pos0);
         self.rope.apply(&mut k, n, pos0);
+        self.trace("Qcur", il, &q);
+        self.trace("Kcur", il, &k);
+        self.trace("Vcur", il, &v);
         cache.store(il, &k, &v);
         let (kc, vc) = cache.layer_f16(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
@@ -127,7 +140,9 @@ impl Llama {
             window: None,
         };
         layers::attention_f16(&q, kc, vc, p, &mut attn);
+        self.trace("kqv_out", il, &attn);
         s.matmul(&b.wo, &attn, n, out); // [n, n_embd]
+        self.trace("attn_out", il, out);
     }
 
     fn ffn_block(&self, il: usize, x: &[f32], out: &mut [f32]) {
@@ -135,12 +150,15 @@ impl Llama {
         let n = x.len() / c.n_embd;
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.ffn_norm, c.rms_eps, &mut h);
+        self.trace("ffn_norm", il, &h);
         let mut g = vec![0.0; n * c.n_ff]; // [n, n_ff]
         let mut u = vec![0.0; n * c.n_ff]; // [n, n_ff]
         s.matmul(&b.gate, &h, n, &mut g);
         s.matmul(&b.up, &h, n, &mut u);
         layers::swiglu(&mut g, &u);
+        self.trace("ffn_swiglu", il, &g);
         s.matmul(&b.down, &g, n, out); // [n, n_embd]
+        self.trace("ffn_out", il, out);
     }
 }
 
@@ -212,11 +230,17 @@ impl CausalLm for Llama {
         for il in 0..self.cfg.n_layer {
             self.attention_block(il, &x, cache, &mut tmp);
             layers::add_inplace(&mut x, &tmp);
+            self.trace("ffn_inp", il, &x);
             self.ffn_block(il, &x, &mut tmp);
             layers::add_inplace(&mut x, &tmp);
+            self.trace("l_out", il, &x);
         }
         cache.advance(tokens.len());
         Ok(head(&self.store, &x, &self.output_norm, self.cfg.rms_eps, &self.output, logits))
+    }
+
+    fn set_trace(&mut self, trace: Option<Trace>) {
+        self.trace = trace;
     }
 
     /// An f16 cache, llama.cpp's default.
