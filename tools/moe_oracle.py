@@ -5,14 +5,18 @@ transformers and writes, per model, a fixture folder fixtures/moe/<name>/ holdin
 - the Hugging Face checkpoint: config.json, generation_config.json, model.safetensors (F32),
   tokenizer.json and tokenizer_config.json (a byte-level BPE trained here, ChatML template);
 - model-f32.gguf: the same weights converted by llama.cpp's own convert_hf_to_gguf.py (--outtype f32);
-- gguf-summary.txt: the GGUF's metadata and tensor list, for reading without tools;
+- model-f32-kv_b.gguf (models that ask for it, with --llama-cpp-kv-b): the conversion by an older
+  converter that keeps DeepSeek's kv_b_proj fused as attn_kv_b;
+- gguf-summary.txt: the GGUFs' metadata and tensor lists, for reading without tools;
 - reference.json: logits at every prompt position and a greedy continuation for three prompts,
-  computed in float32 with the eager attention path, plus the experts the router picked.
+  computed in float32 with the eager attention path, the experts the router picked, and a chat
+  template example.
 
 Run by developers, not CI (it needs torch, transformers and a llama.cpp source tree):
 
     python3 -m venv /tmp/oracle && /tmp/oracle/bin/pip install -r tools/requirements-oracle.txt
-    /tmp/oracle/bin/python tools/moe_oracle.py --llama-cpp PATH/TO/llama.cpp [--only deepseek-v3 ...]
+    /tmp/oracle/bin/python tools/moe_oracle.py --llama-cpp PATH/TO/llama.cpp \
+        [--llama-cpp-kv-b PATH/TO/older/llama.cpp] [--only deepseek-v3 ...]
 
 See fixtures/moe/README.md for what each model exercises. Models are defined in tools/moe_oracle_models.py.
 """
@@ -268,34 +272,20 @@ def greedy(model, prompt):
 
 def compute_reference(model, spec, name):
     recorder = RouterRecorder(model)
-    prompts = []
-    routing = None
-    for pi, ids in enumerate(prompts_for(spec)):
+    prompts, routes = [], []
+    for ids in prompts_for(spec):
         recorder.take()
         logits = forward_logits(model, ids)
-        rec = recorder.take()
-        if pi == 0:
-            routing = [
-                {"layer": layer, **{k: v for k, v in rec[layer].items() if not k.startswith("_")}}
-                for layer in sorted(rec)
-            ]
-        all_routes = rec
+        routes.append(recorder.take())
         steps, step_logits, margins = greedy(model, ids)
-        recorder.take()
         prompts.append(
-            {
-                "ids": ids,
-                "logits": logits,
-                "greedy": steps,
-                "greedy_logits": step_logits,
-                "greedy_margins": margins,
-                "_routes": all_routes,
-            }
+            {"ids": ids, "logits": logits, "greedy": steps, "greedy_logits": step_logits, "greedy_margins": margins}
         )
     recorder.remove()
-    stats = routing_stats(prompts)
-    for p in prompts:
-        del p["_routes"]
+    first = routes[0]
+    routing = [
+        {"layer": layer, **{k: v for k, v in first[layer].items() if not k.startswith("_")}} for layer in sorted(first)
+    ]
     return {
         "model": name,
         "architecture": spec["config"]["architectures"][0],
@@ -313,15 +303,19 @@ def compute_reference(model, spec, name):
         "prompts": prompts,
         "routing_prompt": 0,
         "routing": routing,
-        "routing_stats": stats,
+        "routing_stats": routing_stats(routes, n_experts(spec["config"])),
     }
 
 
-def routing_stats(prompts):
+def n_experts(config):
+    return config.get("n_routed_experts") or config.get("num_experts") or config["num_local_experts"]
+
+
+def routing_stats(routes, n_experts):
     """Distinct expert sets per MoE layer over all prompt tokens (greedy steps not included)."""
     per_layer = {}
-    for p in prompts:
-        for layer, rec in p["_routes"].items():
+    for rec_by_layer in routes:
+        for layer, rec in rec_by_layer.items():
             sets = per_layer.setdefault(layer, {"sets": set(), "tokens": 0, "counts": {}, "ablations": {}})
             for k, n in rec.get("_ablations", {}).items():
                 sets["ablations"][k] = sets["ablations"].get(k, 0) + n
@@ -338,7 +332,7 @@ def routing_stats(prompts):
                 "layer": layer,
                 "tokens": s["tokens"],
                 "distinct_expert_sets": len(s["sets"]),
-                "expert_use": [s["counts"].get(e, 0) for e in range(max(s["counts"]) + 1)],
+                "expert_use": [s["counts"].get(e, 0) for e in range(n_experts)],
             }
         )
         if s["ablations"]:
@@ -370,6 +364,17 @@ def to_json(obj, indent=0):
     if isinstance(obj, float):
         return pad + fmt(obj)
     return pad + json.dumps(obj)
+
+
+def chat_example(model_dir: Path):
+    """The tokenizer and chat template as transformers applies them, for tests of the same folder."""
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    messages = [
+        {"role": "system", "content": "You route tokens."},
+        {"role": "user", "content": "Which experts? 12345, 3.14!"},
+    ]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return {"messages": messages, "add_generation_prompt": True, "text": text, "ids": tok(text)["input_ids"]}
 
 
 def convert_to_gguf(llama_cpp: Path, model_dir: Path, outfile: Path):
@@ -446,6 +451,7 @@ def build(name, spec, out_root: Path, llama_cpp: Path, llama_cpp_kv_b, tok):
         model.eval()
         with torch.no_grad():
             ref = compute_reference(model, spec, name)
+        ref["chat_example"] = chat_example(stage)
         (stage / "reference.json").write_text(to_json(ref) + "\n")
 
         convert_to_gguf(llama_cpp, stage, stage / "model-f32.gguf")
