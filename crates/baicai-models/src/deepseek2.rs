@@ -8,6 +8,9 @@
 
 use std::sync::Mutex;
 
+use baicai_kernels::{attention, DType};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::config::{MlaConfig, ModelConfig, MoeConfig, Yarn};
@@ -346,28 +349,48 @@ impl Deepseek2 {
                 qa[(t * nh + hh) * w..][..lora].copy_from_slice(&ql[t * lora..(t + 1) * lora]);
             }
         }
-        let (kc, _) = cache.layer(il, pos0 + n); // [pos0 + n, kv_lora_rank | qk_rope]
         let mut ol = vec![0.0; n * nh * lora]; // [n, n_head, kv_lora_rank]
         let scale = self.kq_scale;
-        ol.par_chunks_mut(lora).enumerate().for_each(|(i, o)| {
-            let t = i / nh;
-            let qv = &qa[i * w..(i + 1) * w];
-            let end = pos0 + t + 1;
-            let mut sc: Vec<f32> = (0..end).map(|j| dot(qv, &kc[j * w..(j + 1) * w]) * scale).collect();
-            let max = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for v in sc.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            o.fill(0.0);
-            for (j, p) in sc.iter().enumerate() {
-                let p = p / sum;
-                for (oo, &cv) in o.iter_mut().zip(&kc[j * w..j * w + lora]) {
-                    *oo += p * cv;
+        if cache.is_f16() {
+            // As llama.cpp with its default f16 cache: q rounded to f16 for q·k, the softmax
+            // probabilities rounded to f16 for p·v.
+            let (kc, _) = cache.layer_f16(il, pos0 + n); // [pos0 + n, kv_lora_rank | qk_rope]
+            ol.par_chunks_mut(lora).enumerate().for_each(|(i, o)| {
+                let t = i / nh;
+                let mut q16 = vec![f16::ZERO; w]; // [kv_lora_rank | qk_rope]
+                q16.convert_from_f32_slice(&qa[i * w..(i + 1) * w]);
+                let mut sc: Vec<f32> = (0..pos0 + t + 1)
+                    .map(|j| attention::dot_f16(&q16, &kc[j * w..(j + 1) * w]) * scale)
+                    .collect();
+                attention::softmax_inplace(&mut sc);
+                o.fill(0.0);
+                for (j, &p) in sc.iter().enumerate() {
+                    attention::axpy_f16(o, f16::from_f32(p).to_f32(), &kc[j * w..j * w + lora]);
                 }
-            }
-        });
+            });
+        } else {
+            let (kc, _) = cache.layer(il, pos0 + n); // [pos0 + n, kv_lora_rank | qk_rope]
+            ol.par_chunks_mut(lora).enumerate().for_each(|(i, o)| {
+                let t = i / nh;
+                let qv = &qa[i * w..(i + 1) * w];
+                let mut sc: Vec<f32> = (0..pos0 + t + 1)
+                    .map(|j| dot(qv, &kc[j * w..(j + 1) * w]) * scale)
+                    .collect();
+                let max = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for v in sc.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                o.fill(0.0);
+                for (j, p) in sc.iter().enumerate() {
+                    let p = p / sum;
+                    for (oo, &cv) in o.iter_mut().zip(&kc[j * w..j * w + lora]) {
+                        *oo += p * cv;
+                    }
+                }
+            });
+        }
         let mut o = vec![0.0; n * nh * vd]; // [n, n_head, v_head_dim]
         for hh in 0..nh {
             let mut lat = vec![0.0; n * lora];
@@ -459,7 +482,19 @@ impl CausalLm for Deepseek2 {
     }
 
     fn new_cache(&self, n_ctx: usize) -> KvCache {
-        KvCache::new(self.cfg.n_layer, n_ctx, self.mla.cache_width(), 0)
+        // The cache's precision follows the weights: F32 checkpoints (run for exactness against
+        // the reference) keep an f32 latent; anything lower-precision gets llama.cpp's default
+        // f16 cache, which halves its size (DeepSeek-V2-Lite, 32k tokens: 0.95 GiB).
+        let w = self.mla.cache_width();
+        if self
+            .blocks
+            .first()
+            .is_some_and(|b| b.attn.kv_a.dtype == DType::F32)
+        {
+            KvCache::new(self.cfg.n_layer, n_ctx, w, 0)
+        } else {
+            KvCache::new_f16(self.cfg.n_layer, n_ctx, w, 0)
+        }
     }
 
     fn weight_bytes_per_token(&self) -> u64 {

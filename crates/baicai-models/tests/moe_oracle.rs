@@ -176,3 +176,35 @@ fn deepseek_v3_fp8_block_scaled_matches_transformers() {
         hf.held_in_memory
     );
 }
+
+/// The f16 latent cache (what quantized DeepSeek models get) stays close to transformers: only
+/// the rounding of q, the latents and the probabilities to f16 separates it from the f32 path.
+#[test]
+fn deepseek_v3_f16_latent_cache_stays_close() {
+    let dir = fixtures().join("deepseek-v3");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let (m, _) = baicai_models::load_hf(&dir).unwrap();
+    let c = m.config();
+    let width = c.mla.as_ref().unwrap().cache_width();
+    let vocab = c.n_vocab;
+    let p = &reference["prompts"][2];
+    let ids: Vec<u32> = p["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let mut cache = baicai_models::KvCache::new_f16(c.n_layer, 64, width, 0);
+    assert!(cache.is_f16());
+    let logits = m.forward(&ids, &mut cache, Logits::All).unwrap();
+    let mut worst = 0f32;
+    for (t, row) in p["logits"].as_array().unwrap().iter().enumerate() {
+        for (i, r) in row.as_array().unwrap().iter().enumerate() {
+            worst = worst.max((logits[t * vocab + i] - r.as_f64().unwrap() as f32).abs());
+        }
+    }
+    eprintln!("f16 latent cache: max |Δlogit| {worst:.2e}");
+    assert!(worst < 2e-2, "f16 latent cache moved a logit by {worst}");
+}
