@@ -2,6 +2,8 @@
 //! grouped by expert so each selected expert's weights are read once per step and unselected
 //! experts are never touched (memory-mapped experts stay on disk until used).
 
+use rayon::prelude::*;
+
 use crate::layers;
 use crate::weights::{Linear, WeightStore};
 
@@ -193,25 +195,33 @@ impl Experts {
                 load.tokens[e] += toks.len() as u64;
             }
         }
-        for (e, toks) in by_expert.iter().enumerate() {
-            if toks.is_empty() {
-                continue;
-            }
-            let (gate, up, down) = &self.experts[e];
-            let (d, ff) = (gate.cols, gate.rows);
-            let n = toks.len();
-            let mut xe = vec![0.0; n * d]; // [n, d]
-            for (row, &(t, _)) in xe.chunks_exact_mut(d).zip(toks) {
-                row.copy_from_slice(&x[t * d..(t + 1) * d]);
-            }
-            let mut g = vec![0.0; n * ff]; // [n, ff]
-            let mut u = vec![0.0; n * ff]; // [n, ff]
-            store.matmul(gate, &xe, n, &mut g);
-            store.matmul(up, &xe, n, &mut u);
-            layers::swiglu(&mut g, &u);
-            let mut o = vec![0.0; n * d]; // [n, d]
-            store.matmul(down, &g, n, &mut o);
-            for (row, &(t, w)) in o.chunks_exact(d).zip(toks) {
+        // Selected experts run concurrently (each reads only its own weights); their outputs are
+        // then added in expert order, so the sum is the same whatever the scheduling.
+        let active: Vec<usize> = (0..n_expert).filter(|&e| !by_expert[e].is_empty()).collect();
+        let outputs: Vec<Vec<f32>> = active
+            .par_iter()
+            .map(|&e| {
+                let toks = &by_expert[e];
+                let (gate, up, down) = &self.experts[e];
+                let (d, ff) = (gate.cols, gate.rows);
+                let n = toks.len();
+                let mut xe = vec![0.0; n * d]; // [n, d]
+                for (row, &(t, _)) in xe.chunks_exact_mut(d).zip(toks) {
+                    row.copy_from_slice(&x[t * d..(t + 1) * d]);
+                }
+                let mut g = vec![0.0; n * ff]; // [n, ff]
+                let mut u = vec![0.0; n * ff]; // [n, ff]
+                store.matmul(gate, &xe, n, &mut g);
+                store.matmul(up, &xe, n, &mut u);
+                layers::swiglu(&mut g, &u);
+                let mut o = vec![0.0; n * d]; // [n, d]
+                store.matmul(down, &g, n, &mut o);
+                o
+            })
+            .collect();
+        for (&e, o) in active.iter().zip(&outputs) {
+            let d = self.experts[e].0.cols;
+            for (row, &(t, w)) in o.chunks_exact(d).zip(&by_expert[e]) {
                 for (acc, v) in out[t * d..(t + 1) * d].iter_mut().zip(row) {
                     *acc += w * v;
                 }
