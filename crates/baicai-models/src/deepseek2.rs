@@ -324,27 +324,34 @@ impl Deepseek2 {
                 qa[(t * nh + hh) * w + lora..][..rope].copy_from_slice(&qh[nope..]);
             }
         }
-        for hh in 0..nh {
-            let mut qn = vec![0.0; n * nope]; // [n, qk_nope] of head hh
-            for t in 0..n {
-                qn[t * nope..(t + 1) * nope].copy_from_slice(&q[(t * nh + hh) * qd..][..nope]);
-            }
-            let mut ql = vec![0.0; n * lora]; // [n, kv_lora_rank]
-            match &b.k_absorb {
-                KAbsorb::Split(wk) => s.matmul(&wk[hh], &qn, n, &mut ql),
-                KAbsorb::Dense(wk) => {
-                    for t in 0..n {
-                        let o = &mut ql[t * lora..(t + 1) * lora];
-                        for i in 0..nope {
-                            let qi = qn[t * nope + i];
-                            let row = &wk[(hh * nope + i) * lora..][..lora];
-                            for (oo, &r) in o.iter_mut().zip(row) {
-                                *oo += qi * r;
+        // Heads run concurrently; each absorbs its own W_UK.
+        let absorbed: Vec<Vec<f32>> = (0..nh)
+            .into_par_iter()
+            .map(|hh| {
+                let mut qn = vec![0.0; n * nope]; // [n, qk_nope] of head hh
+                for t in 0..n {
+                    qn[t * nope..(t + 1) * nope].copy_from_slice(&q[(t * nh + hh) * qd..][..nope]);
+                }
+                let mut ql = vec![0.0; n * lora]; // [n, kv_lora_rank]
+                match &b.k_absorb {
+                    KAbsorb::Split(wk) => s.matmul(&wk[hh], &qn, n, &mut ql),
+                    KAbsorb::Dense(wk) => {
+                        for t in 0..n {
+                            let o = &mut ql[t * lora..(t + 1) * lora];
+                            for i in 0..nope {
+                                let qi = qn[t * nope + i];
+                                let row = &wk[(hh * nope + i) * lora..][..lora];
+                                for (oo, &r) in o.iter_mut().zip(row) {
+                                    *oo += qi * r;
+                                }
                             }
                         }
                     }
                 }
-            }
+                ql
+            })
+            .collect();
+        for (hh, ql) in absorbed.iter().enumerate() {
             for t in 0..n {
                 qa[(t * nh + hh) * w..][..lora].copy_from_slice(&ql[t * lora..(t + 1) * lora]);
             }
@@ -392,13 +399,20 @@ impl Deepseek2 {
             });
         }
         let mut o = vec![0.0; n * nh * vd]; // [n, n_head, v_head_dim]
-        for hh in 0..nh {
-            let mut lat = vec![0.0; n * lora];
-            for t in 0..n {
-                lat[t * lora..(t + 1) * lora].copy_from_slice(&ol[(t * nh + hh) * lora..][..lora]);
-            }
-            let mut vh = vec![0.0; n * vd];
-            s.matmul(&b.v_b[hh], &lat, n, &mut vh);
+        let expanded: Vec<Vec<f32>> = (0..nh)
+            .into_par_iter()
+            .map(|hh| {
+                let mut lat = vec![0.0; n * lora]; // [n, kv_lora_rank] of head hh
+                for t in 0..n {
+                    lat[t * lora..(t + 1) * lora]
+                        .copy_from_slice(&ol[(t * nh + hh) * lora..][..lora]);
+                }
+                let mut vh = vec![0.0; n * vd]; // [n, v_head_dim]
+                s.matmul(&b.v_b[hh], &lat, n, &mut vh);
+                vh
+            })
+            .collect();
+        for (hh, vh) in expanded.iter().enumerate() {
             for t in 0..n {
                 o[(t * nh + hh) * vd..][..vd].copy_from_slice(&vh[t * vd..(t + 1) * vd]);
             }

@@ -197,7 +197,9 @@ impl Experts {
         }
         // Selected experts run concurrently (each reads only its own weights); their outputs are
         // then added in expert order, so the sum is the same whatever the scheduling.
-        let active: Vec<usize> = (0..n_expert).filter(|&e| !by_expert[e].is_empty()).collect();
+        let active: Vec<usize> = (0..n_expert)
+            .filter(|&e| !by_expert[e].is_empty())
+            .collect();
         let outputs: Vec<Vec<f32>> = active
             .par_iter()
             .map(|&e| {
