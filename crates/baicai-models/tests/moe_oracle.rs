@@ -208,3 +208,85 @@ fn deepseek_v3_f16_latent_cache_stays_close() {
     eprintln!("f16 latent cache: max |Δlogit| {worst:.2e}");
     assert!(worst < 2e-2, "f16 latent cache moved a logit by {worst}");
 }
+
+/// Writes a copy of a fixture folder whose F32 tensors are converted with `convert` (dtype name,
+/// bytes per value, encoder).
+fn convert_checkpoint(src: &Path, dst: &Path, dtype: &str, enc: fn(f32) -> [u8; 2]) {
+    std::fs::create_dir_all(dst).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out_header = serde_json::Map::new();
+    let mut out_data = Vec::new();
+    for (name, t) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let (s, e) = (
+            t["data_offsets"][0].as_u64().unwrap() as usize,
+            t["data_offsets"][1].as_u64().unwrap() as usize,
+        );
+        let start = out_data.len();
+        for c in data[s..e].chunks_exact(4) {
+            out_data.extend_from_slice(&enc(f32::from_le_bytes(c.try_into().unwrap())));
+        }
+        out_header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": t["shape"], "data_offsets": [start, out_data.len()]}),
+        );
+    }
+    let h = serde_json::to_vec(&Value::Object(out_header)).unwrap();
+    let mut file = (h.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&h);
+    file.extend_from_slice(&out_data);
+    std::fs::write(dst.join("model.safetensors"), file).unwrap();
+}
+
+/// F16 and BF16 checkpoints load memory-mapped and stay close to the F32 reference (the weights
+/// themselves are rounded, so the bound is that of the rounding, not of the engine).
+#[test]
+fn deepseek_v3_half_precision_checkpoints_stay_close() {
+    let src = fixtures().join("deepseek-v3");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("reference.json")).unwrap())
+            .unwrap();
+    let vocab = reference["vocab_size"].as_u64().unwrap() as usize;
+    let cases: [(&str, fn(f32) -> [u8; 2], f32); 2] = [
+        ("F16", |x| half::f16::from_f32(x).to_le_bytes(), 2e-2),
+        ("BF16", |x| half::bf16::from_f32(x).to_le_bytes(), 1e-1),
+    ];
+    for (dtype, enc, bound) in cases {
+        let dst = std::env::temp_dir().join(format!("baicai-v3-{dtype}-{}", std::process::id()));
+        convert_checkpoint(&src, &dst, dtype, enc);
+        let (m, hf) = baicai_models::load_hf(&dst).unwrap();
+        assert!(
+            hf.held_in_memory
+                .iter()
+                .any(|h| h.contains(&format!("{dtype}, mapped"))),
+            "{:?}",
+            hf.held_in_memory
+        );
+        let p = &reference["prompts"][0];
+        let ids: Vec<u32> = p["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let mut cache = m.new_cache(32);
+        let logits = m.forward(&ids, &mut cache, Logits::All).unwrap();
+        let mut worst = 0f32;
+        for (t, row) in p["logits"].as_array().unwrap().iter().enumerate() {
+            for (i, r) in row.as_array().unwrap().iter().enumerate() {
+                worst = worst.max((logits[t * vocab + i] - r.as_f64().unwrap() as f32).abs());
+            }
+        }
+        eprintln!("{dtype} checkpoint: max |Δlogit| {worst:.2e} vs the F32 reference");
+        assert!(worst < bound, "{dtype} checkpoint moved a logit by {worst}");
+        std::fs::remove_dir_all(&dst).ok();
+    }
+}
