@@ -14,10 +14,10 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::config::{MlaConfig, ModelConfig, MoeConfig, Yarn};
+use crate::decoder::{self, Blocks, Ends};
 use crate::error::ModelError;
 use crate::kv::KvCache;
 use crate::layers;
-use crate::llama::{embed, head};
 use crate::moe::{self, ExpertLoad, Experts};
 use crate::weights::{Linear, WeightStore};
 use crate::{CausalLm, Logits};
@@ -278,7 +278,7 @@ impl Deepseek2 {
         })
     }
 
-    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+    fn attention_block(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
         let (c, m, b, s) = (&self.cfg, &self.mla, &self.blocks[il].attn, &self.store);
         let n = x.len() / c.n_embd;
         let nh = c.n_head;
@@ -420,7 +420,7 @@ impl Deepseek2 {
         s.matmul(&b.wo, &o, n, out); // [n, n_embd]
     }
 
-    fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
+    fn ffn_block(&self, il: usize, x: &[f32], out: &mut [f32]) {
         let (c, s) = (&self.cfg, &self.store);
         let n = x.len() / c.n_embd;
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
@@ -460,6 +460,16 @@ impl Deepseek2 {
     }
 }
 
+impl Blocks for Deepseek2 {
+    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+        self.attention_block(il, x, cache, out);
+    }
+
+    fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
+        self.ffn_block(il, x, out);
+    }
+}
+
 impl CausalLm for Deepseek2 {
     fn config(&self) -> &ModelConfig {
         &self.cfg
@@ -471,24 +481,16 @@ impl CausalLm for Deepseek2 {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        cache.reserve(tokens.len())?;
-        let mut x = embed(&self.store, &self.tok_embd, tokens, self.cfg.n_vocab)?; // [n, n_embd]
-        let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
-        for il in 0..self.cfg.n_layer {
-            self.attention(il, &x, cache, &mut tmp);
-            layers::add_inplace(&mut x, &tmp);
-            self.ffn(il, &x, &mut tmp);
-            layers::add_inplace(&mut x, &tmp);
-        }
-        cache.advance(tokens.len());
-        Ok(head(
-            &self.store,
-            &x,
-            &self.output_norm,
-            self.cfg.rms_eps,
-            &self.output,
-            logits,
-        ))
+        let ends = Ends {
+            store: &self.store,
+            tok_embd: &self.tok_embd,
+            output_norm: &self.output_norm,
+            output: &self.output,
+            rms_eps: self.cfg.rms_eps,
+            n_vocab: self.cfg.n_vocab,
+            n_layer: self.cfg.n_layer,
+        };
+        decoder::forward(self, &ends, tokens, cache, logits)
     }
 
     fn expert_load(&self) -> Option<Vec<ExpertLoad>> {

@@ -9,6 +9,7 @@
 //! paper; the shared pieces (norms, RoPE, attention, feed-forward) live in [`layers`].
 
 pub mod config;
+mod decoder;
 pub mod deepseek2;
 pub mod error;
 pub mod gemma3;
