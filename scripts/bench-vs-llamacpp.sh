@@ -5,7 +5,8 @@
 #   LLAMA_BENCH=/path/to/llama-bench scripts/bench-vs-llamacpp.sh [-t 2] [-p 512] [-n 128] [-r 3] MODEL.gguf...
 #
 # llama-bench is not part of this repository: build it from the llama-cpp-python source package
-# (see BENCHMARKS.md). Peak RSS of both is read with /usr/bin/time -v.
+# (see BENCHMARKS.md). llama.cpp's peak RSS is read with /usr/bin/time -v; baicai reports its own,
+# read before its in-process bandwidth probe (whose 256 MiB buffer /usr/bin/time would count).
 set -euo pipefail
 threads=2 np=512 ng=128 reps=3
 while getopts "t:p:n:r:" o; do
@@ -38,7 +39,7 @@ lpp = next((r["avg_ts"] for r in l if r["n_prompt"] == np_ and r["n_gen"] == 0),
 ltg = next((r["avg_ts"] for r in l if r["n_gen"] == ng and r["n_prompt"] == 0), float("nan"))
 bpp, btg = b["pp_tokens_per_s"], b["tg_tokens_per_s"]
 print(f"| {name} | llama.cpp | {lpp:.2f} | {ltg:.2f} | {lrss} |")
-print(f"| {name} | baicai | {bpp:.2f} | {btg:.2f} | {brss} |")
+print(f"| {name} | baicai | {bpp:.2f} | {btg:.2f} | {b['peak_rss_mib']:.0f} |")
 print(f"| {name} | ratio | {bpp/lpp:.2f}x | {btg/ltg:.2f}x | |")
 print(f"<!-- {name}: baicai roofline {b['roofline_fraction']*100:.0f}% of {b['bandwidth_gb_per_s']:.1f} GB/s, "
       f"{b['weight_bytes_per_token']/2**20:.0f} MiB/token -->")
