@@ -17,4 +17,4 @@ pub mod simd;
 
 pub use dispatch::{dequantize_row, quantize_row, vec_dot, Isa};
 pub use dtype::DType;
-pub use matmul::{matmul, Weight};
+pub use matmul::{matmul, matmul_many, Weight};

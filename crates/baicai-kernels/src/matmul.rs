@@ -77,6 +77,105 @@ thread_local! {
 /// If `w.cols` is not a whole number of blocks of `w.dtype`, `w.data` holds fewer than `w.rows`
 /// rows, `x.len() != n_tokens * w.cols`, or `out.len() != n_tokens * w.rows`.
 pub fn matmul(w: &Weight, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+    matmul_many(&[*w], x, n_tokens, &mut [out]);
+}
+
+/// Several matmuls of the same input (`q`/`k`/`v`, or `gate`/`up`): `outs[i] = ws[i] x` as
+/// [`matmul`] computes each, bit for bit, but with the activations quantized once per vec-dot type
+/// and all the work in one parallel region. Decode runs ~170 small matmuls per token, so the
+/// fixed cost of waking the pool and quantizing counts.
+///
+/// # Panics
+/// As [`matmul`] for each pair; if `ws` and `outs` differ in length or the weights in `cols`.
+pub fn matmul_many(ws: &[Weight], x: &[f32], n_tokens: usize, outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "one output per weight");
+    let Some(cols) = ws.first().map(|w| w.cols) else {
+        return;
+    };
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        check_shapes(w, x, n_tokens, out);
+        assert_eq!(w.cols, cols, "weights of one input share their columns");
+    }
+    if n_tokens == 0 {
+        return;
+    }
+    if cols == 0 {
+        outs.iter_mut().for_each(|o| o.fill(0.0));
+        return;
+    }
+
+    // Each distinct vec-dot type's rows, one after another in one buffer.
+    let isa = active_isa();
+    let mut types: Vec<(DType, usize, usize)> = Vec::new(); // (type, offset, row bytes)
+    let mut len = 0;
+    for w in ws {
+        let vt = w.dtype.vec_dot_type();
+        if !types.iter().any(|&(t, ..)| t == vt) {
+            let a_row = vt
+                .row_bytes(cols)
+                .expect("vec-dot types have the weights' block length");
+            types.push((vt, len, a_row));
+            len += n_tokens * a_row;
+        }
+    }
+    let mut acts = ACTIVATIONS.with(Cell::take);
+    acts.resize(len, 0);
+    for &(vt, off, a_row) in &types {
+        let dst = &mut acts[off..off + n_tokens * a_row];
+        quantize_rows(quant_fn(vt, isa), x, cols, dst, a_row);
+    }
+
+    let mats: Vec<Mat> = ws
+        .iter()
+        .map(|w| {
+            let vt = w.dtype.vec_dot_type();
+            let &(_, off, a_row) = types.iter().find(|&&(t, ..)| t == vt).unwrap();
+            Mat {
+                dot: dot_fn(w.dtype, isa),
+                tiles: tile_fns(w.dtype, isa),
+                w: w.data,
+                w_row: w.row_bytes(),
+                cols,
+                acts: &acts[off..off + n_tokens * a_row],
+                a_row,
+            }
+        })
+        .collect();
+    let outs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let tasks: Vec<Task> = mats
+        .iter()
+        .zip(ws)
+        .enumerate()
+        .filter(|(_, (_, w))| w.rows > 0)
+        .flat_map(|(i, (m, w))| tasks(i, m, w.rows, n_tokens))
+        .collect();
+    tasks.par_iter().for_each(|task| {
+        let (m, rows) = (&mats[task.mat], ws[task.mat].rows);
+        let out = outs[task.mat];
+        if n_tokens == 1 {
+            let r = task.rows.clone();
+            // SAFETY: `out` is the `rows`-long output of this matrix (checked in
+            // `check_shapes`), borrowed mutably for the whole parallel loop; tasks of one matrix
+            // cover disjoint row ranges inside it, so this slice aliases no other task's.
+            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
+            m.rows(r.start, 0, out);
+        } else {
+            m.block(task.rows.clone(), task.tokens.clone(), |r, t, v| {
+                assert!(r < rows && t < n_tokens);
+                // SAFETY: the index is inside `out` (`n_tokens * rows` long, checked in
+                // `check_shapes`); each (t, r) belongs to exactly one task, so no two tasks
+                // write the same element, and `out` is borrowed mutably for the whole parallel
+                // loop, which reads none of it.
+                unsafe { *out.get().add(t * rows + r) = v };
+            });
+        }
+    });
+    drop(mats);
+    ACTIVATIONS.with(|c| c.set(acts));
+}
+
+/// Asserts the shapes [`matmul`] documents.
+fn check_shapes(w: &Weight, x: &[f32], n_tokens: usize, out: &[f32]) {
     let w_row = w.row_bytes();
     assert!(
         w.data.len() >= w.rows * w_row,
@@ -99,38 +198,6 @@ pub fn matmul(w: &Weight, x: &[f32], n_tokens: usize, out: &mut [f32]) {
         "out must be [n_tokens={n_tokens}, rows={}]",
         w.rows
     );
-    if n_tokens == 0 || w.rows == 0 {
-        return;
-    }
-    if w.cols == 0 {
-        out.fill(0.0);
-        return;
-    }
-
-    let isa = active_isa();
-    let vt = w.dtype.vec_dot_type();
-    let a_row = vt
-        .row_bytes(w.cols)
-        .expect("vec-dot types have the weights' block length");
-    let mut acts = ACTIVATIONS.with(Cell::take);
-    acts.resize(n_tokens * a_row, 0);
-    quantize_rows(quant_fn(vt, isa), x, w.cols, &mut acts, a_row);
-
-    let m = Mat {
-        dot: dot_fn(w.dtype, isa),
-        tiles: tile_fns(w.dtype, isa),
-        w: w.data,
-        w_row,
-        cols: w.cols,
-        acts: &acts,
-        a_row,
-    };
-    if n_tokens == 1 {
-        matvec(&m, out);
-    } else {
-        matmul_tiled(&m, w.rows, n_tokens, out);
-    }
-    ACTIVATIONS.with(|c| c.set(acts));
 }
 
 /// How far ahead of the rows being computed decode prefetches weights.
@@ -274,22 +341,6 @@ impl Mat<'_> {
     }
 }
 
-/// One token: output rows split into chunks of at least [`MIN_TASK_BYTES`] of weights, with a
-/// few chunks per thread for balance.
-fn matvec(m: &Mat, out: &mut [f32]) {
-    let rows = out.len();
-    let threads = rayon::current_num_threads();
-    let by_balance = rows.div_ceil(4 * threads);
-    let by_bytes = MIN_TASK_BYTES.div_ceil(m.w_row);
-    let chunk = by_balance
-        .max(by_bytes)
-        .next_multiple_of(DECODE_ROWS)
-        .min(rows);
-    out.par_chunks_mut(chunk)
-        .enumerate()
-        .for_each(|(c, out)| m.rows(c * chunk, 0, out));
-}
-
 /// Raw pointer to `out`, shared by tiles that write disjoint elements.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -305,30 +356,42 @@ impl OutPtr {
     }
 }
 
-/// Several tokens: `[rows, tokens]` tasks in parallel, row ranges outermost (consecutive tasks
-/// share weight rows), tokens innermost.
-fn matmul_tiled(m: &Mat, rows: usize, n_tokens: usize, out: &mut [f32]) {
-    // With few tokens a task reads its weights for little work: give it more rows, as decode does.
-    let tokens_per_task = n_tokens.min(TASK_TOKENS);
-    let by_bytes = MIN_TASK_BYTES.div_ceil(m.w_row * tokens_per_task);
-    let by_balance = rows.div_ceil(4 * rayon::current_num_threads());
-    let task_rows = by_bytes.min(by_balance).next_multiple_of(TASK_ROWS);
-    let row_tasks = rows.div_ceil(task_rows);
-    let token_tasks = n_tokens.div_ceil(TASK_TOKENS);
-    let ptr = OutPtr(out.as_mut_ptr());
-    (0..row_tasks * token_tasks)
-        .into_par_iter()
-        .for_each(|task| {
-            let r0 = task / token_tasks * task_rows;
-            let t0 = task % token_tasks * TASK_TOKENS;
-            let rows_here = r0..(r0 + task_rows).min(rows);
-            let tokens_here = t0..(t0 + TASK_TOKENS).min(n_tokens);
-            m.block(rows_here, tokens_here, |r, t, v| {
-                assert!(r < rows && t < n_tokens);
-                // SAFETY: the index is inside `out` (`n_tokens * rows` long, asserted in `matmul`);
-                // each (t, r) belongs to exactly one task, so no two tasks write the same element,
-                // and `out` is borrowed mutably for the whole parallel loop, which reads none of it.
-                unsafe { *ptr.get().add(t * rows + r) = v };
-            });
-        });
+/// A block of one matrix's output: weight rows × tokens.
+struct Task {
+    mat: usize,
+    rows: Range<usize>,
+    tokens: Range<usize>,
+}
+
+/// The tasks of matrix `mat` (`rows` output rows, `m`'s weights). One token: rows split into
+/// chunks of at least [`MIN_TASK_BYTES`] of weights, with a few chunks per thread for balance.
+/// Several tokens: `[rows, tokens]` blocks, row ranges outermost (consecutive tasks share weight
+/// rows), tokens innermost.
+fn tasks(mat: usize, m: &Mat, rows: usize, n_tokens: usize) -> impl Iterator<Item = Task> {
+    let threads = rayon::current_num_threads();
+    let by_balance = rows.div_ceil(4 * threads);
+    let (task_rows, task_tokens) = if n_tokens == 1 {
+        let by_bytes = MIN_TASK_BYTES.div_ceil(m.w_row);
+        let chunk = by_balance.max(by_bytes).next_multiple_of(DECODE_ROWS);
+        (chunk.min(rows), 1)
+    } else {
+        // With few tokens a task reads its weights for little work: give it more rows, as
+        // decode does.
+        let tokens_per_task = n_tokens.min(TASK_TOKENS);
+        let by_bytes = MIN_TASK_BYTES.div_ceil(m.w_row * tokens_per_task);
+        (
+            by_bytes.min(by_balance).next_multiple_of(TASK_ROWS),
+            TASK_TOKENS,
+        )
+    };
+    let token_tasks = n_tokens.div_ceil(task_tokens);
+    (0..rows.div_ceil(task_rows) * token_tasks).map(move |task| {
+        let r0 = task / token_tasks * task_rows;
+        let t0 = task % token_tasks * task_tokens;
+        Task {
+            mat,
+            rows: r0..(r0 + task_rows).min(rows),
+            tokens: t0..(t0 + task_tokens).min(n_tokens),
+        }
+    })
 }

@@ -2,7 +2,7 @@
 
 use baicai_kernels::dispatch::{dequant_fn, quant_fn, Isa};
 use baicai_kernels::dtype::QK_K;
-use baicai_kernels::{matmul, DType, Weight};
+use baicai_kernels::{matmul, matmul_many, DType, Weight};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -156,6 +156,56 @@ fn matmul_is_batch_invariant_bit_for_bit() {
                     );
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn matmul_many_equals_separate_matmuls_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(0x3a11);
+    let cols = 512;
+    // Q5_0 and Q8_0 share Q8_0 activations, Q4_K and Q6_K take Q8_K: both quantized once.
+    let shapes = [
+        (DType::Q5_0, 96),
+        (DType::Q4_K, 40),
+        (DType::Q8_0, 33),
+        (DType::Q6_K, 0),
+    ];
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(dtype, rows)| random_weights(&mut rng, dtype, rows, cols))
+        .collect();
+    let ws: Vec<Weight> = shapes
+        .iter()
+        .zip(&data)
+        .map(|(&(dtype, rows), data)| Weight {
+            dtype,
+            data,
+            rows,
+            cols,
+        })
+        .collect();
+    for n_tokens in [1, 3, 70] {
+        let x: Vec<f32> = (0..n_tokens * cols)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let mut outs: Vec<Vec<f32>> = ws
+            .iter()
+            .map(|w| vec![f32::NAN; n_tokens * w.rows])
+            .collect();
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+        matmul_many(&ws, &x, n_tokens, &mut views);
+        for (w, got) in ws.iter().zip(&outs) {
+            let want = run(w, &x, n_tokens);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{} × {n_tokens} tokens differs from matmul",
+                w.dtype.name()
+            );
         }
     }
 }

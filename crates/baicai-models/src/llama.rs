@@ -114,9 +114,8 @@ impl Llama {
         let mut q = vec![0.0; n * c.q_dim()]; // [n, n_head, head_dim_k]
         let mut k = vec![0.0; n * c.k_dim()]; // [n, n_head_kv, head_dim_k]
         let mut v = vec![0.0; n * c.v_dim()]; // [n, n_head_kv, head_dim_v]
-        s.matmul(&b.wq, &h, n, &mut q);
-        s.matmul(&b.wk, &h, n, &mut k);
-        s.matmul(&b.wv, &h, n, &mut v);
+        let qkv = [s.weight(&b.wq), s.weight(&b.wk), s.weight(&b.wv)];
+        baicai_kernels::matmul_many(&qkv, &h, n, &mut [&mut q, &mut k, &mut v]);
         for (t, bias) in [(&mut q, &b.bq), (&mut k, &b.bk), (&mut v, &b.bv)] {
             if let Some(bias) = bias {
                 layers::add_bias(t, bias);
@@ -153,8 +152,8 @@ impl Llama {
         self.trace("ffn_norm", il, &h);
         let mut g = vec![0.0; n * c.n_ff]; // [n, n_ff]
         let mut u = vec![0.0; n * c.n_ff]; // [n, n_ff]
-        s.matmul(&b.gate, &h, n, &mut g);
-        s.matmul(&b.up, &h, n, &mut u);
+        let gate_up = [s.weight(&b.gate), s.weight(&b.up)];
+        baicai_kernels::matmul_many(&gate_up, &h, n, &mut [&mut g, &mut u]);
         layers::swiglu(&mut g, &u);
         self.trace("ffn_swiglu", il, &g);
         s.matmul(&b.down, &g, n, out); // [n, n_embd]
