@@ -12,6 +12,7 @@ pub mod attention;
 pub mod dispatch;
 pub mod dtype;
 pub mod matmul;
+mod pool;
 pub mod quant;
 pub mod simd;
 

@@ -15,11 +15,13 @@
 
 use std::cell::Cell;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
 use crate::dispatch::{active_isa, dot_fn, quant_fn, DotFn, QuantFn};
 use crate::dtype::DType;
+use crate::pool;
 use crate::quant::legacy::{tile_fns, TileFns, DECODE_ROWS, TILE_ROWS, TILE_TOKENS};
 
 /// A weight matrix `[rows, cols]` (row-major, each row `cols` values of `dtype`), borrowed from
@@ -149,7 +151,7 @@ pub fn matmul_many(ws: &[Weight], x: &[f32], n_tokens: usize, outs: &mut [&mut [
         .filter(|(_, (_, w))| w.rows > 0)
         .flat_map(|(i, (m, w))| tasks(i, m, w.rows, n_tokens))
         .collect();
-    tasks.par_iter().for_each(|task| {
+    let run_task = |task: &Task| {
         let (m, rows) = (&mats[task.mat], ws[task.mat].rows);
         let out = outs[task.mat];
         if n_tokens == 1 {
@@ -169,7 +171,19 @@ pub fn matmul_many(ws: &[Weight], x: &[f32], n_tokens: usize, outs: &mut [&mut [
                 unsafe { *out.get().add(t * rows + r) = v };
             });
         }
-    });
+    };
+    // Tasks go to whichever thread asks next; the spinning pool starts in well under a
+    // microsecond (see `pool`), rayon is the fallback when it is busy.
+    let next = AtomicUsize::new(0);
+    let work = |_: usize| {
+        while let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
+            run_task(task);
+        }
+    };
+    let threads = rayon::current_num_threads().min(tasks.len());
+    if !pool::run(threads, &work) {
+        tasks.par_iter().for_each(run_task);
+    }
     drop(mats);
     ACTIVATIONS.with(|c| c.set(acts));
 }
@@ -279,7 +293,6 @@ impl Mat<'_> {
             }
         }
         for (i, o) in out.iter_mut().enumerate().skip(k) {
-            self.prefetch(r0 + i + PREFETCH_ROWS, 1);
             *o = self.element(r0 + i, t);
         }
     }

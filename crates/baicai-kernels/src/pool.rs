@@ -1,0 +1,257 @@
+//! A spinning work pool for matmul: helper threads wait for the next job by spinning for a short
+//! while before they park, so the ~100 parallel regions of a decode step start in well under a
+//! microsecond instead of paying a futex wake-up each (rayon's idle workers go to sleep within
+//! microseconds, and waking one costs tens of microseconds on a virtual machine, several
+//! milliseconds per token in all). llama.cpp's thread pool spins between graph nodes for the
+//! same reason.
+//!
+//! One job at a time: [`run`] returns `false` when the pool is busy (a nested or concurrent call),
+//! and the caller then does the work some other way. Which thread computes what never changes a
+//! result: a job is a list of independent tasks handed out through an atomic counter.
+
+use std::any::Any;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an idle helper spins before it parks: longer than the gaps between the matmuls of a
+/// decode step (norms, RoPE, attention), short enough not to steal a core for long from other
+/// work.
+const SPIN: Duration = Duration::from_micros(300);
+
+/// A job: called as `f(worker)` once on every participating thread.
+type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// What a helper needs of the current job, published under one lock.
+struct State {
+    /// The epoch this job was published as.
+    epoch: usize,
+    /// The job, lifetime erased (see `run`); `None` once it is finished.
+    job: Option<Job<'static>>,
+    /// Helpers that take part (those with a smaller index).
+    workers: usize,
+}
+
+struct Pool {
+    /// Held (true) while a job runs; `run` takes it with a compare-exchange.
+    busy: AtomicBool,
+    /// Bumped to publish a job; helpers spin on it.
+    epoch: AtomicUsize,
+    /// The current job, read by a helper once it sees a new epoch.
+    state: Mutex<State>,
+    /// Helpers of the current job still running it.
+    pending: AtomicUsize,
+    /// A helper's panic, re-raised by `run`.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// Number of helper threads started.
+    started: Mutex<usize>,
+    /// Parked helpers wait here for a new epoch.
+    wake: Condvar,
+    wake_lock: Mutex<()>,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool {
+        busy: AtomicBool::new(false),
+        epoch: AtomicUsize::new(0),
+        state: Mutex::new(State {
+            epoch: 0,
+            job: None,
+            workers: 0,
+        }),
+        pending: AtomicUsize::new(0),
+        panic: Mutex::new(None),
+        started: Mutex::new(0),
+        wake: Condvar::new(),
+        wake_lock: Mutex::new(()),
+    })
+}
+
+/// Runs `f(i)` on `threads` threads at once, `i` in `0..threads`, the calling thread being
+/// `i == 0`; returns once all have returned. Returns `false` without calling `f` when the pool is
+/// running another job.
+///
+/// # Panics
+/// Re-raises a panic of any `f(i)`, after every thread is done with `f`.
+pub fn run(threads: usize, f: &(dyn Fn(usize) + Sync)) -> bool {
+    let p = pool();
+    let helpers = threads.saturating_sub(1);
+    if helpers == 0 {
+        f(0);
+        return true;
+    }
+    if p.busy
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return false;
+    }
+    start_helpers(p, helpers);
+    // SAFETY: the `'static` is a lie told only to the helpers, which call `f` solely between the
+    // epoch bump below and their `pending` decrement; `Finish` (also on unwind) waits for
+    // `pending` to reach zero and clears the job before this function returns, so no helper
+    // touches `f` after its borrow ends.
+    let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(f) };
+    p.pending.store(helpers, Ordering::Relaxed);
+    {
+        let mut state = p.state.lock().unwrap();
+        state.epoch += 1;
+        state.job = Some(job);
+        state.workers = helpers;
+        p.epoch.store(state.epoch, Ordering::Release);
+    }
+    {
+        let _g = p.wake_lock.lock().unwrap();
+        p.wake.notify_all();
+    }
+    let finish = Finish(p);
+    f(0);
+    if let Some(e) = finish.done() {
+        resume_unwind(e);
+    }
+    true
+}
+
+/// Waits for the helpers and releases the pool, also when the caller's part panics.
+struct Finish(&'static Pool);
+
+impl Finish {
+    /// Waits for the helpers, releases the pool and returns a helper's panic.
+    fn done(self) -> Option<Box<dyn Any + Send>> {
+        let p = self.0;
+        std::mem::forget(self);
+        finish(p)
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        // Unwinding from the caller's own panic: a helper's is dropped.
+        drop(finish(self.0));
+    }
+}
+
+fn finish(p: &Pool) -> Option<Box<dyn Any + Send>> {
+    // The helpers are mid-task: their last task is short. Yield now and then in case one was
+    // preempted (a busy machine), so it can finish on this core.
+    let mut spins = 0u32;
+    while p.pending.load(Ordering::Acquire) != 0 {
+        std::hint::spin_loop();
+        spins += 1;
+        if spins.is_multiple_of(1024) {
+            std::thread::yield_now();
+        }
+    }
+    p.state.lock().unwrap().job = None;
+    let panic = p.panic.lock().unwrap().take();
+    p.busy.store(false, Ordering::Release);
+    panic
+}
+
+fn start_helpers(p: &'static Pool, helpers: usize) {
+    let mut started = p.started.lock().unwrap();
+    while *started < helpers {
+        let index = *started;
+        // Before this call publishes its job, so a new helper takes part in it.
+        let seen = p.epoch.load(Ordering::Acquire);
+        std::thread::Builder::new()
+            .name(format!("baicai-matmul-{}", index + 1))
+            .spawn(move || helper(p, index, seen))
+            .expect("spawning a matmul helper thread");
+        *started += 1;
+    }
+}
+
+/// A helper thread: waits for each new epoch (spinning, then parked) and runs its part of the job.
+/// `seen` is the last epoch it need not run.
+fn helper(p: &'static Pool, index: usize, mut seen: usize) {
+    loop {
+        wait_epoch(p, seen);
+        let (job, workers) = {
+            let state = p.state.lock().unwrap();
+            seen = state.epoch;
+            (state.job, state.workers)
+        };
+        // A helper counted in `pending` always finds its job: it is cleared only after
+        // `pending` reaches zero, and the next one is published only after that.
+        let Some(job) = job.filter(|_| index < workers) else {
+            continue;
+        };
+        if let Err(e) = catch_unwind(AssertUnwindSafe(|| job(index + 1))) {
+            *p.panic.lock().unwrap() = Some(e);
+        }
+        p.pending.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Returns once the epoch is past `seen`.
+fn wait_epoch(p: &Pool, seen: usize) {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        let e = p.epoch.load(Ordering::Acquire);
+        if e != seen {
+            return;
+        }
+        std::hint::spin_loop();
+        spins += 1;
+        if !spins.is_multiple_of(256) {
+            continue;
+        }
+        // Let other runnable threads have this core now and then (a busy machine).
+        std::thread::yield_now();
+        if start.elapsed() > SPIN {
+            let g = p.wake_lock.lock().unwrap();
+            let e = p.epoch.load(Ordering::Acquire);
+            if e != seen {
+                return;
+            }
+            drop(p.wake.wait(g).unwrap());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_runs_the_job_once() {
+        let calls: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        for _ in 0..100 {
+            run(3, &|i| {
+                calls[i].fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        // Other tests may hold the pool (then `run` declines), so only bound the counts.
+        let counts: Vec<usize> = calls.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
+    }
+
+    #[test]
+    fn a_helper_panic_reaches_the_caller_and_the_pool_recovers() {
+        let mut panicked = false;
+        while !panicked {
+            let r = catch_unwind(|| run(2, &|i| assert!(i != 1, "helper fails")));
+            panicked = r.is_err();
+        }
+        let ran = AtomicUsize::new(0);
+        while !run(2, &|_| {
+            ran.fetch_add(1, Ordering::Relaxed);
+        }) {}
+        assert_eq!(ran.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_nested_call_is_declined() {
+        let inner = AtomicBool::new(true);
+        while !run(2, &|i| {
+            if i == 0 {
+                inner.store(run(2, &|_| {}), Ordering::Relaxed);
+            }
+        }) {}
+        assert!(!inner.load(Ordering::Relaxed));
+    }
+}
