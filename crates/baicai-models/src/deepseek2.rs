@@ -146,9 +146,7 @@ pub struct Deepseek2 {
     cfg: ModelConfig,
     mla: MlaConfig,
     moe: MoeConfig,
-    tok_embd: Linear,
-    output_norm: Vec<f32>,
-    output: Linear,
+    ends: Ends,
     blocks: Vec<Block>,
     rope: RopeYarn,
     kq_scale: f32,
@@ -178,12 +176,7 @@ impl Deepseek2 {
             mla.kv_lora_rank,
         );
         let qd = mla.q_head_dim();
-        let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, d)?;
-        let output = if s.has("output.weight") {
-            s.linear("output.weight", cfg.n_vocab, d)?
-        } else {
-            tok_embd.clone()
-        };
+        let ends = Ends::load(&s, &cfg)?;
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {
             let n = |t: &str| format!("blk.{il}.{t}");
@@ -264,7 +257,6 @@ impl Deepseek2 {
             .map_or(1.0, |y| yarn_mscale(y.factor, y.mscale_all_dim));
         let kq_scale = mscale * mscale / (qd as f32).sqrt();
         Ok(Deepseek2 {
-            output_norm: s.vector("output_norm.weight", d)?,
             rope: RopeYarn::new(rope, cfg.rope_base, mla.yarn.as_ref()),
             load: Mutex::new(vec![ExpertLoad::default(); cfg.n_layer]),
             store: s,
@@ -272,13 +264,12 @@ impl Deepseek2 {
             cfg,
             mla,
             moe,
-            tok_embd,
-            output,
+            ends,
             blocks,
         })
     }
 
-    fn attention_block(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+    fn attention_impl(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
         let (c, m, b, s) = (&self.cfg, &self.mla, &self.blocks[il].attn, &self.store);
         let n = x.len() / c.n_embd;
         let nh = c.n_head;
@@ -462,7 +453,7 @@ impl Deepseek2 {
 
 impl Blocks for Deepseek2 {
     fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
-        self.attention_block(il, x, cache, out);
+        self.attention_impl(il, x, cache, out);
     }
 
     fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
@@ -481,16 +472,15 @@ impl CausalLm for Deepseek2 {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        let ends = Ends {
-            store: &self.store,
-            tok_embd: &self.tok_embd,
-            output_norm: &self.output_norm,
-            output: &self.output,
-            rms_eps: self.cfg.rms_eps,
-            n_vocab: self.cfg.n_vocab,
-            n_layer: self.cfg.n_layer,
-        };
-        decoder::forward(self, &ends, tokens, cache, logits)
+        decoder::forward(
+            self,
+            &self.store,
+            &self.ends,
+            &self.cfg,
+            tokens,
+            cache,
+            logits,
+        )
     }
 
     fn expert_load(&self) -> Option<Vec<ExpertLoad>> {
@@ -544,11 +534,6 @@ impl CausalLm for Deepseek2 {
                 }
             }
         }
-        let row = self
-            .tok_embd
-            .dtype
-            .row_bytes(self.tok_embd.cols)
-            .unwrap_or(0) as u64;
-        total + s.bytes(&self.output) + row
+        total + self.ends.bytes_per_token()
     }
 }

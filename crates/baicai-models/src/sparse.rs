@@ -41,9 +41,7 @@ pub struct SparseMoe {
     store: WeightStore,
     cfg: ModelConfig,
     moe: MoeConfig,
-    tok_embd: Linear,
-    output_norm: Vec<f32>,
-    output: Linear,
+    ends: Ends,
     blocks: Vec<Block>,
     rope: Rope,
     load: Mutex<Vec<ExpertLoad>>,
@@ -74,12 +72,7 @@ impl SparseMoe {
             .clone()
             .ok_or_else(|| ModelError::Config("MoE model without expert sizes".into()))?;
         let d = cfg.n_embd;
-        let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, d)?;
-        let output = if s.has("output.weight") {
-            s.linear("output.weight", cfg.n_vocab, d)?
-        } else {
-            tok_embd.clone()
-        };
+        let ends = Ends::load(&s, &cfg)?;
         let rope = Rope::new(RopeParams {
             head_dim: cfg.head_dim_k,
             base: cfg.rope_base,
@@ -140,19 +133,17 @@ impl SparseMoe {
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(SparseMoe {
-            output_norm: s.vector("output_norm.weight", d)?,
             load: Mutex::new(vec![ExpertLoad::default(); cfg.n_layer]),
             store: s,
             cfg,
             moe,
-            tok_embd,
-            output,
+            ends,
             blocks,
             rope,
         })
     }
 
-    fn attention_block(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+    fn attention_impl(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
         let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
         let n = x.len() / c.n_embd;
         let pos0 = cache.len();
@@ -233,7 +224,7 @@ impl SparseMoe {
 
 impl Blocks for SparseMoe {
     fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
-        self.attention_block(il, x, cache, out);
+        self.attention_impl(il, x, cache, out);
     }
 
     fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
@@ -252,16 +243,15 @@ impl CausalLm for SparseMoe {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        let ends = Ends {
-            store: &self.store,
-            tok_embd: &self.tok_embd,
-            output_norm: &self.output_norm,
-            output: &self.output,
-            rms_eps: self.cfg.rms_eps,
-            n_vocab: self.cfg.n_vocab,
-            n_layer: self.cfg.n_layer,
-        };
-        decoder::forward(self, &ends, tokens, cache, logits)
+        decoder::forward(
+            self,
+            &self.store,
+            &self.ends,
+            &self.cfg,
+            tokens,
+            cache,
+            logits,
+        )
     }
 
     fn expert_load(&self) -> Option<Vec<ExpertLoad>> {
@@ -281,11 +271,6 @@ impl CausalLm for SparseMoe {
                 total += s.bytes(&sh.gate) + s.bytes(&sh.up) + s.bytes(&sh.down);
             }
         }
-        let row = self
-            .tok_embd
-            .dtype
-            .row_bytes(self.tok_embd.cols)
-            .unwrap_or(0) as u64;
-        total + s.bytes(&self.output) + row
+        total + self.ends.bytes_per_token()
     }
 }
