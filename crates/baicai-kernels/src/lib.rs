@@ -12,10 +12,11 @@ pub mod attention;
 pub mod dispatch;
 pub mod dtype;
 pub mod matmul;
-mod pool;
+pub mod pool;
 pub mod quant;
 pub mod simd;
 
 pub use dispatch::{dequantize_row, quantize_row, vec_dot, Isa};
 pub use dtype::DType;
 pub use matmul::{matmul, matmul_many, Weight};
+pub use pool::for_each_chunk_mut;

@@ -114,6 +114,51 @@ pub fn run(threads: usize, f: &(dyn Fn(usize) + Sync)) -> bool {
     true
 }
 
+/// `f(i, chunk)` for every `chunk`-long piece of `data` (the last may be shorter), `i` its index,
+/// on the current rayon pool's number of threads: through the spinning pool, so a region that
+/// follows a matmul starts at once, or rayon when the pool is busy.
+pub fn for_each_chunk_mut<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    assert!(chunk > 0, "chunks must not be empty");
+    let (len, n) = (data.len(), data.len().div_ceil(chunk));
+    let ptr = SendPtr(data.as_mut_ptr());
+    let next = AtomicUsize::new(0);
+    let work = |_: usize| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        let start = i * chunk;
+        // SAFETY: `start..start + chunk` (clipped to `len`) lies inside `data`, which is borrowed
+        // mutably until every thread is done; each index `i` is handed out once, so the chunks
+        // of different calls never overlap.
+        let piece =
+            unsafe { std::slice::from_raw_parts_mut(ptr.get().add(start), chunk.min(len - start)) };
+        f(i, piece);
+    };
+    if !run(rayon::current_num_threads().min(n), &work) {
+        use rayon::prelude::*;
+        data.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// A raw pointer shared by threads that touch disjoint elements.
+struct SendPtr<T>(*mut T);
+// SAFETY: only used to reach disjoint elements from different threads (`for_each_chunk_mut`).
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// A method (not field access) so closures capture the `Sync` wrapper.
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
 /// Waits for the helpers and releases the pool, also when the caller's part panics.
 struct Finish(&'static Pool);
 
@@ -216,6 +261,15 @@ fn wait_epoch(p: &Pool, seen: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn for_each_chunk_mut_visits_every_chunk_once() {
+        let mut data = vec![0usize; 1000];
+        for_each_chunk_mut(&mut data, 7, |i, c| c.iter_mut().for_each(|v| *v += i + 1));
+        for (k, &v) in data.iter().enumerate() {
+            assert_eq!(v, k / 7 + 1, "element {k}");
+        }
+    }
 
     #[test]
     fn every_thread_runs_the_job_once() {

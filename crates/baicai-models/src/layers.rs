@@ -168,7 +168,8 @@ pub fn attention_f16(q: &[f32], k: &[f16], v: &[f16], p: AttnParams, out: &mut [
     let group = p.n_head / p.n_head_kv;
     let (dk, dv) = (p.head_dim_k, p.head_dim_v);
     let (kw, vw) = (p.n_head_kv * dk, p.n_head_kv * dv);
-    out.par_chunks_mut(dv).enumerate().for_each(|(i, o)| {
+    // The kernels' pool: its threads are still spinning from the q/k/v matmul.
+    baicai_kernels::for_each_chunk_mut(out, dv, |i, o| {
         let (t, h) = (i / p.n_head, i % p.n_head);
         let kvh = h / group;
         let pos = p.pos0 + t;

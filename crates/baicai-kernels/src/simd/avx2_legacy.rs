@@ -72,6 +72,17 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
     _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
 }
 
+/// As [`nibbles`], without a lane insert: the 16 bytes are broadcast to both 128-bit lanes by the
+/// load, and the high lane shifted by a variable 64-bit shift (bits pulled in from the next byte
+/// land in the high nibble, which the mask drops).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles_bcast(p: *const u8) -> __m256i {
+    let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast()));
+    let both = _mm256_srlv_epi64(q, _mm256_set_epi64x(4, 4, 0, 0));
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
 /// Byte `j` is 0xFF where bit `j` of `bits` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -144,7 +155,7 @@ impl SymQ8_0 for Q5_0 {
     unsafe fn codes(x: *const u8) -> __m256i {
         let high = bit_bytes(read_unaligned(x.add(2).cast::<u32>()));
         _mm256_or_si256(
-            nibbles(x.add(6)),
+            nibbles_bcast(x.add(6)),
             _mm256_and_si256(high, _mm256_set1_epi8(0x10)),
         )
     }
