@@ -284,20 +284,19 @@ impl Deepseek2 {
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &self.blocks[il].attn_norm, c.rms_eps, &mut h);
         let mut q = vec![0.0; n * nh * qd]; // [n, n_head, q_head_dim]
+        let w = lora + rope;
+        let mut kv = vec![0.0; n * w]; // [n, kv_lora_rank + qk_rope]
         match &b.q_a {
             Some((q_a, q_a_norm)) => {
                 let r = q_a.rows;
                 let mut qa = vec![0.0; n * r]; // [n, q_lora_rank]
-                s.matmul(q_a, &h, n, &mut qa);
+                s.matmul_many(&[q_a, &b.kv_a], &h, n, &mut [&mut qa, &mut kv]);
                 let mut qn = vec![0.0; n * r];
                 layers::rms_norm(&qa, q_a_norm, c.rms_eps, &mut qn);
                 s.matmul(&b.q, &qn, n, &mut q);
             }
-            None => s.matmul(&b.q, &h, n, &mut q),
+            None => s.matmul_many(&[&b.q, &b.kv_a], &h, n, &mut [&mut q, &mut kv]),
         }
-        let w = lora + rope;
-        let mut kv = vec![0.0; n * w]; // [n, kv_lora_rank + qk_rope]
-        s.matmul(&b.kv_a, &h, n, &mut kv);
         let mut latent = vec![0.0; n * w]; // [n, kv_lora_rank | qk_rope]: what the cache stores
         for t in 0..n {
             let (src, dst) = (&kv[t * w..(t + 1) * w], &mut latent[t * w..(t + 1) * w]);
@@ -419,8 +418,7 @@ impl Deepseek2 {
         let swiglu = |gate: &Linear, up: &Linear, down: &Linear, out: &mut [f32]| {
             let mut g = vec![0.0; n * gate.rows]; // [n, n_ff]
             let mut u = vec![0.0; n * up.rows]; // [n, n_ff]
-            s.matmul(gate, &h, n, &mut g);
-            s.matmul(up, &h, n, &mut u);
+            s.matmul_many(&[gate, up], &h, n, &mut [&mut g, &mut u]);
             layers::swiglu(&mut g, &u);
             s.matmul(down, &g, n, out); // [n, n_embd]
         };

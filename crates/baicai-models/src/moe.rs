@@ -213,8 +213,7 @@ impl Experts {
                 }
                 let mut g = vec![0.0; n * ff]; // [n, ff]
                 let mut u = vec![0.0; n * ff]; // [n, ff]
-                store.matmul(gate, &xe, n, &mut g);
-                store.matmul(up, &xe, n, &mut u);
+                store.matmul_many(&[gate, up], &xe, n, &mut [&mut g, &mut u]);
                 layers::swiglu(&mut g, &u);
                 let mut o = vec![0.0; n * d]; // [n, d]
                 store.matmul(down, &g, n, &mut o);

@@ -152,9 +152,7 @@ impl SparseMoe {
         let mut q = vec![0.0; n * c.q_dim()]; // [n, n_head, head_dim]
         let mut k = vec![0.0; n * c.k_dim()]; // [n, n_head_kv, head_dim]
         let mut v = vec![0.0; n * c.v_dim()]; // [n, n_head_kv, head_dim]
-        s.matmul(&b.wq, &h, n, &mut q);
-        s.matmul(&b.wk, &h, n, &mut k);
-        s.matmul(&b.wv, &h, n, &mut v);
+        s.matmul_many(&[&b.wq, &b.wk, &b.wv], &h, n, &mut [&mut q, &mut k, &mut v]);
         if let Some([bq, bk, bv]) = &b.bias {
             layers::add_bias(&mut q, bq);
             layers::add_bias(&mut k, bk);
@@ -200,8 +198,7 @@ impl SparseMoe {
             let w = sh.gate.rows;
             let mut g = vec![0.0; n * w]; // [n, n_ff_shared]
             let mut u = vec![0.0; n * w];
-            s.matmul(&sh.gate, &h, n, &mut g);
-            s.matmul(&sh.up, &h, n, &mut u);
+            s.matmul_many(&[&sh.gate, &sh.up], &h, n, &mut [&mut g, &mut u]);
             layers::swiglu(&mut g, &u);
             s.matmul(&sh.down, &g, n, out); // [n, n_embd]
             if let Some(gi) = &sh.gate_inp {

@@ -335,6 +335,19 @@ impl WeightStore {
         baicai_kernels::matmul(&lin.weight(), x, n_tokens, out);
     }
 
+    /// Several matmuls of one input (q/k/v, gate/up) with one activation quantization and one
+    /// parallel region; each output is bit-identical to [`WeightStore::matmul`]'s.
+    pub fn matmul_many(
+        &self,
+        lins: &[&Linear],
+        x: &[f32],
+        n_tokens: usize,
+        outs: &mut [&mut [f32]],
+    ) {
+        let ws: Vec<Weight<'_>> = lins.iter().map(|l| l.weight()).collect();
+        baicai_kernels::matmul_many(&ws, x, n_tokens, outs);
+    }
+
     /// `out[t, :] = W[r0..r0 + rows] x[t, :]`: a block of rows (one head of a per-head
     /// projection).
     pub fn matmul_rows(
