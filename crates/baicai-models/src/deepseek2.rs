@@ -352,7 +352,7 @@ impl Deepseek2 {
             // As llama.cpp with its default f16 cache: q rounded to f16 for q·k, the softmax
             // probabilities rounded to f16 for p·v.
             let (kc, _) = cache.layer_f16(il, pos0 + n); // [pos0 + n, kv_lora_rank | qk_rope]
-            ol.par_chunks_mut(lora).enumerate().for_each(|(i, o)| {
+            baicai_kernels::for_each_chunk_mut(&mut ol, lora, |i, o| {
                 let t = i / nh;
                 let mut q16 = vec![f16::ZERO; w]; // [kv_lora_rank | qk_rope]
                 q16.convert_from_f32_slice(&qa[i * w..(i + 1) * w]);
@@ -367,7 +367,7 @@ impl Deepseek2 {
             });
         } else {
             let (kc, _) = cache.layer(il, pos0 + n); // [pos0 + n, kv_lora_rank | qk_rope]
-            ol.par_chunks_mut(lora).enumerate().for_each(|(i, o)| {
+            baicai_kernels::for_each_chunk_mut(&mut ol, lora, |i, o| {
                 let t = i / nh;
                 let qv = &qa[i * w..(i + 1) * w];
                 let mut sc: Vec<f32> = (0..pos0 + t + 1)
