@@ -68,7 +68,10 @@ fn check_ctx(model: &dyn baicai_models::CausalLm, ctx: usize) {
 impl SamplingArgs {
     fn params(&self) -> Result<GenerateParams> {
         if self.ctx_size == 0 || self.ctx_size > MAX_CTX {
-            anyhow::bail!("--ctx-size must lie in 1..={MAX_CTX}, got {}", self.ctx_size);
+            anyhow::bail!(
+                "--ctx-size must lie in 1..={MAX_CTX}, got {}",
+                self.ctx_size
+            );
         }
         if !(0.0..=1.0).contains(&self.top_p) || !(0.0..=1.0).contains(&self.min_p) {
             anyhow::bail!("--top-p and --min-p must lie in [0, 1]");

@@ -69,7 +69,11 @@ impl Session {
     /// A session with a context of `n_ctx` tokens.
     pub fn new(model: Arc<dyn CausalLm>, n_ctx: usize) -> Session {
         let cache = model.new_cache(n_ctx);
-        Session { model, cache, tokens: Vec::new() }
+        Session {
+            model,
+            cache,
+            tokens: Vec::new(),
+        }
     }
 
     /// Tokens currently held in the cache.
@@ -99,9 +103,17 @@ impl Session {
             return Err(EngineError::EmptyPrompt);
         }
         if prompt.len() > self.n_ctx() {
-            return Err(EngineError::PromptTooLong { prompt: prompt.len(), n_ctx: self.n_ctx() });
+            return Err(EngineError::PromptTooLong {
+                prompt: prompt.len(),
+                n_ctx: self.n_ctx(),
+            });
         }
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         let reuse = common.min(prompt.len() - 1);
         self.cache.truncate(reuse);
         self.tokens.truncate(reuse);
@@ -118,7 +130,9 @@ impl Session {
     /// # Errors
     /// Context full, model errors.
     pub fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
-        let logits = self.model.forward(&[token], &mut self.cache, Logits::Last)?;
+        let logits = self
+            .model
+            .forward(&[token], &mut self.cache, Logits::Last)?;
         self.tokens.push(token);
         Ok(logits)
     }

@@ -29,10 +29,15 @@ fn root() -> PathBuf {
 fn open(model: &str) -> Option<(Arc<Gguf>, Tokenizer, Value)> {
     let path = root().join("models").join(model);
     if !path.exists() {
-        eprintln!("SKIP: {} missing; run scripts/fetch-models.sh", path.display());
+        eprintln!(
+            "SKIP: {} missing; run scripts/fetch-models.sh",
+            path.display()
+        );
         return None;
     }
-    let fixture = root().join("fixtures/llamacpp").join(model.replace(".gguf", ".json"));
+    let fixture = root()
+        .join("fixtures/llamacpp")
+        .join(model.replace(".gguf", ".json"));
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let gguf = Arc::new(Gguf::open(&path).unwrap());
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
@@ -51,7 +56,12 @@ const TIE_WITHIN_NOISE: f64 = 0.35;
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = logits
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     logits.iter().map(|&x| x as f64 - lse).collect()
 }
 
@@ -68,9 +78,17 @@ fn argmax(v: &[f32]) -> u32 {
 /// Returns the number of steps compared.
 fn check_completion(gguf: &Arc<Gguf>, tok: &Tokenizer, case: &Value) -> usize {
     let prompt_text = case["prompt"].as_str().unwrap();
-    let prompt: Vec<u32> =
-        case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    assert_eq!(tok.encode(prompt_text, true, false), prompt, "prompt ids of {prompt_text:?}");
+    let prompt: Vec<u32> = case["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(
+        tok.encode(prompt_text, true, false),
+        prompt,
+        "prompt ids of {prompt_text:?}"
+    );
     let model: Arc<dyn baicai_models::CausalLm> = baicai_models::load(gguf.clone()).unwrap().into();
     let mut session = Session::new(model, 256);
     let (mut logits, _) = session.prefill(&prompt).unwrap();
@@ -121,7 +139,9 @@ fn check_completion(gguf: &Arc<Gguf>, tok: &Tokenizer, case: &Value) -> usize {
 }
 
 fn check_model(model: &str) {
-    let Some((gguf, tok, fixture)) = open(model) else { return };
+    let Some((gguf, tok, fixture)) = open(model) else {
+        return;
+    };
     let mut total = 0;
     for case in fixture["complete"].as_array().unwrap() {
         total += check_completion(&gguf, &tok, case);

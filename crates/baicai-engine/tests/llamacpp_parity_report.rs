@@ -12,7 +12,12 @@ use serde_json::Value;
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = logits
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     logits.iter().map(|&x| x as f64 - lse).collect()
 }
 
@@ -66,13 +71,20 @@ fn report(model: &str) {
             "{model} prompt {ci}: {} steps, max {max:.4} mean {:.4}; first: {}",
             devs.len(),
             sum / devs.len() as f64,
-            devs.iter().take(8).map(|d| format!("{d:.3}")).collect::<Vec<_>>().join(" ")
+            devs.iter()
+                .take(8)
+                .map(|d| format!("{d:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         all_max = all_max.max(max);
         all_sum += sum;
         all_n += devs.len();
     }
-    eprintln!("{model}: ALL {all_n} steps, max {all_max:.4} mean {:.4}", all_sum / all_n as f64);
+    eprintln!(
+        "{model}: ALL {all_n} steps, max {all_max:.4} mean {:.4}",
+        all_sum / all_n as f64
+    );
 }
 
 #[test]
@@ -102,11 +114,15 @@ fn dump_trace(model: &str, prompt: &[u32]) {
         std::fs::write(format!("{dir}/{name}-{il}.bin"), bytes).unwrap();
     })));
     let mut cache = lm.new_cache(64);
-    lm.forward(prompt, &mut cache, baicai_models::Logits::Last).unwrap();
+    lm.forward(prompt, &mut cache, baicai_models::Logits::Last)
+        .unwrap();
 }
 
 #[test]
 #[ignore = "diagnostic dump, needs TRACE_DIR"]
 fn trace_qwen2_prompt() {
-    dump_trace("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", &[785, 6722, 315, 9625, 374]);
+    dump_trace(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        &[785, 6722, 315, 9625, 374],
+    );
 }

@@ -25,8 +25,12 @@ impl KvCache {
     /// A cache for `n_layer` layers and `capacity` positions.
     pub fn new(n_layer: usize, capacity: usize, k_width: usize, v_width: usize) -> KvCache {
         KvCache {
-            k: (0..n_layer).map(|_| vec![0.0; capacity * k_width]).collect(),
-            v: (0..n_layer).map(|_| vec![0.0; capacity * v_width]).collect(),
+            k: (0..n_layer)
+                .map(|_| vec![0.0; capacity * k_width])
+                .collect(),
+            v: (0..n_layer)
+                .map(|_| vec![0.0; capacity * v_width])
+                .collect(),
             k16: Vec::new(),
             v16: Vec::new(),
             k_width,
@@ -42,8 +46,12 @@ impl KvCache {
         KvCache {
             k: Vec::new(),
             v: Vec::new(),
-            k16: (0..n_layer).map(|_| vec![f16::ZERO; capacity * k_width]).collect(),
-            v16: (0..n_layer).map(|_| vec![f16::ZERO; capacity * v_width]).collect(),
+            k16: (0..n_layer)
+                .map(|_| vec![f16::ZERO; capacity * k_width])
+                .collect(),
+            v16: (0..n_layer)
+                .map(|_| vec![f16::ZERO; capacity * v_width])
+                .collect(),
             k_width,
             v_width,
             len: 0,
@@ -73,7 +81,11 @@ impl KvCache {
 
     /// Bytes per position over all layers.
     pub fn bytes_per_token(&self) -> usize {
-        let (n_layer, size) = if self.is_f16() { (self.k16.len(), 2) } else { (self.k.len(), 4) };
+        let (n_layer, size) = if self.is_f16() {
+            (self.k16.len(), 2)
+        } else {
+            (self.k.len(), 4)
+        };
         n_layer * (self.k_width + self.v_width) * size
     }
 
@@ -88,7 +100,10 @@ impl KvCache {
     /// [`ModelError::ContextFull`] otherwise.
     pub fn reserve(&self, n: usize) -> Result<(), ModelError> {
         if self.len + n > self.capacity {
-            return Err(ModelError::ContextFull { needed: self.len + n, capacity: self.capacity });
+            return Err(ModelError::ContextFull {
+                needed: self.len + n,
+                capacity: self.capacity,
+            });
         }
         Ok(())
     }
@@ -98,8 +113,10 @@ impl KvCache {
     pub fn store(&mut self, il: usize, k: &[f32], v: &[f32]) {
         let n = k.len() / self.k_width;
         let p = self.len;
-        let (kr, vr) =
-            (p * self.k_width..(p + n) * self.k_width, p * self.v_width..(p + n) * self.v_width);
+        let (kr, vr) = (
+            p * self.k_width..(p + n) * self.k_width,
+            p * self.v_width..(p + n) * self.v_width,
+        );
         if self.is_f16() {
             self.k16[il][kr].convert_from_f32_slice(k);
             self.v16[il][vr].convert_from_f32_slice(v);
@@ -115,7 +132,10 @@ impl KvCache {
     /// If the cache stores f16 (use [`KvCache::layer_f16`]).
     pub fn layer(&self, il: usize, end: usize) -> (&[f32], &[f32]) {
         assert!(!self.is_f16(), "f16 KV cache read as f32");
-        (&self.k[il][..end * self.k_width], &self.v[il][..end * self.v_width])
+        (
+            &self.k[il][..end * self.k_width],
+            &self.v[il][..end * self.v_width],
+        )
     }
 
     /// Keys and values of layer `il` for positions `0..end` of an f16 cache.
@@ -124,7 +144,10 @@ impl KvCache {
     /// If the cache stores f32 (use [`KvCache::layer`]).
     pub fn layer_f16(&self, il: usize, end: usize) -> (&[f16], &[f16]) {
         assert!(self.is_f16(), "f32 KV cache read as f16");
-        (&self.k16[il][..end * self.k_width], &self.v16[il][..end * self.v_width])
+        (
+            &self.k16[il][..end * self.k_width],
+            &self.v16[il][..end * self.v_width],
+        )
     }
 
     /// Marks `n` more positions as filled (after every layer stored them).

@@ -18,8 +18,11 @@ impl Rng {
 
 fn setup(n_ctx: usize, n_head_kv: usize, d: usize) -> (Vec<f32>, Vec<f32>, Vec<f16>, Vec<f16>) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut r =
-        |n: usize| -> Vec<f32> { (0..n).map(|_| f16::from_f32(rng.next(2.0)).to_f32()).collect() };
+    let mut r = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| f16::from_f32(rng.next(2.0)).to_f32())
+            .collect()
+    };
     let k = r(n_ctx * n_head_kv * d);
     let v = r(n_ctx * n_head_kv * d);
     let k16 = k.iter().map(|&x| f16::from_f32(x)).collect();
@@ -46,7 +49,11 @@ fn f16_attention_matches_f32_attention() {
         let (mut a, mut b) = (vec![0.0; n * n_head * d], vec![0.0; n * n_head * d]);
         attention(&q, &k, &v, p, &mut a);
         attention_f16(&q, &k16, &v16, p, &mut b);
-        let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let max = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         assert!(max < 5e-3, "window {window:?}: max |Δ| {max}");
     }
 }

@@ -13,13 +13,18 @@ use serde_json::Value;
 fn llama_gguf_matches_transformers() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/dense/llama");
     let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
     let g = Arc::new(baicai_gguf::Gguf::open(&dir.join("model-f32.gguf")).unwrap());
     let m = baicai_models::load(g).unwrap();
     let vocab = m.config().n_vocab;
     for (pi, p) in reference["prompts"].as_array().unwrap().iter().enumerate() {
-        let ids: Vec<u32> =
-            p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = p["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let mut cache = m.new_cache(128);
         let logits = m.forward(&ids, &mut cache, Logits::All).unwrap();
         let mut worst = 0f32;
@@ -28,19 +33,37 @@ fn llama_gguf_matches_transformers() {
                 worst = worst.max((logits[t * vocab + i] - r.as_f64().unwrap() as f32).abs());
             }
         }
-        eprintln!("llama prompt {pi} ({} tokens): max |Δlogit| {worst:.2e}", ids.len());
-        assert!(worst < 1e-2, "llama prompt {pi}: a logit differs by {worst} from transformers");
-        let expected: Vec<u32> =
-            p["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let margins: Vec<f64> =
-            p["greedy_margins"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let argmax = |v: &[f32]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32;
+        eprintln!(
+            "llama prompt {pi} ({} tokens): max |Δlogit| {worst:.2e}",
+            ids.len()
+        );
+        assert!(
+            worst < 1e-2,
+            "llama prompt {pi}: a logit differs by {worst} from transformers"
+        );
+        let expected: Vec<u32> = p["greedy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let margins: Vec<f64> = p["greedy_margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let argmax =
+            |v: &[f32]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32;
         let mut next = argmax(&logits[(ids.len() - 1) * vocab..]);
         for (step, (&e, &margin)) in expected.iter().zip(&margins).enumerate() {
             if margin < 2e-2 {
                 break; // a tie within the f16 cache's rounding
             }
-            assert_eq!(next, e, "llama prompt {pi} step {step}: greedy token differs from transformers");
+            assert_eq!(
+                next, e,
+                "llama prompt {pi} step {step}: greedy token differs from transformers"
+            );
             next = argmax(&m.forward(&[next], &mut cache, Logits::Last).unwrap());
         }
     }
