@@ -65,6 +65,16 @@ pub fn dot_fn(dtype: DType, isa: Isa) -> DotFn {
     }
 }
 
+/// The register-tiled kernels for weights of `dtype` on `isa`, where the format has them; each
+/// element is bit-identical to [`dot_fn`]'s.
+pub fn tile_fns(dtype: DType, isa: Isa) -> Option<legacy::TileFns> {
+    if is_legacy(dtype) {
+        legacy::tile_fns(dtype, isa)
+    } else {
+        kquants::tile_fns(dtype, isa)
+    }
+}
+
 fn best_isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(Isa::detect)

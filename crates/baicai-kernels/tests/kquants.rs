@@ -164,6 +164,60 @@ fn avx2_dot_products_match_scalar_references() {
 }
 
 #[test]
+fn register_tiles_equal_the_dot_product_bit_for_bit() {
+    use baicai_kernels::dispatch::tile_fns;
+    use baicai_kernels::quant::legacy::{DECODE_ROWS, TILE_ROWS, TILE_TOKENS};
+    if !avx2() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(0x711e);
+    for dtype in WEIGHT_TYPES {
+        let Some(tiles) = tile_fns(dtype, Isa::Avx2) else {
+            continue;
+        };
+        let dot = dot_fn(dtype, Isa::Avx2);
+        for n in LENGTHS {
+            let w: Vec<Vec<u8>> = (0..DECODE_ROWS)
+                .map(|_| random_weights(&mut rng, dtype, n))
+                .collect();
+            // Raw activations too: -128 must not saturate differently in a tile.
+            let a: Vec<Vec<u8>> = (0..TILE_TOKENS)
+                .map(|t| match t % 2 {
+                    0 => quantize_q8k(&random_activations(&mut rng, n)),
+                    _ => raw_q8k(&mut rng, n),
+                })
+                .collect();
+            let rows = (tiles.rows)(n, std::array::from_fn(|r| &w[r][..]), &a[0]);
+            for (r, &v) in rows.iter().enumerate() {
+                let want = dot(n, &w[r], &a[0]);
+                assert_eq!(
+                    v.to_bits(),
+                    want.to_bits(),
+                    "{} n={n} rows[{r}]: {v} vs {want}",
+                    dtype.name()
+                );
+            }
+            let tile = (tiles.tile)(
+                n,
+                std::array::from_fn(|r| &w[r][..]),
+                std::array::from_fn(|t| &a[t][..]),
+            );
+            for (r, row) in tile.iter().enumerate().take(TILE_ROWS) {
+                for (t, &v) in row.iter().enumerate() {
+                    let want = dot(n, &w[r], &a[t]);
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "{} n={n} tile[{r}][{t}]: {v} vs {want}",
+                        dtype.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn scalar_dot_products_equal_f64_sum_of_dequantized_values() {
     let mut rng = StdRng::seed_from_u64(2);
     for dtype in WEIGHT_TYPES {

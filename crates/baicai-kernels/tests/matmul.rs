@@ -39,7 +39,8 @@ fn random_weights(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) -> V
         _ => {
             rng.fill(&mut bytes[..]);
             let fields: &[usize] = match dtype {
-                DType::Q4_1 | DType::Q5_1 | DType::Q8_1 => &[0, 2],
+                DType::Q4_1 | DType::Q5_1 | DType::Q8_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+                DType::Q6_K => &[208],
                 _ => &[0],
             };
             for block in bytes.chunks_exact_mut(dtype.block_bytes()) {
@@ -131,11 +132,22 @@ fn matmul_matches_naive_f64_reference() {
     }
 }
 
+/// Shapes for the batch-invariance tests: row counts off the tile sizes, token counts below,
+/// at and across the task and tile sizes.
+fn invariance_cases() -> impl Iterator<Item = (DType, usize, usize, usize)> {
+    let legacy = types().flat_map(|t| [(t, 70, 128, 7), (t, 40, 96, 130)]);
+    // The K-quants with register tiles (Q4_K, Q6_K) and one without (Q5_K).
+    let k = [DType::Q4_K, DType::Q6_K, DType::Q5_K]
+        .into_iter()
+        .flat_map(|t| [(t, 70, 512, 7), (t, 37, 256, 130)]);
+    legacy.chain(k)
+}
+
 #[test]
 fn matmul_is_batch_invariant_bit_for_bit() {
     let mut rng = StdRng::seed_from_u64(0xba7c);
-    for dtype in types() {
-        for &(rows, cols, n_tokens) in &[(70, 128, 7), (40, 96, 130)] {
+    for (dtype, rows, cols, n_tokens) in invariance_cases() {
+        {
             let (data, x) = case(&mut rng, dtype, rows, cols, n_tokens);
             let w = Weight {
                 dtype,
@@ -214,7 +226,13 @@ fn matmul_many_equals_separate_matmuls_bit_for_bit() {
 fn matmul_is_independent_of_thread_count() {
     let mut rng = StdRng::seed_from_u64(0x7d);
     let (rows, cols, n_tokens) = (200, 256, 9);
-    for dtype in [DType::Q5_0, DType::Q8_0, DType::F16] {
+    for dtype in [
+        DType::Q5_0,
+        DType::Q8_0,
+        DType::F16,
+        DType::Q4_K,
+        DType::Q6_K,
+    ] {
         let (data, x) = case(&mut rng, dtype, rows, cols, n_tokens);
         let w = Weight {
             dtype,

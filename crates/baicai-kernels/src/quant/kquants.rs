@@ -15,6 +15,7 @@ use half::f16;
 
 use crate::dispatch::{DequantFn, DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK_K};
+use crate::quant::legacy::TileFns;
 use crate::quant::tables::KVALUES_IQ4NL;
 
 /// Reads a little-endian IEEE half.
@@ -803,4 +804,20 @@ pub fn dot_fn(dtype: DType, isa: Isa) -> DotFn {
         DType::IQ4_XS => dot_iq4xs_q8k,
         _ => panic!("no dot product for {} weights", dtype.name()),
     }
+}
+
+/// The register-tiled kernels for K-quant weights of `dtype` on `isa`, where there are (AVX2:
+/// Q4_K, Q6_K); each element is bit-identical to [`dot_fn`]'s. Otherwise use [`dot_fn`] per
+/// element.
+///
+/// # Panics
+/// If `isa` is AVX2 on a CPU without it.
+pub fn tile_fns(dtype: DType, isa: Isa) -> Option<TileFns> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        check_avx2();
+        return crate::simd::avx2_kquants::tile_fns(dtype);
+    }
+    let _ = (dtype, isa);
+    None
 }

@@ -14,11 +14,12 @@
 
 use core::arch::x86_64::*;
 
-use crate::dtype::QK_K;
+use crate::dtype::{DType, QK_K};
 use crate::quant::kquants::{
     finish_q8k, q8k_dst, row_blocks, scales_mins_k4, scales_q3k, BlockIq4Xs, BlockQ2K, BlockQ3K,
     BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
 };
+use crate::quant::legacy::{TileFns, TILE_ROWS, TILE_TOKENS};
 use crate::quant::tables::KVALUES_IQ4NL;
 
 /// Loads 32 bytes from the start of `s`.
@@ -109,22 +110,11 @@ fn bcast_i16(k: usize) -> __m256i {
     _mm256_set1_epi16((((2 * k + 1) << 8) | (2 * k)) as i16)
 }
 
-/// `dmin * Σ_j min_j * (bsum_2j + bsum_2j+1)` lanes for Q4_K/Q5_K, added to `acc`.
+/// The eight 6-bit Q4_K/Q5_K mins as i16 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn mins_k4(acc: __m128, dmin: f32, mins: [u8; 8], y: &BlockQ8K) -> __m128 {
-    let mn = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(mins)));
-    let bs = ld_bsums(y);
-    // Pairs of 16-sums are sums over sub-blocks of 32; each fits i16 (≤ 32 * 128).
-    let bs32 = _mm_hadd_epi16(
-        _mm256_castsi256_si128(bs),
-        _mm256_extracti128_si256::<1>(bs),
-    );
-    _mm_fmadd_ps(
-        _mm_set1_ps(dmin),
-        _mm_cvtepi32_ps(_mm_madd_epi16(mn, bs32)),
-        acc,
-    )
+fn mins_k4(mins: [u8; 8]) -> __m128i {
+    _mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(mins)))
 }
 
 /// The eight 6-bit Q4_K/Q5_K scales as i16, in both 128-bit lanes (for [`bcast_i16`]).
@@ -134,35 +124,110 @@ fn scales_k4(sc: [u8; 8]) -> __m256i {
     _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(sc))))
 }
 
-/// Dot product of Q4_K weights with Q8_K activations.
+/// The 16-value `bsums` of a Q8_K block summed in pairs: sums over the 32-value sub-blocks of
+/// Q4_K/Q5_K, as i16 (each fits: ≤ 32 × 128).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bsums32(y: &BlockQ8K) -> __m128i {
+    let bs = ld_bsums(y);
+    _mm_hadd_epi16(
+        _mm256_castsi256_si128(bs),
+        _mm256_extracti128_si256::<1>(bs),
+    )
+}
+
+/// `acc + dmin * Σ_j min_j * bsum32_j` lanes for Q4_K/Q5_K (`mins` widened to i16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fma_mins(acc: __m128, dmin: f32, mins: __m128i, bs32: __m128i) -> __m128 {
+    _mm_fmadd_ps(
+        _mm_set1_ps(dmin),
+        _mm_cvtepi32_ps(_mm_madd_epi16(mins, bs32)),
+        acc,
+    )
+}
+
+/// Dot products of `R` Q4_K weight rows with `T` Q8_K activation rows: a register tile that
+/// unpacks each weight block's scales and nibbles once for `T` tokens and reads each activation
+/// block once per row from L1.
+///
+/// Every element is reduced as the 1×1 tile ([`dot_q4k_q8k_avx2`]) reduces it, whatever `R` and
+/// `T`: per super-block the exact i32 lane sums `Σ_c madd(maddubs(levels, a), scales)`, then
+/// `acc = fma(d_w * d_a, sums, acc)` and `acc_m = fma(dmin_w * d_a, madd(mins, bsums), acc_m)` in
+/// block order, and `hsum(acc) - hsum(acc_m)` at the end. Integer sums are exact, so only the float
+/// operations fix the result, and they are the same per element. Rows hold `nb = w[0].len()`
+/// blocks.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If a row holds fewer than `w[0].len()` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_q4k_q8k_avx2<const R: usize, const T: usize>(
+    w: [&[BlockQ4K]; R],
+    a: [&[BlockQ8K]; T],
+) -> [[f32; T]; R] {
+    let nb = w[0].len();
+    assert!(w.iter().all(|w| w.len() >= nb) && a.iter().all(|a| a.len() >= nb));
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut acc_m = [[_mm_setzero_ps(); T]; R];
+    for b in 0..nb {
+        // SAFETY: `b < nb` and every row holds `nb` blocks (asserted above).
+        let x = w.map(|w| unsafe { w.get_unchecked(b) });
+        // SAFETY: as above.
+        let y = a.map(|a| unsafe { a.get_unchecked(b) });
+        let dy = y.map(|y| y.d());
+        let bs32 = y.map(|y| bsums32(y));
+        let mut sc = [_mm256_setzero_si256(); R];
+        for r in 0..R {
+            let (s, m) = scales_mins_k4(&x[r].scales);
+            let mins = mins_k4(m);
+            let dmin = f16_to_f32(x[r].dmin);
+            for t in 0..T {
+                acc_m[r][t] = fma_mins(acc_m[r][t], dmin * dy[t], mins, bs32[t]);
+            }
+            sc[r] = scales_k4(s);
+        }
+        let mut sumi = [[_mm256_setzero_si256(); T]; R];
+        for c in 0..4 {
+            for r in 0..R {
+                let q = ld_u8(&x[r].qs[32 * c..]);
+                let lo = _mm256_and_si256(q, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                let sc_lo = _mm256_shuffle_epi8(sc[r], bcast_i16(2 * c));
+                let sc_hi = _mm256_shuffle_epi8(sc[r], bcast_i16(2 * c + 1));
+                for t in 0..T {
+                    let p_lo = _mm256_maddubs_epi16(lo, ld_i8(&y[t].qs[64 * c..]));
+                    let p_hi = _mm256_maddubs_epi16(hi, ld_i8(&y[t].qs[64 * c + 32..]));
+                    let s = _mm256_add_epi32(
+                        _mm256_madd_epi16(p_lo, sc_lo),
+                        _mm256_madd_epi16(p_hi, sc_hi),
+                    );
+                    sumi[r][t] = _mm256_add_epi32(sumi[r][t], s);
+                }
+            }
+        }
+        for r in 0..R {
+            let dx = f16_to_f32(x[r].d);
+            for t in 0..T {
+                let d = _mm256_set1_ps(dx * dy[t]);
+                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+            }
+        }
+    }
+    std::array::from_fn(|r| std::array::from_fn(|t| hsum_ps(acc[r][t]) - hsum_ps128(acc_m[r][t])))
+}
+
+/// Dot product of Q4_K weights with Q8_K activations: the 1×1 [`tile_q4k_q8k_avx2`].
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4k_q8k_avx2(xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = _mm_setzero_ps();
-    for (x, y) in xs.iter().zip(ys) {
-        let dy = y.d();
-        let (sc, mn) = scales_mins_k4(&x.scales);
-        acc_m = mins_k4(acc_m, f16_to_f32(x.dmin) * dy, mn, y);
-        let sc = scales_k4(sc);
-        let mut sumi = _mm256_setzero_si256();
-        for c in 0..4 {
-            let q = ld_u8(&x.qs[32 * c..]);
-            let lo = _mm256_and_si256(q, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-            let p_lo = _mm256_maddubs_epi16(lo, ld_i8(&y.qs[64 * c..]));
-            let p_hi = _mm256_maddubs_epi16(hi, ld_i8(&y.qs[64 * c + 32..]));
-            let s_lo = _mm256_madd_epi16(p_lo, _mm256_shuffle_epi8(sc, bcast_i16(2 * c)));
-            let s_hi = _mm256_madd_epi16(p_hi, _mm256_shuffle_epi8(sc, bcast_i16(2 * c + 1)));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(s_lo, s_hi));
-        }
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * dy);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_ps(acc) - hsum_ps128(acc_m)
+    tile_q4k_q8k_avx2::<1, 1>([xs], [ys])[0][0]
 }
 
 /// Dot product of Q5_K weights with Q8_K activations.
@@ -178,7 +243,7 @@ pub unsafe fn dot_q5k_q8k_avx2(xs: &[BlockQ5K], ys: &[BlockQ8K]) -> f32 {
     for (x, y) in xs.iter().zip(ys) {
         let dy = y.d();
         let (sc, mn) = scales_mins_k4(&x.scales);
-        acc_m = mins_k4(acc_m, f16_to_f32(x.dmin) * dy, mn, y);
+        acc_m = fma_mins(acc_m, f16_to_f32(x.dmin) * dy, mins_k4(mn), bsums32(y));
         let sc = scales_k4(sc);
         // Sub-block j takes its fifth bit from bit j of `qh`; shift two bits out per chunk
         // (16-bit shifts only pull neighbouring bits into the top of each byte, never bit 0/1).
@@ -203,53 +268,95 @@ pub unsafe fn dot_q5k_q8k_avx2(xs: &[BlockQ5K], ys: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) - hsum_ps128(acc_m)
 }
 
-/// Dot product of Q6_K weights with Q8_K activations.
+/// Dot products of `R` Q6_K weight rows with `T` Q8_K activation rows, as
+/// [`tile_q4k_q8k_avx2`] does for Q4_K: each weight block's levels and scales unpacked once for
+/// `T` tokens, every element reduced as the 1×1 tile ([`dot_q6k_q8k_avx2`]) reduces it (exact i32
+/// lane sums per super-block, one FMA per block in block order, a fixed horizontal sum). Rows hold
+/// `nb = w[0].len()` blocks.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If a row holds fewer than `w[0].len()` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_q6k_q8k_avx2<const R: usize, const T: usize>(
+    w: [&[BlockQ6K]; R],
+    a: [&[BlockQ8K]; T],
+) -> [[f32; T]; R] {
+    let nb = w[0].len();
+    assert!(w.iter().all(|w| w.len() >= nb) && a.iter().all(|a| a.len() >= nb));
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m30 = _mm256_set1_epi8(0x30);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for b in 0..nb {
+        // SAFETY: `b < nb` and every row holds `nb` blocks (asserted above).
+        let x = w.map(|w| unsafe { w.get_unchecked(b) });
+        // SAFETY: as above.
+        let y = a.map(|a| unsafe { a.get_unchecked(b) });
+        let sc = x.map(|x| ld128(&x.scales));
+        // Levels are stored +32; subtract 32 * Σ_j sc_j * bsum_j once per block.
+        let mut sumi = [[_mm256_setzero_si256(); T]; R];
+        for r in 0..R {
+            let sc16 = _mm256_cvtepi8_epi16(sc[r]);
+            for t in 0..T {
+                let offset = _mm256_madd_epi16(sc16, ld_bsums(y[t]));
+                sumi[r][t] = _mm256_sub_epi32(sumi[r][t], _mm256_slli_epi32::<5>(offset));
+            }
+        }
+        for h in 0..2 {
+            for r in 0..R {
+                let ql0 = ld_u8(&x[r].ql[64 * h..]);
+                let ql1 = ld_u8(&x[r].ql[64 * h + 32..]);
+                let qh = ld_u8(&x[r].qh[32 * h..]);
+                // Bits 2k..2k+2 of qh become bits 4..6 of level k.
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                    ),
+                ];
+                for (k, q) in q.into_iter().enumerate() {
+                    let c = 4 * h + k;
+                    let s = scale_pair(sc[r], c);
+                    for t in 0..T {
+                        let p = _mm256_maddubs_epi16(q, ld_i8(&y[t].qs[32 * c..]));
+                        sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_madd_epi16(p, s));
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            let dx = f16_to_f32(x[r].d);
+            for t in 0..T {
+                let d = _mm256_set1_ps(dx * y[t].d());
+                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+            }
+        }
+    }
+    acc.map(|row| row.map(|v| hsum_ps(v)))
+}
+
+/// Dot product of Q6_K weights with Q8_K activations: the 1×1 [`tile_q6k_q8k_avx2`].
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q6k_q8k_avx2(xs: &[BlockQ6K], ys: &[BlockQ8K]) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m30 = _mm256_set1_epi8(0x30);
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in xs.iter().zip(ys) {
-        let sc = ld128(&x.scales);
-        // Levels are stored +32; subtract 32 * Σ_j sc_j * bsum_j once per block.
-        let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), ld_bsums(y));
-        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset));
-        for h in 0..2 {
-            let ql0 = ld_u8(&x.ql[64 * h..]);
-            let ql1 = ld_u8(&x.ql[64 * h + 32..]);
-            let qh = ld_u8(&x.qh[32 * h..]);
-            // Bits 2k..2k+2 of qh become bits 4..6 of level k.
-            let q = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, m4),
-                    _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                    _mm256_and_si256(qh, m30),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
-                ),
-            ];
-            for (k, q) in q.into_iter().enumerate() {
-                let c = 4 * h + k;
-                let p = _mm256_maddubs_epi16(q, ld_i8(&y.qs[32 * c..]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc, c)));
-            }
-        }
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * y.d());
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_ps(acc)
+    tile_q6k_q8k_avx2::<1, 1>([xs], [ys])[0][0]
 }
 
 /// Dot product of Q3_K weights with Q8_K activations.
@@ -422,6 +529,44 @@ safe_dot!(dot_q4k_q8k, dot_q4k_q8k_avx2, BlockQ4K);
 safe_dot!(dot_q5k_q8k, dot_q5k_q8k_avx2, BlockQ5K);
 safe_dot!(dot_q6k_q8k, dot_q6k_q8k_avx2, BlockQ6K);
 safe_dot!(dot_iq4xs_q8k, dot_iq4xs_q8k_avx2, BlockIq4Xs);
+
+macro_rules! safe_tile {
+    ($name:ident, $kernel:ident, $block:ty) => {
+        /// Safe wrapper over the AVX2 tile of the same name, with the row checks of the scalar
+        /// reference. Only handed out by `kquants::tile_fns` on CPUs with AVX2.
+        fn $name<const R: usize, const T: usize>(
+            n: usize,
+            w: [&[u8]; R],
+            a: [&[u8]; T],
+        ) -> [[f32; T]; R] {
+            let w = w.map(|w| row_blocks::<$block>(w, n));
+            let a = a.map(|a| row_blocks::<BlockQ8K>(a, n));
+            // SAFETY: `kquants::tile_fns` returns this function only after checking that the
+            // CPU supports AVX2, FMA and F16C.
+            unsafe { $kernel::<R, T>(w, a) }
+        }
+    };
+}
+
+safe_tile!(tile_q4k, tile_q4k_q8k_avx2, BlockQ4K);
+safe_tile!(tile_q6k, tile_q6k_q8k_avx2, BlockQ6K);
+
+/// The register-tiled kernels for K-quant weights of `dtype`, where there are (Q4_K, Q6_K).
+/// Decode takes its rows one at a time: a [`crate::quant::legacy::DECODE_ROWS`] × 1 tile made the matmuls of a Qwen2.5
+/// decode step 20% slower (15.4 -> 18.4 ms, `bench_decode`), where legacy formats gain from it.
+pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
+    Some(match dtype {
+        DType::Q4_K => TileFns {
+            rows: |n, w, a| w.map(|w| tile_q4k::<1, 1>(n, [w], [a])[0][0]),
+            tile: tile_q4k::<TILE_ROWS, TILE_TOKENS>,
+        },
+        DType::Q6_K => TileFns {
+            rows: |n, w, a| w.map(|w| tile_q6k::<1, 1>(n, [w], [a])[0][0]),
+            tile: tile_q6k::<TILE_ROWS, TILE_TOKENS>,
+        },
+        _ => return None,
+    })
+}
 
 /// Safe wrapper over [`quantize_row_q8k_avx2`] with the checks of the scalar quantizer. Only
 /// handed out by `kquants::quant_fn` on CPUs with AVX2.
