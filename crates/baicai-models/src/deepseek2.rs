@@ -140,6 +140,72 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
+/// The cached latents of one layer, `[pos, kv_lora_rank | qk_rope]`.
+enum Latents<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+/// Absorbed attention over the latent cache, for one token and any number of heads.
+struct LatentAttention<'a> {
+    rows: Latents<'a>,
+    width: usize,
+    lora: usize,
+    scale: f32,
+    /// With an f16 cache, q and the probabilities are rounded to f16 as llama.cpp does.
+    half: bool,
+}
+
+impl LatentAttention<'_> {
+    /// Latent row `j` as f32 (`buf` holds the conversion of an f16 row).
+    fn row<'b>(&'b self, j: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        let w = self.width;
+        match self.rows {
+            Latents::F32(r) => &r[j * w..(j + 1) * w],
+            Latents::F16(r) => {
+                r[j * w..(j + 1) * w].convert_to_f32_slice(buf);
+                buf
+            }
+        }
+    }
+
+    /// `q`: `[heads, width]` absorbed queries of one token seeing `len` positions; writes
+    /// `out`: `[heads, kv_lora_rank]`. Each head's result depends only on its own query, so it is
+    /// the same whether heads are grouped per token (prefill) or run one by one (decode).
+    fn attend(&self, q: &[f32], len: usize, out: &mut [f32]) {
+        let (w, lora) = (self.width, self.lora);
+        let heads = q.len() / w;
+        let mut q = q.to_vec(); // [heads, width]
+        if self.half {
+            q.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+        }
+        let mut buf = vec![0f32; w];
+        let mut sc = vec![0f32; heads * len]; // [heads, len]
+        for j in 0..len {
+            let k = self.row(j, &mut buf);
+            for h in 0..heads {
+                sc[h * len + j] = dot(&q[h * w..(h + 1) * w], k) * self.scale;
+            }
+        }
+        for p in sc.chunks_exact_mut(len) {
+            attention::softmax_inplace(p);
+            if self.half {
+                p.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+            }
+        }
+        out.fill(0.0);
+        for j in 0..len {
+            let c = &self.row(j, &mut buf)[..lora];
+            for h in 0..heads {
+                let p = sc[h * len + j];
+                for (o, &cv) in out[h * lora..(h + 1) * lora].iter_mut().zip(c) {
+                    *o += p * cv;
+                }
+            }
+        }
+    }
+}
+
 /// A DeepSeek-V2/V3 model.
 pub struct Deepseek2 {
     store: WeightStore,
@@ -347,45 +413,27 @@ impl Deepseek2 {
             }
         }
         let mut ol = vec![0.0; n * nh * lora]; // [n, n_head, kv_lora_rank]
-        let scale = self.kq_scale;
-        if cache.is_f16() {
-            // As llama.cpp with its default f16 cache: q rounded to f16 for q·k, the softmax
-            // probabilities rounded to f16 for p·v.
-            let (kc, _) = cache.layer_f16(il, pos0 + n); // [pos0 + n, kv_lora_rank | qk_rope]
-            baicai_kernels::for_each_chunk_mut(&mut ol, lora, |i, o| {
-                let t = i / nh;
-                let mut q16 = vec![f16::ZERO; w]; // [kv_lora_rank | qk_rope]
-                q16.convert_from_f32_slice(&qa[i * w..(i + 1) * w]);
-                let mut sc: Vec<f32> = (0..pos0 + t + 1)
-                    .map(|j| attention::dot_f16(&q16, &kc[j * w..(j + 1) * w]) * scale)
-                    .collect();
-                attention::softmax_inplace(&mut sc);
-                o.fill(0.0);
-                for (j, &p) in sc.iter().enumerate() {
-                    attention::axpy_f16(o, f16::from_f32(p).to_f32(), &kc[j * w..j * w + lora]);
-                }
+        let (half, rows) = if cache.is_f16() {
+            (true, Latents::F16(cache.layer_f16(il, pos0 + n).0))
+        } else {
+            (false, Latents::F32(cache.layer(il, pos0 + n).0))
+        };
+        let att = LatentAttention {
+            rows,
+            width: w,
+            lora,
+            scale: self.kq_scale,
+            half,
+        };
+        if n == 1 {
+            // Decode: heads in parallel.
+            baicai_kernels::for_each_chunk_mut(&mut ol, lora, |h, o| {
+                att.attend(&qa[h * w..(h + 1) * w], pos0 + 1, o)
             });
         } else {
-            let (kc, _) = cache.layer(il, pos0 + n); // [pos0 + n, kv_lora_rank | qk_rope]
-            baicai_kernels::for_each_chunk_mut(&mut ol, lora, |i, o| {
-                let t = i / nh;
-                let qv = &qa[i * w..(i + 1) * w];
-                let mut sc: Vec<f32> = (0..pos0 + t + 1)
-                    .map(|j| dot(qv, &kc[j * w..(j + 1) * w]) * scale)
-                    .collect();
-                let max = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for v in sc.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                o.fill(0.0);
-                for (j, p) in sc.iter().enumerate() {
-                    let p = p / sum;
-                    for (oo, &cv) in o.iter_mut().zip(&kc[j * w..j * w + lora]) {
-                        *oo += p * cv;
-                    }
-                }
+            // Prefill: tokens in parallel, each latent row read once for all heads.
+            baicai_kernels::for_each_chunk_mut(&mut ol, nh * lora, |t, o| {
+                att.attend(&qa[t * nh * w..(t + 1) * nh * w], pos0 + t + 1, o)
             });
         }
         let mut o = vec![0.0; n * nh * vd]; // [n, n_head, v_head_dim]

@@ -290,3 +290,33 @@ fn deepseek_v3_half_precision_checkpoints_stay_close() {
         std::fs::remove_dir_all(&dst).ok();
     }
 }
+
+/// Batch invariance (DESIGN.md): a prompt run as one batch and token by token gives bit-identical
+/// logits at every position, with the f32 and the f16 latent cache.
+#[test]
+fn deepseek_v3_batch_and_stepwise_logits_are_bit_identical() {
+    let dir = fixtures().join("deepseek-v3");
+    let (m, _) = baicai_models::load_hf(&dir).unwrap();
+    let c = m.config();
+    let (vocab, width) = (c.n_vocab, c.mla.as_ref().unwrap().cache_width());
+    let ids: Vec<u32> = (0..11).map(|i| (i * 37 % 300 + 3) as u32).collect();
+    for half in [false, true] {
+        let new = || {
+            if half {
+                baicai_models::KvCache::new_f16(c.n_layer, 32, width, 0)
+            } else {
+                baicai_models::KvCache::new(c.n_layer, 32, width, 0)
+            }
+        };
+        let mut batch_cache = new();
+        let batch = m.forward(&ids, &mut batch_cache, Logits::All).unwrap();
+        let mut step_cache = new();
+        for (t, &id) in ids.iter().enumerate() {
+            let step = m.forward(&[id], &mut step_cache, Logits::Last).unwrap();
+            assert!(
+                step == batch[t * vocab..(t + 1) * vocab],
+                "f16 cache {half}: position {t} differs between batch and stepwise"
+            );
+        }
+    }
+}
