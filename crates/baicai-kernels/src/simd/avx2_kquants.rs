@@ -180,7 +180,12 @@ pub unsafe fn tile_q4k_q8k_avx2<const R: usize, const T: usize>(
         // SAFETY: as above.
         let y = a.map(|a| unsafe { a.get_unchecked(b) });
         let dy = y.map(|y| y.d());
-        let bs32 = y.map(|y| bsums32(y));
+        // Loops, not `map`: a closure does not inherit `target_feature`, so it would call the
+        // intrinsics' wrappers out of line.
+        let mut bs32 = [_mm_setzero_si128(); T];
+        for t in 0..T {
+            bs32[t] = bsums32(y[t]);
+        }
         let mut sc = [_mm256_setzero_si256(); R];
         for r in 0..R {
             let (s, m) = scales_mins_k4(&x[r].scales);
@@ -218,7 +223,13 @@ pub unsafe fn tile_q4k_q8k_avx2<const R: usize, const T: usize>(
             }
         }
     }
-    std::array::from_fn(|r| std::array::from_fn(|t| hsum_ps(acc[r][t]) - hsum_ps128(acc_m[r][t])))
+    let mut out = [[0.0; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum_ps(acc[r][t]) - hsum_ps128(acc_m[r][t]);
+        }
+    }
+    out
 }
 
 /// Dot product of Q4_K weights with Q8_K activations: the 1×1 [`tile_q4k_q8k_avx2`].
@@ -295,7 +306,10 @@ pub unsafe fn tile_q6k_q8k_avx2<const R: usize, const T: usize>(
         let x = w.map(|w| unsafe { w.get_unchecked(b) });
         // SAFETY: as above.
         let y = a.map(|a| unsafe { a.get_unchecked(b) });
-        let sc = x.map(|x| ld128(&x.scales));
+        let mut sc = [_mm_setzero_si128(); R];
+        for r in 0..R {
+            sc[r] = ld128(&x[r].scales);
+        }
         // Levels are stored +32; subtract 32 * Σ_j sc_j * bsum_j once per block.
         let mut sumi = [[_mm256_setzero_si256(); T]; R];
         for r in 0..R {
@@ -347,7 +361,13 @@ pub unsafe fn tile_q6k_q8k_avx2<const R: usize, const T: usize>(
             }
         }
     }
-    acc.map(|row| row.map(|v| hsum_ps(v)))
+    let mut out = [[0.0; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum_ps(acc[r][t]);
+        }
+    }
+    out
 }
 
 /// Dot product of Q6_K weights with Q8_K activations: the 1×1 [`tile_q6k_q8k_avx2`].
