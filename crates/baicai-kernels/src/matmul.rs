@@ -314,8 +314,9 @@ impl Mat<'_> {
         }
     }
 
-    /// Calls `put(r, t, value)` for every element of rows `rows` × tokens `tokens`: whole
-    /// [`TILE_TOKENS`] groups of tokens in [`TILE_ROWS`] × [`TILE_TOKENS`] register tiles, the
+    /// Calls `put(r, t, value)` for every element of rows `rows` × tokens `tokens` (at most
+    /// [`TASK_TOKENS`] of them): whole [`TILE_TOKENS`] groups of tokens in [`TILE_ROWS`] ×
+    /// [`TILE_TOKENS`] register tiles, one strip call per pair of rows, the
     /// tokens left over (all of them when there are few) a token at a time through
     /// [`Mat::rows`], the rows left over element by element.
     fn block(
@@ -328,11 +329,14 @@ impl Mat<'_> {
         if let Some(tiles) = self.tiles {
             r_end += (rows.len() / TILE_ROWS) * TILE_ROWS;
             t_end += (tokens.len() / TILE_TOKENS) * TILE_TOKENS;
+            let mut buf = [[[0.0; TILE_TOKENS]; TILE_ROWS]; TASK_TOKENS / TILE_TOKENS];
+            let groups = &mut buf[..(t_end - tokens.start) / TILE_TOKENS];
+            let acts = &self.acts[tokens.start * self.a_row..];
             for r in (rows.start..r_end).step_by(TILE_ROWS) {
                 let w = std::array::from_fn(|i| self.w_row(r + i));
-                for t in (tokens.start..t_end).step_by(TILE_TOKENS) {
-                    let a = std::array::from_fn(|j| self.act_row(t + j));
-                    let v = (tiles.tile)(self.cols, w, a);
+                (tiles.strip)(self.cols, w, acts, self.a_row, groups);
+                for (g, v) in groups.iter().enumerate() {
+                    let t = tokens.start + g * TILE_TOKENS;
                     for (i, row) in v.iter().enumerate() {
                         for (j, &x) in row.iter().enumerate() {
                             put(r + i, t + j, x);

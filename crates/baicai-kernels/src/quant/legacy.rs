@@ -655,6 +655,10 @@ pub type RowsFn = fn(n: usize, w: [&[u8]; DECODE_ROWS], a: &[u8]) -> [f32; DECOD
 pub type TileFn = fn(n: usize, w: [&[u8]; TILE_ROWS], a: [&[u8]; TILE_TOKENS]) -> TileOut;
 /// The output of a [`TileFn`].
 pub type TileOut = [[f32; TILE_TOKENS]; TILE_ROWS];
+/// [`TILE_ROWS`] weight rows with `out.len()` groups of [`TILE_TOKENS`] activation rows, the
+/// rows `a_row` bytes apart in `a`: `out[g]` is the [`TileFn`] result for group `g`. One call
+/// for a task's tokens, so the checks and the indirect call are paid once, not per tile.
+pub type StripFn = fn(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, out: &mut [TileOut]);
 
 /// Dot products of several weight rows with several activation rows at once, decoding each weight
 /// block once for all tokens and loading each activation block once for all rows. Each element is
@@ -666,6 +670,8 @@ pub struct TileFns {
     pub rows: RowsFn,
     /// Prefill: a register tile of rows × tokens.
     pub tile: TileFn,
+    /// Prefill: [`TileFns::tile`] over a strip of token groups.
+    pub strip: StripFn,
 }
 
 /// The register-tiled kernels for weights of `dtype` on `isa`, where there are (AVX2: Q4_0, Q5_0,

@@ -19,7 +19,7 @@ use crate::quant::kquants::{
     finish_q8k, q8k_dst, row_blocks, scales_mins_k4, scales_q3k, BlockIq4Xs, BlockQ2K, BlockQ3K,
     BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
 };
-use crate::quant::legacy::{TileFns, TILE_ROWS, TILE_TOKENS};
+use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
 use crate::quant::tables::KVALUES_IQ4NL;
 
 /// Loads 32 bytes from the start of `s`.
@@ -571,6 +571,41 @@ macro_rules! safe_tile {
 safe_tile!(tile_q4k, tile_q4k_q8k_avx2, BlockQ4K);
 safe_tile!(tile_q6k, tile_q6k_q8k_avx2, BlockQ6K);
 
+macro_rules! safe_strip {
+    ($name:ident, $inner:ident, $kernel:ident, $block:ty) => {
+        /// Safe [`crate::quant::legacy::StripFn`] over the AVX2 tile of the same kind. Only
+        /// handed out by `kquants::tile_fns` on CPUs with AVX2.
+        fn $name(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, out: &mut [TileOut]) {
+            let w: [&[$block]; TILE_ROWS] = std::array::from_fn(|r| row_blocks(w[r], n));
+            // SAFETY: `kquants::tile_fns` returns this function only after checking that the
+            // CPU supports AVX2, FMA and F16C.
+            unsafe { $inner(n, w, a, a_row, out) }
+        }
+
+        /// The loop of the strip, inside the target features so the tiles inline.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $inner(
+            n: usize,
+            w: [&[$block]; TILE_ROWS],
+            a: &[u8],
+            a_row: usize,
+            out: &mut [TileOut],
+        ) {
+            for (g, o) in out.iter_mut().enumerate() {
+                let mut ys: [&[BlockQ8K]; TILE_TOKENS] = [&[]; TILE_TOKENS];
+                for (t, y) in ys.iter_mut().enumerate() {
+                    *y = row_blocks(&a[(g * TILE_TOKENS + t) * a_row..], n);
+                }
+                // SAFETY: this function only runs with the features enabled (its attribute).
+                *o = unsafe { $kernel::<TILE_ROWS, TILE_TOKENS>(w, ys) };
+            }
+        }
+    };
+}
+
+safe_strip!(strip_q4k, strip_q4k_avx2, tile_q4k_q8k_avx2, BlockQ4K);
+safe_strip!(strip_q6k, strip_q6k_avx2, tile_q6k_q8k_avx2, BlockQ6K);
+
 /// The register-tiled kernels for K-quant weights of `dtype`, where there are (Q4_K, Q6_K).
 /// Decode takes its rows one at a time: a [`crate::quant::legacy::DECODE_ROWS`] × 1 tile made the matmuls of a Qwen2.5
 /// decode step 20% slower (15.4 -> 18.4 ms, `bench_decode`), where legacy formats gain from it.
@@ -579,10 +614,12 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
         DType::Q4_K => TileFns {
             rows: |n, w, a| w.map(|w| tile_q4k::<1, 1>(n, [w], [a])[0][0]),
             tile: tile_q4k::<TILE_ROWS, TILE_TOKENS>,
+            strip: strip_q4k,
         },
         DType::Q6_K => TileFns {
             rows: |n, w, a| w.map(|w| tile_q6k::<1, 1>(n, [w], [a])[0][0]),
             tile: tile_q6k::<TILE_ROWS, TILE_TOKENS>,
+            strip: strip_q6k,
         },
         _ => return None,
     })

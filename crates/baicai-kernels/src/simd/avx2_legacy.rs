@@ -22,7 +22,8 @@ use std::ptr::read_unaligned;
 use crate::dispatch::{DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK};
 use crate::quant::legacy::{
-    f16_le_from, whole_blocks, whole_blocks_mut, TileFns, DECODE_ROWS, TILE_ROWS, TILE_TOKENS,
+    f16_le_from, whole_blocks, whole_blocks_mut, TileFns, TileOut, DECODE_ROWS, TILE_ROWS,
+    TILE_TOKENS,
 };
 use crate::quant::tables::KVALUES_IQ4NL;
 
@@ -602,6 +603,54 @@ pub fn tile_sym<F: SymQ8_0, const R: usize, const T: usize>(
     unsafe { tile_sym_q8_0::<F, R, T>(n / QK, w, a) }
 }
 
+/// Safe [`StripFn`] over [`tile_sym_q8_0`]: checks the rows once, then runs the tiles inline.
+///
+/// # Panics
+/// If a row is too short for `n` values, `a` holds fewer than `out.len() * TILE_TOKENS` rows of
+/// `a_row` bytes, or the CPU lacks AVX2/FMA/F16C.
+fn strip_sym<F: SymQ8_0>(
+    n: usize,
+    w: [&[u8]; TILE_ROWS],
+    a: &[u8],
+    a_row: usize,
+    out: &mut [TileOut],
+) {
+    let mut wp = [std::ptr::null(); TILE_ROWS];
+    for (p, w) in wp.iter_mut().zip(w) {
+        *p = whole_blocks(F::DTYPE, n, w).as_ptr();
+    }
+    let tokens = out.len() * TILE_TOKENS;
+    if tokens == 0 {
+        return;
+    }
+    whole_blocks(DType::Q8_0, n, &a[(tokens - 1) * a_row..]);
+    assert_avx2();
+    // SAFETY: the features were just checked; every weight row holds `n` values, and so does
+    // every activation row (the last was checked, and they are `a_row` apart inside `a`).
+    unsafe { strip_sym_avx2::<F>(n / QK, wp, a.as_ptr(), a_row, out) }
+}
+
+/// The loop of [`strip_sym`], inside the target features so the tiles inline.
+///
+/// # Safety
+/// As [`tile_sym_q8_0`] for every group of `TILE_TOKENS` rows `a_row` bytes apart from `a`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn strip_sym_avx2<F: SymQ8_0>(
+    nb: usize,
+    w: [*const u8; TILE_ROWS],
+    a: *const u8,
+    a_row: usize,
+    out: &mut [TileOut],
+) {
+    for (g, o) in out.iter_mut().enumerate() {
+        let mut ap = [a; TILE_TOKENS];
+        for (t, p) in ap.iter_mut().enumerate() {
+            *p = a.add((g * TILE_TOKENS + t) * a_row);
+        }
+        *o = tile_sym_q8_0::<F, TILE_ROWS, TILE_TOKENS>(nb, w, ap);
+    }
+}
+
 /// [`tile_sym`] for `DECODE_ROWS` rows and one token.
 fn decode_rows<F: SymQ8_0>(n: usize, w: [&[u8]; DECODE_ROWS], a: &[u8]) -> [f32; DECODE_ROWS] {
     tile_sym::<F, DECODE_ROWS, 1>(n, w, [a]).map(|[v]| v)
@@ -613,6 +662,7 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
         TileFns {
             rows: decode_rows::<F>,
             tile: tile_sym::<F, TILE_ROWS, TILE_TOKENS>,
+            strip: strip_sym::<F>,
         }
     }
     use DType::*;
