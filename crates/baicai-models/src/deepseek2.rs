@@ -334,8 +334,10 @@ impl Deepseek2 {
             blocks,
         })
     }
+}
 
-    fn attention_impl(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+impl Blocks for Deepseek2 {
+    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
         let (c, m, b, s) = (&self.cfg, &self.mla, &self.blocks[il].attn, &self.store);
         let n = x.len() / c.n_embd;
         let nh = c.n_head;
@@ -458,7 +460,7 @@ impl Deepseek2 {
         s.matmul(&b.wo, &o, n, out); // [n, n_embd]
     }
 
-    fn ffn_block(&self, il: usize, x: &[f32], out: &mut [f32]) {
+    fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
         let (c, s) = (&self.cfg, &self.store);
         let n = x.len() / c.n_embd;
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
@@ -494,16 +496,6 @@ impl Deepseek2 {
                 experts.forward(s, &h, &routes, out, layer_load);
             }
         }
-    }
-}
-
-impl Blocks for Deepseek2 {
-    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
-        self.attention_impl(il, x, cache, out);
-    }
-
-    fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
-        self.ffn_block(il, x, out);
     }
 }
 

@@ -142,8 +142,10 @@ impl SparseMoe {
             rope,
         })
     }
+}
 
-    fn attention_impl(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+impl Blocks for SparseMoe {
+    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
         let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
         let n = x.len() / c.n_embd;
         let pos0 = cache.len();
@@ -180,7 +182,7 @@ impl SparseMoe {
         s.matmul(&b.wo, &attn, n, out); // [n, n_embd]
     }
 
-    fn ffn_block(&self, il: usize, x: &[f32], out: &mut [f32]) {
+    fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
         let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
         let n = x.len() / c.n_embd;
         let d = c.n_embd;
@@ -216,16 +218,6 @@ impl SparseMoe {
         let mut load = self.load.lock().ok();
         b.experts
             .forward(s, &h, &routes, out, load.as_mut().map(|l| &mut l[il]));
-    }
-}
-
-impl Blocks for SparseMoe {
-    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
-        self.attention_impl(il, x, cache, out);
-    }
-
-    fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
-        self.ffn_block(il, x, out);
     }
 }
 
