@@ -8,6 +8,7 @@
 //!
 //! This crate knows nothing of files or models: it sees byte slices and a [`DType`].
 
+pub mod activation;
 pub mod attention;
 pub mod dispatch;
 pub mod dtype;
@@ -16,6 +17,7 @@ pub mod pool;
 pub mod quant;
 pub mod simd;
 
+pub use activation::{geglu, swiglu};
 pub use dispatch::{dequantize_row, quantize_row, vec_dot, Isa};
 pub use dtype::DType;
 pub use matmul::{matmul, matmul_many, Weight};

@@ -190,18 +190,12 @@ pub fn attention_f16(q: &[f32], k: &[f16], v: &[f16], p: AttnParams, out: &mut [
 
 /// `a[i] = silu(a[i]) * b[i]` (SwiGLU).
 pub fn swiglu(a: &mut [f32], b: &[f32]) {
-    for (x, &y) in a.iter_mut().zip(b) {
-        *x = *x / (1.0 + (-*x).exp()) * y;
-    }
+    baicai_kernels::swiglu(a, b);
 }
 
 /// `a[i] = gelu(a[i]) * b[i]` with the tanh approximation (GeGLU, Gemma).
 pub fn geglu(a: &mut [f32], b: &[f32]) {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    for (x, &y) in a.iter_mut().zip(b) {
-        let v = *x;
-        *x = 0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)).tanh()) * y;
-    }
+    baicai_kernels::geglu(a, b);
 }
 
 /// `x[i] += y[i]`.
