@@ -332,15 +332,25 @@ impl Mat<'_> {
             let mut buf = [[[0.0; TILE_TOKENS]; TILE_ROWS]; TASK_TOKENS / TILE_TOKENS];
             let groups = &mut buf[..(t_end - tokens.start) / TILE_TOKENS];
             let acts = &self.acts[tokens.start * self.a_row..];
-            for r in (rows.start..r_end).step_by(TILE_ROWS) {
-                let w = std::array::from_fn(|i| self.w_row(r + i));
-                (tiles.strip)(self.cols, w, acts, self.a_row, groups);
-                for (g, v) in groups.iter().enumerate() {
-                    let t = tokens.start + g * TILE_TOKENS;
-                    for (i, row) in v.iter().enumerate() {
-                        for (j, &x) in row.iter().enumerate() {
-                            put(r + i, t + j, x);
+            // Results of up to TASK_ROWS rows, by token: written out a token's rows at a time,
+            // a cache line each, rather than two rows at a time (the output is [tokens, rows]).
+            let mut vals = [[0.0f32; TASK_ROWS]; TASK_TOKENS];
+            for r0 in (rows.start..r_end).step_by(TASK_ROWS) {
+                let r1 = (r0 + TASK_ROWS).min(r_end);
+                for r in (r0..r1).step_by(TILE_ROWS) {
+                    let w = std::array::from_fn(|i| self.w_row(r + i));
+                    (tiles.strip)(self.cols, w, acts, self.a_row, groups);
+                    for (g, v) in groups.iter().enumerate() {
+                        for (i, row) in v.iter().enumerate() {
+                            for (j, &x) in row.iter().enumerate() {
+                                vals[g * TILE_TOKENS + j][r - r0 + i] = x;
+                            }
                         }
+                    }
+                }
+                for (t, v) in (tokens.start..t_end).zip(&vals) {
+                    for (r, &x) in (r0..r1).zip(v) {
+                        put(r, t, x);
                     }
                 }
             }
