@@ -11,7 +11,6 @@ use std::sync::Mutex;
 use baicai_kernels::{attention, DType};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 use crate::config::{MlaConfig, ModelConfig, MoeConfig, Yarn};
 use crate::decoder::{self, Blocks, Ends};
@@ -382,9 +381,9 @@ impl Blocks for Deepseek2 {
                 qa[(t * nh + hh) * w + lora..][..rope].copy_from_slice(&qh[nope..]);
             }
         }
-        // Heads run concurrently; each absorbs its own W_UK.
+        // Each head absorbs its own W_UK (one head after another, each matmul on the whole pool).
         let absorbed: Vec<Vec<f32>> = (0..nh)
-            .into_par_iter()
+            .into_iter()
             .map(|hh| {
                 let mut qn = vec![0.0; n * nope]; // [n, qk_nope] of head hh
                 for t in 0..n {
@@ -440,7 +439,7 @@ impl Blocks for Deepseek2 {
         }
         let mut o = vec![0.0; n * nh * vd]; // [n, n_head, v_head_dim]
         let expanded: Vec<Vec<f32>> = (0..nh)
-            .into_par_iter()
+            .into_iter()
             .map(|hh| {
                 let mut lat = vec![0.0; n * lora]; // [n, kv_lora_rank] of head hh
                 for t in 0..n {

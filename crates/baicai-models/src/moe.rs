@@ -2,8 +2,6 @@
 //! grouped by expert so each selected expert's weights are read once per step and unselected
 //! experts are never touched (memory-mapped experts stay on disk until used).
 
-use rayon::prelude::*;
-
 use crate::layers;
 use crate::weights::{Linear, WeightStore};
 
@@ -195,13 +193,14 @@ impl Experts {
                 load.tokens[e] += toks.len() as u64;
             }
         }
-        // Selected experts run concurrently (each reads only its own weights); their outputs are
-        // then added in expert order, so the sum is the same whatever the scheduling.
+        // Experts run one after another, each matmul on the whole thread pool (running experts
+        // concurrently measured slower: nested parallel regions fall back from the spinning pool
+        // to rayon); outputs are added in expert order.
         let active: Vec<usize> = (0..n_expert)
             .filter(|&e| !by_expert[e].is_empty())
             .collect();
         let outputs: Vec<Vec<f32>> = active
-            .par_iter()
+            .iter()
             .map(|&e| {
                 let toks = &by_expert[e];
                 let (gate, up, down) = &self.experts[e];

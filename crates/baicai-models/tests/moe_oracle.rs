@@ -246,6 +246,9 @@ fn convert_checkpoint(src: &Path, dst: &Path, dtype: &str, enc: fn(f32) -> [u8; 
     std::fs::write(dst.join("model.safetensors"), file).unwrap();
 }
 
+/// A target dtype, its encoder and the logit bound its rounding allows.
+type Conversion = (&'static str, fn(f32) -> [u8; 2], f32);
+
 /// F16 and BF16 checkpoints load memory-mapped and stay close to the F32 reference (the weights
 /// themselves are rounded, so the bound is that of the rounding, not of the engine).
 #[test]
@@ -255,7 +258,7 @@ fn deepseek_v3_half_precision_checkpoints_stay_close() {
         serde_json::from_str(&std::fs::read_to_string(src.join("reference.json")).unwrap())
             .unwrap();
     let vocab = reference["vocab_size"].as_u64().unwrap() as usize;
-    let cases: [(&str, fn(f32) -> [u8; 2], f32); 2] = [
+    let cases: [Conversion; 2] = [
         ("F16", |x| half::f16::from_f32(x).to_le_bytes(), 2e-2),
         ("BF16", |x| half::bf16::from_f32(x).to_le_bytes(), 1e-1),
     ];
