@@ -383,7 +383,6 @@ impl Blocks for Deepseek2 {
         }
         // Each head absorbs its own W_UK (one head after another, each matmul on the whole pool).
         let absorbed: Vec<Vec<f32>> = (0..nh)
-            .into_iter()
             .map(|hh| {
                 let mut qn = vec![0.0; n * nope]; // [n, qk_nope] of head hh
                 for t in 0..n {
@@ -439,7 +438,6 @@ impl Blocks for Deepseek2 {
         }
         let mut o = vec![0.0; n * nh * vd]; // [n, n_head, v_head_dim]
         let expanded: Vec<Vec<f32>> = (0..nh)
-            .into_iter()
             .map(|hh| {
                 let mut lat = vec![0.0; n * lora]; // [n, kv_lora_rank] of head hh
                 for t in 0..n {
