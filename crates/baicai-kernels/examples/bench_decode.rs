@@ -113,7 +113,10 @@ fn main() {
         }
         matmul(&w(DType::Q8_0, &head, N_VOCAB, N_EMBD), xe, 1, &mut logits);
     };
-    println!("{:.1} MiB of weights per token", bytes as f64 / (1 << 20) as f64);
+    println!(
+        "{:.1} MiB of weights per token",
+        bytes as f64 / (1 << 20) as f64
+    );
     for &t in &threads {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(t)

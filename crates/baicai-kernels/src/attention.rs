@@ -155,7 +155,9 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn random(n: usize, rng: &mut impl Rng) -> Vec<f16> {
-        (0..n).map(|_| f16::from_f32(rng.gen_range(-4.0..4.0))).collect()
+        (0..n)
+            .map(|_| f16::from_f32(rng.gen_range(-4.0..4.0)))
+            .collect()
     }
 
     #[test]
@@ -163,7 +165,11 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for n in [1, 7, 8, 9, 64, 100, 128, 256] {
             let (a, b) = (random(n, &mut rng), random(n, &mut rng));
-            assert_eq!(dot_f16(&a, &b).to_bits(), dot_f16_scalar(&a, &b).to_bits(), "dot n={n}");
+            assert_eq!(
+                dot_f16(&a, &b).to_bits(),
+                dot_f16_scalar(&a, &b).to_bits(),
+                "dot n={n}"
+            );
             let w = rng.gen_range(-1.0..1.0);
             let mut o1: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut o2 = o1.clone();

@@ -35,7 +35,10 @@ pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 
 fn is_legacy(dtype: DType) -> bool {
     use DType::*;
-    matches!(dtype, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL)
+    matches!(
+        dtype,
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL
+    )
 }
 
 /// The dequantization function for `dtype` on `isa`.

@@ -112,7 +112,11 @@ impl Gemma3 {
         let n = x.len() / c.n_embd;
         let pos0 = cache.len();
         let swa = c.is_swa_layer(il);
-        let rope = if swa { &self.rope_local } else { &self.rope_global };
+        let rope = if swa {
+            &self.rope_local
+        } else {
+            &self.rope_global
+        };
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.attn_norm, c.rms_eps, &mut h);
         self.trace("attn_norm", il, &h);
@@ -192,7 +196,14 @@ impl CausalLm for Gemma3 {
             self.trace("l_out", il, &x);
         }
         cache.advance(tokens.len());
-        Ok(head(&self.store, &x, &self.output_norm, self.cfg.rms_eps, &self.output, logits))
+        Ok(head(
+            &self.store,
+            &x,
+            &self.output_norm,
+            self.cfg.rms_eps,
+            &self.output,
+            logits,
+        ))
     }
 
     fn set_trace(&mut self, trace: Option<Trace>) {
@@ -202,12 +213,19 @@ impl CausalLm for Gemma3 {
     /// An f16 cache, llama.cpp's default.
     fn new_cache(&self, n_ctx: usize) -> KvCache {
         let c = &self.cfg;
-        KvCache::new_f16(c.n_layer, n_ctx, c.n_head_kv * c.head_dim_k, c.n_head_kv * c.head_dim_v)
+        KvCache::new_f16(
+            c.n_layer,
+            n_ctx,
+            c.n_head_kv * c.head_dim_k,
+            c.n_head_kv * c.head_dim_v,
+        )
     }
 
     fn weight_bytes_per_token(&self) -> u64 {
-        let ls =
-            self.blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down]);
+        let ls = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down]);
         bytes_per_token(&self.store, ls, &self.tok_embd, &self.output)
     }
 }

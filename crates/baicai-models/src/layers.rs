@@ -67,7 +67,11 @@ impl Rope {
                 f / p.freq_factors.map_or(1.0, |ff| ff[i] as f64)
             })
             .collect();
-        Rope { inv_freq, pos_scale: 1.0 / p.linear_factor as f64, style: p.style }
+        Rope {
+            inv_freq,
+            pos_scale: 1.0 / p.linear_factor as f64,
+            style: p.style,
+        }
     }
 
     /// Rotates every head of `x` (`[n_tokens, n_heads, head_dim]`), token `t` at `pos0 + t`.
@@ -140,8 +144,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], p: AttnParams, out: &mut [f32]
         let pos = p.pos0 + t;
         let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let qh = &q[(t * p.n_head + h) * dk..][..dk];
-        let mut scores: Vec<f32> =
-            (start..=pos).map(|j| dot(qh, &k[j * kw + kvh * dk..][..dk]) * p.scale).collect();
+        let mut scores: Vec<f32> = (start..=pos)
+            .map(|j| dot(qh, &k[j * kw + kvh * dk..][..dk]) * p.scale)
+            .collect();
         let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for s in scores.iter_mut() {
