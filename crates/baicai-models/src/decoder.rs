@@ -4,7 +4,6 @@
 use crate::config::ModelConfig;
 use crate::kv::KvCache;
 use crate::layers;
-use crate::llama::{embed, head};
 use crate::weights::{Linear, WeightStore};
 use crate::{Logits, ModelError};
 
@@ -15,6 +14,8 @@ pub(crate) trait Blocks {
     fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]);
     /// Feed-forward block of layer `il`.
     fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]);
+    /// Named trace point (see [`crate::Trace`]); none by default.
+    fn trace(&self, _name: &str, _il: usize, _x: &[f32]) {}
 }
 
 /// The two ends of a decoder: token embedding, final norm, output head (tied to the embedding
@@ -23,6 +24,8 @@ pub(crate) struct Ends {
     pub tok_embd: Linear,
     pub output_norm: Vec<f32>,
     pub output: Linear,
+    /// Multiplies the embeddings (Gemma: √d_model); 1 elsewhere.
+    pub embd_scale: f32,
 }
 
 impl Ends {
@@ -39,6 +42,7 @@ impl Ends {
             tok_embd,
             output_norm,
             output,
+            embd_scale: 1.0,
         })
     }
 
@@ -65,12 +69,17 @@ pub(crate) fn forward(
 ) -> Result<Vec<f32>, ModelError> {
     cache.reserve(tokens.len())?;
     let mut x = embed(store, &ends.tok_embd, tokens, cfg.n_vocab)?; // [n, n_embd]
+    if ends.embd_scale != 1.0 {
+        x.iter_mut().for_each(|v| *v *= ends.embd_scale);
+    }
     let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
     for il in 0..cfg.n_layer {
         blocks.attention(il, &x, cache, &mut tmp);
         layers::add_inplace(&mut x, &tmp);
+        blocks.trace("ffn_inp", il, &x);
         blocks.ffn(il, &x, &mut tmp);
         layers::add_inplace(&mut x, &tmp);
+        blocks.trace("l_out", il, &x);
     }
     cache.advance(tokens.len());
     Ok(head(
@@ -81,4 +90,44 @@ pub(crate) fn forward(
         &ends.output,
         logits,
     ))
+}
+
+/// Embedding lookup of `tokens` into `[n, n_embd]`.
+fn embed(
+    store: &WeightStore,
+    tok_embd: &Linear,
+    tokens: &[u32],
+    n_vocab: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let d = tok_embd.cols;
+    let mut x = vec![0.0; tokens.len() * d];
+    for (&t, row) in tokens.iter().zip(x.chunks_exact_mut(d)) {
+        if t as usize >= n_vocab {
+            return Err(ModelError::BadToken { id: t, n_vocab });
+        }
+        store.row(tok_embd, t as usize, row);
+    }
+    Ok(x)
+}
+
+/// Final norm and output head over the rows `logits` asks for.
+fn head(
+    store: &WeightStore,
+    x: &[f32],
+    norm: &[f32],
+    eps: f32,
+    output: &Linear,
+    logits: Logits,
+) -> Vec<f32> {
+    let d = norm.len();
+    let rows = match logits {
+        Logits::Last => &x[x.len() - d..],
+        Logits::All => x,
+    };
+    let n = rows.len() / d;
+    let mut h = vec![0.0; rows.len()]; // [n, n_embd]
+    layers::rms_norm(rows, norm, eps, &mut h);
+    let mut out = vec![0.0; n * output.rows]; // [n, n_vocab]
+    store.matmul(output, &h, n, &mut out);
+    out
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use baicai_gguf::Gguf;
 
 use crate::config::ModelConfig;
+use crate::decoder::{self, Blocks, Ends};
 use crate::error::ModelError;
 use crate::kv::KvCache;
 use crate::layers::{self, AttnParams, Rope, RopeParams};
-use crate::llama::{bytes_per_token, embed, head};
 use crate::weights::{Linear, WeightStore};
 use crate::{CausalLm, Logits, Trace};
 
@@ -35,9 +35,7 @@ struct Block {
 pub struct Gemma3 {
     store: WeightStore,
     cfg: ModelConfig,
-    tok_embd: Linear,
-    output_norm: Vec<f32>,
-    output: Linear,
+    ends: Ends,
     blocks: Vec<Block>,
     rope_global: Rope,
     rope_local: Rope,
@@ -52,12 +50,8 @@ impl Gemma3 {
     pub fn load(gguf: Arc<Gguf>, cfg: ModelConfig) -> Result<Gemma3, ModelError> {
         let s = WeightStore::new(gguf);
         let (d, ff) = (cfg.n_embd, cfg.n_ff);
-        let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, d)?;
-        let output = if s.has("output.weight") {
-            s.linear("output.weight", cfg.n_vocab, d)?
-        } else {
-            tok_embd.clone()
-        };
+        let mut ends = Ends::load(&s, &cfg)?;
+        ends.embd_scale = (cfg.n_embd as f32).sqrt();
         let rope = |base, linear_factor| {
             Rope::new(RopeParams {
                 head_dim: cfg.head_dim_k,
@@ -88,20 +82,18 @@ impl Gemma3 {
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(Gemma3 {
-            output_norm: s.vector("output_norm.weight", d)?,
             rope_global: rope(cfg.rope_base, cfg.rope_linear_factor),
             rope_local: rope(cfg.rope_base_swa, 1.0),
             store: s,
             cfg,
-            tok_embd,
-            output,
+            ends,
             blocks,
             trace: None,
         })
     }
 
     /// Trace point `name` of layer `il` (see [`Trace`]).
-    fn trace(&self, name: &str, il: usize, x: &[f32]) {
+    fn trace_point(&self, name: &str, il: usize, x: &[f32]) {
         if let Some(t) = &self.trace {
             t(name, il, x);
         }
@@ -119,7 +111,7 @@ impl Gemma3 {
         };
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.attn_norm, c.rms_eps, &mut h);
-        self.trace("attn_norm", il, &h);
+        self.trace_point("attn_norm", il, &h);
         let mut q = vec![0.0; n * c.q_dim()]; // [n, n_head, head_dim_k]
         let mut k = vec![0.0; n * c.k_dim()]; // [n, n_head_kv, head_dim_k]
         let mut v = vec![0.0; n * c.v_dim()]; // [n, n_head_kv, head_dim_v]
@@ -129,9 +121,9 @@ impl Gemma3 {
         layers::rms_norm_inplace(&mut k, &b.k_norm, c.rms_eps);
         rope.apply(&mut q, n, pos0);
         rope.apply(&mut k, n, pos0);
-        self.trace("Qcur", il, &q);
-        self.trace("Kcur", il, &k);
-        self.trace("Vcur", il, &v);
+        self.trace_point("Qcur", il, &q);
+        self.trace_point("Kcur", il, &k);
+        self.trace_point("Vcur", il, &v);
         cache.store(il, &k, &v);
         let (kc, vc) = cache.layer_f16(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
@@ -146,11 +138,11 @@ impl Gemma3 {
             window: if swa { c.sliding_window } else { None },
         };
         layers::attention_f16(&q, kc, vc, p, &mut attn);
-        self.trace("kqv_out", il, &attn);
+        self.trace_point("kqv_out", il, &attn);
         let mut o = vec![0.0; x.len()]; // [n, n_embd]
         s.matmul(&b.wo, &attn, n, &mut o);
         layers::rms_norm(&o, &b.attn_post_norm, c.rms_eps, out);
-        self.trace("attn_post_norm", il, out);
+        self.trace_point("attn_post_norm", il, out);
     }
 
     fn ffn_block(&self, il: usize, x: &[f32], out: &mut [f32]) {
@@ -158,7 +150,7 @@ impl Gemma3 {
         let n = x.len() / c.n_embd;
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.ffn_norm, c.rms_eps, &mut h);
-        self.trace("ffn_norm", il, &h);
+        self.trace_point("ffn_norm", il, &h);
         let mut g = vec![0.0; n * c.n_ff]; // [n, n_ff]
         let mut u = vec![0.0; n * c.n_ff]; // [n, n_ff]
         let gate_up = [s.weight(&b.gate), s.weight(&b.up)];
@@ -167,7 +159,21 @@ impl Gemma3 {
         let mut o = vec![0.0; x.len()]; // [n, n_embd]
         s.matmul(&b.down, &g, n, &mut o);
         layers::rms_norm(&o, &b.ffn_post_norm, c.rms_eps, out);
-        self.trace("ffn_post_norm", il, out);
+        self.trace_point("ffn_post_norm", il, out);
+    }
+}
+
+impl Blocks for Gemma3 {
+    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+        self.attention_block(il, x, cache, out);
+    }
+
+    fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
+        self.ffn_block(il, x, out);
+    }
+
+    fn trace(&self, name: &str, il: usize, x: &[f32]) {
+        self.trace_point(name, il, x);
     }
 }
 
@@ -182,28 +188,15 @@ impl CausalLm for Gemma3 {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        cache.reserve(tokens.len())?;
-        let mut x = embed(&self.store, &self.tok_embd, tokens, self.cfg.n_vocab)?; // [n, n_embd]
-        let scale = (self.cfg.n_embd as f32).sqrt();
-        x.iter_mut().for_each(|v| *v *= scale);
-        let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
-        for il in 0..self.cfg.n_layer {
-            self.attention_block(il, &x, cache, &mut tmp);
-            layers::add_inplace(&mut x, &tmp);
-            self.trace("ffn_inp", il, &x);
-            self.ffn_block(il, &x, &mut tmp);
-            layers::add_inplace(&mut x, &tmp);
-            self.trace("l_out", il, &x);
-        }
-        cache.advance(tokens.len());
-        Ok(head(
+        decoder::forward(
+            self,
             &self.store,
-            &x,
-            &self.output_norm,
-            self.cfg.rms_eps,
-            &self.output,
+            &self.ends,
+            &self.cfg,
+            tokens,
+            cache,
             logits,
-        ))
+        )
     }
 
     fn set_trace(&mut self, trace: Option<Trace>) {
@@ -226,6 +219,6 @@ impl CausalLm for Gemma3 {
             .blocks
             .iter()
             .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down]);
-        bytes_per_token(&self.store, ls, &self.tok_embd, &self.output)
+        ls.map(|l| self.store.bytes(l)).sum::<u64>() + self.ends.bytes_per_token()
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use baicai_gguf::Gguf;
 
 use crate::config::{Arch, ModelConfig, RopeStyle};
+use crate::decoder::{self, Blocks, Ends};
 use crate::error::ModelError;
 use crate::kv::KvCache;
 use crate::layers::{self, AttnParams, Rope, RopeParams};
@@ -31,9 +32,7 @@ struct Block {
 pub struct Llama {
     store: WeightStore,
     cfg: ModelConfig,
-    tok_embd: Linear,
-    output_norm: Vec<f32>,
-    output: Linear,
+    ends: Ends,
     blocks: Vec<Block>,
     rope: Rope,
     trace: Option<Trace>,
@@ -47,13 +46,8 @@ impl Llama {
     pub fn load(gguf: Arc<Gguf>, cfg: ModelConfig) -> Result<Llama, ModelError> {
         let s = WeightStore::new(gguf);
         let (d, ff) = (cfg.n_embd, cfg.n_ff);
-        let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, d)?;
         // Tied embeddings: Qwen2.5 small models reuse the token embedding as the output head.
-        let output = if s.has("output.weight") {
-            s.linear("output.weight", cfg.n_vocab, d)?
-        } else {
-            tok_embd.clone()
-        };
+        let ends = Ends::load(&s, &cfg)?;
         let freq_factors = s.vector_opt("rope_freqs.weight", cfg.head_dim_k / 2)?;
         let rope = Rope::new(RopeParams {
             head_dim: cfg.head_dim_k,
@@ -86,11 +80,9 @@ impl Llama {
         }
         debug_assert!(cfg.arch != Arch::Qwen2 || cfg.rope_style == RopeStyle::Neox);
         Ok(Llama {
-            output_norm: s.vector("output_norm.weight", d)?,
             store: s,
             cfg,
-            tok_embd,
-            output,
+            ends,
             blocks,
             rope,
             trace: None,
@@ -98,7 +90,7 @@ impl Llama {
     }
 
     /// Trace point `name` of layer `il` (see [`Trace`]).
-    fn trace(&self, name: &str, il: usize, x: &[f32]) {
+    fn trace_point(&self, name: &str, il: usize, x: &[f32]) {
         if let Some(t) = &self.trace {
             t(name, il, x);
         }
@@ -110,7 +102,7 @@ impl Llama {
         let pos0 = cache.len();
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.attn_norm, c.rms_eps, &mut h);
-        self.trace("attn_norm", il, &h);
+        self.trace_point("attn_norm", il, &h);
         let mut q = vec![0.0; n * c.q_dim()]; // [n, n_head, head_dim_k]
         let mut k = vec![0.0; n * c.k_dim()]; // [n, n_head_kv, head_dim_k]
         let mut v = vec![0.0; n * c.v_dim()]; // [n, n_head_kv, head_dim_v]
@@ -123,9 +115,9 @@ impl Llama {
         }
         self.rope.apply(&mut q, n, pos0);
         self.rope.apply(&mut k, n, pos0);
-        self.trace("Qcur", il, &q);
-        self.trace("Kcur", il, &k);
-        self.trace("Vcur", il, &v);
+        self.trace_point("Qcur", il, &q);
+        self.trace_point("Kcur", il, &k);
+        self.trace_point("Vcur", il, &v);
         cache.store(il, &k, &v);
         let (kc, vc) = cache.layer_f16(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
@@ -139,9 +131,9 @@ impl Llama {
             window: None,
         };
         layers::attention_f16(&q, kc, vc, p, &mut attn);
-        self.trace("kqv_out", il, &attn);
+        self.trace_point("kqv_out", il, &attn);
         s.matmul(&b.wo, &attn, n, out); // [n, n_embd]
-        self.trace("attn_out", il, out);
+        self.trace_point("attn_out", il, out);
     }
 
     fn ffn_block(&self, il: usize, x: &[f32], out: &mut [f32]) {
@@ -149,67 +141,30 @@ impl Llama {
         let n = x.len() / c.n_embd;
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.ffn_norm, c.rms_eps, &mut h);
-        self.trace("ffn_norm", il, &h);
+        self.trace_point("ffn_norm", il, &h);
         let mut g = vec![0.0; n * c.n_ff]; // [n, n_ff]
         let mut u = vec![0.0; n * c.n_ff]; // [n, n_ff]
         let gate_up = [s.weight(&b.gate), s.weight(&b.up)];
         baicai_kernels::matmul_many(&gate_up, &h, n, &mut [&mut g, &mut u]);
         layers::swiglu(&mut g, &u);
-        self.trace("ffn_swiglu", il, &g);
+        self.trace_point("ffn_swiglu", il, &g);
         s.matmul(&b.down, &g, n, out); // [n, n_embd]
-        self.trace("ffn_out", il, out);
+        self.trace_point("ffn_out", il, out);
     }
 }
 
-/// Embedding lookup of `tokens` into `[n, n_embd]`.
-pub(crate) fn embed(
-    store: &WeightStore,
-    tok_embd: &Linear,
-    tokens: &[u32],
-    n_vocab: usize,
-) -> Result<Vec<f32>, ModelError> {
-    let d = tok_embd.cols;
-    let mut x = vec![0.0; tokens.len() * d];
-    for (&t, row) in tokens.iter().zip(x.chunks_exact_mut(d)) {
-        if t as usize >= n_vocab {
-            return Err(ModelError::BadToken { id: t, n_vocab });
-        }
-        store.row(tok_embd, t as usize, row);
+impl Blocks for Llama {
+    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+        self.attention_block(il, x, cache, out);
     }
-    Ok(x)
-}
 
-/// Final norm and output head over the rows `logits` asks for.
-pub(crate) fn head(
-    store: &WeightStore,
-    x: &[f32],
-    norm: &[f32],
-    eps: f32,
-    output: &Linear,
-    logits: Logits,
-) -> Vec<f32> {
-    let d = norm.len();
-    let rows = match logits {
-        Logits::Last => &x[x.len() - d..],
-        Logits::All => x,
-    };
-    let n = rows.len() / d;
-    let mut h = vec![0.0; rows.len()]; // [n, n_embd]
-    layers::rms_norm(rows, norm, eps, &mut h);
-    let mut out = vec![0.0; n * output.rows]; // [n, n_vocab]
-    store.matmul(output, &h, n, &mut out);
-    out
-}
+    fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
+        self.ffn_block(il, x, out);
+    }
 
-/// Bytes read per generated token: every layer weight, the head, one embedding row.
-pub(crate) fn bytes_per_token<'a>(
-    store: &WeightStore,
-    linears: impl Iterator<Item = &'a Linear>,
-    tok_embd: &Linear,
-    output: &Linear,
-) -> u64 {
-    let row = tok_embd.dtype.row_bytes(tok_embd.cols).unwrap_or(0) as u64;
-    linears.map(|l| store.bytes(l)).sum::<u64>() + store.bytes(output) + row
+    fn trace(&self, name: &str, il: usize, x: &[f32]) {
+        self.trace_point(name, il, x);
+    }
 }
 
 impl CausalLm for Llama {
@@ -223,26 +178,15 @@ impl CausalLm for Llama {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        cache.reserve(tokens.len())?;
-        let mut x = embed(&self.store, &self.tok_embd, tokens, self.cfg.n_vocab)?; // [n, n_embd]
-        let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
-        for il in 0..self.cfg.n_layer {
-            self.attention_block(il, &x, cache, &mut tmp);
-            layers::add_inplace(&mut x, &tmp);
-            self.trace("ffn_inp", il, &x);
-            self.ffn_block(il, &x, &mut tmp);
-            layers::add_inplace(&mut x, &tmp);
-            self.trace("l_out", il, &x);
-        }
-        cache.advance(tokens.len());
-        Ok(head(
+        decoder::forward(
+            self,
             &self.store,
-            &x,
-            &self.output_norm,
-            self.cfg.rms_eps,
-            &self.output,
+            &self.ends,
+            &self.cfg,
+            tokens,
+            cache,
             logits,
-        ))
+        )
     }
 
     fn set_trace(&mut self, trace: Option<Trace>) {
@@ -265,6 +209,6 @@ impl CausalLm for Llama {
             .blocks
             .iter()
             .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down]);
-        bytes_per_token(&self.store, ls, &self.tok_embd, &self.output)
+        ls.map(|l| self.store.bytes(l)).sum::<u64>() + self.ends.bytes_per_token()
     }
 }
