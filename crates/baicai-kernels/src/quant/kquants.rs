@@ -11,68 +11,18 @@
 //! a per-sub-block minimum subtract `dmin_w * d_a * Σ_j min_j * bsum_j`, using the 16-value sums
 //! the Q8_K block carries (`bsums`) rather than re-reading the activations.
 
-use half::f16;
-
 use crate::dispatch::{DequantFn, DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK_K};
 use crate::quant::legacy::TileFns;
 use crate::quant::tables::KVALUES_IQ4NL;
-
-/// Reads a little-endian IEEE half.
-#[inline]
-fn f16_le(b: [u8; 2]) -> f32 {
-    f16::from_bits(u16::from_le_bytes(b)).to_f32()
-}
-
-/// A quantized block: a `#[repr(C)]` struct of byte arrays.
-///
-/// # Safety
-/// Implementors must have alignment 1, no padding, and accept every bit pattern, so that any
-/// byte slice of the right length is a valid slice of blocks.
-pub unsafe trait Block: Copy + 'static {
-    /// The storage type this block belongs to.
-    const DTYPE: DType;
-}
-
-/// Views `bytes` as a slice of blocks.
-///
-/// # Panics
-/// If `bytes.len()` is not a multiple of the block size.
-pub fn as_blocks<T: Block>(bytes: &[u8]) -> &[T] {
-    let size = size_of::<T>();
-    assert!(
-        bytes.len().is_multiple_of(size),
-        "{} bytes are not whole {} blocks of {size} bytes",
-        bytes.len(),
-        T::DTYPE.name()
-    );
-    // SAFETY: `Block` guarantees alignment 1, no padding and validity of any bit pattern; the
-    // length is a whole number of blocks and the lifetime is tied to `bytes`.
-    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) }
-}
-
-/// Views `bytes` as a mutable slice of blocks.
-///
-/// # Panics
-/// If `bytes.len()` is not a multiple of the block size.
-pub fn as_blocks_mut<T: Block>(bytes: &mut [u8]) -> &mut [T] {
-    let size = size_of::<T>();
-    assert!(
-        bytes.len().is_multiple_of(size),
-        "{} bytes are not whole {} blocks of {size} bytes",
-        bytes.len(),
-        T::DTYPE.name()
-    );
-    // SAFETY: as in `as_blocks`; the exclusive borrow of `bytes` moves to the result.
-    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), bytes.len() / size) }
-}
+pub use crate::quant::{as_blocks, as_blocks_mut, f16_le, Block};
 
 /// The blocks holding the first `n` values of a row of `T`.
 ///
 /// # Panics
 /// If `n` is not a multiple of [`QK_K`] or `bytes` holds fewer than `n` values.
 pub(crate) fn row_blocks<T: Block>(bytes: &[u8], n: usize) -> &[T] {
-    let name = T::DTYPE.name();
+    let name = T::NAME;
     assert!(
         n.is_multiple_of(QK_K),
         "{name} row of {n} values is not a multiple of {QK_K}"
@@ -91,7 +41,7 @@ macro_rules! block_type {
         // SAFETY: the struct is `#[repr(C)]` over byte arrays only (alignment 1, no padding, any
         // bit pattern valid); the assertion below pins size and alignment.
         unsafe impl Block for $t {
-            const DTYPE: DType = $dtype;
+            const NAME: &'static str = $dtype.name();
         }
         const _: () = assert!(
             size_of::<$t>() == $size

@@ -17,50 +17,7 @@ use half::{bf16, f16};
 use crate::dispatch::{DequantFn, DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK};
 use crate::quant::tables::KVALUES_IQ4NL;
-
-/// Marker for block structs that may be viewed directly from raw bytes.
-///
-/// # Safety
-/// Implementors must be `#[repr(C)]` structs made only of `u8`/`i8` arrays: alignment 1, no
-/// padding, every bit pattern valid.
-pub unsafe trait RawBlock: Sized + Copy {}
-
-/// Views `bytes` as a slice of blocks.
-///
-/// # Panics
-/// If `bytes.len()` is not a multiple of the block size.
-pub fn as_blocks<B: RawBlock>(bytes: &[u8]) -> &[B] {
-    let size = size_of::<B>();
-    assert!(
-        bytes.len().is_multiple_of(size),
-        "{} bytes is not a whole number of {size}-byte blocks",
-        bytes.len()
-    );
-    // SAFETY: `B: RawBlock` has alignment 1, no padding and no invalid bit patterns, and the
-    // length is a whole number of blocks, so every byte of the view lies inside `bytes`.
-    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / size) }
-}
-
-/// Views `bytes` as a mutable slice of blocks.
-///
-/// # Panics
-/// If `bytes.len()` is not a multiple of the block size.
-pub fn as_blocks_mut<B: RawBlock>(bytes: &mut [u8]) -> &mut [B] {
-    let size = size_of::<B>();
-    assert!(
-        bytes.len().is_multiple_of(size),
-        "{} bytes is not a whole number of {size}-byte blocks",
-        bytes.len()
-    );
-    // SAFETY: as in `as_blocks`; the exclusive borrow of `bytes` is carried over to the view.
-    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<B>(), bytes.len() / size) }
-}
-
-/// Decodes a little-endian IEEE half stored as two bytes.
-#[inline]
-pub fn f16_le(b: [u8; 2]) -> f32 {
-    f16::from_bits(u16::from_le_bytes(b)).to_f32()
-}
+pub use crate::quant::{as_blocks, as_blocks_mut, f16_le, Block};
 
 /// Encodes `x` as a little-endian IEEE half, rounding to nearest even (as ggml's
 /// `GGML_FP32_TO_FP16`).
@@ -92,7 +49,9 @@ macro_rules! block {
         const _: () = assert!(size_of::<$name>() == $bytes);
         const _: () = assert!(align_of::<$name>() == 1);
         // SAFETY: `#[repr(C)]`, only byte-array fields (checked: alignment 1, size = sum of fields).
-        unsafe impl RawBlock for $name {}
+        unsafe impl Block for $name {
+            const NAME: &'static str = stringify!($name);
+        }
     };
 }
 
@@ -289,12 +248,7 @@ pub(crate) fn whole_blocks(dtype: DType, n: usize, bytes: &[u8]) -> &[u8] {
 // ---------------------------------------------------------------------------------------------
 // Dequantization (scalar reference).
 
-fn dequant_blocks<B: RawBlock>(
-    dtype: DType,
-    src: &[u8],
-    dst: &mut [f32],
-    f: impl Fn(&B, &mut [f32]),
-) {
+fn dequant_blocks<B: Block>(dtype: DType, src: &[u8], dst: &mut [f32], f: impl Fn(&B, &mut [f32])) {
     let src = whole_blocks(dtype, dst.len(), src);
     for (b, out) in as_blocks::<B>(src).iter().zip(dst.chunks_exact_mut(QK)) {
         f(b, out);
@@ -486,7 +440,7 @@ pub fn quant_bf16(src: &[f32], dst: &mut [u8]) {
 
 /// The block views of a dot product's operands.
 #[inline]
-fn dot_blocks<'a, W: RawBlock, A: RawBlock>(
+fn dot_blocks<'a, W: Block, A: Block>(
     wt: DType,
     at: DType,
     n: usize,
@@ -502,7 +456,7 @@ fn dot_blocks<'a, W: RawBlock, A: RawBlock>(
 /// Sum over blocks of `sumi * dw * da`, with `sumi` the integer dot of signed codes (ggml's
 /// reference for the symmetric formats).
 #[inline]
-fn dot_sym<W: RawBlock>(
+fn dot_sym<W: Block>(
     wt: DType,
     n: usize,
     w: &[u8],
@@ -551,7 +505,7 @@ pub fn dot_iq4_nl_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// Sum over blocks of `dw * da * sumi + m * s` for the offset formats (ggml's reference).
 #[inline]
-fn dot_offset<W: RawBlock>(
+fn dot_offset<W: Block>(
     wt: DType,
     n: usize,
     w: &[u8],
