@@ -20,5 +20,5 @@ pub mod simd;
 pub use activation::{geglu, swiglu};
 pub use dispatch::{dequantize_row, quantize_row, vec_dot, Isa};
 pub use dtype::DType;
-pub use matmul::{matmul, matmul_many, Weight};
+pub use matmul::{matmul, matmul_batch, matmul_many, MatJob, Weight};
 pub use pool::for_each_chunk_mut;

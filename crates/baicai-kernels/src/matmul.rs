@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::dispatch::{active_isa, dot_fn, quant_fn, tile_fns, DotFn, QuantFn};
 use crate::dtype::DType;
 use crate::pool;
-use crate::quant::legacy::{TileFns, DECODE_ROWS, TILE_ROWS, TILE_TOKENS};
+use crate::quant::legacy::{TileFns, TILE_ROWS, TILE_TOKENS};
 
 /// A weight matrix `[rows, cols]` (row-major, each row `cols` values of `dtype`), borrowed from
 /// wherever it lives (usually a memory map).
@@ -91,69 +91,112 @@ pub fn matmul(w: &Weight, x: &[f32], n_tokens: usize, out: &mut [f32]) {
 /// As [`matmul`] for each pair; if `ws` and `outs` differ in length or the weights in `cols`.
 pub fn matmul_many(ws: &[Weight], x: &[f32], n_tokens: usize, outs: &mut [&mut [f32]]) {
     assert_eq!(ws.len(), outs.len(), "one output per weight");
-    let Some(cols) = ws.first().map(|w| w.cols) else {
-        return;
-    };
-    for (w, out) in ws.iter().zip(outs.iter()) {
-        check_shapes(w, x, n_tokens, out);
-        assert_eq!(w.cols, cols, "weights of one input share their columns");
+    if let Some(first) = ws.first() {
+        assert!(
+            ws.iter().all(|w| w.cols == first.cols),
+            "weights of one input share their columns"
+        );
     }
-    if n_tokens == 0 {
-        return;
-    }
-    if cols == 0 {
-        outs.iter_mut().for_each(|o| o.fill(0.0));
-        return;
-    }
+    let mut jobs: Vec<MatJob> = ws
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|(w, out)| MatJob {
+            w: *w,
+            x,
+            n_tokens,
+            out,
+        })
+        .collect();
+    matmul_batch(&mut jobs);
+}
 
-    // Each distinct vec-dot type's rows, one after another in one buffer.
+/// Identifies one quantization of an input: its address and length, columns and vec-dot type.
+type InputKey = (*const f32, usize, usize, DType);
+
+/// One matmul of a [`matmul_batch`]: `out = w x` for `n_tokens` rows of `x`, as [`matmul`].
+pub struct MatJob<'a, 'o> {
+    /// The weights `[rows, cols]`.
+    pub w: Weight<'a>,
+    /// Activations `[n_tokens, cols]`.
+    pub x: &'a [f32],
+    /// Rows of `x`.
+    pub n_tokens: usize,
+    /// Output `[n_tokens, rows]`.
+    pub out: &'o mut [f32],
+}
+
+/// Independent matmuls (each expert of a MoE layer, each head of a per-head projection) in one
+/// parallel region, each output bit-identical to [`matmul`]'s. Jobs whose `x` is the same slice
+/// share one quantization of it. A thread that finishes one job's tasks goes straight on to the
+/// next job's, so the pool is woken once and waits once for the lot instead of once per matrix.
+///
+/// # Panics
+/// As [`matmul`] for each job.
+pub fn matmul_batch(jobs: &mut [MatJob]) {
+    for j in jobs.iter() {
+        check_shapes(&j.w, j.x, j.n_tokens, j.out);
+    }
+    // Each distinct (input, vec-dot type)'s quantized rows, one after another in one buffer.
     let isa = active_isa();
-    let mut types: Vec<(DType, usize, usize)> = Vec::new(); // (type, offset, row bytes)
+    let key = |j: &MatJob| (j.x.as_ptr(), j.x.len(), j.w.cols, j.w.dtype.vec_dot_type());
+    // (input key, offset, row bytes)
+    let mut inputs: Vec<(InputKey, usize, usize)> = Vec::new();
     let mut len = 0;
-    for w in ws {
-        let vt = w.dtype.vec_dot_type();
-        if !types.iter().any(|&(t, ..)| t == vt) {
-            let a_row = vt
-                .row_bytes(cols)
-                .expect("vec-dot types have the weights' block length");
-            types.push((vt, len, a_row));
-            len += n_tokens * a_row;
+    for j in jobs.iter().filter(|j| j.n_tokens > 0 && j.w.cols > 0) {
+        let k = key(j);
+        if !inputs.iter().any(|&(i, ..)| i == k) {
+            let a_row =
+                k.3.row_bytes(j.w.cols)
+                    .expect("vec-dot types have the weights' block length");
+            inputs.push((k, len, a_row));
+            len += j.n_tokens * a_row;
         }
     }
     let mut acts = ACTIVATIONS.with(Cell::take);
     acts.resize(len, 0);
-    for &(vt, off, a_row) in &types {
-        let dst = &mut acts[off..off + n_tokens * a_row];
-        quantize_rows(quant_fn(vt, isa), x, cols, dst, a_row);
+    let mut done = vec![false; inputs.len()];
+    for j in jobs.iter() {
+        if let Some(i) = inputs.iter().position(|&(k, ..)| k == key(j)) {
+            if !done[i] {
+                done[i] = true;
+                let (k, off, a_row) = inputs[i];
+                let dst = &mut acts[off..off + j.n_tokens * a_row];
+                quantize_rows(quant_fn(k.3, isa), j.x, j.w.cols, dst, a_row);
+            }
+        }
     }
 
-    let mats: Vec<Mat> = ws
-        .iter()
-        .map(|w| {
-            let vt = w.dtype.vec_dot_type();
-            let &(_, off, a_row) = types.iter().find(|&&(t, ..)| t == vt).unwrap();
-            Mat {
-                dot: dot_fn(w.dtype, isa),
-                tiles: tile_fns(w.dtype, isa),
-                w: w.data,
-                w_row: w.row_bytes(),
-                cols,
-                acts: &acts[off..off + n_tokens * a_row],
-                a_row,
-            }
-        })
-        .collect();
-    let outs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let mut mats: Vec<Mat> = Vec::with_capacity(jobs.len());
+    for j in jobs.iter_mut() {
+        if j.w.cols == 0 {
+            j.out.fill(0.0);
+        }
+        let (acts, a_row) = match inputs.iter().find(|&&(k, ..)| k == key(j)) {
+            Some(&(_, off, a_row)) => (&acts[off..off + j.n_tokens * a_row], a_row),
+            None => (&acts[..0], 0),
+        };
+        mats.push(Mat {
+            dot: dot_fn(j.w.dtype, isa),
+            tiles: tile_fns(j.w.dtype, isa),
+            w: j.w.data,
+            w_row: j.w.row_bytes(),
+            cols: j.w.cols,
+            acts,
+            a_row,
+            rows: j.w.rows,
+            n_tokens: j.n_tokens,
+            out: OutPtr(j.out.as_mut_ptr()),
+        });
+    }
     let tasks: Vec<Task> = mats
         .iter()
-        .zip(ws)
         .enumerate()
-        .filter(|(_, (_, w))| w.rows > 0)
-        .flat_map(|(i, (m, w))| tasks(i, m, w.rows, n_tokens))
+        .filter(|(_, m)| m.rows > 0 && m.n_tokens > 0 && m.cols > 0)
+        .flat_map(|(i, m)| tasks(i, m))
         .collect();
     let run_task = |task: &Task| {
-        let (m, rows) = (&mats[task.mat], ws[task.mat].rows);
-        let out = outs[task.mat];
+        let m = &mats[task.mat];
+        let (rows, n_tokens, out) = (m.rows, m.n_tokens, m.out);
         if n_tokens == 1 {
             let r = task.rows.clone();
             // SAFETY: `out` is the `rows`-long output of this matrix (checked in
@@ -172,17 +215,19 @@ pub fn matmul_many(ws: &[Weight], x: &[f32], n_tokens: usize, outs: &mut [&mut [
             });
         }
     };
-    // Tasks go to whichever thread asks next; the spinning pool starts in well under a
-    // microsecond (see `pool`), rayon is the fallback when it is busy.
-    let next = AtomicUsize::new(0);
-    let work = |_: usize| {
-        while let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
-            run_task(task);
+    if !tasks.is_empty() {
+        // Tasks go to whichever thread asks next; the spinning pool starts in well under a
+        // microsecond (see `pool`), rayon is the fallback when it is busy.
+        let next = AtomicUsize::new(0);
+        let work = |_: usize| {
+            while let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
+                run_task(task);
+            }
+        };
+        let threads = rayon::current_num_threads().min(tasks.len());
+        if !pool::run(threads, &work) {
+            tasks.par_iter().for_each(run_task);
         }
-    };
-    let threads = rayon::current_num_threads().min(tasks.len());
-    if !pool::run(threads, &work) {
-        tasks.par_iter().for_each(run_task);
     }
     drop(mats);
     ACTIVATIONS.with(|c| c.set(acts));
@@ -214,25 +259,6 @@ fn check_shapes(w: &Weight, x: &[f32], n_tokens: usize, out: &[f32]) {
     );
 }
 
-/// How far ahead of the rows being computed decode prefetches weights.
-const PREFETCH_ROWS: usize = 2 * DECODE_ROWS;
-/// Rows longer than this are not prefetched: a long row is a long sequential stream, which the
-/// hardware prefetcher follows better (K-quant rows of 2.7-4 KiB lose ~5% decode speed with it).
-const MAX_PREFETCH_ROW_BYTES: usize = 1024;
-
-/// Hints the CPU to load the cache line holding `line[0]`.
-#[inline]
-fn prefetch_line(line: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint and never faults; the address is inside `line` anyway.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = line;
-}
-
 /// Token rows below which activations are quantized on the calling thread: a row takes about a
 /// microsecond, less than handing work to the pool.
 const PARALLEL_QUANT_ROWS: usize = 32;
@@ -261,6 +287,10 @@ struct Mat<'a> {
     cols: usize,
     acts: &'a [u8],
     a_row: usize,
+    /// Output rows and tokens, and where the output goes.
+    rows: usize,
+    n_tokens: usize,
+    out: OutPtr,
 }
 
 impl Mat<'_> {
@@ -280,37 +310,14 @@ impl Mat<'_> {
         &self.acts[t * self.a_row..(t + 1) * self.a_row]
     }
 
-    /// Computes `out[k] = [r0 + k, t]`, [`DECODE_ROWS`] rows at a time where possible.
+    /// Computes `out[k] = [r0 + k, t]`, one row after another. Decode streams each weight row
+    /// once, and one sequential stream per thread is what the hardware prefetcher follows best:
+    /// walking 4 rows side by side (a 4 × 1 register tile) streamed the Q8_0 experts of
+    /// DeepSeek-V2-Lite at 14-20 GB/s where single rows reach 28-32 GB/s (`bench_experts`,
+    /// 2 threads), and software prefetching did not close the gap.
     fn rows(&self, r0: usize, t: usize, out: &mut [f32]) {
-        let mut k = 0;
-        if let Some(tiles) = self.tiles {
-            while k + DECODE_ROWS <= out.len() {
-                if self.w_row <= MAX_PREFETCH_ROW_BYTES {
-                    self.prefetch(r0 + k + PREFETCH_ROWS, DECODE_ROWS);
-                }
-                let w = std::array::from_fn(|i| self.w_row(r0 + k + i));
-                out[k..k + DECODE_ROWS].copy_from_slice(&(tiles.rows)(
-                    self.cols,
-                    w,
-                    self.act_row(t),
-                ));
-                k += DECODE_ROWS;
-            }
-        }
-        for (i, o) in out.iter_mut().enumerate().skip(k) {
+        for (i, o) in out.iter_mut().enumerate() {
             *o = self.element(r0 + i, t);
-        }
-    }
-
-    /// Asks the CPU to start loading weight rows `r..r + n` (those that exist). A kernel walks a
-    /// few rows side by side, and rows are short (hundreds of bytes), so the hardware prefetcher
-    /// alone does not keep enough misses in flight for a single core to near DRAM bandwidth.
-    #[inline]
-    fn prefetch(&self, r: usize, n: usize) {
-        let start = (r * self.w_row).min(self.w.len());
-        let end = ((r + n) * self.w_row).min(self.w.len());
-        for line in self.w[start..end].chunks(64) {
-            prefetch_line(line);
         }
     }
 
@@ -395,16 +402,17 @@ struct Task {
     tokens: Range<usize>,
 }
 
-/// The tasks of matrix `mat` (`rows` output rows, `m`'s weights). One token: rows split into
+/// The tasks of matrix `mat` (`m`). One token: rows split into
 /// chunks of at least [`MIN_TASK_BYTES`] of weights, with a few chunks per thread for balance.
 /// Several tokens: `[rows, tokens]` blocks, row ranges outermost (consecutive tasks share weight
 /// rows), tokens innermost.
-fn tasks(mat: usize, m: &Mat, rows: usize, n_tokens: usize) -> impl Iterator<Item = Task> {
+fn tasks(mat: usize, m: &Mat) -> impl Iterator<Item = Task> {
+    let (rows, n_tokens) = (m.rows, m.n_tokens);
     let threads = rayon::current_num_threads();
     let by_balance = rows.div_ceil(4 * threads);
     let (task_rows, task_tokens) = if n_tokens == 1 {
         let by_bytes = MIN_TASK_BYTES.div_ceil(m.w_row);
-        let chunk = by_balance.max(by_bytes).next_multiple_of(DECODE_ROWS);
+        let chunk = by_balance.max(by_bytes);
         (chunk.min(rows), 1)
     } else {
         // With few tokens a task reads its weights for little work: give it more rows, as

@@ -2,7 +2,7 @@
 
 use baicai_kernels::dispatch::{dequant_fn, quant_fn, Isa};
 use baicai_kernels::dtype::QK_K;
-use baicai_kernels::{matmul, matmul_many, DType, Weight};
+use baicai_kernels::{matmul, matmul_batch, matmul_many, DType, MatJob, Weight};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -216,6 +216,74 @@ fn matmul_many_equals_separate_matmuls_bit_for_bit() {
             assert!(
                 same,
                 "{} × {n_tokens} tokens differs from matmul",
+                w.dtype.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_batch_equals_separate_matmuls_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(0xba7c);
+    // (type, rows, cols, input): jobs 0/1 and 3/4 share an input (quantized once per vec-dot
+    // type), the others have their own, of other lengths and token counts, one with no tokens.
+    let specs = [
+        (DType::Q4_K, 48, 256, 0),
+        (DType::Q4_K, 40, 256, 0),
+        (DType::Q8_0, 256, 96, 1),
+        (DType::Q5_0, 24, 512, 2),
+        (DType::Q6_K, 16, 512, 2),
+        (DType::F16, 7, 64, 3),
+        (DType::Q8_0, 0, 64, 3),
+        (DType::Q4_0, 33, 64, 4),
+    ];
+    for n_tokens in [1, 5, 70] {
+        // Inputs: (cols, tokens); input 4 has no tokens.
+        let inputs = [(256, n_tokens), (96, n_tokens), (512, 1), (64, 3), (64, 0)];
+        let xs: Vec<Vec<f32>> = inputs
+            .iter()
+            .map(|&(c, n)| (0..c * n).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+            .collect();
+        let data: Vec<Vec<u8>> = specs
+            .iter()
+            .map(|&(t, r, c, _)| random_weights(&mut rng, t, r, c))
+            .collect();
+        let ws: Vec<Weight> = specs
+            .iter()
+            .zip(&data)
+            .map(|(&(dtype, rows, cols, _), data)| Weight {
+                dtype,
+                data,
+                rows,
+                cols,
+            })
+            .collect();
+        let mut outs: Vec<Vec<f32>> = specs
+            .iter()
+            .map(|&(_, r, _, i)| vec![f32::NAN; r * inputs[i].1])
+            .collect();
+        let mut jobs: Vec<MatJob> = specs
+            .iter()
+            .zip(&ws)
+            .zip(outs.iter_mut())
+            .map(|((&(.., i), w), out)| MatJob {
+                w: *w,
+                x: &xs[i],
+                n_tokens: inputs[i].1,
+                out,
+            })
+            .collect();
+        matmul_batch(&mut jobs);
+        for ((w, &(.., i)), got) in ws.iter().zip(&specs).zip(&outs) {
+            let want = run(w, &xs[i], inputs[i].1);
+            assert_eq!(got.len(), want.len());
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{} job on input {i} differs from matmul",
                 w.dtype.name()
             );
         }

@@ -477,20 +477,15 @@ impl Blocks for Deepseek2 {
                 experts,
                 shared,
             } => {
-                let ne = self.moe.router.n_expert;
-                let mut logits = vec![0.0; n * ne]; // [n, n_expert]
-                s.matmul(router, &h, n, &mut logits);
-                let routes: Vec<Vec<(usize, f32)>> = logits
-                    .chunks_exact(ne)
-                    .map(|l| moe::route(l, &self.moe.router, bias.as_deref()))
-                    .collect();
-                match shared {
-                    Some((g, u, d)) => swiglu(g, u, d, out),
-                    None => out.fill(0.0),
-                }
                 let mut load = self.load.lock().ok();
                 let layer_load = load.as_mut().map(|l| &mut l[il]);
-                experts.forward(s, &h, &routes, out, layer_load);
+                let route = |l: &[f32]| moe::route(l, &self.moe.router, bias.as_deref());
+                let shared = shared.as_ref().map(|(g, u, d)| [g, u, d]);
+                let shared_out = experts.forward(&h, router, route, shared, out, layer_load);
+                // Routed sum first, then the shared experts, as the reference adds them.
+                if let Some(so) = shared_out {
+                    out.iter_mut().zip(&so).for_each(|(o, s)| *o += s);
+                }
             }
         }
     }

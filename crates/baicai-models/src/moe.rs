@@ -4,6 +4,7 @@
 
 use crate::layers;
 use crate::weights::{Linear, WeightStore};
+use baicai_kernels::{matmul_batch, MatJob};
 
 /// How router logits become expert scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,20 +171,58 @@ impl Experts {
         })
     }
 
-    /// Runs the routed experts: `out[t] += Σ_e w_{t,e} · down_e(silu(gate_e x_t) ⊙ up_e x_t)`,
-    /// grouping tokens by expert so each selected expert is read once.
+    /// One MoE layer's experts on `x` (`[n, d]`, already normalized), in three parallel regions
+    /// whatever the number of experts: (1) the router and the shared expert's gate/up; (2) every
+    /// selected expert's gate/up, tokens grouped by expert so each is read once, and the shared
+    /// expert's down; (3) every selected expert's down. `route` turns one token's router logits
+    /// into its `(expert, weight)` pairs.
+    ///
+    /// Writes `out[t] = Σ_e w_{t,e} · down_e(silu(gate_e x_t) ⊙ up_e x_t)` (experts added in index
+    /// order) and returns the shared expert's output `[n, d]`, which the caller combines.
     pub fn forward(
         &self,
-        store: &WeightStore,
         x: &[f32],
-        routes: &[Vec<(usize, f32)>],
+        router: &Linear,
+        route: impl Fn(&[f32]) -> Vec<(usize, f32)>,
+        shared: Option<[&Linear; 3]>,
         out: &mut [f32],
         load: Option<&mut ExpertLoad>,
-    ) {
+    ) -> Option<Vec<f32>> {
         let n_expert = self.experts.len();
+        let d = router.cols;
+        let n = x.len() / d;
+
+        // (1) Router logits and the shared expert's gate/up.
+        let mut logits = vec![0.0; n * n_expert]; // [n, n_expert]
+        let ff_sh = shared.map_or(0, |[g, ..]| g.rows);
+        let mut sg = vec![0.0; n * ff_sh]; // [n, ff_shared]
+        let mut su = vec![0.0; n * ff_sh];
+        {
+            let mut jobs = vec![MatJob {
+                w: router.weight(),
+                x,
+                n_tokens: n,
+                out: &mut logits,
+            }];
+            if let Some([g, u, _]) = shared {
+                jobs.push(MatJob {
+                    w: g.weight(),
+                    x,
+                    n_tokens: n,
+                    out: &mut sg,
+                });
+                jobs.push(MatJob {
+                    w: u.weight(),
+                    x,
+                    n_tokens: n,
+                    out: &mut su,
+                });
+            }
+            matmul_batch(&mut jobs);
+        }
         let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
-        for (t, r) in routes.iter().enumerate() {
-            for &(e, w) in r {
+        for (t, l) in logits.chunks_exact(n_expert).enumerate() {
+            for (e, w) in route(l) {
                 by_expert[e].push((t, w));
             }
         }
@@ -193,39 +232,92 @@ impl Experts {
                 load.tokens[e] += toks.len() as u64;
             }
         }
-        // Experts run one after another, each matmul on the whole thread pool (running experts
-        // concurrently measured slower: nested parallel regions fall back from the spinning pool
-        // to rayon); outputs are added in expert order.
         let active: Vec<usize> = (0..n_expert)
             .filter(|&e| !by_expert[e].is_empty())
             .collect();
-        let outputs: Vec<Vec<f32>> = active
+
+        // (2) Each active expert's gate/up on its tokens (the whole input when it has them all,
+        // as in decode, so one quantization serves every expert), and the shared down.
+        let inputs: Vec<Option<Vec<f32>>> = active
             .iter()
             .map(|&e| {
                 let toks = &by_expert[e];
-                let (gate, up, down) = &self.experts[e];
-                let (d, ff) = (gate.cols, gate.rows);
-                let n = toks.len();
-                let mut xe = vec![0.0; n * d]; // [n, d]
-                for (row, &(t, _)) in xe.chunks_exact_mut(d).zip(toks) {
-                    row.copy_from_slice(&x[t * d..(t + 1) * d]);
-                }
-                let mut g = vec![0.0; n * ff]; // [n, ff]
-                let mut u = vec![0.0; n * ff]; // [n, ff]
-                store.matmul_many(&[gate, up], &xe, n, &mut [&mut g, &mut u]);
-                layers::swiglu(&mut g, &u);
-                let mut o = vec![0.0; n * d]; // [n, d]
-                store.matmul(down, &g, n, &mut o);
-                o
+                (toks.len() < n).then(|| {
+                    let mut xe = vec![0.0; toks.len() * d]; // [tokens, d]
+                    for (row, &(t, _)) in xe.chunks_exact_mut(d).zip(toks) {
+                        row.copy_from_slice(&x[t * d..(t + 1) * d]);
+                    }
+                    xe
+                })
             })
             .collect();
-        for (&e, o) in active.iter().zip(&outputs) {
-            let d = self.experts[e].0.cols;
+        let mut gates: Vec<Vec<f32>> = active
+            .iter()
+            .map(|&e| vec![0.0; by_expert[e].len() * self.experts[e].0.rows])
+            .collect();
+        let mut ups = gates.clone();
+        let mut shared_out = shared.map(|_| vec![0.0; n * d]);
+        if shared.is_some() {
+            layers::swiglu(&mut sg, &su);
+        }
+        {
+            let mut jobs = Vec::with_capacity(2 * active.len() + 1);
+            for (((&e, xe), g), u) in active.iter().zip(&inputs).zip(&mut gates).zip(&mut ups) {
+                let (gate, up, _) = &self.experts[e];
+                let (xe, nt) = (xe.as_deref().unwrap_or(x), by_expert[e].len());
+                jobs.push(MatJob {
+                    w: gate.weight(),
+                    x: xe,
+                    n_tokens: nt,
+                    out: g,
+                });
+                jobs.push(MatJob {
+                    w: up.weight(),
+                    x: xe,
+                    n_tokens: nt,
+                    out: u,
+                });
+            }
+            if let (Some([_, _, down]), Some(so)) = (shared, shared_out.as_mut()) {
+                jobs.push(MatJob {
+                    w: down.weight(),
+                    x: &sg,
+                    n_tokens: n,
+                    out: so,
+                });
+            }
+            matmul_batch(&mut jobs);
+        }
+
+        // (3) Each active expert's down.
+        for (g, u) in gates.iter_mut().zip(&ups) {
+            layers::swiglu(g, u);
+        }
+        let mut outs: Vec<Vec<f32>> = active
+            .iter()
+            .map(|&e| vec![0.0; by_expert[e].len() * d])
+            .collect();
+        let mut jobs: Vec<MatJob> = active
+            .iter()
+            .zip(&gates)
+            .zip(&mut outs)
+            .map(|((&e, g), o)| MatJob {
+                w: self.experts[e].2.weight(),
+                x: g,
+                n_tokens: by_expert[e].len(),
+                out: o,
+            })
+            .collect();
+        matmul_batch(&mut jobs);
+        drop(jobs);
+        out.fill(0.0);
+        for (&e, o) in active.iter().zip(&outs) {
             for (row, &(t, w)) in o.chunks_exact(d).zip(&by_expert[e]) {
                 for (acc, v) in out[t * d..(t + 1) * d].iter_mut().zip(row) {
                     *acc += w * v;
                 }
             }
         }
+        shared_out
     }
 }

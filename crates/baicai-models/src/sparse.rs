@@ -183,41 +183,31 @@ impl Blocks for SparseMoe {
     }
 
     fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
-        let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
-        let n = x.len() / c.n_embd;
+        let (c, b) = (&self.cfg, &self.blocks[il]);
         let d = c.n_embd;
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.ffn_norm, c.rms_eps, &mut h);
-        let ne = self.moe.router.n_expert;
-        let mut logits = vec![0.0; n * ne]; // [n, n_expert]
-        s.matmul(&b.router, &h, n, &mut logits);
-        let routes: Vec<Vec<(usize, f32)>> = logits
-            .chunks_exact(ne)
-            .map(|l| moe::route(l, &self.moe.router, None))
-            .collect();
-        out.fill(0.0);
-        if let Some(sh) = &b.shared {
-            let w = sh.gate.rows;
-            let mut g = vec![0.0; n * w]; // [n, n_ff_shared]
-            let mut u = vec![0.0; n * w];
-            s.matmul_many(&[&sh.gate, &sh.up], &h, n, &mut [&mut g, &mut u]);
-            layers::swiglu(&mut g, &u);
-            s.matmul(&sh.down, &g, n, out); // [n, n_embd]
-            if let Some(gi) = &sh.gate_inp {
-                for (t, row) in out.chunks_exact_mut(d).enumerate() {
+        let mut load = self.load.lock().ok();
+        let route = |l: &[f32]| moe::route(l, &self.moe.router, None);
+        let shared = b.shared.as_ref().map(|sh| [&sh.gate, &sh.up, &sh.down]);
+        let layer_load = load.as_mut().map(|l| &mut l[il]);
+        let shared_out = b
+            .experts
+            .forward(&h, &b.router, route, shared, out, layer_load);
+        if let (Some(sh), Some(so)) = (&b.shared, shared_out) {
+            for (t, (o, so)) in out.chunks_exact_mut(d).zip(so.chunks_exact(d)).enumerate() {
+                // Qwen2-MoE: `sigmoid(gate_inp · x)` scales the shared expert's output.
+                let gate = sh.gate_inp.as_ref().map_or(1.0, |gi| {
                     let z: f32 = gi
                         .iter()
                         .zip(&h[t * d..(t + 1) * d])
                         .map(|(a, b)| a * b)
                         .sum();
-                    let gate = 1.0 / (1.0 + (-z).exp());
-                    row.iter_mut().for_each(|v| *v *= gate);
-                }
+                    1.0 / (1.0 + (-z).exp())
+                });
+                o.iter_mut().zip(so).for_each(|(o, s)| *o += gate * s);
             }
         }
-        let mut load = self.load.lock().ok();
-        b.experts
-            .forward(s, &h, &routes, out, load.as_mut().map(|l| &mut l[il]));
     }
 }
 

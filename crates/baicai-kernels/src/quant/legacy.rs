@@ -596,15 +596,11 @@ pub fn dot_bf16_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Register-tiled dot products (for matmul).
 
-/// Weight rows per [`TileFns::rows`] call (decode).
-pub const DECODE_ROWS: usize = 4;
 /// Weight rows per [`TileFns::tile`] call (prefill).
 pub const TILE_ROWS: usize = 2;
 /// Activation rows per [`TileFns::tile`] call (prefill).
 pub const TILE_TOKENS: usize = 4;
 
-/// [`DECODE_ROWS`] weight rows with one activation row (`n` values each): `out[r]`.
-pub type RowsFn = fn(n: usize, w: [&[u8]; DECODE_ROWS], a: &[u8]) -> [f32; DECODE_ROWS];
 /// [`TILE_ROWS`] weight rows with [`TILE_TOKENS`] activation rows (`n` values each): `out[r][t]`.
 pub type TileFn = fn(n: usize, w: [&[u8]; TILE_ROWS], a: [&[u8]; TILE_TOKENS]) -> TileOut;
 /// The output of a [`TileFn`].
@@ -620,8 +616,6 @@ pub type StripFn = fn(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, o
 /// without breaking batch invariance.
 #[derive(Debug, Clone, Copy)]
 pub struct TileFns {
-    /// Decode: several rows, one token.
-    pub rows: RowsFn,
     /// Prefill: a register tile of rows × tokens.
     pub tile: TileFn,
     /// Prefill: [`TileFns::tile`] over a strip of token groups.

@@ -607,17 +607,13 @@ safe_strip!(strip_q4k, strip_q4k_avx2, tile_q4k_q8k_avx2, BlockQ4K);
 safe_strip!(strip_q6k, strip_q6k_avx2, tile_q6k_q8k_avx2, BlockQ6K);
 
 /// The register-tiled kernels for K-quant weights of `dtype`, where there are (Q4_K, Q6_K).
-/// Decode takes its rows one at a time: a [`crate::quant::legacy::DECODE_ROWS`] × 1 tile made the matmuls of a Qwen2.5
-/// decode step 20% slower (15.4 -> 18.4 ms, `bench_decode`), where legacy formats gain from it.
 pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
     Some(match dtype {
         DType::Q4_K => TileFns {
-            rows: |n, w, a| w.map(|w| tile_q4k::<1, 1>(n, [w], [a])[0][0]),
             tile: tile_q4k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q4k,
         },
         DType::Q6_K => TileFns {
-            rows: |n, w, a| w.map(|w| tile_q6k::<1, 1>(n, [w], [a])[0][0]),
             tile: tile_q6k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q6k,
         },

@@ -22,8 +22,7 @@ use std::ptr::read_unaligned;
 use crate::dispatch::{DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK};
 use crate::quant::legacy::{
-    f16_le_from, whole_blocks, whole_blocks_mut, TileFns, TileOut, DECODE_ROWS, TILE_ROWS,
-    TILE_TOKENS,
+    f16_le_from, whole_blocks, whole_blocks_mut, TileFns, TileOut, TILE_ROWS, TILE_TOKENS,
 };
 use crate::quant::tables::KVALUES_IQ4NL;
 
@@ -651,16 +650,10 @@ unsafe fn strip_sym_avx2<F: SymQ8_0>(
     }
 }
 
-/// [`tile_sym`] for `DECODE_ROWS` rows and one token.
-fn decode_rows<F: SymQ8_0>(n: usize, w: [&[u8]; DECODE_ROWS], a: &[u8]) -> [f32; DECODE_ROWS] {
-    tile_sym::<F, DECODE_ROWS, 1>(n, w, [a]).map(|[v]| v)
-}
-
 /// The register-tiled kernels for weights of `dtype`, if there are.
 pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
     fn fns<F: SymQ8_0>() -> TileFns {
         TileFns {
-            rows: decode_rows::<F>,
             tile: tile_sym::<F, TILE_ROWS, TILE_TOKENS>,
             strip: strip_sym::<F>,
         }
