@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use baicai_kernels::{attention, DType};
+use baicai_kernels::{attention, matmul_batch, DType, MatJob};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -381,32 +381,47 @@ impl Blocks for Deepseek2 {
                 qa[(t * nh + hh) * w + lora..][..rope].copy_from_slice(&qh[nope..]);
             }
         }
-        // Each head absorbs its own W_UK (one head after another, each matmul on the whole pool).
-        let absorbed: Vec<Vec<f32>> = (0..nh)
+        // Each head absorbs its own W_UK; the heads' matmuls share one parallel region.
+        let q_nope: Vec<Vec<f32>> = (0..nh)
             .map(|hh| {
                 let mut qn = vec![0.0; n * nope]; // [n, qk_nope] of head hh
                 for t in 0..n {
                     qn[t * nope..(t + 1) * nope].copy_from_slice(&q[(t * nh + hh) * qd..][..nope]);
                 }
-                let mut ql = vec![0.0; n * lora]; // [n, kv_lora_rank]
-                match &b.k_absorb {
-                    KAbsorb::Split(wk) => s.matmul(&wk[hh], &qn, n, &mut ql),
-                    KAbsorb::Dense(wk) => {
-                        for t in 0..n {
-                            let o = &mut ql[t * lora..(t + 1) * lora];
-                            for i in 0..nope {
-                                let qi = qn[t * nope + i];
-                                let row = &wk[(hh * nope + i) * lora..][..lora];
-                                for (oo, &r) in o.iter_mut().zip(row) {
-                                    *oo += qi * r;
-                                }
+                qn
+            })
+            .collect();
+        let mut absorbed: Vec<Vec<f32>> = vec![vec![0.0; n * lora]; nh]; // [n, kv_lora_rank] each
+        match &b.k_absorb {
+            KAbsorb::Split(wk) => {
+                let mut jobs: Vec<MatJob> = wk
+                    .iter()
+                    .zip(&q_nope)
+                    .zip(&mut absorbed)
+                    .map(|((w, qn), ql)| MatJob {
+                        w: w.weight(),
+                        x: qn,
+                        n_tokens: n,
+                        out: ql,
+                    })
+                    .collect();
+                matmul_batch(&mut jobs);
+            }
+            KAbsorb::Dense(wk) => {
+                for (hh, (qn, ql)) in q_nope.iter().zip(&mut absorbed).enumerate() {
+                    for t in 0..n {
+                        let o = &mut ql[t * lora..(t + 1) * lora];
+                        for i in 0..nope {
+                            let qi = qn[t * nope + i];
+                            let row = &wk[(hh * nope + i) * lora..][..lora];
+                            for (oo, &r) in o.iter_mut().zip(row) {
+                                *oo += qi * r;
                             }
                         }
                     }
                 }
-                ql
-            })
-            .collect();
+            }
+        }
         for (hh, ql) in absorbed.iter().enumerate() {
             for t in 0..n {
                 qa[(t * nh + hh) * w..][..lora].copy_from_slice(&ql[t * lora..(t + 1) * lora]);
@@ -426,9 +441,12 @@ impl Blocks for Deepseek2 {
             half,
         };
         if n == 1 {
-            // Decode: heads in parallel.
-            baicai_kernels::for_each_chunk_mut(&mut ol, lora, |h, o| {
-                att.attend(&qa[h * w..(h + 1) * w], pos0 + 1, o)
+            // Decode: heads split evenly over the threads, each thread's heads sharing every
+            // latent row it reads (and converts from f16).
+            let group = nh.div_ceil(rayon::current_num_threads()).max(1);
+            baicai_kernels::for_each_chunk_mut(&mut ol, group * lora, |g, o| {
+                let h0 = g * group;
+                att.attend(&qa[h0 * w..(h0 + o.len() / lora) * w], pos0 + 1, o)
             });
         } else {
             // Prefill: tokens in parallel, each latent row read once for all heads.
@@ -437,18 +455,31 @@ impl Blocks for Deepseek2 {
             });
         }
         let mut o = vec![0.0; n * nh * vd]; // [n, n_head, v_head_dim]
-        let expanded: Vec<Vec<f32>> = (0..nh)
+        let latents: Vec<Vec<f32>> = (0..nh)
             .map(|hh| {
                 let mut lat = vec![0.0; n * lora]; // [n, kv_lora_rank] of head hh
                 for t in 0..n {
                     lat[t * lora..(t + 1) * lora]
                         .copy_from_slice(&ol[(t * nh + hh) * lora..][..lora]);
                 }
-                let mut vh = vec![0.0; n * vd]; // [n, v_head_dim]
-                s.matmul(&b.v_b[hh], &lat, n, &mut vh);
-                vh
+                lat
             })
             .collect();
+        let mut expanded: Vec<Vec<f32>> = vec![vec![0.0; n * vd]; nh]; // [n, v_head_dim] each
+        let mut jobs: Vec<MatJob> = b
+            .v_b
+            .iter()
+            .zip(&latents)
+            .zip(&mut expanded)
+            .map(|((w, lat), vh)| MatJob {
+                w: w.weight(),
+                x: lat,
+                n_tokens: n,
+                out: vh,
+            })
+            .collect();
+        matmul_batch(&mut jobs);
+        drop(jobs);
         for (hh, vh) in expanded.iter().enumerate() {
             for t in 0..n {
                 o[(t * nh + hh) * vd..][..vd].copy_from_slice(&vh[t * vd..(t + 1) * vd]);
