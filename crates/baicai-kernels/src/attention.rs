@@ -70,6 +70,89 @@ pub fn axpy_f16_scalar(out: &mut [f32], w: f32, v: &[f16]) {
     }
 }
 
+/// Heads per register tile of [`dot_heads_f16`] and [`weighted_rows_f16`].
+const HEADS: usize = 8;
+
+/// Rows per pass of [`weighted_rows_f16`]: their slices stay in L2 while every lane chunk walks
+/// them (a DeepSeek latent row is 1152 bytes).
+const ROWS_PER_PASS: usize = 128;
+
+/// `out[h] = dot_f16(q[h], k)` for every head `h` of `q` (`[heads, k.len()]`, f32 values that
+/// are exactly f16, as llama.cpp rounds the query): one pass over `k` serves a tile of heads, and
+/// each result is bit-identical to [`dot_f16`] on the f16 query.
+///
+/// # Panics
+/// If `q.len()` is not `out.len() * k.len()`.
+pub fn dot_heads_f16(q: &[f32], k: &[f16], out: &mut [f32]) {
+    assert_eq!(q.len(), out.len() * k.len(), "q must be [heads, k.len()]");
+    #[cfg(target_arch = "x86_64")]
+    if active_isa() == Isa::Avx2 {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked by `active_isa`); lengths checked.
+        return unsafe { avx2::dot_heads_f16(q, k, out) };
+    }
+    dot_heads_f16_scalar(q, k, out)
+}
+
+/// Scalar reference of [`dot_heads_f16`].
+pub fn dot_heads_f16_scalar(q: &[f32], k: &[f16], out: &mut [f32]) {
+    let w = k.len();
+    for (o, qh) in out.iter_mut().zip(q.chunks_exact(w.max(1))) {
+        let qh: Vec<f16> = qh.iter().map(|&v| f16::from_f32(v)).collect();
+        *o = dot_f16_scalar(&qh, k);
+    }
+}
+
+/// `out[h, :] = Σ_j p[h, j] · rows[j][..out width]` for every head `h`, the sum over `j` in
+/// order, one fused multiply-add per term: bit-identical to zeroing `out[h]` and calling
+/// [`axpy_f16`] for `j = 0, 1, …`. `p` is `[heads, n]`; row `j` starts at `rows[j * stride]`;
+/// `out` is `[heads, width]`. Each row slice is converted once for a tile of heads.
+///
+/// # Panics
+/// If `p.len()` is not `heads * n`, `out.len()` not `heads * width`, or a row is out of range.
+pub fn weighted_rows_f16(
+    p: &[f32],
+    n: usize,
+    rows: &[f16],
+    stride: usize,
+    width: usize,
+    out: &mut [f32],
+) {
+    let heads = out.len() / width.max(1);
+    assert_eq!(out.len(), heads * width, "out must be [heads, width]");
+    assert_eq!(p.len(), heads * n, "p must be [heads, n]");
+    assert!(width <= stride, "rows are narrower than the output");
+    if n > 0 {
+        assert!(
+            (n - 1) * stride + width <= rows.len(),
+            "{n} rows of stride {stride} exceed the {} values given",
+            rows.len()
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if active_isa() == Isa::Avx2 {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked by `active_isa`); shapes checked.
+        return unsafe { avx2::weighted_rows_f16(p, n, rows, stride, width, out) };
+    }
+    weighted_rows_f16_scalar(p, n, rows, stride, width, out)
+}
+
+/// Scalar reference of [`weighted_rows_f16`].
+pub fn weighted_rows_f16_scalar(
+    p: &[f32],
+    n: usize,
+    rows: &[f16],
+    stride: usize,
+    width: usize,
+    out: &mut [f32],
+) {
+    for (h, o) in out.chunks_exact_mut(width.max(1)).enumerate() {
+        o.fill(0.0);
+        for j in 0..n {
+            axpy_f16_scalar(o, p[h * n + j], &rows[j * stride..][..width]);
+        }
+    }
+}
+
 /// Softmax of `x` in place: `exp(x - max) * (1 / sum)` with the sum in f64 and the factor
 /// rounded to f32 once, as `ggml_vec_soft_max_f32` and `ggml_compute_forward_soft_max_f32` do.
 /// Entries of `-inf` (masked) become 0.
@@ -121,6 +204,118 @@ mod avx2 {
             s = x.to_f32().mul_add(y.to_f32(), s);
         }
         s
+    }
+
+    /// The AVX2 horizontal sum used by [`dot_f16`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(acc: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// AVX2 [`super::dot_heads_f16`]: tiles of up to [`super::HEADS`] heads, `k` converted once
+    /// per tile; each head's lanes and tail as in [`dot_f16`].
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `q.len() == out.len() * k.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_heads_f16(q: &[f32], k: &[f16], out: &mut [f32]) {
+        const H: usize = super::HEADS;
+        let w = k.len();
+        let body = w / 8 * 8;
+        let mut h0 = 0;
+        while h0 < out.len() {
+            let nh = (out.len() - h0).min(H);
+            let mut acc = [_mm256_setzero_ps(); H];
+            let qp = q.as_ptr().add(h0 * w);
+            let mut i = 0;
+            while i < body {
+                // SAFETY: `i + 8 <= body <= w`; rows `h0..h0 + nh` of q exist.
+                let kv = load8(k.as_ptr().add(i));
+                for (h, a) in acc.iter_mut().enumerate().take(nh) {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(h * w + i)), kv, *a);
+                }
+                i += 8;
+            }
+            for (h, a) in acc.iter().enumerate().take(nh) {
+                let mut s = hsum(*a);
+                for (x, y) in q[(h0 + h) * w + body..(h0 + h + 1) * w]
+                    .iter()
+                    .zip(&k[body..])
+                {
+                    s = x.mul_add(y.to_f32(), s);
+                }
+                out[h0 + h] = s;
+            }
+            h0 += nh;
+        }
+    }
+
+    /// AVX2 [`super::weighted_rows_f16`]: for each 8-lane chunk of the output, a tile of up to
+    /// [`super::HEADS`] heads' accumulators stays in registers while the rows pass by, in passes
+    /// of [`super::ROWS_PER_PASS`] rows (accumulators stored between passes; the order of the
+    /// sum over rows never changes). The tail lanes are summed the scalar way.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; the shapes checked by the safe wrapper.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_rows_f16(
+        p: &[f32],
+        n: usize,
+        rows: &[f16],
+        stride: usize,
+        width: usize,
+        out: &mut [f32],
+    ) {
+        const H: usize = super::HEADS;
+        let heads = out.len() / width.max(1);
+        let body = width / 8 * 8;
+        out.fill(0.0);
+        let (rp, op, pp) = (rows.as_ptr(), out.as_mut_ptr(), p.as_ptr());
+        let mut j0 = 0;
+        while j0 < n {
+            let j1 = (j0 + super::ROWS_PER_PASS).min(n);
+            let mut h0 = 0;
+            while h0 < heads {
+                let nh = (heads - h0).min(H);
+                let mut i = 0;
+                while i < body {
+                    let mut acc = [_mm256_setzero_ps(); H];
+                    for (h, a) in acc.iter_mut().enumerate().take(nh) {
+                        *a = _mm256_loadu_ps(op.add((h0 + h) * width + i));
+                    }
+                    for j in j0..j1 {
+                        // SAFETY: row j's lanes `i..i + 8` are inside `rows` (checked by the
+                        // wrapper: `(n - 1) * stride + width <= rows.len()`).
+                        let c = load8(rp.add(j * stride + i));
+                        for (h, a) in acc.iter_mut().enumerate().take(nh) {
+                            let ph = _mm256_broadcast_ss(&*pp.add((h0 + h) * n + j));
+                            *a = _mm256_fmadd_ps(ph, c, *a);
+                        }
+                    }
+                    for (h, a) in acc.iter().enumerate().take(nh) {
+                        _mm256_storeu_ps(op.add((h0 + h) * width + i), *a);
+                    }
+                    i += 8;
+                }
+                for h in h0..h0 + nh {
+                    for j in j0..j1 {
+                        let w = p[h * n + j];
+                        for (o, x) in out[h * width + body..(h + 1) * width]
+                            .iter_mut()
+                            .zip(&rows[j * stride + body..j * stride + width])
+                        {
+                            *o = w.mul_add(x.to_f32(), *o);
+                        }
+                    }
+                }
+                h0 += nh;
+            }
+            j0 = j1;
+        }
     }
 
     /// AVX2 [`super::axpy_f16`].
@@ -176,6 +371,56 @@ mod tests {
             axpy_f16(&mut o1, w, &b);
             axpy_f16_scalar(&mut o2, w, &b);
             assert_eq!(o1, o2, "axpy n={n}");
+        }
+    }
+
+    #[test]
+    fn head_tiles_equal_one_head_at_a_time_bit_for_bit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for (heads, w, n) in [
+            (1, 8, 1),
+            (3, 13, 5),
+            (8, 576, 7),
+            (16, 576, 300),
+            (11, 64, 129),
+        ] {
+            let q: Vec<f32> = random(heads * w, &mut rng)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect();
+            let k = random(w, &mut rng);
+            let mut got = vec![0.0; heads];
+            dot_heads_f16(&q, &k, &mut got);
+            let mut want = vec![0.0; heads];
+            dot_heads_f16_scalar(&q, &k, &mut want);
+            for (h, (g, w_)) in got.iter().zip(&want).enumerate() {
+                let qh: Vec<f16> = q[h * w..(h + 1) * w]
+                    .iter()
+                    .map(|&v| f16::from_f32(v))
+                    .collect();
+                assert_eq!(g.to_bits(), dot_f16(&qh, &k).to_bits(), "dot h={h} w={w}");
+                assert_eq!(g.to_bits(), w_.to_bits(), "scalar h={h} w={w}");
+            }
+            // Weighted sum of n rows of stride w + 3, first w - 1 lanes.
+            let (stride, width) = (w + 3, w - 1);
+            let rows = random(n * stride, &mut rng);
+            let p: Vec<f32> = (0..heads * n).map(|_| rng.gen_range(0.0..1.0)).collect();
+            let mut got = vec![f32::NAN; heads * width];
+            weighted_rows_f16(&p, n, &rows, stride, width, &mut got);
+            let mut want = vec![f32::NAN; heads * width];
+            weighted_rows_f16_scalar(&p, n, &rows, stride, width, &mut want);
+            let mut by_axpy = vec![0.0; heads * width];
+            for h in 0..heads {
+                for j in 0..n {
+                    axpy_f16(
+                        &mut by_axpy[h * width..(h + 1) * width],
+                        p[h * n + j],
+                        &rows[j * stride..][..width],
+                    );
+                }
+            }
+            assert_eq!(got, want, "weighted rows vs scalar, heads={heads} n={n}");
+            assert_eq!(got, by_axpy, "weighted rows vs axpy, heads={heads} n={n}");
         }
     }
 

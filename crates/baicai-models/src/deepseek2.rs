@@ -178,6 +178,23 @@ impl LatentAttention<'_> {
         if self.half {
             q.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
         }
+        if let Latents::F16(rows) = self.rows {
+            // The f16 cache: SIMD kernels that convert each latent row once for all heads.
+            let mut sc = vec![0f32; heads * len]; // [heads, len]
+            let mut col = vec![0f32; heads];
+            for j in 0..len {
+                attention::dot_heads_f16(&q, &rows[j * w..(j + 1) * w], &mut col);
+                for (h, &v) in col.iter().enumerate() {
+                    sc[h * len + j] = v * self.scale;
+                }
+            }
+            for p in sc.chunks_exact_mut(len) {
+                attention::softmax_inplace(p);
+                p.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+            }
+            attention::weighted_rows_f16(&sc, len, rows, w, lora, out);
+            return;
+        }
         let mut buf = vec![0f32; w];
         let mut sc = vec![0f32; heads * len]; // [heads, len]
         for j in 0..len {
