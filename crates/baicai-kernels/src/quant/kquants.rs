@@ -766,7 +766,8 @@ pub fn tile_fns(dtype: DType, isa: Isa) -> Option<TileFns> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         check_avx2();
-        return crate::simd::avx2_kquants::tile_fns(dtype);
+        return crate::simd::avx512_kquants::tile_fns(dtype)
+            .or_else(|| crate::simd::avx2_kquants::tile_fns(dtype));
     }
     let _ = (dtype, isa);
     None

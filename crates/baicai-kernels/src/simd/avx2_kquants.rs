@@ -70,7 +70,7 @@ fn ld_bsums(y: &BlockQ8K) -> __m256i {
 /// Converts a little-endian f16 with F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn f16_to_f32(b: [u8; 2]) -> f32 {
+pub(super) fn f16_to_f32(b: [u8; 2]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
         u16::from_le_bytes(b),
     ))))
@@ -78,14 +78,14 @@ fn f16_to_f32(b: [u8; 2]) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum_ps128(s: __m128) -> f32 {
+pub(super) fn hsum_ps128(s: __m128) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum_ps(v: __m256) -> f32 {
+pub(super) fn hsum_ps(v: __m256) -> f32 {
     hsum_ps128(_mm_add_ps(
         _mm256_castps256_ps128(v),
         _mm256_extractf128_ps::<1>(v),
@@ -113,7 +113,7 @@ fn bcast_i16(k: usize) -> __m256i {
 /// The eight 6-bit Q4_K/Q5_K mins as i16 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn mins_k4(mins: [u8; 8]) -> __m128i {
+pub(super) fn mins_k4(mins: [u8; 8]) -> __m128i {
     _mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(mins)))
 }
 
@@ -128,7 +128,7 @@ fn scales_k4(sc: [u8; 8]) -> __m256i {
 /// Q4_K/Q5_K, as i16 (each fits: ≤ 32 × 128).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bsums32(y: &BlockQ8K) -> __m128i {
+pub(super) fn bsums32(y: &BlockQ8K) -> __m128i {
     let bs = ld_bsums(y);
     _mm_hadd_epi16(
         _mm256_castsi256_si128(bs),
@@ -139,7 +139,7 @@ fn bsums32(y: &BlockQ8K) -> __m128i {
 /// `acc + dmin * Σ_j min_j * bsum32_j` lanes for Q4_K/Q5_K (`mins` widened to i16).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn fma_mins(acc: __m128, dmin: f32, mins: __m128i, bs32: __m128i) -> __m128 {
+pub(super) fn fma_mins(acc: __m128, dmin: f32, mins: __m128i, bs32: __m128i) -> __m128 {
     _mm_fmadd_ps(
         _mm_set1_ps(dmin),
         _mm_cvtepi32_ps(_mm_madd_epi16(mins, bs32)),

@@ -1,0 +1,180 @@
+//! AVX-512 (BW + VNNI) register tiles for Q4_K weights against Q8_K activations, used for
+//! prefill where the CPU has them. Decode keeps the AVX2 dot: it is memory bound.
+//!
+//! Each tile element equals [`super::avx2_kquants::tile_q4k_q8k_avx2`]'s (and so the AVX2 dot's)
+//! bit for bit, which keeps matmul batch invariant across the two kernels. The AVX2 kernel's
+//! integer lane `m` of a super-block is `Σ_c s_{2c}·Σ_{b∈4m..4m+3} lo_c[b]·y[64c+b] +
+//! s_{2c+1}·Σ_{b∈4m..4m+3} hi_c[b]·y[64c+32+b]` (`maddubs`, then `madd` with the broadcast
+//! sub-block scale). Here one 512-bit register holds a chunk's low nibbles in its lower half and
+//! its high nibbles in its upper half, against the 64 contiguous activation bytes they multiply;
+//! `maddubs` then `dpwssd` with the two scales gives the two halves' terms in lanes `m` and
+//! `8 + m`, which are added once per super-block. Integer sums are exact (no saturation: levels
+//! ≤ 15, |a| ≤ 128), and the float steps are the AVX2 kernel's, in the same order.
+
+use core::arch::x86_64::*;
+
+use super::avx2_kquants::{bsums32, f16_to_f32, fma_mins, hsum_ps, hsum_ps128, mins_k4};
+use crate::quant::kquants::{row_blocks, scales_mins_k4, BlockQ4K, BlockQ8K};
+use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
+
+/// Whether this CPU runs the kernels of this module, and `BAICAI_NO_AVX512` is not set (to
+/// compare against the AVX2 kernels).
+pub(crate) fn available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        std::env::var_os("BAICAI_NO_AVX512").is_none()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    })
+}
+
+/// `acc + Σ pairs a·b` per i32 lane (`vpdpwssd`), as an instruction: LLVM splits the intrinsic
+/// back into `vpmaddwd` + `vpaddd`, two double-pumped 512-bit operations on Zen 4 instead of one.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    // SAFETY: the instruction only reads and writes these registers; the CPU supports it (this
+    // function's target features).
+    unsafe {
+        core::arch::asm!(
+            "vpdpwssd {acc}, {a}, {b}",
+            acc = inout(zmm_reg) acc,
+            a = in(zmm_reg) a,
+            b = in(zmm_reg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// `R` Q4_K weight rows × `T` Q8_K activation rows (see the module docs).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C ([`available`]).
+///
+/// # Panics
+/// If a row holds fewer than `w[0].len()` blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn tile_q4k_q8k_avx512<const R: usize, const T: usize>(
+    w: [&[BlockQ4K]; R],
+    a: [&[BlockQ8K]; T],
+) -> [[f32; T]; R] {
+    let nb = w[0].len();
+    assert!(w.iter().all(|w| w.len() >= nb) && a.iter().all(|a| a.len() >= nb));
+    let m4 = _mm512_set1_epi8(0x0f);
+    // The upper half's 64-bit lanes shift right by 4: high nibbles there, low ones below.
+    let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut acc_m = [[_mm_setzero_ps(); T]; R];
+    for b in 0..nb {
+        // SAFETY: `b < nb` and every row holds `nb` blocks (asserted above).
+        let x = w.map(|w| unsafe { w.get_unchecked(b) });
+        // SAFETY: as above.
+        let y = a.map(|a| unsafe { a.get_unchecked(b) });
+        let dy = y.map(|y| y.d());
+        let mut bs32 = [_mm_setzero_si128(); T];
+        for t in 0..T {
+            bs32[t] = bsums32(y[t]);
+        }
+        let mut scales = [[0u8; 8]; R];
+        for r in 0..R {
+            let (s, m) = scales_mins_k4(&x[r].scales);
+            let mins = mins_k4(m);
+            let dmin = f16_to_f32(x[r].dmin);
+            for t in 0..T {
+                acc_m[r][t] = fma_mins(acc_m[r][t], dmin * dy[t], mins, bs32[t]);
+            }
+            scales[r] = s;
+        }
+        let mut sumi = [[_mm512_setzero_si512(); T]; R];
+        for c in 0..4 {
+            for r in 0..R {
+                // SAFETY: `qs` is 128 bytes, so `32c .. 32c + 32` is inside it.
+                let q = unsafe { _mm256_loadu_si256(x[r].qs.as_ptr().add(32 * c).cast()) };
+                let q = _mm512_broadcast_i64x4(q);
+                let levels = _mm512_and_si512(_mm512_srlv_epi64(q, shifts), m4);
+                let sc = _mm512_mask_blend_epi16(
+                    0xffff_0000,
+                    _mm512_set1_epi16(i16::from(scales[r][2 * c])),
+                    _mm512_set1_epi16(i16::from(scales[r][2 * c + 1])),
+                );
+                for t in 0..T {
+                    // SAFETY: `qs` is 256 bytes, so `64c .. 64c + 64` is inside it.
+                    let yv = unsafe { _mm512_loadu_si512(y[t].qs.as_ptr().add(64 * c).cast()) };
+                    let p = _mm512_maddubs_epi16(levels, yv);
+                    sumi[r][t] = dpwssd(sumi[r][t], p, sc);
+                }
+            }
+        }
+        for r in 0..R {
+            let dx = f16_to_f32(x[r].d);
+            for t in 0..T {
+                let s = _mm256_add_epi32(
+                    _mm512_castsi512_si256(sumi[r][t]),
+                    _mm512_extracti64x4_epi64::<1>(sumi[r][t]),
+                );
+                let d = _mm256_set1_ps(dx * dy[t]);
+                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[r][t]);
+            }
+        }
+    }
+    let mut out = [[0.0; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum_ps(acc[r][t]) - hsum_ps128(acc_m[r][t]);
+        }
+    }
+    out
+}
+
+/// Safe tile over [`tile_q4k_q8k_avx512`] with the row checks of the scalar reference.
+fn tile_q4k<const R: usize, const T: usize>(
+    n: usize,
+    w: [&[u8]; R],
+    a: [&[u8]; T],
+) -> [[f32; T]; R] {
+    let w = w.map(|w| row_blocks::<BlockQ4K>(w, n));
+    let a = a.map(|a| row_blocks::<BlockQ8K>(a, n));
+    // SAFETY: `tile_fns` hands this out only when `available()`.
+    unsafe { tile_q4k_q8k_avx512::<R, T>(w, a) }
+}
+
+/// Safe [`crate::quant::legacy::StripFn`] over [`tile_q4k_q8k_avx512`].
+fn strip_q4k(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, out: &mut [TileOut]) {
+    let w: [&[BlockQ4K]; TILE_ROWS] = std::array::from_fn(|r| row_blocks(w[r], n));
+    // SAFETY: `tile_fns` hands this out only when `available()`.
+    unsafe { strip_q4k_avx512(n, w, a, a_row, out) }
+}
+
+/// The loop of the strip, inside the target features so the tiles inline.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn strip_q4k_avx512(
+    n: usize,
+    w: [&[BlockQ4K]; TILE_ROWS],
+    a: &[u8],
+    a_row: usize,
+    out: &mut [TileOut],
+) {
+    for (g, o) in out.iter_mut().enumerate() {
+        let mut ys: [&[BlockQ8K]; TILE_TOKENS] = [&[]; TILE_TOKENS];
+        for (t, y) in ys.iter_mut().enumerate() {
+            *y = row_blocks(&a[(g * TILE_TOKENS + t) * a_row..], n);
+        }
+        // SAFETY: this function only runs with the features enabled (its attribute).
+        *o = unsafe { tile_q4k_q8k_avx512::<TILE_ROWS, TILE_TOKENS>(w, ys) };
+    }
+}
+
+/// The AVX-512 tiles for `dtype` (Q4_K), when the CPU has them.
+pub(crate) fn tile_fns(dtype: crate::dtype::DType) -> Option<TileFns> {
+    (dtype == crate::dtype::DType::Q4_K && available()).then_some(TileFns {
+        tile: tile_q4k::<TILE_ROWS, TILE_TOKENS>,
+        strip: strip_q4k,
+    })
+}
