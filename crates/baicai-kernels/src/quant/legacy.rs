@@ -627,7 +627,8 @@ pub struct TileFns {
 pub fn tile_fns(dtype: DType, isa: Isa) -> Option<TileFns> {
     #[cfg(target_arch = "x86_64")]
     if use_avx2(isa) {
-        return crate::simd::avx2_legacy::tile_fns(dtype);
+        return crate::simd::avx512_legacy::tile_fns(dtype)
+            .or_else(|| crate::simd::avx2_legacy::tile_fns(dtype));
     }
     let _ = (dtype, isa);
     None

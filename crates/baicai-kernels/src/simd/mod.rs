@@ -6,3 +6,5 @@ pub mod avx2_kquants;
 pub mod avx2_legacy;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_kquants;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_legacy;

@@ -1,0 +1,148 @@
+//! AVX-512 VNNI register tiles for the symmetric legacy formats (Q4_0, Q5_0, Q8_0, IQ4_NL)
+//! against Q8_0 activations, used for prefill where the CPU has them (decode keeps the AVX2 dot:
+//! it is memory bound).
+//!
+//! Each element equals [`super::avx2_legacy::tile_sym_q8_0`]'s bit for bit. Per block, the AVX2
+//! kernel's i32 lane `m` is the exact `Σ_{b∈4m..4m+3} v[b]·y[b]` of the weight values `v` and the
+//! activation codes `y`. `vpdpbusd` sums the same four products of an unsigned and a signed byte
+//! in one instruction, so the weights go in as unsigned codes `u = v + o` (the format's own
+//! offset, or 128 for signed codes) and the accumulator starts at `-o·Σ_{4 bytes} y`, computed
+//! once per token and block: the lane comes out as the same integer. The float steps
+//! (`fma(d_w·d_a, lanes, acc)` in block order, then the horizontal sum) are the AVX2 kernel's.
+
+use std::arch::x86_64::*;
+
+use super::avx2_legacy::{broadcast_f16, hsum_ps, SymQ8_0, IQ4_NL, Q4_0, Q5_0, Q8_0};
+use crate::dtype::{DType, QK};
+use crate::quant::legacy::{whole_blocks, TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
+
+const Q8_0_BYTES: usize = DType::Q8_0.block_bytes();
+
+/// `R` weight rows × `T` Q8_0 activation rows, `nb` blocks each (see the module docs).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C
+/// ([`super::avx512_kquants::available`]); every `w[r]` must point at `nb` blocks of `F` and
+/// every `a[t]` at `nb` Q8_0 blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_sym_vnni<F: SymQ8_0, const R: usize, const T: usize>(
+    nb: usize,
+    w: [*const u8; R],
+    a: [*const u8; T],
+) -> [[f32; T]; R] {
+    // Signed codes are shifted to unsigned by flipping the sign bit (adding 128).
+    let offset: u8 = if F::OFFSET == 0 { 128 } else { F::OFFSET as u8 };
+    let off = _mm256_set1_epi8(offset as i8);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let (mut u, mut dw) = ([_mm256_setzero_si256(); R], [_mm256_setzero_ps(); R]);
+    for b in 0..nb {
+        for r in 0..R {
+            let x = w[r].add(b * F::BYTES);
+            let q = F::codes(x);
+            u[r] = if F::OFFSET == 0 {
+                _mm256_xor_si256(q, off)
+            } else {
+                q
+            };
+            dw[r] = broadcast_f16(x);
+        }
+        for t in 0..T {
+            let y = a[t].add(b * Q8_0_BYTES);
+            let qy = _mm256_loadu_si256(y.add(2).cast());
+            let da = broadcast_f16(y);
+            let start = _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, qy),
+            );
+            for r in 0..R {
+                let s = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, u[r], qy));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], da), s, acc[r][t]);
+            }
+        }
+    }
+    let mut out = [[0.0; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum_ps(acc[r][t]);
+        }
+    }
+    out
+}
+
+/// Safe tile: checks the row lengths ([`tile_fns`] checked the CPU).
+fn tile_sym<F: SymQ8_0, const R: usize, const T: usize>(
+    n: usize,
+    w: [&[u8]; R],
+    a: [&[u8]; T],
+) -> [[f32; T]; R] {
+    let w = w.map(|w| whole_blocks(F::DTYPE, n, w).as_ptr());
+    let a = a.map(|a| whole_blocks(DType::Q8_0, n, a).as_ptr());
+    // SAFETY: `tile_fns` hands this out only when the CPU has the features; every row holds
+    // `n` values (checked just above).
+    unsafe { tile_sym_vnni::<F, R, T>(n / QK, w, a) }
+}
+
+/// Safe strip: checks the rows once, then runs the tiles inline.
+fn strip_sym<F: SymQ8_0>(
+    n: usize,
+    w: [&[u8]; TILE_ROWS],
+    a: &[u8],
+    a_row: usize,
+    out: &mut [TileOut],
+) {
+    let mut wp = [std::ptr::null(); TILE_ROWS];
+    for (p, w) in wp.iter_mut().zip(w) {
+        *p = whole_blocks(F::DTYPE, n, w).as_ptr();
+    }
+    let tokens = out.len() * TILE_TOKENS;
+    if tokens == 0 {
+        return;
+    }
+    whole_blocks(DType::Q8_0, n, &a[(tokens - 1) * a_row..]);
+    // SAFETY: `tile_fns` hands this out only when the CPU has the features; every weight row
+    // holds `n` values, and so does every activation row (the last was checked, and they are
+    // `a_row` apart inside `a`).
+    unsafe { strip_sym_vnni::<F>(n / QK, wp, a.as_ptr(), a_row, out) }
+}
+
+/// The loop of [`strip_sym`], inside the target features so the tiles inline.
+///
+/// # Safety
+/// As [`tile_sym_vnni`] for every group of `TILE_TOKENS` rows `a_row` bytes apart from `a`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn strip_sym_vnni<F: SymQ8_0>(
+    nb: usize,
+    w: [*const u8; TILE_ROWS],
+    a: *const u8,
+    a_row: usize,
+    out: &mut [TileOut],
+) {
+    for (g, o) in out.iter_mut().enumerate() {
+        let mut ap = [a; TILE_TOKENS];
+        for (t, p) in ap.iter_mut().enumerate() {
+            *p = a.add((g * TILE_TOKENS + t) * a_row);
+        }
+        *o = tile_sym_vnni::<F, TILE_ROWS, TILE_TOKENS>(nb, w, ap);
+    }
+}
+
+/// The AVX-512 VNNI tiles for `dtype`, when it is a symmetric legacy format and the CPU has them.
+pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
+    fn fns<F: SymQ8_0>() -> TileFns {
+        TileFns {
+            tile: tile_sym::<F, TILE_ROWS, TILE_TOKENS>,
+            strip: strip_sym::<F>,
+        }
+    }
+    if !super::avx512_kquants::available() {
+        return None;
+    }
+    Some(match dtype {
+        DType::Q4_0 => fns::<Q4_0>(),
+        DType::Q5_0 => fns::<Q5_0>(),
+        DType::Q8_0 => fns::<Q8_0>(),
+        DType::IQ4_NL => fns::<IQ4_NL>(),
+        _ => return None,
+    })
+}
