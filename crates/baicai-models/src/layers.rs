@@ -2,7 +2,6 @@
 
 use baicai_kernels::attention;
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::config::RopeStyle;
@@ -173,23 +172,44 @@ pub fn attention_f16(q: &[f32], k: &[f16], v: &[f16], p: AttnParams, out: &mut [
     let group = p.n_head / p.n_head_kv;
     let (dk, dv) = (p.head_dim_k, p.head_dim_v);
     let (kw, vw) = (p.n_head_kv * dk, p.n_head_kv * dv);
+    // Work items are runs of query heads that share a KV head, so each key/value row is
+    // converted once for all of them; decode splits a group into single heads when there would
+    // be too few items for the threads. Either way each head's result is the same (the kernels
+    // are bit-identical to one head at a time).
+    let n_tokens = out.len() / (p.n_head * dv).max(1);
+    let threads = rayon::current_num_threads();
+    let per = if n_tokens * p.n_head_kv >= 2 * threads {
+        group
+    } else {
+        1
+    };
     // The kernels' pool: its threads are still spinning from the q/k/v matmul.
-    baicai_kernels::for_each_chunk_mut(out, dv, |i, o| {
-        let (t, h) = (i / p.n_head, i % p.n_head);
-        let kvh = h / group;
+    baicai_kernels::for_each_chunk_mut(out, per * dv, |i, o| {
+        let h0 = i * per % p.n_head;
+        let t = i * per / p.n_head;
+        let nh = o.len() / dv;
+        let kvh = h0 / group;
         let pos = p.pos0 + t;
         let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let mut qh = vec![f16::ZERO; dk]; // [head_dim_k]
-        qh.convert_from_f32_slice(&q[(t * p.n_head + h) * dk..][..dk]);
-        let mut scores: Vec<f32> = (start..=pos) // [pos + 1 - start]
-            .map(|j| attention::dot_f16(&qh, &k[j * kw + kvh * dk..][..dk]) * p.scale)
+        let len = pos + 1 - start;
+        // The queries rounded to f16, as f32.
+        let qg: Vec<f32> = q[(t * p.n_head + h0) * dk..][..nh * dk]
+            .iter()
+            .map(|&x| f16::from_f32(x).to_f32())
             .collect();
-        attention::softmax_inplace(&mut scores);
-        o.fill(0.0);
-        for (j, &s) in (start..=pos).zip(&scores) {
-            let w = f16::from_f32(s).to_f32();
-            attention::axpy_f16(o, w, &v[j * vw + kvh * dv..][..dv]);
+        let mut scores = vec![0f32; nh * len]; // [heads, len]
+        let mut col = vec![0f32; nh];
+        for j in start..=pos {
+            attention::dot_heads_f16(&qg, &k[j * kw + kvh * dk..][..dk], &mut col);
+            for (h, &c) in col.iter().enumerate() {
+                scores[h * len + j - start] = c * p.scale;
+            }
         }
+        for s in scores.chunks_exact_mut(len) {
+            attention::softmax_inplace(s);
+            s.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
+        }
+        attention::weighted_rows_f16(&scores, len, &v[start * vw + kvh * dv..], vw, dv, o);
     });
 }
 
