@@ -8,10 +8,16 @@
 //! blocks of tokens) but never inside a dot product, so each element is reduced in the same order
 //! whatever `n_tokens` is or how many threads run: results are batch invariant bit for bit.
 //!
-//! Decode (`n_tokens == 1`) is memory bound: each weight row is streamed once, rows are split into
-//! chunks big enough that a rayon task is worth its scheduling cost, and rows a little ahead are
-//! prefetched. Prefill splits the output into (rows × tokens) tasks, iterating tokens innermost,
-//! so a weight row stays in L1 while it meets a block of activation rows that stays in L2.
+//! Decode (`n_tokens == 1`) is memory bound: each weight row is streamed once, one row after
+//! another (a single sequential stream per thread, which the hardware prefetcher follows best),
+//! in chunks big enough that a task is worth its scheduling cost. Prefill splits the output into
+//! (rows × tokens) tasks, iterating tokens innermost, so a weight row stays in L1 while it meets a
+//! block of activation rows that stays in L2. On CPUs with AVX-512 VNNI the prefill tiles of
+//! Q4_K and the symmetric legacy formats use it, bit-identical to the AVX2 tiles and dots.
+//!
+//! [`matmul_batch`] runs any number of independent matmuls (the experts of a MoE layer, the
+//! heads of a per-head projection) in one parallel region, so the pool is woken and waited for
+//! once per batch rather than once per matrix.
 
 use std::cell::Cell;
 use std::ops::Range;

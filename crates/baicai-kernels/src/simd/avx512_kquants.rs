@@ -55,7 +55,7 @@ fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
 /// `R` Q4_K weight rows × `T` Q8_K activation rows (see the module docs).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C ([`available`]).
+/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
 ///
 /// # Panics
 /// If a row holds fewer than `w[0].len()` blocks.
