@@ -96,6 +96,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     // Peak RSS is read before the bandwidth probe, whose buffer would otherwise count.
     let peak_rss = sysinfo::peak_rss_bytes().unwrap_or(0);
+    let huge_pages = sysinfo::anon_huge_page_bytes().unwrap_or(0);
     let bandwidth = sysinfo::measure_read_bandwidth(threads);
     let bytes_per_token = model.weight_bytes_per_token();
     let tg_mean = mean(&tg);
@@ -119,6 +120,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "tg_stddev": stddev(&tg),
             "peak_rss_mib": peak_rss as f64 / 1048576.0,
             "file_mib": file as f64 / 1048576.0,
+            "weights": loaded.held_in_memory,
+            "huge_pages_mib": huge_pages as f64 / 1048576.0,
             "weight_bytes_per_token": bytes_per_token,
             "bandwidth_gb_per_s": bandwidth / 1e9,
             "roofline_fraction": roofline,
@@ -132,6 +135,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             a.model.model.display(),
             cfg.arch_name
         );
+        for h in &loaded.held_in_memory {
+            println!(
+                "weights: {h}; {:.0} MiB on 2 MiB pages",
+                huge_pages as f64 / 1048576.0
+            );
+        }
         if a.n_prompt > 0 {
             println!(
                 "pp{:<6} {:>8.2} ± {:.2} tok/s",

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use baicai_gguf::Gguf;
+use baicai_gguf::{Gguf, Residency};
 use baicai_models::CausalLm;
 use baicai_tokenizer::{Tokenizer, TokenizerSpec};
 use clap::Args;
@@ -18,6 +18,37 @@ pub struct ModelArgs {
     /// Threads for matrix multiplication (default: all cores).
     #[arg(short = 't', long = "threads")]
     pub threads: Option<usize>,
+    /// How GGUF weights are held: `ram` reads the file into memory on 2 MiB pages (faster
+    /// generation, needs memory for the whole file), `mmap` maps it (nothing read until used;
+    /// models larger than RAM run from the page cache), `auto` reads it when it fits in the
+    /// memory available (cgroup limits included) with room to spare, and maps it otherwise.
+    #[arg(long = "load", value_enum, default_value_t = LoadMode::Auto)]
+    pub load: LoadMode,
+}
+
+/// See [`ModelArgs::load`].
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    Auto,
+    Mmap,
+    Ram,
+}
+
+/// Memory `auto` leaves besides the weights (KV cache, activations, the rest of the system).
+const AUTO_RESERVE_BYTES: u64 = 2 << 30;
+
+/// The residency `mode` means for GGUF files of `file_bytes` in all.
+fn residency(mode: LoadMode, file_bytes: u64) -> Residency {
+    match mode {
+        LoadMode::Mmap => Residency::Mapped,
+        LoadMode::Ram => Residency::Resident,
+        LoadMode::Auto => match baicai_engine::sysinfo::memory_budget_bytes() {
+            Some(budget) if file_bytes + AUTO_RESERVE_BYTES <= budget / 10 * 9 => {
+                Residency::Resident
+            }
+            _ => Residency::Mapped,
+        },
+    }
 }
 
 /// Opens the GGUF file with a message that names it.
@@ -85,7 +116,15 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
             held_in_memory: hf.held_in_memory,
         });
     }
-    let gguf = open_gguf(path)?;
+    // The mapping costs nothing, and gives the size of every part of a split model.
+    let size = open_gguf(path)?.file_size();
+    let gguf = match residency(args.load, size) {
+        Residency::Mapped => open_gguf(path)?,
+        Residency::Resident => Arc::new(
+            Gguf::open_with(path, Residency::Resident)
+                .with_context(|| format!("cannot read {} into memory", path.display()))?,
+        ),
+    };
     let model: Arc<dyn CausalLm> = baicai_models::load(gguf.clone())
         .with_context(|| format!("cannot load model {}", path.display()))?
         .into();
@@ -101,7 +140,12 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         tokenizer,
         tokenizer_error,
         file_size: gguf.file_size(),
-        held_in_memory: vec!["all tensors: memory-mapped from the file, not copied".into()],
+        held_in_memory: vec![match gguf.residency() {
+            Residency::Mapped => "all tensors: memory-mapped from the file, not copied".into(),
+            Residency::Resident => {
+                "all tensors: read into memory once (2 MiB pages where the OS grants them)".into()
+            }
+        }],
     })
 }
 

@@ -43,6 +43,54 @@ pub fn available_memory_bytes() -> Option<u64> {
     proc_kib_field("/proc/meminfo", "MemAvailable")
 }
 
+/// Huge pages backing this process's anonymous memory (`AnonHugePages` in
+/// `/proc/self/smaps_rollup`), in bytes.
+pub fn anon_huge_page_bytes() -> Option<u64> {
+    proc_kib_field("/proc/self/smaps_rollup", "AnonHugePages")
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, v1 `memory.limit_in_bytes`);
+/// `None` when there is none, or it is "unlimited".
+pub fn cgroup_memory_limit_bytes() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut limits = Vec::new();
+    for line in cgroups.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let path = path.trim_start_matches('/');
+        let files: Vec<String> = if controllers.is_empty() {
+            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .iter()
+                .map(|root| format!("{root}/{path}/memory.max"))
+                .collect()
+        } else if controllers.split(',').any(|c| c == "memory") {
+            vec![format!(
+                "/sys/fs/cgroup/memory/{path}/memory.limit_in_bytes"
+            )]
+        } else {
+            continue;
+        };
+        limits.extend(
+            files
+                .iter()
+                .filter_map(|f| std::fs::read_to_string(f).ok())
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                // "max" does not parse; v1 writes "unlimited" as a huge page-rounded number.
+                .filter(|&v| v < 1 << 60),
+        );
+    }
+    limits.into_iter().min()
+}
+
+/// Memory this process can expect to use: the kernel's `MemAvailable`, capped by the cgroup
+/// limit when there is one.
+pub fn memory_budget_bytes() -> Option<u64> {
+    match (available_memory_bytes(), cgroup_memory_limit_bytes()) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    }
+}
+
 /// The CPU's marketing name (`model name` in `/proc/cpuinfo`), e.g. `AMD EPYC`.
 pub fn cpu_model_name() -> Option<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;

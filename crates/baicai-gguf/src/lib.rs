@@ -180,16 +180,32 @@ impl std::fmt::Debug for Gguf {
     }
 }
 
-/// The bytes of one file: a read-only memory map, or an owned buffer for in-memory files.
+/// Where a model's bytes live once it is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Residency {
+    /// Memory-mapped from the file: nothing is read until used, pages the OS can drop and read
+    /// again, so a model larger than RAM still runs (from the page cache and the disk).
+    #[default]
+    Mapped,
+    /// Read into anonymous memory once, asking the OS for 2 MiB pages (Linux transparent huge
+    /// pages, `madvise` mode). Weights then stream with a fraction of the TLB misses of 4 KiB
+    /// file pages, which the hardware prefetchers stop at: DeepSeek-V2-Lite Q4_K_M generated
+    /// ~15% faster on the development machine. Needs memory for the whole file.
+    Resident,
+}
+
+/// The bytes of one file: a read-only map of the file or of memory it was read into, or an
+/// owned buffer for in-memory files.
 enum Bytes {
     Mapped(memmap2::Mmap),
+    Resident(memmap2::Mmap),
     Owned(Vec<u8>),
 }
 
 impl Bytes {
     fn as_slice(&self) -> &[u8] {
         match self {
-            Bytes::Mapped(m) => m,
+            Bytes::Mapped(m) | Bytes::Resident(m) => m,
             Bytes::Owned(v) => v,
         }
     }
@@ -217,7 +233,24 @@ impl Gguf {
     /// [`GgufError::Io`] when a file (or a split part, named) cannot be opened or mapped;
     /// [`GgufError::Format`] when a file is not valid GGUF or the parts disagree.
     pub fn open(path: &Path) -> Result<Gguf, GgufError> {
-        split::open(path)
+        split::open(path, Residency::Mapped)
+    }
+
+    /// [`Gguf::open`] with the tensor data held as `residency` says.
+    ///
+    /// # Errors
+    /// As [`Gguf::open`]; with [`Residency::Resident`] also when the memory cannot be allocated
+    /// or the file cannot be read.
+    pub fn open_with(path: &Path, residency: Residency) -> Result<Gguf, GgufError> {
+        split::open(path, residency)
+    }
+
+    /// How the tensor data is held (files from [`Gguf::from_bytes`] count as resident).
+    pub fn residency(&self) -> Residency {
+        match self.files.first().map(|f| &f.bytes) {
+            Some(Bytes::Mapped(_)) => Residency::Mapped,
+            _ => Residency::Resident,
+        }
     }
 
     /// Parses a GGUF file held in memory (for tests and fuzzing); errors name it `<memory>`.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{parse_named, Bytes, Gguf, GgufError, Parsed, Value};
+use crate::{parse_named, Bytes, Gguf, GgufError, Parsed, Residency, Value};
 
 /// Key holding the 0-based index of this part.
 pub const KEY_SPLIT_NO: &str = "split.no";
@@ -49,8 +49,8 @@ fn format_err(path: &Path, what: String) -> GgufError {
     }
 }
 
-/// Memory-maps and parses one file.
-fn open_one(path: &Path) -> Result<(PathBuf, Bytes, Parsed), GgufError> {
+/// Memory-maps and parses one file; with [`Residency::Resident`], then reads it into memory.
+fn open_one(path: &Path, residency: Residency) -> Result<(PathBuf, Bytes, Parsed), GgufError> {
     let io = |source| GgufError::Io {
         path: path.display().to_string(),
         source,
@@ -61,7 +61,75 @@ fn open_one(path: &Path) -> Result<(PathBuf, Bytes, Parsed), GgufError> {
     // is open; that is documented on `Gguf::open`, and the parser never trusts the contents.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
     let parsed = parse_named(&map, &path.display().to_string())?;
-    Ok((path.to_path_buf(), Bytes::Mapped(map), parsed))
+    let bytes = match residency {
+        Residency::Mapped => Bytes::Mapped(map),
+        Residency::Resident => Bytes::Resident(read_resident(&file, map.len()).map_err(io)?),
+    };
+    Ok((path.to_path_buf(), bytes, parsed))
+}
+
+/// Reads the `len`-byte `file` into an anonymous mapping on 2 MiB pages where the OS grants
+/// them (the hint failing is not an error: the memory then has normal pages). Most of the time
+/// goes to the kernel zeroing the fresh pages, so the file is read in pieces by one thread per
+/// core.
+fn read_resident(file: &std::fs::File, len: usize) -> std::io::Result<memmap2::Mmap> {
+    let mut mem = memmap2::MmapMut::map_anon(len.max(1))?;
+    #[cfg(target_os = "linux")]
+    let _ = mem.advise(memmap2::Advice::HugePage);
+    const PIECE: usize = 64 << 20;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let pieces: Vec<std::sync::Mutex<&mut [u8]>> = mem[..len]
+        .chunks_mut(PIECE)
+        .map(std::sync::Mutex::new)
+        .collect();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.min(pieces.len()))
+            .map(|_| {
+                s.spawn(|| -> std::io::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(piece) = pieces.get(i) else {
+                            return Ok(());
+                        };
+                        let mut piece = piece.lock().unwrap_or_else(|e| e.into_inner());
+                        read_at(file, &mut piece, (i * PIECE) as u64).map_err(|e| {
+                            std::io::Error::new(
+                                e.kind(),
+                                format!("reading into memory at byte {}: {e}", i * PIECE),
+                            )
+                        })?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    })?;
+    drop(pieces);
+    mem.make_read_only()
+}
+
+/// Fills `buf` from `file` at `offset`.
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+/// Fills `buf` from `file` at `offset`.
+#[cfg(windows)]
+fn read_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A `split.*` key of a parsed part as an integer, if present.
@@ -77,13 +145,13 @@ fn split_key(path: &Path, parsed: &Parsed, key: &str) -> Result<Option<u64>, Ggu
     }
 }
 
-pub(crate) fn open(path: &Path) -> Result<Gguf, GgufError> {
+pub(crate) fn open(path: &Path, residency: Residency) -> Result<Gguf, GgufError> {
     let name_parts = path
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(split_name_parts);
     let Some((prefix, _, count)) = name_parts else {
-        let part = open_one(path)?;
+        let part = open_one(path, residency)?;
         if let Some(n) = split_key(path, &part.2, KEY_SPLIT_COUNT)? {
             if n > 1 {
                 return Err(format_err(
@@ -114,7 +182,7 @@ pub(crate) fn open(path: &Path) -> Result<Gguf, GgufError> {
                 ),
             });
         }
-        let part = open_one(&part_path)?;
+        let part = open_one(&part_path, residency)?;
         check_part(&part_path, &part.2, no, count)?;
         parts.push(part);
     }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use baicai_gguf::{
     split_file_name, split_metadata, split_name_parts, GgmlType, Gguf, GgufError, GgufWriter,
-    TensorSpec, Value,
+    Residency, TensorSpec, Value,
 };
 
 /// A fresh directory for one test.
@@ -90,6 +90,22 @@ fn three_parts_open_from_any_part() {
     let parts = write_split(&dir, "model", 3, 3);
     for p in &parts {
         check_merged(&Gguf::open(p).unwrap(), &parts);
+    }
+}
+
+#[test]
+fn resident_parts_hold_the_same_bytes_as_mapped_ones() {
+    let dir = test_dir("resident");
+    let parts = write_split(&dir, "model", 3, 3);
+    let mapped = Gguf::open(&parts[0]).unwrap();
+    let resident = Gguf::open_with(&parts[0], Residency::Resident).unwrap();
+    assert_eq!(mapped.residency(), Residency::Mapped);
+    assert_eq!(resident.residency(), Residency::Resident);
+    check_merged(&resident, &parts);
+    assert_eq!(resident.file_size(), mapped.file_size());
+    for t in mapped.tensors() {
+        let r = resident.tensor(&t.name).unwrap();
+        assert_eq!(resident.tensor_data(r), mapped.tensor_data(t), "{}", t.name);
     }
 }
 

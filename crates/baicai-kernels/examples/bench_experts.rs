@@ -18,16 +18,19 @@ const EXPERTS: usize = 64;
 const USED: usize = 6;
 const LAYERS: usize = 8;
 
-fn bytes(n: usize, seed: u64, block: usize) -> Vec<u8> {
+/// `n` pseudo-random weight bytes in an anonymous mapping, on 2 MiB pages when `HUGE` is set.
+fn bytes(n: usize, seed: u64, block: usize) -> memmap2::MmapMut {
     let mut s = seed | 1;
-    let mut v: Vec<u8> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect();
+    let mut v = memmap2::MmapMut::map_anon(n).unwrap();
+    if std::env::var_os("HUGE").is_some() {
+        v.advise(memmap2::Advice::HugePage).unwrap();
+    }
+    for b in v.iter_mut() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        *b = s as u8;
+    }
     for b in v.chunks_exact_mut(block) {
         b[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
         if block == 144 {
@@ -51,7 +54,7 @@ fn main() {
     let down_t = DType::Q8_0;
     let g_bytes = FF * gate_t.row_bytes(D).unwrap();
     let d_bytes = D * down_t.row_bytes(FF).unwrap();
-    let layers: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = (0..LAYERS)
+    let layers: Vec<(memmap2::MmapMut, memmap2::MmapMut, memmap2::MmapMut)> = (0..LAYERS)
         .map(|l| {
             let l = l as u64;
             (
