@@ -96,7 +96,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     // Peak RSS is read before the bandwidth probe, whose buffer would otherwise count.
     let peak_rss = sysinfo::peak_rss_bytes().unwrap_or(0);
-    let huge_pages = sysinfo::anon_huge_page_bytes().unwrap_or(0);
+    let huge_pages = sysinfo::huge_page_mapped_bytes().unwrap_or(0);
     let bandwidth = sysinfo::measure_read_bandwidth(threads);
     let bytes_per_token = model.weight_bytes_per_token();
     let tg_mean = mean(&tg);

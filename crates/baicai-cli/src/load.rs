@@ -18,38 +18,51 @@ pub struct ModelArgs {
     /// Threads for matrix multiplication (default: all cores).
     #[arg(short = 't', long = "threads")]
     pub threads: Option<usize>,
-    /// How GGUF weights are held: `ram` reads the file into memory on 2 MiB pages (faster
-    /// generation, needs memory for the whole file), `mmap` maps it (nothing read until used;
-    /// models larger than RAM run from the page cache), `auto` reads it when it fits in the
-    /// memory available (cgroup limits included) with room to spare, and maps it otherwise.
-    #[arg(long = "load", value_enum, default_value_t = LoadMode::Auto)]
+    /// How GGUF weights are held: `mmap` (default) maps the file (nothing read until used;
+    /// models larger than RAM run from the page cache); `ram` reads it into memory on 2 MiB
+    /// pages (faster generation where the page cache holds the file in 4 KiB pages; needs memory
+    /// for the whole file and time to read it).
+    #[arg(long = "load", value_enum, default_value_t = LoadMode::Mmap)]
     pub load: LoadMode,
+    /// Do not use the AVX-512 kernels even where the CPU has them (results are identical; for
+    /// comparing against the AVX2 kernels).
+    #[arg(long = "no-avx512")]
+    pub no_avx512: bool,
 }
 
 /// See [`ModelArgs::load`].
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadMode {
-    Auto,
     Mmap,
     Ram,
 }
 
-/// Memory `auto` leaves besides the weights (KV cache, activations, the rest of the system).
-const AUTO_RESERVE_BYTES: u64 = 2 << 30;
+/// Memory `ram` must leave besides the weights (KV cache, activations, the rest of the system).
+const RAM_RESERVE_BYTES: u64 = 1 << 30;
 
-/// The residency `mode` means for GGUF files of `file_bytes` in all.
-fn residency(mode: LoadMode, file_bytes: u64) -> Residency {
+/// The residency `mode` asks for, for GGUF files of `file_bytes` in all; `ram` is refused, naming
+/// the figures, when the files do not fit in the memory available (cgroup limits included).
+fn residency(mode: LoadMode, file_bytes: u64) -> Result<Residency> {
     match mode {
-        LoadMode::Mmap => Residency::Mapped,
-        LoadMode::Ram => Residency::Resident,
-        LoadMode::Auto => match baicai_engine::sysinfo::memory_budget_bytes() {
-            Some(budget) if file_bytes + AUTO_RESERVE_BYTES <= budget / 10 * 9 => {
-                Residency::Resident
+        LoadMode::Mmap => Ok(Residency::Mapped),
+        LoadMode::Ram => {
+            if let Some(budget) = baicai_engine::sysinfo::memory_budget_bytes() {
+                if file_bytes + RAM_RESERVE_BYTES > budget {
+                    anyhow::bail!(
+                        "--load ram needs {:.1} GiB for the weights plus {:.0} GiB to spare, but \
+                         {:.1} GiB is available; use --load mmap",
+                        file_bytes as f64 / GIB,
+                        RAM_RESERVE_BYTES as f64 / GIB,
+                        budget as f64 / GIB
+                    );
+                }
             }
-            _ => Residency::Mapped,
-        },
+            Ok(Residency::Resident)
+        }
     }
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// Opens the GGUF file with a message that names it.
 pub fn open_gguf(path: &Path) -> Result<Arc<Gguf>> {
@@ -96,6 +109,9 @@ impl Loaded {
 /// Loads a model (a GGUF file, or a Hugging Face checkpoint folder) and its tokenizer.
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
     init_threads(args.threads)?;
+    if args.no_avx512 {
+        baicai_kernels::dispatch::disable_avx512();
+    }
     let path = &args.model;
     if path.is_dir() {
         let (model, hf) = baicai_models::load_hf(path)
@@ -117,9 +133,9 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         });
     }
     // The mapping costs nothing, and gives the size of every part of a split model.
-    let size = open_gguf(path)?.file_size();
-    let gguf = match residency(args.load, size) {
-        Residency::Mapped => open_gguf(path)?,
+    let mapped = open_gguf(path)?;
+    let gguf = match residency(args.load, mapped.file_size())? {
+        Residency::Mapped => mapped,
         Residency::Resident => Arc::new(
             Gguf::open_with(path, Residency::Resident)
                 .with_context(|| format!("cannot read {} into memory", path.display()))?,

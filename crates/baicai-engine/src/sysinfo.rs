@@ -43,10 +43,17 @@ pub fn available_memory_bytes() -> Option<u64> {
     proc_kib_field("/proc/meminfo", "MemAvailable")
 }
 
-/// Huge pages backing this process's anonymous memory (`AnonHugePages` in
-/// `/proc/self/smaps_rollup`), in bytes.
-pub fn anon_huge_page_bytes() -> Option<u64> {
-    proc_kib_field("/proc/self/smaps_rollup", "AnonHugePages")
+/// Memory this process has mapped through 2 MiB pages, anonymous (`AnonHugePages`) and file
+/// (`FilePmdMapped`) together, from `/proc/self/smaps_rollup`, in bytes.
+pub fn huge_page_mapped_bytes() -> Option<u64> {
+    let f = "/proc/self/smaps_rollup";
+    match (
+        proc_kib_field(f, "AnonHugePages"),
+        proc_kib_field(f, "FilePmdMapped"),
+    ) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The memory limit of this process's cgroup (v2 `memory.max`, v1 `memory.limit_in_bytes`);

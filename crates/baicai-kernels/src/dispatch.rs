@@ -3,6 +3,14 @@
 use crate::dtype::DType;
 use crate::quant::{kquants, legacy};
 
+/// Stops handing out the AVX-512 kernels (prefill tiles) from now on, even where the CPU has
+/// them. Results are identical with and without (the AVX-512 tiles equal the AVX2 ones bit for
+/// bit); this exists to compare their speed. Call it before running a model.
+pub fn disable_avx512() {
+    #[cfg(target_arch = "x86_64")]
+    crate::simd::avx512_kquants::DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Instruction set a kernel is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {

@@ -17,20 +17,23 @@ use super::avx2_kquants::{bsums32, f16_to_f32, fma_mins, hsum_ps, hsum_ps128, mi
 use crate::quant::kquants::{row_blocks, scales_mins_k4, BlockQ4K, BlockQ8K};
 use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
 
-/// Whether this CPU runs the kernels of this module, and `BAICAI_NO_AVX512` is not set (to
-/// compare against the AVX2 kernels).
+/// Set by [`crate::dispatch::disable_avx512`].
+pub(crate) static DISABLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this CPU runs the kernels of this module and they have not been turned off.
 pub(crate) fn available() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OK.get_or_init(|| {
-        std::env::var_os("BAICAI_NO_AVX512").is_none()
-            && std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512vnni")
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    })
+    !DISABLED.load(std::sync::atomic::Ordering::Relaxed)
+        && *OK.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512vnni")
+                && std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        })
 }
 
 /// `acc + Σ pairs a·b` per i32 lane (`vpdpwssd`), as an instruction: LLVM splits the intrinsic
