@@ -271,6 +271,10 @@ impl HfModel {
             // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on it not
             // being truncated while the model runs.
             let m = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| err(p, e))?;
+            // 2 MiB mappings where the page cache allows, as for GGUF files (a refused hint
+            // changes nothing).
+            #[cfg(target_os = "linux")]
+            let _ = m.advise(memmap2::Advice::HugePage);
             file_size += m.len() as u64;
             raw.extend(parse_header(p, &m, i)?);
             maps.push(Arc::new(m));
