@@ -118,12 +118,28 @@ unsafe fn strip_sym_vnni<F: SymQ8_0>(
     a_row: usize,
     out: &mut [TileOut],
 ) {
-    for (g, o) in out.iter_mut().enumerate() {
+    // Two groups of tokens per tile where there are: 16 accumulators fit the 32 registers, and
+    // each weight block's decoding then serves 8 tokens.
+    let mut g = 0;
+    while g + 2 <= out.len() {
+        let mut ap = [a; 2 * TILE_TOKENS];
+        for (t, p) in ap.iter_mut().enumerate() {
+            *p = a.add((g * TILE_TOKENS + t) * a_row);
+        }
+        let v = tile_sym_vnni::<F, TILE_ROWS, { 2 * TILE_TOKENS }>(nb, w, ap);
+        for (k, o) in out[g..g + 2].iter_mut().enumerate() {
+            for (r, row) in o.iter_mut().enumerate() {
+                row.copy_from_slice(&v[r][k * TILE_TOKENS..(k + 1) * TILE_TOKENS]);
+            }
+        }
+        g += 2;
+    }
+    if g < out.len() {
         let mut ap = [a; TILE_TOKENS];
         for (t, p) in ap.iter_mut().enumerate() {
             *p = a.add((g * TILE_TOKENS + t) * a_row);
         }
-        *o = tile_sym_vnni::<F, TILE_ROWS, TILE_TOKENS>(nb, w, ap);
+        out[g] = tile_sym_vnni::<F, TILE_ROWS, TILE_TOKENS>(nb, w, ap);
     }
 }
 
