@@ -60,33 +60,38 @@ pub fn huge_page_mapped_bytes() -> Option<u64> {
 /// `None` when there is none, or it is "unlimited".
 pub fn cgroup_memory_limit_bytes() -> Option<u64> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let mut limits = Vec::new();
-    for line in cgroups.lines() {
+    cgroup_limit_files(&cgroups)
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        // "max" does not parse; v1 writes "unlimited" as a huge page-rounded number.
+        .filter(|&v| v < 1 << 60)
+        .min()
+}
+
+/// The files that may hold a memory limit of the cgroups listed in `/proc/self/cgroup`
+/// (`proc_self_cgroup`): v2 `memory.max` (under `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid hosts) and v1 `memory.limit_in_bytes` of the memory controller.
+fn cgroup_limit_files(proc_self_cgroup: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    for line in proc_self_cgroup.lines() {
         let mut f = line.splitn(3, ':');
-        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-        let path = path.trim_start_matches('/');
-        let files: Vec<String> = if controllers.is_empty() {
-            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-                .iter()
-                .map(|root| format!("{root}/{path}/memory.max"))
-                .collect()
-        } else if controllers.split(',').any(|c| c == "memory") {
-            vec![format!(
-                "/sys/fs/cgroup/memory/{path}/memory.limit_in_bytes"
-            )]
-        } else {
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
             continue;
         };
-        limits.extend(
-            files
-                .iter()
-                .filter_map(|f| std::fs::read_to_string(f).ok())
-                .filter_map(|v| v.trim().parse::<u64>().ok())
-                // "max" does not parse; v1 writes "unlimited" as a huge page-rounded number.
-                .filter(|&v| v < 1 << 60),
-        );
+        let path = path.trim_start_matches('/');
+        let sep = if path.is_empty() { "" } else { "/" };
+        if controllers.is_empty() {
+            for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+                files.push(format!("{root}/{path}{sep}memory.max"));
+            }
+        } else if controllers.split(',').any(|c| c == "memory") {
+            files.push(format!(
+                "/sys/fs/cgroup/memory/{path}{sep}memory.limit_in_bytes"
+            ));
+        }
     }
-    limits.into_iter().min()
+    files
 }
 
 /// Memory this process can expect to use: the kernel's `MemAvailable`, capped by the cgroup
@@ -213,6 +218,31 @@ mod tests {
     }
 
     #[test]
+    fn cgroup_limit_files_follow_v1_and_v2_layouts() {
+        let hybrid = "9:name=systemd:/\n4:memory:/process_api/f69\n3:cpuset:/\n0::/\n";
+        assert_eq!(
+            cgroup_limit_files(hybrid),
+            [
+                "/sys/fs/cgroup/memory/process_api/f69/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory.max",
+                "/sys/fs/cgroup/unified/memory.max",
+            ]
+        );
+        assert_eq!(
+            cgroup_limit_files("0::/user.slice/run.scope\n"),
+            [
+                "/sys/fs/cgroup/user.slice/run.scope/memory.max",
+                "/sys/fs/cgroup/unified/user.slice/run.scope/memory.max",
+            ]
+        );
+        assert_eq!(
+            cgroup_limit_files("5:cpu,memory:/a\ngarbage\n"),
+            ["/sys/fs/cgroup/memory/a/memory.limit_in_bytes"]
+        );
+        assert!(cgroup_limit_files("").is_empty());
+    }
+
+    #[test]
     fn memory_figures_are_plausible() {
         let rss = current_rss_bytes().expect("VmRSS");
         let peak = peak_rss_bytes().expect("VmHWM");
@@ -221,6 +251,10 @@ mod tests {
         assert!(peak >= rss, "peak {peak} < rss {rss}");
         assert!(total > 64 * MIB && total > peak, "total {total}");
         assert!(available_memory_bytes().is_some_and(|a| a <= total));
+        assert!(memory_budget_bytes().is_some_and(|b| b <= total));
+        if let Some(limit) = cgroup_memory_limit_bytes() {
+            assert!(limit > 0 && limit < 1 << 60, "cgroup limit {limit}");
+        }
     }
 
     #[test]
