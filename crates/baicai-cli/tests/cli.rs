@@ -1,0 +1,194 @@
+//! The `baicai` binary end to end, on the test models (`scripts/fetch-models.sh`): results on
+//! stdout only, greedy text as llama.cpp's where it was confident, the documented `bench` JSON,
+//! and every error as one line on stderr with a non-zero exit.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn baicai(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baicai"))
+        .args(args)
+        .output()
+        .expect("run baicai")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The test model's path, or `None` (with a note) when it has not been fetched.
+fn model(name: &str) -> Option<String> {
+    let p = root().join("models").join(name);
+    if p.exists() {
+        Some(p.display().to_string())
+    } else {
+        eprintln!("SKIP: {} missing; run scripts/fetch-models.sh", p.display());
+        None
+    }
+}
+
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+
+fn fixture(model: &str) -> Value {
+    let p = root()
+        .join("fixtures/llamacpp")
+        .join(model.replace(".gguf", ".json"));
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Asserts a failed command: non-zero exit, nothing on stdout, one line on stderr containing
+/// `needle`.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, stderr: {err}");
+    assert!(o.stdout.is_empty(), "stdout: {}", stdout(o));
+    assert_eq!(err.trim_end().lines().count(), 1, "stderr: {err}");
+    assert!(err.starts_with("error: "), "stderr: {err}");
+    assert!(err.contains(needle), "{needle:?} not in {err}");
+}
+
+#[test]
+fn run_prints_llamacpps_greedy_text_where_it_was_confident() {
+    let Some(m) = model(QWEN) else { return };
+    let fx = fixture(QWEN);
+    let mut compared = 0;
+    for case in fx["complete"].as_array().unwrap().iter().take(3) {
+        let prompt = case["prompt"].as_str().unwrap();
+        // llama.cpp's tokens up to its first step whose top-2 gap is under 0.35 (where our
+        // logits, which differ by quantization noise, may pick the other one), at most 12.
+        let mut want = String::new();
+        let mut n = 0;
+        for step in case["steps"].as_array().unwrap().iter().take(12) {
+            let top = step["top"].as_array().unwrap();
+            let gap = top[0]["logprob"].as_f64().unwrap() - top[1]["logprob"].as_f64().unwrap();
+            if gap < 0.35 {
+                break;
+            }
+            want.push_str(step["token"].as_str().unwrap());
+            n += 1;
+        }
+        if n == 0 {
+            continue;
+        }
+        let o = baicai(&[
+            "run",
+            "-m",
+            &m,
+            "-p",
+            prompt,
+            "-n",
+            &n.to_string(),
+            "--temperature",
+            "0",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o), format!("{want}\n"), "prompt {prompt:?}");
+        compared += n;
+    }
+    assert!(compared >= 4, "only {compared} tokens compared");
+}
+
+#[test]
+fn tokenize_prints_llamacpps_ids_as_json() {
+    let Some(m) = model(QWEN) else { return };
+    let fx = fixture(QWEN);
+    for case in fx["tokenize"].as_array().unwrap().iter().take(5) {
+        let o = baicai(&["tokenize", "-m", &m, case["text"].as_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let ids: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(ids, case["ids"], "{:?}", case["text"]);
+    }
+}
+
+#[test]
+fn bench_json_has_the_documented_fields_in_both_load_modes() {
+    let Some(m) = model(QWEN) else { return };
+    for load in ["mmap", "ram"] {
+        let o = baicai(&[
+            "bench", "-m", &m, "-p", "8", "-n", "4", "-r", "1", "--json", "--load", load,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let j: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        for key in [
+            "pp_tokens_per_s",
+            "tg_tokens_per_s",
+            "peak_rss_mib",
+            "roofline_fraction",
+            "kv_bytes_per_token",
+        ] {
+            assert!(j[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {j}");
+        }
+        let weights = j["weights"][0].as_str().unwrap();
+        let expect = if load == "ram" {
+            "read into memory"
+        } else {
+            "memory-mapped"
+        };
+        assert!(weights.contains(expect), "{load}: {weights}");
+        // The weights are held once: peak RSS stays under file + 100 MiB for this small cache.
+        let (rss, file) = (
+            j["peak_rss_mib"].as_f64().unwrap(),
+            j["file_mib"].as_f64().unwrap(),
+        );
+        assert!(
+            rss < file + 100.0,
+            "{load}: peak RSS {rss} MiB, file {file} MiB"
+        );
+    }
+}
+
+#[test]
+fn inspect_lists_metadata_tensors_and_sizes() {
+    let Some(m) = model(QWEN) else { return };
+    let o = baicai(&["inspect", "-m", &m]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "general.architecture = \"qwen2\"",
+        "blk.0.attn_q.weight",
+        "Q4_K",
+        "token_embd.weight",
+    ] {
+        assert!(out.contains(needle), "{needle} not in inspect output");
+    }
+}
+
+#[test]
+fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
+    let missing = baicai(&["run", "-m", "/nonexistent/model.gguf", "-p", "hi"]);
+    assert_one_line_error(&missing, "does not exist");
+
+    let dir = std::env::temp_dir().join(format!("baicai-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("not-a-model.gguf");
+    std::fs::write(&text, "hello, I am not a GGUF file\n").unwrap();
+    let not_gguf = baicai(&["run", "-m", text.to_str().unwrap(), "-p", "hi"]);
+    assert_one_line_error(&not_gguf, "not a GGUF file");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let Some(m) = model(QWEN) else { return };
+    let long = baicai(&[
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "one two three four five six",
+        "-c",
+        "3",
+        "-n",
+        "2",
+    ]);
+    assert_one_line_error(&long, "more than the context size 3");
+    let threads = baicai(&["bench", "-m", &m, "-t", "0", "-p", "8", "-n", "0"]);
+    assert_one_line_error(&threads, "--threads must be at least 1");
+}
