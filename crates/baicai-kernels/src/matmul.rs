@@ -211,13 +211,19 @@ pub fn matmul_batch(jobs: &mut [MatJob]) {
             let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
             m.rows(r.start, 0, out);
         } else {
-            m.block(task.rows.clone(), task.tokens.clone(), |r, t, v| {
-                assert!(r < rows && t < n_tokens);
-                // SAFETY: the index is inside `out` (`n_tokens * rows` long, checked in
-                // `check_shapes`); each (t, r) belongs to exactly one task, so no two tasks
-                // write the same element, and `out` is borrowed mutably for the whole parallel
-                // loop, which reads none of it.
-                unsafe { *out.get().add(t * rows + r) = v };
+            m.block(task.rows.clone(), task.tokens.clone(), |t, r, vals| {
+                assert!(t < n_tokens && r + vals.len() <= rows);
+                // SAFETY: `out[t * rows + r ..][..vals.len()]` is inside `out` (`n_tokens * rows`
+                // long, checked in `check_shapes`; the bounds just asserted); each (t, r)
+                // belongs to exactly one task, so no two tasks write the same element, and `out`
+                // is borrowed mutably for the whole parallel loop, which reads none of it.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        vals.as_ptr(),
+                        out.get().add(t * rows + r),
+                        vals.len(),
+                    );
+                }
             });
         }
     };
@@ -327,7 +333,8 @@ impl Mat<'_> {
         }
     }
 
-    /// Calls `put(r, t, value)` for every element of rows `rows` × tokens `tokens` (at most
+    /// Calls `put(t, r, values)` with runs of `values` for rows `r..` of token `t`, covering rows
+    /// `rows` × tokens `tokens` (at most
     /// [`TASK_TOKENS`] of them): whole [`TILE_TOKENS`] groups of tokens in [`TILE_ROWS`] ×
     /// [`TILE_TOKENS`] register tiles, one strip call per pair of rows, the
     /// tokens left over (all of them when there are few) a token at a time through
@@ -336,7 +343,7 @@ impl Mat<'_> {
         &self,
         rows: Range<usize>,
         tokens: Range<usize>,
-        mut put: impl FnMut(usize, usize, f32),
+        mut put: impl FnMut(usize, usize, &[f32]),
     ) {
         let (mut r_end, mut t_end) = (rows.start, tokens.start);
         if let Some(tiles) = self.tiles {
@@ -362,14 +369,12 @@ impl Mat<'_> {
                     }
                 }
                 for (t, v) in (tokens.start..t_end).zip(&vals) {
-                    for (r, &x) in (r0..r1).zip(v) {
-                        put(r, t, x);
-                    }
+                    put(t, r0, &v[..r1 - r0]);
                 }
             }
             for r in r_end..rows.end {
                 for t in tokens.start..t_end {
-                    put(r, t, self.element(r, t));
+                    put(t, r, &[self.element(r, t)]);
                 }
             }
         }
@@ -378,9 +383,7 @@ impl Mat<'_> {
             let out = &mut buf[..TASK_ROWS.min(rows.end - r0)];
             for t in t_end..tokens.end {
                 self.rows(r0, t, out);
-                for (i, &v) in out.iter().enumerate() {
-                    put(r0 + i, t, v);
-                }
+                put(t, r0, out);
             }
         }
     }
