@@ -25,7 +25,7 @@ use crate::quant::tables::KVALUES_IQ4NL;
 /// Loads 32 bytes from the start of `s`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn ld_u8(s: &[u8]) -> __m256i {
+pub(super) fn ld_u8(s: &[u8]) -> __m256i {
     assert!(s.len() >= 32);
     // SAFETY: 32 readable bytes (checked); `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
@@ -34,7 +34,7 @@ fn ld_u8(s: &[u8]) -> __m256i {
 /// Loads 32 signed bytes from the start of `s`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn ld_i8(s: &[i8]) -> __m256i {
+pub(super) fn ld_i8(s: &[i8]) -> __m256i {
     assert!(s.len() >= 32);
     // SAFETY: 32 readable bytes (checked); `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
@@ -43,7 +43,7 @@ fn ld_i8(s: &[i8]) -> __m256i {
 /// Loads 16 bytes from the start of `s`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn ld128<T: Copy>(s: &[T]) -> __m128i {
+pub(super) fn ld128<T: Copy>(s: &[T]) -> __m128i {
     assert!(size_of_val(s) >= 16);
     // SAFETY: 16 readable bytes (checked); `loadu` has no alignment requirement; only called on
     // byte arrays, so every byte is initialised.
@@ -62,7 +62,7 @@ fn ld_f32(s: &[f32]) -> __m256 {
 /// The 16 `bsums` of a Q8_K block as i16 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn ld_bsums(y: &BlockQ8K) -> __m256i {
+pub(super) fn ld_bsums(y: &BlockQ8K) -> __m256i {
     // SAFETY: `bsums` is 32 bytes; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
 }
@@ -97,7 +97,7 @@ pub(super) fn hsum_ps(v: __m256) -> f32 {
 /// values `32c .. 32c+32`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scale_pair(sc: __m128i, c: usize) -> __m256i {
+pub(super) fn scale_pair(sc: __m128i, c: usize) -> __m256i {
     const ONES: i64 = 0x0101_0101_0101_0101;
     let lo = (2 * c) as i64 * ONES;
     _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, _mm_set_epi64x(lo + ONES, lo)))
