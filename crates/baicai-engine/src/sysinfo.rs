@@ -127,7 +127,7 @@ pub fn l3_cache_bytes() -> Option<u64> {
 /// rayon pool's size).
 ///
 /// Allocates a buffer far above the L3 size (256 MiB, less if available memory is short), writes
-/// it so every page is really backed, then times [`BANDWIDTH_PASSES`] passes of summing it in
+/// it so every page is really backed, then times `BANDWIDTH_PASSES` passes of summing it in
 /// parallel and reports the best pass. The buffer is freed before returning, so current RSS falls
 /// back — but the peak RSS (`VmHWM`) keeps it: call [`peak_rss_bytes`] first when both are wanted.
 ///
