@@ -173,6 +173,8 @@ mod avx2 {
 
     use half::f16;
 
+    use crate::simd::avx2_legacy::hsum_ps as hsum;
+
     /// Loads 8 f16 values at `p` as f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -196,24 +198,11 @@ mod avx2 {
                 unsafe { _mm256_fmadd_ps(load8(a.as_ptr().add(i)), load8(b.as_ptr().add(i)), acc) };
             i += 8;
         }
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        let mut s = _mm_cvtss_f32(s);
+        let mut s = hsum(acc);
         for (x, y) in a[body..].iter().zip(&b[body..]) {
             s = x.to_f32().mul_add(y.to_f32(), s);
         }
         s
-    }
-
-    /// The AVX2 horizontal sum used by [`dot_f16`].
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(acc: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
     }
 
     /// AVX2 [`super::dot_heads_f16`]: tiles of up to [`super::HEADS`] heads, `k` converted once
