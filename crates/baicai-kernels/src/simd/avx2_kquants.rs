@@ -279,96 +279,119 @@ pub unsafe fn dot_q5k_q8k_avx2(xs: &[BlockQ5K], ys: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) - hsum_ps128(acc_m)
 }
 
-/// Dot products of `R` Q6_K weight rows with `T` Q8_K activation rows, as
-/// [`tile_q4k_q8k_avx2`] does for Q4_K: each weight block's levels and scales unpacked once for
-/// `T` tokens, every element reduced as the 1×1 tile ([`dot_q6k_q8k_avx2`]) reduces it (exact i32
-/// lane sums per super-block, one FMA per block in block order, a fixed horizontal sum). Rows hold
-/// `nb = w[0].len()` blocks.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-///
-/// # Panics
-/// If a row holds fewer than `w[0].len()` blocks.
+/// `sum + madd(p, s)`: one sub-block's pair sums `p`, scaled by `s`, added to the i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_q6k_q8k_avx2<const R: usize, const T: usize>(
-    w: [&[BlockQ6K]; R],
-    a: [&[BlockQ8K]; T],
-) -> [[f32; T]; R] {
-    let nb = w[0].len();
-    assert!(w.iter().all(|w| w.len() >= nb) && a.iter().all(|a| a.len() >= nb));
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m30 = _mm256_set1_epi8(0x30);
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    for b in 0..nb {
-        // SAFETY: `b < nb` and every row holds `nb` blocks (asserted above).
-        let x = w.map(|w| unsafe { w.get_unchecked(b) });
-        // SAFETY: as above.
-        let y = a.map(|a| unsafe { a.get_unchecked(b) });
-        let mut sc = [_mm_setzero_si128(); R];
-        for r in 0..R {
-            sc[r] = ld128(&x[r].scales);
-        }
-        // Levels are stored +32; subtract 32 * Σ_j sc_j * bsum_j once per block.
-        let mut sumi = [[_mm256_setzero_si256(); T]; R];
-        for r in 0..R {
-            let sc16 = _mm256_cvtepi8_epi16(sc[r]);
-            for t in 0..T {
-                let offset = _mm256_madd_epi16(sc16, ld_bsums(y[t]));
-                sumi[r][t] = _mm256_sub_epi32(sumi[r][t], _mm256_slli_epi32::<5>(offset));
-            }
-        }
-        for h in 0..2 {
-            for r in 0..R {
-                let ql0 = ld_u8(&x[r].ql[64 * h..]);
-                let ql1 = ld_u8(&x[r].ql[64 * h + 32..]);
-                let qh = ld_u8(&x[r].qh[32 * h..]);
-                // Bits 2k..2k+2 of qh become bits 4..6 of level k.
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                        _mm256_and_si256(qh, m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
-                    ),
-                ];
-                for (k, q) in q.into_iter().enumerate() {
-                    let c = 4 * h + k;
-                    let s = scale_pair(sc[r], c);
+fn madd_add(sum: __m256i, p: __m256i, s: __m256i) -> __m256i {
+    _mm256_add_epi32(sum, _mm256_madd_epi16(p, s))
+}
+
+/// Defines a Q6_K register tile `$name` for the target features `$features`, adding each
+/// sub-block's scaled pair sums with `$pair_sum(sum, p, s)` (which must equal [`madd_add`] lane
+/// for lane, so every definition gives the same bits). The AVX2 tile below and the AVX-512 VNNI
+/// one share this body.
+macro_rules! q6k_tile {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $pair_sum:path) => {
+        $(#[$doc])*
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name<const R: usize, const T: usize>(
+            w: [&[BlockQ6K]; R],
+            a: [&[BlockQ8K]; T],
+        ) -> [[f32; T]; R] {
+            let nb = w[0].len();
+            assert!(w.iter().all(|w| w.len() >= nb) && a.iter().all(|a| a.len() >= nb));
+            let m4 = _mm256_set1_epi8(0x0f);
+            let m30 = _mm256_set1_epi8(0x30);
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
+            for b in 0..nb {
+                // SAFETY: `b < nb` and every row holds `nb` blocks (asserted above).
+                let x = w.map(|w| unsafe { w.get_unchecked(b) });
+                // SAFETY: as above.
+                let y = a.map(|a| unsafe { a.get_unchecked(b) });
+                let mut sc = [_mm_setzero_si128(); R];
+                for r in 0..R {
+                    sc[r] = ld128(&x[r].scales);
+                }
+                // Levels are stored +32; subtract 32 * Σ_j sc_j * bsum_j once per block.
+                let mut sumi = [[_mm256_setzero_si256(); T]; R];
+                for r in 0..R {
+                    let sc16 = _mm256_cvtepi8_epi16(sc[r]);
                     for t in 0..T {
-                        let p = _mm256_maddubs_epi16(q, ld_i8(&y[t].qs[32 * c..]));
-                        sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_madd_epi16(p, s));
+                        let offset = _mm256_madd_epi16(sc16, ld_bsums(y[t]));
+                        sumi[r][t] = _mm256_sub_epi32(sumi[r][t], _mm256_slli_epi32::<5>(offset));
+                    }
+                }
+                for h in 0..2 {
+                    for r in 0..R {
+                        let ql0 = ld_u8(&x[r].ql[64 * h..]);
+                        let ql1 = ld_u8(&x[r].ql[64 * h + 32..]);
+                        let qh = ld_u8(&x[r].qh[32 * h..]);
+                        // Bits 2k..2k+2 of qh become bits 4..6 of level k.
+                        let q = [
+                            _mm256_or_si256(
+                                _mm256_and_si256(ql0, m4),
+                                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(ql1, m4),
+                                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                                _mm256_and_si256(qh, m30),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                            ),
+                        ];
+                        for (k, q) in q.into_iter().enumerate() {
+                            let c = 4 * h + k;
+                            let s = scale_pair(sc[r], c);
+                            for t in 0..T {
+                                let p = _mm256_maddubs_epi16(q, ld_i8(&y[t].qs[32 * c..]));
+                                sumi[r][t] = $pair_sum(sumi[r][t], p, s);
+                            }
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let dx = f16_to_f32(x[r].d);
+                    for t in 0..T {
+                        let d = _mm256_set1_ps(dx * y[t].d());
+                        acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
                     }
                 }
             }
-        }
-        for r in 0..R {
-            let dx = f16_to_f32(x[r].d);
-            for t in 0..T {
-                let d = _mm256_set1_ps(dx * y[t].d());
-                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+            let mut out = [[0.0; T]; R];
+            for r in 0..R {
+                for t in 0..T {
+                    out[r][t] = hsum_ps(acc[r][t]);
+                }
             }
+            out
         }
-    }
-    let mut out = [[0.0; T]; R];
-    for r in 0..R {
-        for t in 0..T {
-            out[r][t] = hsum_ps(acc[r][t]);
-        }
-    }
-    out
+    };
 }
+pub(super) use q6k_tile;
+
+q6k_tile!(
+    /// Dot products of `R` Q6_K weight rows with `T` Q8_K activation rows, as
+    /// [`tile_q4k_q8k_avx2`] does for Q4_K: each weight block's levels and scales unpacked once for
+    /// `T` tokens, every element reduced as the 1×1 tile ([`dot_q6k_q8k_avx2`]) reduces it (exact i32
+    /// lane sums per super-block, one FMA per block in block order, a fixed horizontal sum). Rows hold
+    /// `nb = w[0].len()` blocks.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    ///
+    /// # Panics
+    /// If a row holds fewer than `w[0].len()` blocks.
+    tile_q6k_q8k_avx2,
+    "avx2,fma,f16c",
+    madd_add
+);
 
 /// Dot product of Q6_K weights with Q8_K activations: the 1×1 [`tile_q6k_q8k_avx2`].
 ///
@@ -550,10 +573,11 @@ safe_dot!(dot_q5k_q8k, dot_q5k_q8k_avx2, BlockQ5K);
 safe_dot!(dot_q6k_q8k, dot_q6k_q8k_avx2, BlockQ6K);
 safe_dot!(dot_iq4xs_q8k, dot_iq4xs_q8k_avx2, BlockIq4Xs);
 
+/// Defines `$name`, the safe [`crate::quant::legacy::TileFn`] over the SIMD tile `$kernel` of
+/// `$block` weights, with the row checks of the scalar reference. Only to be handed out (by
+/// `kquants::tile_fns`) on CPUs with the kernel's features.
 macro_rules! safe_tile {
     ($name:ident, $kernel:ident, $block:ty) => {
-        /// Safe wrapper over the AVX2 tile of the same name, with the row checks of the scalar
-        /// reference. Only handed out by `kquants::tile_fns` on CPUs with AVX2.
         fn $name<const R: usize, const T: usize>(
             n: usize,
             w: [&[u8]; R],
@@ -562,28 +586,29 @@ macro_rules! safe_tile {
             let w = w.map(|w| row_blocks::<$block>(w, n));
             let a = a.map(|a| row_blocks::<BlockQ8K>(a, n));
             // SAFETY: `kquants::tile_fns` returns this function only after checking that the
-            // CPU supports AVX2, FMA and F16C.
+            // CPU supports the kernel's features.
             unsafe { $kernel::<R, T>(w, a) }
         }
     };
 }
+pub(super) use safe_tile;
 
 safe_tile!(tile_q4k, tile_q4k_q8k_avx2, BlockQ4K);
 safe_tile!(tile_q6k, tile_q6k_q8k_avx2, BlockQ6K);
 
+/// Defines `$name`, the safe [`crate::quant::legacy::StripFn`] over the SIMD tile `$kernel`,
+/// and `$inner`, its loop compiled with the kernel's `$features` so the tiles inline. Only to be
+/// handed out (by `kquants::tile_fns`) on CPUs with those features.
 macro_rules! safe_strip {
-    ($name:ident, $inner:ident, $kernel:ident, $block:ty) => {
-        /// Safe [`crate::quant::legacy::StripFn`] over the AVX2 tile of the same kind. Only
-        /// handed out by `kquants::tile_fns` on CPUs with AVX2.
+    ($name:ident, $inner:ident, $kernel:ident, $block:ty, $features:literal) => {
         fn $name(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, out: &mut [TileOut]) {
             let w: [&[$block]; TILE_ROWS] = std::array::from_fn(|r| row_blocks(w[r], n));
             // SAFETY: `kquants::tile_fns` returns this function only after checking that the
-            // CPU supports AVX2, FMA and F16C.
+            // CPU supports the kernel's features.
             unsafe { $inner(n, w, a, a_row, out) }
         }
 
-        /// The loop of the strip, inside the target features so the tiles inline.
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[target_feature(enable = $features)]
         fn $inner(
             n: usize,
             w: [&[$block]; TILE_ROWS],
@@ -603,8 +628,22 @@ macro_rules! safe_strip {
     };
 }
 
-safe_strip!(strip_q4k, strip_q4k_avx2, tile_q4k_q8k_avx2, BlockQ4K);
-safe_strip!(strip_q6k, strip_q6k_avx2, tile_q6k_q8k_avx2, BlockQ6K);
+pub(super) use safe_strip;
+
+safe_strip!(
+    strip_q4k,
+    strip_q4k_avx2,
+    tile_q4k_q8k_avx2,
+    BlockQ4K,
+    "avx2,fma,f16c"
+);
+safe_strip!(
+    strip_q6k,
+    strip_q6k_avx2,
+    tile_q6k_q8k_avx2,
+    BlockQ6K,
+    "avx2,fma,f16c"
+);
 
 /// The register-tiled kernels for K-quant weights of `dtype`, where there are (Q4_K, Q6_K).
 pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {

@@ -15,7 +15,7 @@ use core::arch::x86_64::*;
 
 use super::avx2_kquants::{
     bsums32, f16_to_f32, fma_mins, hsum_ps, hsum_ps128, ld128, ld_bsums, ld_i8, ld_u8, mins_k4,
-    scale_pair,
+    q6k_tile, safe_strip, safe_tile, scale_pair,
 };
 use crate::quant::kquants::{row_blocks, scales_mins_k4, BlockQ4K, BlockQ6K, BlockQ8K};
 use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
@@ -156,170 +156,38 @@ fn dpwssd256(mut acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
     acc
 }
 
-/// `R` Q6_K weight rows × `T` Q8_K activation rows: [`super::avx2_kquants::tile_q6k_q8k_avx2`]
-/// with each `madd` + `add` of a sub-block's scaled pair sums fused into one `vpdpwssd` (the
-/// same exact i32 lanes), so every element equals the AVX2 tile's and dot's bit for bit.
-///
-/// # Safety
-/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
-///
-/// # Panics
-/// If a row holds fewer than `w[0].len()` blocks.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn tile_q6k_q8k_avx512<const R: usize, const T: usize>(
-    w: [&[BlockQ6K]; R],
-    a: [&[BlockQ8K]; T],
-) -> [[f32; T]; R] {
-    let nb = w[0].len();
-    assert!(w.iter().all(|w| w.len() >= nb) && a.iter().all(|a| a.len() >= nb));
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m30 = _mm256_set1_epi8(0x30);
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    for b in 0..nb {
-        // SAFETY: `b < nb` and every row holds `nb` blocks (asserted above).
-        let x = w.map(|w| unsafe { w.get_unchecked(b) });
-        // SAFETY: as above.
-        let y = a.map(|a| unsafe { a.get_unchecked(b) });
-        let mut sc = [_mm_setzero_si128(); R];
-        for r in 0..R {
-            sc[r] = ld128(&x[r].scales);
-        }
-        // Levels are stored +32; subtract 32 * Σ_j sc_j * bsum_j once per block.
-        let mut sumi = [[_mm256_setzero_si256(); T]; R];
-        for r in 0..R {
-            let sc16 = _mm256_cvtepi8_epi16(sc[r]);
-            for t in 0..T {
-                let offset = _mm256_madd_epi16(sc16, ld_bsums(y[t]));
-                sumi[r][t] = _mm256_sub_epi32(sumi[r][t], _mm256_slli_epi32::<5>(offset));
-            }
-        }
-        for h in 0..2 {
-            for r in 0..R {
-                let ql0 = ld_u8(&x[r].ql[64 * h..]);
-                let ql1 = ld_u8(&x[r].ql[64 * h + 32..]);
-                let qh = ld_u8(&x[r].qh[32 * h..]);
-                // Bits 2k..2k+2 of qh become bits 4..6 of level k.
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                        _mm256_and_si256(qh, m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
-                    ),
-                ];
-                for (k, q) in q.into_iter().enumerate() {
-                    let c = 4 * h + k;
-                    let s = scale_pair(sc[r], c);
-                    for t in 0..T {
-                        let p = _mm256_maddubs_epi16(q, ld_i8(&y[t].qs[32 * c..]));
-                        sumi[r][t] = dpwssd256(sumi[r][t], p, s);
-                    }
-                }
-            }
-        }
-        for r in 0..R {
-            let dx = f16_to_f32(x[r].d);
-            for t in 0..T {
-                let d = _mm256_set1_ps(dx * y[t].d());
-                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
-            }
-        }
-    }
-    let mut out = [[0.0; T]; R];
-    for r in 0..R {
-        for t in 0..T {
-            out[r][t] = hsum_ps(acc[r][t]);
-        }
-    }
-    out
-}
+q6k_tile!(
+    /// `R` Q6_K weight rows × `T` Q8_K activation rows:
+    /// [`super::avx2_kquants::tile_q6k_q8k_avx2`]'s body with each `madd` + `add` of a
+    /// sub-block's scaled pair sums fused into one `vpdpwssd` (the same exact i32 lanes), so
+    /// every element equals the AVX2 tile's and dot's bit for bit.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
+    ///
+    /// # Panics
+    /// If a row holds fewer than `w[0].len()` blocks.
+    tile_q6k_q8k_avx512,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    dpwssd256
+);
 
-/// Safe tile over [`tile_q6k_q8k_avx512`] with the row checks of the scalar reference.
-fn tile_q6k<const R: usize, const T: usize>(
-    n: usize,
-    w: [&[u8]; R],
-    a: [&[u8]; T],
-) -> [[f32; T]; R] {
-    let w = w.map(|w| row_blocks::<BlockQ6K>(w, n));
-    let a = a.map(|a| row_blocks::<BlockQ8K>(a, n));
-    // SAFETY: `tile_fns` hands this out only when `available()`.
-    unsafe { tile_q6k_q8k_avx512::<R, T>(w, a) }
-}
-
-/// Safe [`crate::quant::legacy::StripFn`] over [`tile_q6k_q8k_avx512`].
-fn strip_q6k(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, out: &mut [TileOut]) {
-    let w: [&[BlockQ6K]; TILE_ROWS] = std::array::from_fn(|r| row_blocks(w[r], n));
-    // SAFETY: `tile_fns` hands this out only when `available()`.
-    unsafe { strip_q6k_avx512(n, w, a, a_row, out) }
-}
-
-/// The loop of the Q6_K strip, inside the target features so the tiles inline.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn strip_q6k_avx512(
-    n: usize,
-    w: [&[BlockQ6K]; TILE_ROWS],
-    a: &[u8],
-    a_row: usize,
-    out: &mut [TileOut],
-) {
-    for (g, o) in out.iter_mut().enumerate() {
-        let mut ys: [&[BlockQ8K]; TILE_TOKENS] = [&[]; TILE_TOKENS];
-        for (t, y) in ys.iter_mut().enumerate() {
-            *y = row_blocks(&a[(g * TILE_TOKENS + t) * a_row..], n);
-        }
-        // SAFETY: this function only runs with the features enabled (its attribute).
-        *o = unsafe { tile_q6k_q8k_avx512::<TILE_ROWS, TILE_TOKENS>(w, ys) };
-    }
-}
-
-/// Safe tile over [`tile_q4k_q8k_avx512`] with the row checks of the scalar reference.
-fn tile_q4k<const R: usize, const T: usize>(
-    n: usize,
-    w: [&[u8]; R],
-    a: [&[u8]; T],
-) -> [[f32; T]; R] {
-    let w = w.map(|w| row_blocks::<BlockQ4K>(w, n));
-    let a = a.map(|a| row_blocks::<BlockQ8K>(a, n));
-    // SAFETY: `tile_fns` hands this out only when `available()`.
-    unsafe { tile_q4k_q8k_avx512::<R, T>(w, a) }
-}
-
-/// Safe [`crate::quant::legacy::StripFn`] over [`tile_q4k_q8k_avx512`].
-fn strip_q4k(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, out: &mut [TileOut]) {
-    let w: [&[BlockQ4K]; TILE_ROWS] = std::array::from_fn(|r| row_blocks(w[r], n));
-    // SAFETY: `tile_fns` hands this out only when `available()`.
-    unsafe { strip_q4k_avx512(n, w, a, a_row, out) }
-}
-
-/// The loop of the strip, inside the target features so the tiles inline.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn strip_q4k_avx512(
-    n: usize,
-    w: [&[BlockQ4K]; TILE_ROWS],
-    a: &[u8],
-    a_row: usize,
-    out: &mut [TileOut],
-) {
-    for (g, o) in out.iter_mut().enumerate() {
-        let mut ys: [&[BlockQ8K]; TILE_TOKENS] = [&[]; TILE_TOKENS];
-        for (t, y) in ys.iter_mut().enumerate() {
-            *y = row_blocks(&a[(g * TILE_TOKENS + t) * a_row..], n);
-        }
-        // SAFETY: this function only runs with the features enabled (its attribute).
-        *o = unsafe { tile_q4k_q8k_avx512::<TILE_ROWS, TILE_TOKENS>(w, ys) };
-    }
-}
+safe_tile!(tile_q4k, tile_q4k_q8k_avx512, BlockQ4K);
+safe_tile!(tile_q6k, tile_q6k_q8k_avx512, BlockQ6K);
+safe_strip!(
+    strip_q4k,
+    strip_q4k_avx512,
+    tile_q4k_q8k_avx512,
+    BlockQ4K,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+);
+safe_strip!(
+    strip_q6k,
+    strip_q6k_avx512,
+    tile_q6k_q8k_avx512,
+    BlockQ6K,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+);
 
 /// The AVX-512 tiles for `dtype` (Q4_K, Q6_K), when the CPU has them.
 pub(crate) fn tile_fns(dtype: crate::dtype::DType) -> Option<TileFns> {
