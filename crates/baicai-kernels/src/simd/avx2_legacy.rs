@@ -595,11 +595,48 @@ pub fn tile_sym<F: SymQ8_0, const R: usize, const T: usize>(
     w: [&[u8]; R],
     a: [&[u8]; T],
 ) -> [[f32; T]; R] {
-    let w = w.map(|w| whole_blocks(F::DTYPE, n, w).as_ptr());
-    let a = a.map(|a| whole_blocks(DType::Q8_0, n, a).as_ptr());
+    let (w, a) = sym_tile_rows::<F, R, T>(n, w, a);
     assert_avx2();
     // SAFETY: the features were just checked and every row holds `n` values.
     unsafe { tile_sym_q8_0::<F, R, T>(n / QK, w, a) }
+}
+
+/// The rows of a symmetric-format tile as pointers, each checked to hold `n` values (weights of
+/// `F`, Q8_0 activations).
+///
+/// # Panics
+/// If a row is too short.
+pub(super) fn sym_tile_rows<F: SymQ8_0, const R: usize, const T: usize>(
+    n: usize,
+    w: [&[u8]; R],
+    a: [&[u8]; T],
+) -> ([*const u8; R], [*const u8; T]) {
+    (
+        w.map(|w| whole_blocks(F::DTYPE, n, w).as_ptr()),
+        a.map(|a| whole_blocks(DType::Q8_0, n, a).as_ptr()),
+    )
+}
+
+/// The weight rows of a symmetric-format strip as pointers, each checked to hold `n` values,
+/// after checking that `a` holds `groups * TILE_TOKENS` Q8_0 rows `a_row` bytes apart; `None`
+/// when there are no groups.
+///
+/// # Panics
+/// If a row is too short.
+pub(super) fn sym_strip_rows<F: SymQ8_0>(
+    n: usize,
+    w: [&[u8]; TILE_ROWS],
+    a: &[u8],
+    a_row: usize,
+    groups: usize,
+) -> Option<[*const u8; TILE_ROWS]> {
+    let wp = w.map(|w| whole_blocks(F::DTYPE, n, w).as_ptr());
+    let tokens = groups * TILE_TOKENS;
+    if tokens == 0 {
+        return None;
+    }
+    whole_blocks(DType::Q8_0, n, &a[(tokens - 1) * a_row..]);
+    Some(wp)
 }
 
 /// Safe [`StripFn`] over [`tile_sym_q8_0`]: checks the rows once, then runs the tiles inline.
@@ -614,15 +651,9 @@ fn strip_sym<F: SymQ8_0>(
     a_row: usize,
     out: &mut [TileOut],
 ) {
-    let mut wp = [std::ptr::null(); TILE_ROWS];
-    for (p, w) in wp.iter_mut().zip(w) {
-        *p = whole_blocks(F::DTYPE, n, w).as_ptr();
-    }
-    let tokens = out.len() * TILE_TOKENS;
-    if tokens == 0 {
+    let Some(wp) = sym_strip_rows::<F>(n, w, a, a_row, out.len()) else {
         return;
-    }
-    whole_blocks(DType::Q8_0, n, &a[(tokens - 1) * a_row..]);
+    };
     assert_avx2();
     // SAFETY: the features were just checked; every weight row holds `n` values, and so does
     // every activation row (the last was checked, and they are `a_row` apart inside `a`).

@@ -12,9 +12,11 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2_legacy::{broadcast_f16, hsum_ps, SymQ8_0, IQ4_NL, Q4_0, Q5_0, Q8_0};
+use super::avx2_legacy::{
+    broadcast_f16, hsum_ps, sym_strip_rows, sym_tile_rows, SymQ8_0, IQ4_NL, Q4_0, Q5_0, Q8_0,
+};
 use crate::dtype::{DType, QK};
-use crate::quant::legacy::{whole_blocks, TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
+use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
 
 const Q8_0_BYTES: usize = DType::Q8_0.block_bytes();
 
@@ -76,8 +78,7 @@ fn tile_sym<F: SymQ8_0, const R: usize, const T: usize>(
     w: [&[u8]; R],
     a: [&[u8]; T],
 ) -> [[f32; T]; R] {
-    let w = w.map(|w| whole_blocks(F::DTYPE, n, w).as_ptr());
-    let a = a.map(|a| whole_blocks(DType::Q8_0, n, a).as_ptr());
+    let (w, a) = sym_tile_rows::<F, R, T>(n, w, a);
     // SAFETY: `tile_fns` hands this out only when the CPU has the features; every row holds
     // `n` values (checked just above).
     unsafe { tile_sym_vnni::<F, R, T>(n / QK, w, a) }
@@ -91,15 +92,9 @@ fn strip_sym<F: SymQ8_0>(
     a_row: usize,
     out: &mut [TileOut],
 ) {
-    let mut wp = [std::ptr::null(); TILE_ROWS];
-    for (p, w) in wp.iter_mut().zip(w) {
-        *p = whole_blocks(F::DTYPE, n, w).as_ptr();
-    }
-    let tokens = out.len() * TILE_TOKENS;
-    if tokens == 0 {
+    let Some(wp) = sym_strip_rows::<F>(n, w, a, a_row, out.len()) else {
         return;
-    }
-    whole_blocks(DType::Q8_0, n, &a[(tokens - 1) * a_row..]);
+    };
     // SAFETY: `tile_fns` hands this out only when the CPU has the features; every weight row
     // holds `n` values, and so does every activation row (the last was checked, and they are
     // `a_row` apart inside `a`).
