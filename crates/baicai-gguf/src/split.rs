@@ -77,36 +77,26 @@ fn open_one(path: &Path, residency: Residency) -> Result<(PathBuf, Bytes, Parsed
 
 /// Reads the `len`-byte `file` into an anonymous mapping on 2 MiB pages where the OS grants
 /// them (the hint failing is not an error: the memory then has normal pages). Most of the time
-/// goes to the kernel zeroing the fresh pages, so the file is read in pieces by one thread per
-/// core.
+/// goes to the kernel zeroing the fresh pages, so each core reads a share.
 fn read_resident(file: &std::fs::File, len: usize) -> std::io::Result<memmap2::Mmap> {
     let mut mem = memmap2::MmapMut::map_anon(len.max(1))?;
     #[cfg(target_os = "linux")]
     let _ = mem.advise(memmap2::Advice::HugePage);
-    const PIECE: usize = 64 << 20;
+    // One contiguous share per core, each read with one positioned read.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let pieces: Vec<std::sync::Mutex<&mut [u8]>> = mem[..len]
-        .chunks_mut(PIECE)
-        .map(std::sync::Mutex::new)
-        .collect();
+    let share = len.div_ceil(threads).max(1);
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads.min(pieces.len()))
-            .map(|_| {
-                s.spawn(|| -> std::io::Result<()> {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(piece) = pieces.get(i) else {
-                            return Ok(());
-                        };
-                        let mut piece = piece.lock().unwrap_or_else(|e| e.into_inner());
-                        read_at(file, &mut piece, (i * PIECE) as u64).map_err(|e| {
-                            std::io::Error::new(
-                                e.kind(),
-                                format!("reading into memory at byte {}: {e}", i * PIECE),
-                            )
-                        })?;
-                    }
+        let workers: Vec<_> = mem[..len]
+            .chunks_mut(share)
+            .enumerate()
+            .map(|(i, part)| {
+                s.spawn(move || {
+                    read_at(file, part, (i * share) as u64).map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("reading bytes {}.. into memory: {e}", i * share),
+                        )
+                    })
                 })
             })
             .collect();
@@ -114,7 +104,6 @@ fn read_resident(file: &std::fs::File, len: usize) -> std::io::Result<memmap2::M
             .into_iter()
             .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     })?;
-    drop(pieces);
     mem.make_read_only()
 }
 
