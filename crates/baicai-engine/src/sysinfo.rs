@@ -46,10 +46,10 @@ pub fn available_memory_bytes() -> Option<u64> {
 /// Memory this process has mapped through 2 MiB pages, anonymous (`AnonHugePages`) and file
 /// (`FilePmdMapped`) together, from `/proc/self/smaps_rollup`, in bytes.
 pub fn huge_page_mapped_bytes() -> Option<u64> {
-    let f = "/proc/self/smaps_rollup";
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
     match (
-        proc_kib_field(f, "AnonHugePages"),
-        proc_kib_field(f, "FilePmdMapped"),
+        kib_field(&text, "AnonHugePages"),
+        kib_field(&text, "FilePmdMapped"),
     ) {
         (Some(a), Some(b)) => Some(a + b),
         (a, b) => a.or(b),
@@ -180,9 +180,13 @@ fn bandwidth_buffer_bytes() -> u64 {
     BANDWIDTH_BUFFER_BYTES.min(quarter).max(16 * MIB)
 }
 
-/// Value of a `Key:   1234 kB` line, in bytes.
+/// Value of a `Key:   1234 kB` line of the file at `path`, in bytes.
 fn proc_kib_field(path: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
+    kib_field(&std::fs::read_to_string(path).ok()?, key)
+}
+
+/// The `key: value` field of a `/proc` file's `text`, as bytes.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| *k == key)
