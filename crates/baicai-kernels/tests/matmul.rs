@@ -81,6 +81,11 @@ fn reference(w: &Weight, x: &[f32], n_tokens: usize) -> (Vec<f64>, Vec<f64>) {
     (out, mag)
 }
 
+/// Whether `a` and `b` hold the same floats bit for bit.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 fn run(w: &Weight, x: &[f32], n_tokens: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; n_tokens * w.rows];
     matmul(w, x, n_tokens, &mut out);
@@ -209,10 +214,7 @@ fn matmul_many_equals_separate_matmuls_bit_for_bit() {
         matmul_many(&ws, &x, n_tokens, &mut views);
         for (w, got) in ws.iter().zip(&outs) {
             let want = run(w, &x, n_tokens);
-            let same = got
-                .iter()
-                .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = same_bits(got, &want);
             assert!(
                 same,
                 "{} × {n_tokens} tokens differs from matmul",
@@ -277,10 +279,7 @@ fn matmul_batch_equals_separate_matmuls_bit_for_bit() {
         for ((w, &(.., i)), got) in ws.iter().zip(&specs).zip(&outs) {
             let want = run(w, &xs[i], inputs[i].1);
             assert_eq!(got.len(), want.len());
-            let same = got
-                .iter()
-                .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = same_bits(got, &want);
             assert!(
                 same,
                 "{} job on input {i} differs from matmul",
