@@ -113,7 +113,7 @@ fn bcast_i16(k: usize) -> __m256i {
 /// The eight 6-bit Q4_K/Q5_K mins as i16 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn mins_k4(mins: [u8; 8]) -> __m128i {
+fn mins_k4(mins: [u8; 8]) -> __m128i {
     _mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(mins)))
 }
 
@@ -128,7 +128,7 @@ fn scales_k4(sc: [u8; 8]) -> __m256i {
 /// Q4_K/Q5_K, as i16 (each fits: ≤ 32 × 128).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn bsums32(y: &BlockQ8K) -> __m128i {
+fn bsums32(y: &BlockQ8K) -> __m128i {
     let bs = ld_bsums(y);
     _mm_hadd_epi16(
         _mm256_castsi256_si128(bs),
@@ -139,12 +139,42 @@ pub(super) fn bsums32(y: &BlockQ8K) -> __m128i {
 /// `acc + dmin * Σ_j min_j * bsum32_j` lanes for Q4_K/Q5_K (`mins` widened to i16).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn fma_mins(acc: __m128, dmin: f32, mins: __m128i, bs32: __m128i) -> __m128 {
+fn fma_mins(acc: __m128, dmin: f32, mins: __m128i, bs32: __m128i) -> __m128 {
     _mm_fmadd_ps(
         _mm_set1_ps(dmin),
         _mm_cvtepi32_ps(_mm_madd_epi16(mins, bs32)),
         acc,
     )
+}
+
+/// One Q4_K super-block of a tile, its mins part: `acc_m[r][t] = fma(dmin_r · d_t,
+/// madd(mins_r, bsum32_t), acc_m[r][t])`; returns each row's eight 6-bit scales. The AVX2 and
+/// AVX-512 tiles share it, so their float steps are the same by construction.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q4k_block_mins<const R: usize, const T: usize>(
+    x: [&BlockQ4K; R],
+    y: [&BlockQ8K; T],
+    dy: [f32; T],
+    acc_m: &mut [[__m128; T]; R],
+) -> [[u8; 8]; R] {
+    // Loops, not `map`: a closure does not inherit `target_feature`, so it would call the
+    // intrinsics' wrappers out of line.
+    let mut bs32 = [_mm_setzero_si128(); T];
+    for t in 0..T {
+        bs32[t] = bsums32(y[t]);
+    }
+    let mut scales = [[0u8; 8]; R];
+    for r in 0..R {
+        let (s, m) = scales_mins_k4(&x[r].scales);
+        let mins = mins_k4(m);
+        let dmin = f16_to_f32(x[r].dmin);
+        for t in 0..T {
+            acc_m[r][t] = fma_mins(acc_m[r][t], dmin * dy[t], mins, bs32[t]);
+        }
+        scales[r] = s;
+    }
+    scales
 }
 
 /// Dot products of `R` Q4_K weight rows with `T` Q8_K activation rows: a register tile that
@@ -180,21 +210,10 @@ pub unsafe fn tile_q4k_q8k_avx2<const R: usize, const T: usize>(
         // SAFETY: as above.
         let y = a.map(|a| unsafe { a.get_unchecked(b) });
         let dy = y.map(|y| y.d());
-        // Loops, not `map`: a closure does not inherit `target_feature`, so it would call the
-        // intrinsics' wrappers out of line.
-        let mut bs32 = [_mm_setzero_si128(); T];
-        for t in 0..T {
-            bs32[t] = bsums32(y[t]);
-        }
+        let scales = q4k_block_mins(x, y, dy, &mut acc_m);
         let mut sc = [_mm256_setzero_si256(); R];
         for r in 0..R {
-            let (s, m) = scales_mins_k4(&x[r].scales);
-            let mins = mins_k4(m);
-            let dmin = f16_to_f32(x[r].dmin);
-            for t in 0..T {
-                acc_m[r][t] = fma_mins(acc_m[r][t], dmin * dy[t], mins, bs32[t]);
-            }
-            sc[r] = scales_k4(s);
+            sc[r] = scales_k4(scales[r]);
         }
         let mut sumi = [[_mm256_setzero_si256(); T]; R];
         for c in 0..4 {

@@ -14,10 +14,10 @@
 use core::arch::x86_64::*;
 
 use super::avx2_kquants::{
-    bsums32, f16_to_f32, fma_mins, hsum_ps, hsum_ps128, ld128, ld_bsums, ld_i8, ld_u8, mins_k4,
-    q6k_tile, safe_strip, safe_tile, scale_pair,
+    f16_to_f32, hsum_ps, hsum_ps128, ld128, ld_bsums, ld_i8, ld_u8, q4k_block_mins, q6k_tile,
+    safe_strip, safe_tile, scale_pair,
 };
-use crate::quant::kquants::{row_blocks, scales_mins_k4, BlockQ4K, BlockQ6K, BlockQ8K};
+use crate::quant::kquants::{row_blocks, BlockQ4K, BlockQ6K, BlockQ8K};
 use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
 
 /// Set by [`crate::dispatch::disable_avx512`].
@@ -84,20 +84,7 @@ pub unsafe fn tile_q4k_q8k_avx512<const R: usize, const T: usize>(
         // SAFETY: as above.
         let y = a.map(|a| unsafe { a.get_unchecked(b) });
         let dy = y.map(|y| y.d());
-        let mut bs32 = [_mm_setzero_si128(); T];
-        for t in 0..T {
-            bs32[t] = bsums32(y[t]);
-        }
-        let mut scales = [[0u8; 8]; R];
-        for r in 0..R {
-            let (s, m) = scales_mins_k4(&x[r].scales);
-            let mins = mins_k4(m);
-            let dmin = f16_to_f32(x[r].dmin);
-            for t in 0..T {
-                acc_m[r][t] = fma_mins(acc_m[r][t], dmin * dy[t], mins, bs32[t]);
-            }
-            scales[r] = s;
-        }
+        let scales = q4k_block_mins(x, y, dy, &mut acc_m);
         let mut sumi = [[_mm512_setzero_si512(); T]; R];
         for c in 0..4 {
             for r in 0..R {
