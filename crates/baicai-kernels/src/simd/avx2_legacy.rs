@@ -660,6 +660,20 @@ fn strip_sym<F: SymQ8_0>(
     unsafe { strip_sym_avx2::<F>(n / QK, wp, a.as_ptr(), a_row, out) }
 }
 
+/// Pointers to the `N` activation rows from row `first` on, `a_row` bytes apart from `a`.
+///
+/// # Safety
+/// Those rows must lie inside the allocation `a` points into.
+#[inline]
+pub(super) unsafe fn token_rows<const N: usize>(
+    a: *const u8,
+    a_row: usize,
+    first: usize,
+) -> [*const u8; N] {
+    // SAFETY: the caller guarantees the rows are inside `a`'s allocation.
+    std::array::from_fn(|t| unsafe { a.add((first + t) * a_row) })
+}
+
 /// The loop of [`strip_sym`], inside the target features so the tiles inline.
 ///
 /// # Safety
@@ -673,10 +687,7 @@ unsafe fn strip_sym_avx2<F: SymQ8_0>(
     out: &mut [TileOut],
 ) {
     for (g, o) in out.iter_mut().enumerate() {
-        let mut ap = [a; TILE_TOKENS];
-        for (t, p) in ap.iter_mut().enumerate() {
-            *p = a.add((g * TILE_TOKENS + t) * a_row);
-        }
+        let ap = token_rows(a, a_row, g * TILE_TOKENS);
         *o = tile_sym_q8_0::<F, TILE_ROWS, TILE_TOKENS>(nb, w, ap);
     }
 }

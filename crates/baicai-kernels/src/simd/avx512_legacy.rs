@@ -13,7 +13,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2_legacy::{
-    broadcast_f16, hsum_ps, sym_strip_rows, sym_tile_rows, SymQ8_0, IQ4_NL, Q4_0, Q5_0, Q8_0,
+    broadcast_f16, hsum_ps, sym_strip_rows, sym_tile_rows, token_rows, SymQ8_0, IQ4_NL, Q4_0, Q5_0,
+    Q8_0,
 };
 use crate::dtype::{DType, QK};
 use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
@@ -117,10 +118,7 @@ unsafe fn strip_sym_vnni<F: SymQ8_0>(
     // each weight block's decoding then serves 8 tokens.
     let mut g = 0;
     while g + 2 <= out.len() {
-        let mut ap = [a; 2 * TILE_TOKENS];
-        for (t, p) in ap.iter_mut().enumerate() {
-            *p = a.add((g * TILE_TOKENS + t) * a_row);
-        }
+        let ap = token_rows::<{ 2 * TILE_TOKENS }>(a, a_row, g * TILE_TOKENS);
         let v = tile_sym_vnni::<F, TILE_ROWS, { 2 * TILE_TOKENS }>(nb, w, ap);
         for (k, o) in out[g..g + 2].iter_mut().enumerate() {
             for (r, row) in o.iter_mut().enumerate() {
@@ -130,10 +128,7 @@ unsafe fn strip_sym_vnni<F: SymQ8_0>(
         g += 2;
     }
     if g < out.len() {
-        let mut ap = [a; TILE_TOKENS];
-        for (t, p) in ap.iter_mut().enumerate() {
-            *p = a.add((g * TILE_TOKENS + t) * a_row);
-        }
+        let ap = token_rows(a, a_row, g * TILE_TOKENS);
         out[g] = tile_sym_vnni::<F, TILE_ROWS, TILE_TOKENS>(nb, w, ap);
     }
 }
