@@ -16,6 +16,8 @@ pub(crate) trait Blocks {
     fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]);
     /// Named trace point (see [`crate::Trace`]); none by default.
     fn trace(&self, _name: &str, _il: usize, _x: &[f32]) {}
+    /// The model's weights, decoder ends and configuration.
+    fn parts(&self) -> (&WeightStore, &Ends, &ModelConfig);
 }
 
 /// The two ends of a decoder: token embedding, final norm, output head (tied to the embedding
@@ -60,13 +62,11 @@ impl Ends {
 /// Runs `tokens` through the decoder (see [`crate::CausalLm::forward`]).
 pub(crate) fn forward(
     blocks: &impl Blocks,
-    store: &WeightStore,
-    ends: &Ends,
-    cfg: &ModelConfig,
     tokens: &[u32],
     cache: &mut KvCache,
     logits: Logits,
 ) -> Result<Vec<f32>, ModelError> {
+    let (store, ends, cfg) = blocks.parts();
     cache.reserve(tokens.len())?;
     let mut x = embed(store, &ends.tok_embd, tokens, cfg.n_vocab)?; // [n, n_embd]
     if ends.embd_scale != 1.0 {

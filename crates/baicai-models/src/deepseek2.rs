@@ -353,6 +353,10 @@ impl Deepseek2 {
 }
 
 impl Blocks for Deepseek2 {
+    fn parts(&self) -> (&WeightStore, &Ends, &ModelConfig) {
+        (&self.store, &self.ends, &self.cfg)
+    }
+
     fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
         let (c, m, b, s) = (&self.cfg, &self.mla, &self.blocks[il].attn, &self.store);
         let n = x.len() / c.n_embd;
@@ -550,15 +554,7 @@ impl CausalLm for Deepseek2 {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        decoder::forward(
-            self,
-            &self.store,
-            &self.ends,
-            &self.cfg,
-            tokens,
-            cache,
-            logits,
-        )
+        decoder::forward(self, tokens, cache, logits)
     }
 
     fn expert_load(&self) -> Option<Vec<ExpertLoad>> {

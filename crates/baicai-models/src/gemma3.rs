@@ -164,6 +164,10 @@ impl Gemma3 {
 }
 
 impl Blocks for Gemma3 {
+    fn parts(&self) -> (&WeightStore, &Ends, &ModelConfig) {
+        (&self.store, &self.ends, &self.cfg)
+    }
+
     fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
         self.attention_block(il, x, cache, out);
     }
@@ -188,15 +192,7 @@ impl CausalLm for Gemma3 {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        decoder::forward(
-            self,
-            &self.store,
-            &self.ends,
-            &self.cfg,
-            tokens,
-            cache,
-            logits,
-        )
+        decoder::forward(self, tokens, cache, logits)
     }
 
     fn set_trace(&mut self, trace: Option<Trace>) {

@@ -154,6 +154,10 @@ impl Llama {
 }
 
 impl Blocks for Llama {
+    fn parts(&self) -> (&WeightStore, &Ends, &ModelConfig) {
+        (&self.store, &self.ends, &self.cfg)
+    }
+
     fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
         self.attention_block(il, x, cache, out);
     }
@@ -178,15 +182,7 @@ impl CausalLm for Llama {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        decoder::forward(
-            self,
-            &self.store,
-            &self.ends,
-            &self.cfg,
-            tokens,
-            cache,
-            logits,
-        )
+        decoder::forward(self, tokens, cache, logits)
     }
 
     fn set_trace(&mut self, trace: Option<Trace>) {

@@ -145,6 +145,10 @@ impl SparseMoe {
 }
 
 impl Blocks for SparseMoe {
+    fn parts(&self) -> (&WeightStore, &Ends, &ModelConfig) {
+        (&self.store, &self.ends, &self.cfg)
+    }
+
     fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
         let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
         let n = x.len() / c.n_embd;
@@ -222,15 +226,7 @@ impl CausalLm for SparseMoe {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        decoder::forward(
-            self,
-            &self.store,
-            &self.ends,
-            &self.cfg,
-            tokens,
-            cache,
-            logits,
-        )
+        decoder::forward(self, tokens, cache, logits)
     }
 
     fn expert_load(&self) -> Option<Vec<ExpertLoad>> {
