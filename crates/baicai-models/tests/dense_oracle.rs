@@ -9,6 +9,8 @@ use std::sync::Arc;
 use baicai_models::Logits;
 use serde_json::Value;
 
+mod common;
+
 #[test]
 fn llama_gguf_matches_transformers() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/dense/llama");
@@ -19,20 +21,10 @@ fn llama_gguf_matches_transformers() {
     let m = baicai_models::load(g).unwrap();
     let vocab = m.config().n_vocab;
     for (pi, p) in reference["prompts"].as_array().unwrap().iter().enumerate() {
-        let ids: Vec<u32> = p["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let ids: Vec<u32> = common::u32s(&p["ids"]);
         let mut cache = m.new_cache(128);
         let logits = m.forward(&ids, &mut cache, Logits::All).unwrap();
-        let mut worst = 0f32;
-        for (t, row) in p["logits"].as_array().unwrap().iter().enumerate() {
-            for (i, r) in row.as_array().unwrap().iter().enumerate() {
-                worst = worst.max((logits[t * vocab + i] - r.as_f64().unwrap() as f32).abs());
-            }
-        }
+        let worst = common::worst_logit(&logits, &p["logits"], vocab).0;
         eprintln!(
             "llama prompt {pi} ({} tokens): max |Δlogit| {worst:.2e}",
             ids.len()
@@ -41,21 +33,14 @@ fn llama_gguf_matches_transformers() {
             worst < 1e-2,
             "llama prompt {pi}: a logit differs by {worst} from transformers"
         );
-        let expected: Vec<u32> = p["greedy"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let expected: Vec<u32> = common::u32s(&p["greedy"]);
         let margins: Vec<f64> = p["greedy_margins"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_f64().unwrap())
             .collect();
-        let argmax =
-            |v: &[f32]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32;
-        let mut next = argmax(&logits[(ids.len() - 1) * vocab..]);
+        let mut next = common::argmax(&logits[(ids.len() - 1) * vocab..]);
         for (step, (&e, &margin)) in expected.iter().zip(&margins).enumerate() {
             if margin < 2e-2 {
                 break; // a tie within the f16 cache's rounding
@@ -64,7 +49,7 @@ fn llama_gguf_matches_transformers() {
                 next, e,
                 "llama prompt {pi} step {step}: greedy token differs from transformers"
             );
-            next = argmax(&m.forward(&[next], &mut cache, Logits::Last).unwrap());
+            next = common::argmax(&m.forward(&[next], &mut cache, Logits::Last).unwrap());
         }
     }
 }

@@ -8,34 +8,20 @@ use std::sync::Arc;
 use baicai_models::{CausalLm, Logits};
 use serde_json::Value;
 
+mod common;
+use common::argmax;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/moe")
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
 }
 
 fn check(model: &dyn CausalLm, reference: &Value, label: &str) {
     let vocab = reference["vocab_size"].as_u64().unwrap() as usize;
     for (pi, p) in reference["prompts"].as_array().unwrap().iter().enumerate() {
-        let ids: Vec<u32> = p["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let ids: Vec<u32> = common::u32s(&p["ids"]);
         let mut cache = model.new_cache(64);
         let logits = model.forward(&ids, &mut cache, Logits::All).unwrap();
-        let mut worst = (0f32, 0, 0);
-        for (t, row) in p["logits"].as_array().unwrap().iter().enumerate() {
-            for (i, r) in row.as_array().unwrap().iter().enumerate() {
-                let d = (logits[t * vocab + i] - r.as_f64().unwrap() as f32).abs();
-                if d > worst.0 {
-                    worst = (d, t, i);
-                }
-            }
-        }
+        let worst = common::worst_logit(&logits, &p["logits"], vocab);
         eprintln!(
             "{label} prompt {pi}: max |Δlogit| {:.2e} at position {} token {}",
             worst.0, worst.1, worst.2
@@ -47,12 +33,7 @@ fn check(model: &dyn CausalLm, reference: &Value, label: &str) {
             worst.1,
             worst.0
         );
-        let expected: Vec<u32> = p["greedy"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let expected: Vec<u32> = common::u32s(&p["greedy"]);
         let mut next = argmax(&logits[(ids.len() - 1) * vocab..]);
         let mut got = Vec::new();
         for _ in 0..expected.len() {
@@ -190,21 +171,11 @@ fn deepseek_v3_f16_latent_cache_stays_close() {
     let width = c.mla.as_ref().unwrap().cache_width();
     let vocab = c.n_vocab;
     let p = &reference["prompts"][2];
-    let ids: Vec<u32> = p["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let ids: Vec<u32> = common::u32s(&p["ids"]);
     let mut cache = baicai_models::KvCache::new_f16(c.n_layer, 64, width, 0);
     assert!(cache.is_f16());
     let logits = m.forward(&ids, &mut cache, Logits::All).unwrap();
-    let mut worst = 0f32;
-    for (t, row) in p["logits"].as_array().unwrap().iter().enumerate() {
-        for (i, r) in row.as_array().unwrap().iter().enumerate() {
-            worst = worst.max((logits[t * vocab + i] - r.as_f64().unwrap() as f32).abs());
-        }
-    }
+    let worst = common::worst_logit(&logits, &p["logits"], vocab).0;
     eprintln!("f16 latent cache: max |Δlogit| {worst:.2e}");
     assert!(worst < 2e-2, "f16 latent cache moved a logit by {worst}");
 }
@@ -274,20 +245,10 @@ fn deepseek_v3_half_precision_checkpoints_stay_close() {
             hf.held_in_memory
         );
         let p = &reference["prompts"][0];
-        let ids: Vec<u32> = p["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let ids: Vec<u32> = common::u32s(&p["ids"]);
         let mut cache = m.new_cache(32);
         let logits = m.forward(&ids, &mut cache, Logits::All).unwrap();
-        let mut worst = 0f32;
-        for (t, row) in p["logits"].as_array().unwrap().iter().enumerate() {
-            for (i, r) in row.as_array().unwrap().iter().enumerate() {
-                worst = worst.max((logits[t * vocab + i] - r.as_f64().unwrap() as f32).abs());
-            }
-        }
+        let worst = common::worst_logit(&logits, &p["logits"], vocab).0;
         eprintln!("{dtype} checkpoint: max |Δlogit| {worst:.2e} vs the F32 reference");
         assert!(worst < bound, "{dtype} checkpoint moved a logit by {worst}");
         std::fs::remove_dir_all(&dst).ok();
