@@ -114,6 +114,22 @@ pub struct AttnParams {
     pub window: Option<usize>,
 }
 
+impl AttnParams {
+    /// Causal attention of the model's heads from position `pos0`, scaled by 1/√head_dim_k,
+    /// without a window.
+    pub fn causal(c: &crate::config::ModelConfig, pos0: usize) -> AttnParams {
+        AttnParams {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim_k: c.head_dim_k,
+            head_dim_v: c.head_dim_v,
+            scale: 1.0 / (c.head_dim_k as f32).sqrt(),
+            pos0,
+            window: None,
+        }
+    }
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent partial sums so the compiler vectorizes the loop.
     let mut acc = [0f32; 8];

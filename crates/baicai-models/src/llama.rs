@@ -121,15 +121,7 @@ impl Llama {
         cache.store(il, &k, &v);
         let (kc, vc) = cache.layer_f16(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
-        let p = AttnParams {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim_k: c.head_dim_k,
-            head_dim_v: c.head_dim_v,
-            scale: 1.0 / (c.head_dim_k as f32).sqrt(),
-            pos0,
-            window: None,
-        };
+        let p = AttnParams::causal(c, pos0);
         layers::attention_f16(&q, kc, vc, p, &mut attn);
         self.trace_point("kqv_out", il, &attn);
         s.matmul(&b.wo, &attn, n, out); // [n, n_embd]

@@ -173,15 +173,7 @@ impl Blocks for SparseMoe {
         cache.store(il, &k, &v);
         let (kc, vc) = cache.layer(il, pos0 + n);
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim]
-        let p = AttnParams {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim_k: c.head_dim_k,
-            head_dim_v: c.head_dim_v,
-            scale: 1.0 / (c.head_dim_k as f32).sqrt(),
-            pos0,
-            window: None,
-        };
+        let p = AttnParams::causal(c, pos0);
         layers::attention(&q, kc, vc, p, &mut attn);
         s.matmul(&b.wo, &attn, n, out); // [n, n_embd]
     }
