@@ -322,12 +322,28 @@ impl Mat<'_> {
         &self.acts[t * self.a_row..(t + 1) * self.a_row]
     }
 
-    /// Computes `out[k] = [r0 + k, t]`, one row after another. Decode streams each weight row
-    /// once, and one sequential stream per thread is what the hardware prefetcher follows best:
-    /// walking 4 rows side by side (a 4 × 1 register tile) streamed the Q8_0 experts of
-    /// DeepSeek-V2-Lite at 14-20 GB/s where single rows reach 28-32 GB/s (`bench_experts`,
-    /// 2 threads), and software prefetching did not close the gap.
+    /// Computes `out[k] = [r0 + k, t]`. Decode streams each weight row once, and the hardware
+    /// prefetcher follows a few long sequential streams best: walking 4 adjacent rows side by
+    /// side (a 4 × 1 register tile) streamed the Q8_0 experts of DeepSeek-V2-Lite at 14-20 GB/s
+    /// where single rows reach 28-32 GB/s (`bench_experts`, 2 threads), and software
+    /// prefetching did not close the gap. So where the format has a two-row kernel
+    /// ([`TileFns::pair`]) its rows come from the two halves of the range, two long streams
+    /// (Q5_0 23 -> 29 GB/s streamed with 2 threads; adjacent pairs fell to 10); otherwise one row
+    /// after another.
     fn rows(&self, r0: usize, t: usize, out: &mut [f32]) {
+        if let Some(pair) = self.tiles.and_then(|t| t.pair) {
+            let h = out.len() / 2;
+            let (lo, hi) = out.split_at_mut(h);
+            for (i, (l, u)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                let w = [self.w_row(r0 + i), self.w_row(r0 + h + i)];
+                let [[a], [b]] = pair(self.cols, w, [self.act_row(t)]);
+                (*l, *u) = (a, b);
+            }
+            if hi.len() > h {
+                hi[h] = self.element(r0 + 2 * h, t);
+            }
+            return;
+        }
         for (i, o) in out.iter_mut().enumerate() {
             *o = self.element(r0 + i, t);
         }

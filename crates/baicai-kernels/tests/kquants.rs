@@ -203,6 +203,18 @@ fn register_tiles_equal_the_dot_product_bit_for_bit() {
                     );
                 }
             }
+            if let Some(pair) = tiles.pair {
+                let got = pair(n, [&w[0], &w[1]], [&a[1]]);
+                for (r, &[v]) in got.iter().enumerate() {
+                    let want = dot(n, &w[r], &a[1]);
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "{} n={n} pair[{r}]",
+                        dtype.name()
+                    );
+                }
+            }
         }
     }
 }

@@ -343,6 +343,44 @@ fn register_tiles_equal_the_dot_product_bit_for_bit() {
                     );
                 }
             }
+            if let Some(pair) = tiles.pair {
+                let got = pair(n, [&w[0], &w[1]], [&a[0]]);
+                for (r, &[v]) in got.iter().enumerate() {
+                    let want = dot(n, &w[r], &a[0]);
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "{} n={n} pair[{r}]",
+                        dtype.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// On CPUs with AVX-512 VNNI the dispatched dot products are the VNNI ones: they must equal the
+/// AVX2 kernels bit for bit (elsewhere both sides are the AVX2 kernel).
+#[test]
+fn dispatched_dots_equal_the_avx2_dots_bit_for_bit() {
+    use baicai_kernels::simd::avx2_legacy as avx2;
+    if !avx2() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(0x512);
+    let kernels: [(DType, baicai_kernels::dispatch::DotFn); 4] = [
+        (DType::Q4_0, avx2::dot_q4_0_q8_0),
+        (DType::Q5_0, avx2::dot_q5_0_q8_0),
+        (DType::Q8_0, avx2::dot_q8_0_q8_0),
+        (DType::IQ4_NL, avx2::dot_iq4_nl_q8_0),
+    ];
+    for (dtype, want) in kernels {
+        let dot = dot_fn(dtype, Isa::detect());
+        for n in lengths(dtype) {
+            let w = random_weights(&mut rng, dtype, n);
+            let a = random_activations(&mut rng, dtype, n);
+            let (got, want) = (dot(n, &w, &a), want(n, &w, &a));
+            assert_eq!(got.to_bits(), want.to_bits(), "{} n={n}", dtype.name());
         }
     }
 }

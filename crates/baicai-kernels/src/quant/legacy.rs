@@ -609,6 +609,8 @@ pub type TileOut = [[f32; TILE_TOKENS]; TILE_ROWS];
 /// rows `a_row` bytes apart in `a`: `out[g]` is the [`TileFn`] result for group `g`. One call
 /// for a task's tokens, so the checks and the indirect call are paid once, not per tile.
 pub type StripFn = fn(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, out: &mut [TileOut]);
+/// Two weight rows with one activation row: a 2 × 1 register tile.
+pub type PairFn = fn(n: usize, w: [&[u8]; 2], a: [&[u8]; 1]) -> [[f32; 1]; 2];
 
 /// Dot products of several weight rows with several activation rows at once, decoding each weight
 /// block once for all tokens and loading each activation block once for all rows. Each element is
@@ -620,6 +622,11 @@ pub struct TileFns {
     pub tile: TileFn,
     /// Prefill: [`TileFns::tile`] over a strip of token groups.
     pub strip: StripFn,
+    /// Decode: two rows at once, where that is faster than two dot products. A single dot
+    /// product's accumulator is one chain of dependent FMAs, one per block, so for the legacy
+    /// formats (a block of 32 values is little other work) the chain's latency bounds the dot;
+    /// two rows run two chains (and share the activation's loads).
+    pub pair: Option<PairFn>,
 }
 
 /// The register-tiled kernels for weights of `dtype` on `isa`, where there are (AVX2: Q4_0, Q5_0,
@@ -696,7 +703,9 @@ pub fn quant_fn(dtype: DType, isa: Isa) -> QuantFn {
 pub fn dot_fn(dtype: DType, isa: Isa) -> DotFn {
     #[cfg(target_arch = "x86_64")]
     if use_avx2(isa) {
-        if let Some(f) = crate::simd::avx2_legacy::dot_fn(dtype) {
+        if let Some(f) = crate::simd::avx512_legacy::dot_fn(dtype)
+            .or_else(|| crate::simd::avx2_legacy::dot_fn(dtype))
+        {
             return f;
         }
     }

@@ -77,7 +77,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 /// land in the high nibble, which the mask drops).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles_bcast(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles_bcast(p: *const u8) -> __m256i {
     let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast()));
     let both = _mm256_srlv_epi64(q, _mm256_set_epi64x(4, 4, 0, 0));
     _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
@@ -698,6 +698,7 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
         TileFns {
             tile: tile_sym::<F, TILE_ROWS, TILE_TOKENS>,
             strip: strip_sym::<F>,
+            pair: Some(tile_sym::<F, 2, 1>),
         }
     }
     use DType::*;

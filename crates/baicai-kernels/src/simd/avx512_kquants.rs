@@ -186,10 +186,14 @@ pub(crate) fn tile_fns(dtype: crate::dtype::DType) -> Option<TileFns> {
         DType::Q4_K => Some(TileFns {
             tile: tile_q4k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q4k,
+            // Slower than two dots (23 -> 16 GB/s from cache).
+            pair: None,
         }),
         DType::Q6_K => Some(TileFns {
             tile: tile_q6k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q6k,
+            // 26 -> 29 GB/s from cache.
+            pair: Some(tile_q6k::<2, 1>),
         }),
         _ => None,
     }
