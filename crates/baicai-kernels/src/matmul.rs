@@ -8,9 +8,10 @@
 //! blocks of tokens) but never inside a dot product, so each element is reduced in the same order
 //! whatever `n_tokens` is or how many threads run: results are batch invariant bit for bit.
 //!
-//! Decode (`n_tokens == 1`) is memory bound: each weight row is streamed once, one row after
-//! another (a single sequential stream per thread, which the hardware prefetcher follows best),
-//! in chunks big enough that a task is worth its scheduling cost. Prefill splits the output into
+//! Decode (`n_tokens == 1`) is memory bound: each weight row is streamed once, in one
+//! contiguous share per thread and matrix, either one row after another or, for formats with a
+//! two-row kernel, a row from each half of the share at a time (two long sequential streams,
+//! which the hardware prefetcher follows; adjacent rows side by side it does not). Prefill splits the output into
 //! (rows × tokens) tasks, iterating tokens innermost, so a weight row stays in L1 while it meets a
 //! block of activation rows that stays in L2. On CPUs with AVX-512 VNNI the prefill tiles of
 //! Q4_K and the symmetric legacy formats use it, bit-identical to the AVX2 tiles and dots.
