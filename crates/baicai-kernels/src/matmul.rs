@@ -11,9 +11,9 @@
 //! Decode (`n_tokens == 1`) is memory bound: each weight row is streamed once, in one
 //! contiguous share per thread and matrix, either one row after another or, for formats with a
 //! two-row kernel, a row from each half of the share at a time (two long sequential streams,
-//! which the hardware prefetcher follows; adjacent rows side by side it does not). Prefill splits the output into
-//! (rows × tokens) tasks, iterating tokens innermost, so a weight row stays in L1 while it meets a
-//! block of activation rows that stays in L2. On CPUs with AVX-512 VNNI the prefill tiles of
+//! which the hardware prefetcher follows; adjacent rows side by side it does not). Prefill
+//! splits the output into (rows × tokens) tasks, iterating tokens innermost, so a weight row
+//! stays in L1 while it meets a block of activation rows that stays in L2. On CPUs with AVX-512 VNNI the prefill tiles of
 //! Q4_K and the symmetric legacy formats use it, bit-identical to the AVX2 tiles and dots.
 //!
 //! [`matmul_batch`] runs any number of independent matmuls (the experts of a MoE layer, the

@@ -670,7 +670,7 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
         DType::Q4_K => TileFns {
             tile: tile_q4k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q4k,
-            // The 2 × 1 tiles were slower than two dots here (Q4_K 23 -> 16, Q6_K 26 -> 22
+            // The 2 × 1 tiles were no faster than two dots here (Q4_K 23 -> 22, Q6_K 26 -> 22
             // GB/s from cache).
             pair: None,
         },

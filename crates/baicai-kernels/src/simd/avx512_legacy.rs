@@ -12,7 +12,6 @@
 //! (`fma(d_w·d_a, lanes, acc)` in block order, then the horizontal sum) are the AVX2 kernel's.
 
 use std::arch::x86_64::*;
-
 use std::ptr::read_unaligned;
 
 use super::avx2_legacy::{
@@ -27,7 +26,7 @@ const Q8_0_BYTES: usize = DType::Q8_0.block_bytes();
 
 /// The codes of the block at `x`, as [`SymQ8_0::codes`] gives them. Q5_0's fifth bits go
 /// straight into a mask register and come in with one masked add, where AVX2 spreads them to
-/// bytes with a shuffle, an and and a compare (this made its decode dot about 1.5x faster).
+/// bytes with a shuffle, an and and a compare (its 1 × 1 dot from cache: 12.5 -> 14.1 GB/s).
 ///
 /// # Safety
 /// As [`tile_sym_vnni`]; `x` must point at a whole block.
