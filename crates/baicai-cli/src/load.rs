@@ -144,6 +144,11 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let model: Arc<dyn CausalLm> = baicai_models::load(gguf.clone())
         .with_context(|| format!("cannot load model {}", path.display()))?
         .into();
+    // A mapped model larger than the memory it may use runs from disk: start reading each
+    // layer's selected experts as soon as they are known.
+    let budget = baicai_engine::sysinfo::memory_budget_bytes()
+        .filter(|&b| gguf.residency() == Residency::Mapped && gguf.file_size() > b);
+    baicai_models::moe::set_expert_readahead(budget.is_some());
     let (tokenizer, tokenizer_error) = match Tokenizer::from_gguf(&gguf) {
         Ok(t) => (Some(t), String::new()),
         Err(e) => (
@@ -156,9 +161,16 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         tokenizer,
         tokenizer_error,
         file_size: gguf.file_size(),
-        held_in_memory: vec![match gguf.residency() {
-            Residency::Mapped => "all tensors: memory-mapped from the file, not copied".into(),
-            Residency::Resident => {
+        held_in_memory: vec![match (gguf.residency(), budget) {
+            (Residency::Mapped, None) => {
+                "all tensors: memory-mapped from the file, not copied".into()
+            }
+            (Residency::Mapped, Some(b)) => format!(
+                "all tensors: memory-mapped from the file, not copied; the file is larger than \
+                 the {:.1} GiB of memory available, so experts are read ahead as they are routed",
+                b as f64 / GIB
+            ),
+            (Residency::Resident, _) => {
                 "all tensors: read into memory once (2 MiB pages where the OS grants them)".into()
             }
         }],

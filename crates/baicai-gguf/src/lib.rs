@@ -8,7 +8,7 @@
 //!
 //! The parser works on any byte slice ([`parse`], [`Gguf::from_bytes`]), so tests and the
 //! `gguf_parse` fuzz target (in `fuzz/`) drive exactly the code that reads real files; the only
-//! `unsafe` is the `mmap` call in [`Gguf::open`]. GGUF v2 and v3 are read (v1, with 32-bit counts,
+//! `unsafe` is the `mmap` call in [`Gguf::open`] and the `madvise` in [`will_need`]. GGUF v2 and v3 are read (v1, with 32-bit counts,
 //! is rejected). Split models (`<prefix>-00001-of-0000N.gguf`, as llama.cpp's `gguf-split` writes
 //! them) open as one [`Gguf`] whose tensors carry the index of the part holding them.
 //! [`GgufWriter`] writes files for tests and tools, streaming tensor bytes in declared order.
@@ -34,6 +34,34 @@ pub use writer::{write_to_vec, GgufWriter, TensorSpec};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+
+/// Tells the OS that `bytes` (a tensor's data, say) will be read soon: for a memory-mapped file
+/// it starts reading the pages that are not in memory, in the background, so several tensors'
+/// reads from disk overlap instead of each waiting for its page faults. Advisory: does nothing
+/// where the OS does not support it, and ignores errors (the data is read on use either way).
+pub fn will_need(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        if bytes.is_empty() {
+            return;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096);
+        let start = bytes.as_ptr() as usize & !(page - 1);
+        let end = bytes.as_ptr() as usize + bytes.len();
+        // SAFETY: MADV_WILLNEED only schedules reads of the pages in the range; it never changes
+        // memory contents or mappings, and where part of the range is not mapped it fails with
+        // ENOMEM, which is ignored. The range is `bytes` rounded out to whole pages.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_WILLNEED);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
+}
 
 /// Errors from reading or writing GGUF files.
 #[derive(Debug, thiserror::Error)]

@@ -2,9 +2,23 @@
 //! grouped by expert so each selected expert's weights are read once per step and unselected
 //! experts are never touched (memory-mapped experts stay on disk until used).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::layers;
 use crate::weights::{Linear, WeightStore};
 use baicai_kernels::{matmul_batch, MatJob};
+
+/// See [`set_expert_readahead`].
+static EXPERT_READAHEAD: AtomicBool = AtomicBool::new(false);
+
+/// Whether each MoE layer, once it has routed its tokens, tells the OS to start reading the
+/// selected experts' weights ([`baicai_gguf::will_need`]). Off by default: when the model fits
+/// in memory the experts are already there and the calls only cost time. When a memory-mapped
+/// model is larger than the memory it may use, most selected experts are on disk, and this lets
+/// all of a layer's expert reads run at once instead of one page fault after another.
+pub fn set_expert_readahead(on: bool) {
+    EXPERT_READAHEAD.store(on, Ordering::Relaxed);
+}
 
 /// How router logits become expert scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +249,14 @@ impl Experts {
         let active: Vec<usize> = (0..n_expert)
             .filter(|&e| !by_expert[e].is_empty())
             .collect();
+        if EXPERT_READAHEAD.load(Ordering::Relaxed) {
+            for &e in &active {
+                let (gate, up, down) = &self.experts[e];
+                for w in [gate, up, down] {
+                    baicai_gguf::will_need(w.weight().data);
+                }
+            }
+        }
 
         // (2) Each active expert's gate/up on its tokens (the whole input when it has them all,
         // as in decode, so one quantization serves every expert), and the shared down.

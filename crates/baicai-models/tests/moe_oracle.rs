@@ -284,3 +284,24 @@ fn deepseek_v3_batch_and_stepwise_logits_are_bit_identical() {
         }
     }
 }
+
+/// Expert readahead (for models larger than memory) only advises the OS: logits with it on are
+/// bit-identical to logits with it off, on a memory-mapped GGUF model.
+#[test]
+fn expert_readahead_changes_no_logits() {
+    let path = fixtures().join("deepseek-v3").join("model-f32.gguf");
+    let m = baicai_models::load(Arc::new(baicai_gguf::Gguf::open(&path).unwrap())).unwrap();
+    let c = m.config();
+    let ids: Vec<u32> = (0..9).map(|i| (i * 53 % 300 + 5) as u32).collect();
+    let run = |on: bool| {
+        baicai_models::moe::set_expert_readahead(on);
+        let mut cache = m.new_cache(32);
+        let mut logits = m.forward(&ids, &mut cache, Logits::All).unwrap();
+        logits.extend(m.forward(&[7], &mut cache, Logits::Last).unwrap());
+        logits
+    };
+    let (off, on) = (run(false), run(true));
+    baicai_models::moe::set_expert_readahead(false);
+    assert_eq!(off.len(), (ids.len() + 1) * c.n_vocab);
+    assert!(off == on, "expert readahead changed the logits");
+}
