@@ -124,12 +124,20 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
                 format!("cannot load the tokenizer of {}: {e}", path.display()),
             ),
         };
+        // As for GGUF files below (weights held in memory rather than mapped are only advised
+        // in vain).
+        let budget = larger_than_memory(hf.file_size);
+        baicai_models::moe::set_expert_readahead(budget.is_some());
+        let mut held_in_memory = hf.held_in_memory;
+        if let Some(b) = budget {
+            held_in_memory.push(readahead_note(b));
+        }
         return Ok(Loaded {
             model: model.into(),
             tokenizer,
             tokenizer_error,
             file_size: hf.file_size,
-            held_in_memory: hf.held_in_memory,
+            held_in_memory,
         });
     }
     // The mapping costs nothing, and gives the size of every part of a split model.
@@ -146,8 +154,8 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         .into();
     // A mapped model larger than the memory it may use runs from disk: start reading each
     // layer's selected experts as soon as they are known.
-    let budget = baicai_engine::sysinfo::memory_budget_bytes()
-        .filter(|&b| gguf.residency() == Residency::Mapped && gguf.file_size() > b);
+    let budget =
+        larger_than_memory(gguf.file_size()).filter(|_| gguf.residency() == Residency::Mapped);
     baicai_models::moe::set_expert_readahead(budget.is_some());
     let (tokenizer, tokenizer_error) = match Tokenizer::from_gguf(&gguf) {
         Ok(t) => (Some(t), String::new()),
@@ -166,15 +174,28 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
                 "all tensors: memory-mapped from the file, not copied".into()
             }
             (Residency::Mapped, Some(b)) => format!(
-                "all tensors: memory-mapped from the file, not copied; the file is larger than \
-                 the {:.1} GiB of memory available, so experts are read ahead as they are routed",
-                b as f64 / GIB
+                "all tensors: memory-mapped from the file, not copied; {}",
+                readahead_note(b)
             ),
             (Residency::Resident, _) => {
                 "all tensors: read into memory once (2 MiB pages where the OS grants them)".into()
             }
         }],
     })
+}
+
+/// The memory budget (cgroup limits included) when a model of `file_bytes` is larger than it.
+fn larger_than_memory(file_bytes: u64) -> Option<u64> {
+    baicai_engine::sysinfo::memory_budget_bytes().filter(|&b| file_bytes > b)
+}
+
+/// What `held_in_memory` says when experts are read ahead.
+fn readahead_note(budget: u64) -> String {
+    format!(
+        "the model is larger than the {:.1} GiB of memory available, so experts are read ahead \
+         as they are routed",
+        budget as f64 / GIB
+    )
 }
 
 /// Arguments of `tokenize`.
