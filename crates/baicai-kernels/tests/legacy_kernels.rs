@@ -360,27 +360,55 @@ fn register_tiles_equal_the_dot_product_bit_for_bit() {
 }
 
 /// On CPUs with AVX-512 VNNI the dispatched dot products are the VNNI ones: they must equal the
-/// AVX2 kernels bit for bit (elsewhere both sides are the AVX2 kernel).
+/// AVX2 kernels bit for bit (elsewhere both sides are the AVX2 kernel). The AVX2 two-row decode
+/// tiles, which AVX-512 machines do not dispatch, are checked against the AVX2 dots here too.
 #[test]
-fn dispatched_dots_equal_the_avx2_dots_bit_for_bit() {
+fn dispatched_dots_and_avx2_pairs_equal_the_avx2_dots_bit_for_bit() {
+    use baicai_kernels::quant::legacy::PairFn;
     use baicai_kernels::simd::avx2_legacy as avx2;
     if !avx2() {
         return;
     }
     let mut rng = StdRng::seed_from_u64(0x512);
-    let kernels: [(DType, baicai_kernels::dispatch::DotFn); 4] = [
-        (DType::Q4_0, avx2::dot_q4_0_q8_0),
-        (DType::Q5_0, avx2::dot_q5_0_q8_0),
-        (DType::Q8_0, avx2::dot_q8_0_q8_0),
-        (DType::IQ4_NL, avx2::dot_iq4_nl_q8_0),
+    let kernels: [(DType, baicai_kernels::dispatch::DotFn, PairFn); 4] = [
+        (
+            DType::Q4_0,
+            avx2::dot_q4_0_q8_0,
+            avx2::tile_sym::<avx2::Q4_0, 2, 1>,
+        ),
+        (
+            DType::Q5_0,
+            avx2::dot_q5_0_q8_0,
+            avx2::tile_sym::<avx2::Q5_0, 2, 1>,
+        ),
+        (
+            DType::Q8_0,
+            avx2::dot_q8_0_q8_0,
+            avx2::tile_sym::<avx2::Q8_0, 2, 1>,
+        ),
+        (
+            DType::IQ4_NL,
+            avx2::dot_iq4_nl_q8_0,
+            avx2::tile_sym::<avx2::IQ4_NL, 2, 1>,
+        ),
     ];
-    for (dtype, want) in kernels {
+    for (dtype, want, pair) in kernels {
         let dot = dot_fn(dtype, Isa::detect());
         for n in lengths(dtype) {
-            let w = random_weights(&mut rng, dtype, n);
+            let w = [0, 1].map(|_| random_weights(&mut rng, dtype, n));
             let a = random_activations(&mut rng, dtype, n);
-            let (got, want) = (dot(n, &w, &a), want(n, &w, &a));
-            assert_eq!(got.to_bits(), want.to_bits(), "{} n={n}", dtype.name());
+            let (got, want0) = (dot(n, &w[0], &a), want(n, &w[0], &a));
+            assert_eq!(got.to_bits(), want0.to_bits(), "{} n={n}", dtype.name());
+            let p = pair(n, [&w[0], &w[1]], [&a]);
+            for (r, &[v]) in p.iter().enumerate() {
+                let want = want(n, &w[r], &a);
+                assert_eq!(
+                    v.to_bits(),
+                    want.to_bits(),
+                    "{} n={n} AVX2 pair[{r}]",
+                    dtype.name()
+                );
+            }
         }
     }
 }
