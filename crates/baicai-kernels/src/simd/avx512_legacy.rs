@@ -12,35 +12,16 @@
 //! (`fma(d_w·d_a, lanes, acc)` in block order, then the horizontal sum) are the AVX2 kernel's.
 
 use std::arch::x86_64::*;
-use std::ptr::read_unaligned;
 
 use super::avx2_legacy::{
-    broadcast_f16, hsum_ps, nibbles_bcast, sym_strip_rows, sym_tile_rows, token_rows, SymQ8_0,
-    IQ4_NL, Q4_0, Q5_0, Q8_0,
+    broadcast_f16, hsum_ps, sym_strip_rows, sym_tile_rows, token_rows, SymQ8_0, IQ4_NL, Q4_0, Q5_0,
+    Q8_0,
 };
 use crate::dispatch::DotFn;
 use crate::dtype::{DType, QK};
 use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
 
 const Q8_0_BYTES: usize = DType::Q8_0.block_bytes();
-
-/// The codes of the block at `x`, as [`SymQ8_0::codes`] gives them. Q5_0's fifth bits go
-/// straight into a mask register and come in with one masked add, where AVX2 spreads them to
-/// bytes with a shuffle, an and and a compare (its 1 × 1 dot from cache: 12.5 -> 14.1 GB/s).
-///
-/// # Safety
-/// As [`tile_sym_vnni`]; `x` must point at a whole block.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn codes<F: SymQ8_0>(x: *const u8) -> __m256i {
-    if F::DTYPE == DType::Q5_0 {
-        let high: __mmask32 = read_unaligned(x.add(2).cast::<u32>());
-        let low = nibbles_bcast(x.add(6));
-        _mm256_mask_add_epi8(low, high, low, _mm256_set1_epi8(0x10))
-    } else {
-        F::codes(x)
-    }
-}
 
 /// `R` weight rows × `T` Q8_0 activation rows, `nb` blocks each (see the module docs).
 ///
@@ -63,7 +44,7 @@ unsafe fn tile_sym_vnni<F: SymQ8_0, const R: usize, const T: usize>(
     for b in 0..nb {
         for r in 0..R {
             let x = w[r].add(b * F::BYTES);
-            let q = codes::<F>(x);
+            let q = F::codes_avx512(x);
             u[r] = if F::OFFSET == 0 {
                 _mm256_xor_si256(q, off)
             } else {
