@@ -2,6 +2,8 @@
 //! of dequantized values, dequantization against gguf-py (fixture from tools/fixtures_kquants.py),
 //! and Q8_K quantization against ggml's algorithm.
 
+mod tile_check;
+
 use baicai_kernels::dispatch::{dequant_fn, dot_fn, quant_fn, Isa};
 use baicai_kernels::dtype::{DType, QK_K};
 use baicai_kernels::quant::kquants::{
@@ -187,34 +189,8 @@ fn register_tiles_equal_the_dot_product_bit_for_bit() {
                     _ => raw_q8k(&mut rng, n),
                 })
                 .collect();
-            let tile = (tiles.tile)(
-                n,
-                std::array::from_fn(|r| &w[r][..]),
-                std::array::from_fn(|t| &a[t][..]),
-            );
-            for (r, row) in tile.iter().enumerate() {
-                for (t, &v) in row.iter().enumerate() {
-                    let want = dot(n, &w[r], &a[t]);
-                    assert_eq!(
-                        v.to_bits(),
-                        want.to_bits(),
-                        "{} n={n} tile[{r}][{t}]: {v} vs {want}",
-                        dtype.name()
-                    );
-                }
-            }
-            if let Some(pair) = tiles.pair {
-                let got = pair(n, [&w[0], &w[1]], [&a[1]]);
-                for (r, &[v]) in got.iter().enumerate() {
-                    let want = dot(n, &w[r], &a[1]);
-                    assert_eq!(
-                        v.to_bits(),
-                        want.to_bits(),
-                        "{} n={n} pair[{r}]",
-                        dtype.name()
-                    );
-                }
-            }
+            // The pair meets a raw activation row (index 1).
+            tile_check::check_tiles(tiles, dot, n, &w, &a, 1, &format!("{} n={n}", dtype.name()));
         }
     }
 }

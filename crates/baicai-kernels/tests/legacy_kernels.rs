@@ -1,6 +1,8 @@
 //! Legacy-format kernels: every AVX2 path against its scalar reference, the scalar dots against an
 //! f64 oracle over dequantized values, and the Q8 quantizers against their error bound.
 
+mod tile_check;
+
 use baicai_kernels::dispatch::{dequant_fn, dot_fn, quant_fn, Isa};
 use baicai_kernels::dtype::QK_K;
 use baicai_kernels::DType;
@@ -327,34 +329,7 @@ fn register_tiles_equal_the_dot_product_bit_for_bit() {
             let a: Vec<Vec<u8>> = (0..TILE_TOKENS)
                 .map(|_| random_activations(&mut rng, dtype, n))
                 .collect();
-            let tile = (tiles.tile)(
-                n,
-                std::array::from_fn(|r| &w[r][..]),
-                std::array::from_fn(|t| &a[t][..]),
-            );
-            for (r, row) in tile.iter().enumerate() {
-                for (t, &v) in row.iter().enumerate() {
-                    let want = dot(n, &w[r], &a[t]);
-                    assert_eq!(
-                        v.to_bits(),
-                        want.to_bits(),
-                        "{} n={n} tile[{r}][{t}]",
-                        dtype.name()
-                    );
-                }
-            }
-            if let Some(pair) = tiles.pair {
-                let got = pair(n, [&w[0], &w[1]], [&a[0]]);
-                for (r, &[v]) in got.iter().enumerate() {
-                    let want = dot(n, &w[r], &a[0]);
-                    assert_eq!(
-                        v.to_bits(),
-                        want.to_bits(),
-                        "{} n={n} pair[{r}]",
-                        dtype.name()
-                    );
-                }
-            }
+            tile_check::check_tiles(tiles, dot, n, &w, &a, 0, &format!("{} n={n}", dtype.name()));
         }
     }
 }
@@ -399,16 +374,8 @@ fn dispatched_dots_and_avx2_pairs_equal_the_avx2_dots_bit_for_bit() {
             let a = random_activations(&mut rng, dtype, n);
             let (got, want0) = (dot(n, &w[0], &a), want(n, &w[0], &a));
             assert_eq!(got.to_bits(), want0.to_bits(), "{} n={n}", dtype.name());
-            let p = pair(n, [&w[0], &w[1]], [&a]);
-            for (r, &[v]) in p.iter().enumerate() {
-                let want = want(n, &w[r], &a);
-                assert_eq!(
-                    v.to_bits(),
-                    want.to_bits(),
-                    "{} n={n} AVX2 pair[{r}]",
-                    dtype.name()
-                );
-            }
+            let label = format!("{} n={n} AVX2", dtype.name());
+            tile_check::check_pair(pair, want, n, [&w[0], &w[1]], &a, &label);
         }
     }
 }
