@@ -83,13 +83,22 @@ pub(super) fn hsum_ps128(s: __m128) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
+pub(super) use super::avx2_legacy::hsum_ps;
+
+/// A Q4_K register tile's results: `hsum(acc) - hsum(acc_m)` per element.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn hsum_ps(v: __m256) -> f32 {
-    hsum_ps128(_mm_add_ps(
-        _mm256_castps256_ps128(v),
-        _mm256_extractf128_ps::<1>(v),
-    ))
+pub(super) fn q4k_tile_out<const R: usize, const T: usize>(
+    acc: &[[__m256; T]; R],
+    acc_m: &[[__m128; T]; R],
+) -> [[f32; T]; R] {
+    let mut out = [[0.0; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum_ps(acc[r][t]) - hsum_ps128(acc_m[r][t]);
+        }
+    }
+    out
 }
 
 /// For formats with sub-blocks of 16: the i8 scales `2c` and `2c+1` of `sc` widened to i16 and
@@ -242,13 +251,7 @@ pub unsafe fn tile_q4k_q8k_avx2<const R: usize, const T: usize>(
             }
         }
     }
-    let mut out = [[0.0; T]; R];
-    for r in 0..R {
-        for t in 0..T {
-            out[r][t] = hsum_ps(acc[r][t]) - hsum_ps128(acc_m[r][t]);
-        }
-    }
-    out
+    q4k_tile_out(&acc, &acc_m)
 }
 
 /// Dot product of Q4_K weights with Q8_K activations: the 1×1 [`tile_q4k_q8k_avx2`].
@@ -383,13 +386,7 @@ macro_rules! q6k_tile {
                     }
                 }
             }
-            let mut out = [[0.0; T]; R];
-            for r in 0..R {
-                for t in 0..T {
-                    out[r][t] = hsum_ps(acc[r][t]);
-                }
-            }
-            out
+            $crate::simd::avx2_legacy::hsum_tile(&acc)
         }
     };
 }

@@ -45,6 +45,20 @@ pub(crate) fn hsum_ps(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// A register tile's results: [`hsum_ps`] of each accumulator.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn hsum_tile<const R: usize, const T: usize>(acc: &[[__m256; T]; R]) -> [[f32; T]; R] {
+    // Loops, not `map`: a closure does not inherit `target_feature`.
+    let mut out = [[0.0; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum_ps(acc[r][t]);
+        }
+    }
+    out
+}
+
 /// Product of the f16 values at `p` and `q` (block scales).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -269,13 +283,7 @@ pub unsafe fn tile_sym_q8_0<F: SymQ8_0, const R: usize, const T: usize>(
             }
         }
     }
-    let mut out = [[0.0; T]; R];
-    for r in 0..R {
-        for t in 0..T {
-            out[r][t] = hsum_ps(acc[r][t]);
-        }
-    }
-    out
+    hsum_tile(&acc)
 }
 
 /// The 1×1 tile: one dot product.

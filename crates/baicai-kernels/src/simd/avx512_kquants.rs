@@ -14,8 +14,8 @@
 use core::arch::x86_64::*;
 
 use super::avx2_kquants::{
-    f16_to_f32, hsum_ps, hsum_ps128, ld128, ld_bsums, ld_i8, ld_u8, q4k_block_mins, q6k_tile,
-    safe_strip, safe_tile, scale_pair,
+    f16_to_f32, ld128, ld_bsums, ld_i8, ld_u8, q4k_block_mins, q4k_tile_out, q6k_tile, safe_strip,
+    safe_tile, scale_pair,
 };
 use crate::quant::kquants::{row_blocks, BlockQ4K, BlockQ6K, BlockQ8K};
 use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
@@ -117,13 +117,7 @@ pub unsafe fn tile_q4k_q8k_avx512<const R: usize, const T: usize>(
             }
         }
     }
-    let mut out = [[0.0; T]; R];
-    for r in 0..R {
-        for t in 0..T {
-            out[r][t] = hsum_ps(acc[r][t]) - hsum_ps128(acc_m[r][t]);
-        }
-    }
-    out
+    q4k_tile_out(&acc, &acc_m)
 }
 
 /// [`dpwssd`] on 256-bit registers (AVX-512 VL), for the same reason.

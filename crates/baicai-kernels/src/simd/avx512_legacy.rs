@@ -14,8 +14,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2_legacy::{
-    broadcast_f16, hsum_ps, sym_strip_rows, sym_tile_rows, token_rows, SymQ8_0, IQ4_NL, Q4_0, Q5_0,
-    Q8_0,
+    broadcast_f16, hsum_tile, sym_strip_rows, sym_tile_rows, token_rows, SymQ8_0, IQ4_NL, Q4_0,
+    Q5_0, Q8_0,
 };
 use crate::dispatch::DotFn;
 use crate::dtype::{DType, QK};
@@ -66,13 +66,7 @@ unsafe fn tile_sym_vnni<F: SymQ8_0, const R: usize, const T: usize>(
             }
         }
     }
-    let mut out = [[0.0; T]; R];
-    for r in 0..R {
-        for t in 0..T {
-            out[r][t] = hsum_ps(acc[r][t]);
-        }
-    }
-    out
+    hsum_tile(&acc)
 }
 
 /// Safe tile: checks the row lengths ([`tile_fns`] checked the CPU).
