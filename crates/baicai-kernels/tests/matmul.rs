@@ -197,6 +197,80 @@ fn matmul_batch_equals_separate_matmuls_bit_for_bit() {
     }
 }
 
+/// A decode region of one-token matrices large enough that its tasks are cut into shrinking
+/// pieces (whole matrices first, smaller ones toward the end): every row is computed once, as
+/// the f64 reference says, and bit for bit the same whatever the number of threads.
+#[test]
+fn decode_region_split_covers_every_row_on_any_thread_count() {
+    let mut rng = StdRng::seed_from_u64(0xd1ce);
+    let specs = [
+        (DType::Q4_K, 700, 1024),
+        (DType::Q8_0, 1501, 512),
+        (DType::Q6_K, 333, 768),
+        (DType::Q5_0, 64, 256),
+        (DType::Q8_0, 997, 512),
+    ];
+    let xs: Vec<Vec<f32>> = specs
+        .iter()
+        .map(|&(_, _, c)| (0..c).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+        .collect();
+    let data: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|&(t, r, c)| random_weights(&mut rng, t, r, c))
+        .collect();
+    let ws: Vec<Weight> = specs
+        .iter()
+        .zip(&data)
+        .map(|(&(t, r, c), d)| weight(t, d, r, c))
+        .collect();
+    let region = |threads: usize| -> Vec<Vec<f32>> {
+        let mut outs: Vec<Vec<f32>> = specs.iter().map(|&(_, r, _)| vec![f32::NAN; r]).collect();
+        let mut jobs: Vec<MatJob> = ws
+            .iter()
+            .zip(&xs)
+            .zip(outs.iter_mut())
+            .map(|((w, x), out)| MatJob {
+                w: *w,
+                x,
+                n_tokens: 1,
+                out,
+            })
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| matmul_batch(&mut jobs));
+        drop(jobs);
+        outs
+    };
+    let one = region(1);
+    for ((w, x), got) in ws.iter().zip(&xs).zip(&one) {
+        let (want, mag) = reference(w, x, 1);
+        for (r, (&g, (&v, &m))) in got.iter().zip(want.iter().zip(&mag)).enumerate() {
+            assert!(
+                (g as f64 - v).abs() <= 1e-5 * m + 1e-6,
+                "{} [{}, {}] row {r}: {g} vs {v}",
+                w.dtype.name(),
+                w.rows,
+                w.cols
+            );
+        }
+    }
+    for threads in [2, 3, 4] {
+        let got = region(threads);
+        for ((w, a), b) in ws.iter().zip(&one).zip(&got) {
+            assert!(
+                same_bits(a, b),
+                "{} [{}, {}]: 1 vs {threads} threads",
+                w.dtype.name(),
+                w.rows,
+                w.cols
+            );
+        }
+    }
+}
+
 #[test]
 fn matmul_is_independent_of_thread_count() {
     let mut rng = StdRng::seed_from_u64(0x7d);
