@@ -176,7 +176,7 @@ impl LatentAttention<'_> {
         let heads = q.len() / w;
         let mut q = q.to_vec(); // [heads, width]
         if self.half {
-            q.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+            attention::round_f16_inplace(&mut q);
         }
         if let Latents::F16(rows) = self.rows {
             // The f16 cache: SIMD kernels that convert each latent row once for all heads.
@@ -190,7 +190,7 @@ impl LatentAttention<'_> {
             }
             for p in sc.chunks_exact_mut(len) {
                 attention::softmax_inplace(p);
-                p.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+                attention::round_f16_inplace(p);
             }
             attention::weighted_rows_f16(&sc, len, rows, w, lora, out);
             return;
@@ -206,7 +206,7 @@ impl LatentAttention<'_> {
         for p in sc.chunks_exact_mut(len) {
             attention::softmax_inplace(p);
             if self.half {
-                p.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+                attention::round_f16_inplace(p);
             }
         }
         out.fill(0.0);

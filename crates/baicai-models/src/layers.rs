@@ -209,10 +209,8 @@ pub fn attention_f16(q: &[f32], k: &[f16], v: &[f16], p: AttnParams, out: &mut [
         let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let len = pos + 1 - start;
         // The queries rounded to f16, as f32.
-        let qg: Vec<f32> = q[(t * p.n_head + h0) * dk..][..nh * dk]
-            .iter()
-            .map(|&x| f16::from_f32(x).to_f32())
-            .collect();
+        let mut qg = q[(t * p.n_head + h0) * dk..][..nh * dk].to_vec();
+        attention::round_f16_inplace(&mut qg);
         let mut scores = vec![0f32; nh * len]; // [heads, len]
         let mut col = vec![0f32; nh];
         for j in start..=pos {
@@ -223,7 +221,7 @@ pub fn attention_f16(q: &[f32], k: &[f16], v: &[f16], p: AttnParams, out: &mut [
         }
         for s in scores.chunks_exact_mut(len) {
             attention::softmax_inplace(s);
-            s.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
+            attention::round_f16_inplace(s);
         }
         attention::weighted_rows_f16(&scores, len, &v[start * vw + kvh * dv..], vw, dv, o);
     });
