@@ -143,7 +143,9 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     println!("\nparameters: {params} ({:.3} B)", params as f64 / 1e9);
     match baicai_models::load(g.clone()) {
         Ok(model) => {
-            println!("weights in memory: memory-mapped from the file, not copied");
+            // As `run` and `bench` would hold it (`--load mmap`, the default).
+            let budget = crate::load::larger_than_memory(g.file_size());
+            println!("weights in memory: {}", crate::load::mapped_note(budget));
             describe_model(model.as_ref(), g.file_size(), a.ctx_size);
         }
         Err(e) => println!("architecture: cannot be run: {e}"),

@@ -169,23 +169,29 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         tokenizer,
         tokenizer_error,
         file_size: gguf.file_size(),
-        held_in_memory: vec![match (gguf.residency(), budget) {
-            (Residency::Mapped, None) => {
-                "all tensors: memory-mapped from the file, not copied".into()
-            }
-            (Residency::Mapped, Some(b)) => format!(
-                "all tensors: memory-mapped from the file, not copied; {}",
-                readahead_note(b)
-            ),
-            (Residency::Resident, _) => {
+        held_in_memory: vec![match gguf.residency() {
+            Residency::Mapped => mapped_note(budget),
+            Residency::Resident => {
                 "all tensors: read into memory once (2 MiB pages where the OS grants them)".into()
             }
         }],
     })
 }
 
+/// What `held_in_memory` says of a memory-mapped GGUF file; `budget` is
+/// [`larger_than_memory`]'s answer for it (experts are then read ahead).
+pub(crate) fn mapped_note(budget: Option<u64>) -> String {
+    match budget {
+        None => "all tensors: memory-mapped from the file, not copied".into(),
+        Some(b) => format!(
+            "all tensors: memory-mapped from the file, not copied; {}",
+            readahead_note(b)
+        ),
+    }
+}
+
 /// The memory budget (cgroup limits included) when a model of `file_bytes` is larger than it.
-fn larger_than_memory(file_bytes: u64) -> Option<u64> {
+pub(crate) fn larger_than_memory(file_bytes: u64) -> Option<u64> {
     baicai_engine::sysinfo::memory_budget_bytes().filter(|&b| file_bytes > b)
 }
 
