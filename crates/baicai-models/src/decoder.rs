@@ -1,17 +1,36 @@
 //! The loop every pre-norm decoder shares: embed, then per layer `x += attention(x)` and
 //! `x += ffn(x)`, then the final norm and output head. Architectures supply the two blocks.
 
+use std::ops::Range;
+
 use crate::config::ModelConfig;
 use crate::kv::KvCache;
 use crate::layers;
 use crate::weights::{Linear, WeightStore};
-use crate::{Logits, ModelError};
+use crate::{Logits, ModelError, SeqInput};
+
+/// One sequence's rows in a batched forward pass: rows `rows` of the activations are its tokens,
+/// at positions `pos0..pos0 + rows.len()`, and their keys and values go to `cache`.
+pub(crate) struct Seg<'a> {
+    pub rows: Range<usize>,
+    pub pos0: usize,
+    pub cache: &'a mut KvCache,
+}
+
+impl Seg<'_> {
+    /// Tokens of this sequence in the batch.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
 
 /// The per-layer blocks of an architecture.
 pub(crate) trait Blocks {
-    /// Attention of layer `il` over `x` (`[n, n_embd]`), storing this step's keys/values in
-    /// `cache`, written to `out` (`[n, n_embd]`).
-    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]);
+    /// Attention of layer `il` over `x` (`[n, n_embd]`, the rows of every sequence in `segs`),
+    /// storing this step's keys/values in each sequence's cache, written to `out`
+    /// (`[n, n_embd]`). Projections run over all rows at once (each weight row is read once per
+    /// step); positions, caches and attention are per sequence.
+    fn attention(&self, il: usize, x: &[f32], segs: &mut [Seg], out: &mut [f32]);
     /// Feed-forward block of layer `il`.
     fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]);
     /// Named trace point (see [`crate::Trace`]); none by default.
@@ -59,37 +78,84 @@ impl Ends {
     }
 }
 
-/// Runs `tokens` through the decoder (see [`crate::CausalLm::forward`]).
+/// Runs every sequence's tokens through the decoder in one pass (see
+/// [`crate::CausalLm::forward_batch`]).
 pub(crate) fn forward(
     blocks: &impl Blocks,
-    tokens: &[u32],
-    cache: &mut KvCache,
-    logits: Logits,
-) -> Result<Vec<f32>, ModelError> {
+    seqs: &mut [SeqInput],
+) -> Result<Vec<Vec<f32>>, ModelError> {
     let (store, ends, cfg) = blocks.parts();
-    cache.reserve(tokens.len())?;
-    let mut x = embed(store, &ends.tok_embd, tokens, cfg.n_vocab)?; // [n, n_embd]
+    let tokens = batch_tokens(seqs)?;
+    let mut x = embed(store, &ends.tok_embd, &tokens, cfg.n_vocab)?; // [n, n_embd]
     if ends.embd_scale != 1.0 {
         x.iter_mut().for_each(|v| *v *= ends.embd_scale);
     }
+    let kinds: Vec<Logits> = seqs.iter().map(|q| q.logits).collect();
+    let mut segs = segments(seqs);
     let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
     for il in 0..cfg.n_layer {
-        blocks.attention(il, &x, cache, &mut tmp);
+        blocks.attention(il, &x, &mut segs, &mut tmp);
         layers::add_inplace(&mut x, &tmp);
         blocks.trace("ffn_inp", il, &x);
         blocks.ffn(il, &x, &mut tmp);
         layers::add_inplace(&mut x, &tmp);
         blocks.trace("l_out", il, &x);
     }
-    cache.advance(tokens.len());
+    let wanted: Vec<(Range<usize>, Logits)> = segs
+        .iter()
+        .zip(kinds)
+        .map(|(s, k)| (s.rows.clone(), k))
+        .collect();
+    for s in &mut segs {
+        s.cache.advance(s.len());
+    }
     Ok(head(
         store,
         &x,
         &ends.output_norm,
         cfg.rms_eps,
         &ends.output,
-        logits,
+        &wanted,
     ))
+}
+
+/// The tokens of all sequences, concatenated, after checking each sequence has tokens and room
+/// for them in its cache.
+pub(crate) fn batch_tokens(seqs: &[SeqInput]) -> Result<Vec<u32>, ModelError> {
+    if seqs.is_empty() {
+        return Err(ModelError::EmptyBatch);
+    }
+    let mut tokens = Vec::new();
+    for s in seqs {
+        if s.tokens.is_empty() {
+            return Err(ModelError::EmptyBatch);
+        }
+        s.cache.reserve(s.tokens.len())?;
+        tokens.extend_from_slice(s.tokens);
+    }
+    Ok(tokens)
+}
+
+/// The position of every row of a batch (`[n]`).
+pub(crate) fn positions(segs: &[Seg]) -> Vec<usize> {
+    segs.iter().flat_map(|s| s.pos0..s.pos0 + s.len()).collect()
+}
+
+/// Each sequence's rows and first position.
+pub(crate) fn segments<'a>(seqs: &'a mut [SeqInput]) -> Vec<Seg<'a>> {
+    let mut row = 0;
+    seqs.iter_mut()
+        .map(|s| {
+            let n = s.tokens.len();
+            let seg = Seg {
+                rows: row..row + n,
+                pos0: s.cache.len(),
+                cache: &mut *s.cache,
+            };
+            row += n;
+            seg
+        })
+        .collect()
 }
 
 /// Embedding lookup of `tokens` into `[n, n_embd]`.
@@ -110,24 +176,41 @@ fn embed(
     Ok(x)
 }
 
-/// Final norm and output head over the rows `logits` asks for.
-fn head(
+/// Final norm and output head over the rows each sequence asks for, in one matmul (batch
+/// invariant, so a sequence's logits do not depend on the others); one logits vector per
+/// sequence (`[n_vocab]` or `[rows, n_vocab]`).
+pub(crate) fn head(
     store: &WeightStore,
     x: &[f32],
     norm: &[f32],
     eps: f32,
     output: &Linear,
-    logits: Logits,
-) -> Vec<f32> {
+    wanted: &[(Range<usize>, Logits)],
+) -> Vec<Vec<f32>> {
     let d = norm.len();
-    let rows = match logits {
-        Logits::Last => &x[x.len() - d..],
-        Logits::All => x,
-    };
-    let n = rows.len() / d;
-    let mut h = vec![0.0; rows.len()]; // [n, n_embd]
-    layers::rms_norm(rows, norm, eps, &mut h);
-    let mut out = vec![0.0; n * output.rows]; // [n, n_vocab]
+    let rows: Vec<Range<usize>> = wanted
+        .iter()
+        .map(|(r, l)| match l {
+            Logits::Last => r.end - 1..r.end,
+            Logits::All => r.clone(),
+        })
+        .collect();
+    let n: usize = rows.iter().map(|r| r.len()).sum();
+    let mut sel = Vec::with_capacity(n * d); // [n, n_embd]
+    for r in &rows {
+        sel.extend_from_slice(&x[r.start * d..r.end * d]);
+    }
+    let mut h = vec![0.0; sel.len()]; // [n, n_embd]
+    layers::rms_norm(&sel, norm, eps, &mut h);
+    let v = output.rows;
+    let mut out = vec![0.0; n * v]; // [n, n_vocab]
     store.matmul(output, &h, n, &mut out);
-    out
+    let mut at = 0;
+    rows.iter()
+        .map(|r| {
+            let o = out[at * v..(at + r.len()) * v].to_vec();
+            at += r.len();
+            o
+        })
+        .collect()
 }

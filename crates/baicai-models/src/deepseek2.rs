@@ -13,13 +13,13 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::config::{MlaConfig, ModelConfig, MoeConfig, Yarn};
-use crate::decoder::{self, Blocks, Ends};
+use crate::decoder::{self, Blocks, Ends, Seg};
 use crate::error::ModelError;
 use crate::kv::KvCache;
 use crate::layers;
 use crate::moe::{self, ExpertLoad, Experts};
 use crate::weights::{Linear, WeightStore};
-use crate::{CausalLm, Logits};
+use crate::{CausalLm, SeqInput};
 
 /// How `W_UK` is held for absorption.
 enum KAbsorb {
@@ -357,7 +357,7 @@ impl Blocks for Deepseek2 {
         (&self.store, &self.ends, &self.cfg)
     }
 
-    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+    fn attention(&self, il: usize, x: &[f32], segs: &mut [Seg], out: &mut [f32]) {
         let (c, m, b, s) = (&self.cfg, &self.mla, &self.blocks[il].attn, &self.store);
         let n = x.len() / c.n_embd;
         let nh = c.n_head;
@@ -368,7 +368,7 @@ impl Blocks for Deepseek2 {
             m.kv_lora_rank,
         );
         let qd = m.q_head_dim();
-        let pos0 = cache.len();
+        let pos = decoder::positions(segs); // [n]
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &self.blocks[il].attn_norm, c.rms_eps, &mut h);
         let mut q = vec![0.0; n * nh * qd]; // [n, n_head, q_head_dim]
@@ -390,15 +390,18 @@ impl Blocks for Deepseek2 {
             let (src, dst) = (&kv[t * w..(t + 1) * w], &mut latent[t * w..(t + 1) * w]);
             layers::rms_norm(&src[..lora], &b.kv_a_norm, c.rms_eps, &mut dst[..lora]);
             dst[lora..].copy_from_slice(&src[lora..]);
-            self.rope.apply(&mut dst[lora..], pos0 + t);
+            self.rope.apply(&mut dst[lora..], pos[t]);
         }
-        cache.store(il, &latent, &[]);
+        for seg in segs.iter_mut() {
+            seg.cache
+                .store(il, &latent[seg.rows.start * w..seg.rows.end * w], &[]);
+        }
         // Absorbed queries: [n, n_head, kv_lora_rank | qk_rope].
         let mut qa = vec![0.0; n * nh * w];
         for t in 0..n {
             for hh in 0..nh {
                 let qh = &mut q[(t * nh + hh) * qd..][..qd];
-                self.rope.apply(&mut qh[nope..], pos0 + t);
+                self.rope.apply(&mut qh[nope..], pos[t]);
                 qa[(t * nh + hh) * w + lora..][..rope].copy_from_slice(&qh[nope..]);
             }
         }
@@ -449,32 +452,50 @@ impl Blocks for Deepseek2 {
             }
         }
         let mut ol = vec![0.0; n * nh * lora]; // [n, n_head, kv_lora_rank]
-        let (half, rows) = if cache.is_f16() {
-            (true, Latents::F16(cache.layer_f16(il, pos0 + n).0))
+                                               // Each sequence's latents, including this step's; `seg_of[t]`: the sequence of row t.
+        let atts: Vec<LatentAttention> = segs
+            .iter()
+            .map(|seg| {
+                let end = seg.pos0 + seg.len();
+                let (half, rows) = if seg.cache.is_f16() {
+                    (true, Latents::F16(seg.cache.layer_f16(il, end).0))
+                } else {
+                    (false, Latents::F32(seg.cache.layer(il, end).0))
+                };
+                LatentAttention {
+                    rows,
+                    width: w,
+                    lora,
+                    scale: self.kq_scale,
+                    half,
+                }
+            })
+            .collect();
+        let seg_of: Vec<usize> = segs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| std::iter::repeat_n(i, s.len()))
+            .collect();
+        let threads = rayon::current_num_threads();
+        if n < threads {
+            // Decode: per token, heads split evenly over the threads, each thread's heads
+            // sharing every latent row it reads (and converts from f16).
+            let group = nh.div_ceil(threads).max(1);
+            for (t, ot) in ol.chunks_exact_mut(nh * lora).enumerate() {
+                let (att, qt) = (&atts[seg_of[t]], &qa[t * nh * w..(t + 1) * nh * w]);
+                baicai_kernels::for_each_chunk_mut(ot, group * lora, |g, o| {
+                    let h0 = g * group;
+                    att.attend(&qt[h0 * w..(h0 + o.len() / lora) * w], pos[t] + 1, o)
+                });
+            }
         } else {
-            (false, Latents::F32(cache.layer(il, pos0 + n).0))
-        };
-        let att = LatentAttention {
-            rows,
-            width: w,
-            lora,
-            scale: self.kq_scale,
-            half,
-        };
-        if n == 1 {
-            // Decode: heads split evenly over the threads, each thread's heads sharing every
-            // latent row it reads (and converts from f16).
-            let group = nh.div_ceil(rayon::current_num_threads()).max(1);
-            baicai_kernels::for_each_chunk_mut(&mut ol, group * lora, |g, o| {
-                let h0 = g * group;
-                att.attend(&qa[h0 * w..(h0 + o.len() / lora) * w], pos0 + 1, o)
-            });
-        } else {
-            // Prefill: tokens in parallel, each latent row read once for all heads.
+            // Prefill and batched decode: tokens in parallel, each latent row read once for
+            // all heads.
             baicai_kernels::for_each_chunk_mut(&mut ol, nh * lora, |t, o| {
-                att.attend(&qa[t * nh * w..(t + 1) * nh * w], pos0 + t + 1, o)
+                atts[seg_of[t]].attend(&qa[t * nh * w..(t + 1) * nh * w], pos[t] + 1, o)
             });
         }
+        drop(atts);
         let mut o = vec![0.0; n * nh * vd]; // [n, n_head, v_head_dim]
         let latents: Vec<Vec<f32>> = (0..nh)
             .map(|hh| {
@@ -548,13 +569,8 @@ impl CausalLm for Deepseek2 {
         &self.cfg
     }
 
-    fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        logits: Logits,
-    ) -> Result<Vec<f32>, ModelError> {
-        decoder::forward(self, tokens, cache, logits)
+    fn forward_batch(&self, seqs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>, ModelError> {
+        decoder::forward(self, seqs)
     }
 
     fn expert_load(&self) -> Option<Vec<ExpertLoad>> {

@@ -25,6 +25,8 @@ pub enum ModelError {
     Config(String),
     #[error("context full: {needed} tokens needed, the cache holds {capacity}")]
     ContextFull { needed: usize, capacity: usize },
+    #[error("a forward pass needs at least one sequence with at least one token")]
+    EmptyBatch,
     #[error("token id {id} is outside the vocabulary of {n_vocab}")]
     BadToken { id: u32, n_vocab: usize },
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use baicai_gguf::Gguf;
 
 use crate::config::ModelConfig;
-use crate::decoder::{self, Blocks, Ends};
+use crate::decoder::{self, Blocks, Ends, Seg};
 use crate::error::ModelError;
 use crate::kv::KvCache;
-use crate::layers::{self, AttnParams, Rope, RopeParams};
+use crate::layers::{self, Rope, RopeParams};
 use crate::weights::{Linear, WeightStore};
-use crate::{CausalLm, Logits, Trace};
+use crate::{CausalLm, SeqInput, Trace};
 
 struct Block {
     attn_norm: Vec<f32>,
@@ -99,10 +99,9 @@ impl Gemma3 {
         }
     }
 
-    fn attention_block(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+    fn attention_block(&self, il: usize, x: &[f32], segs: &mut [Seg], out: &mut [f32]) {
         let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
         let n = x.len() / c.n_embd;
-        let pos0 = cache.len();
         let swa = c.is_swa_layer(il);
         let rope = if swa {
             &self.rope_local
@@ -119,20 +118,18 @@ impl Gemma3 {
         baicai_kernels::matmul_many(&qkv, &h, n, &mut [&mut q, &mut k, &mut v]);
         layers::rms_norm_inplace(&mut q, &b.q_norm, c.rms_eps);
         layers::rms_norm_inplace(&mut k, &b.k_norm, c.rms_eps);
-        rope.apply(&mut q, n, pos0);
-        rope.apply(&mut k, n, pos0);
+        for seg in segs.iter() {
+            let (qs, ks) = (seg.rows.start * c.q_dim(), seg.rows.start * c.k_dim());
+            rope.apply(&mut q[qs..qs + seg.len() * c.q_dim()], seg.len(), seg.pos0);
+            rope.apply(&mut k[ks..ks + seg.len() * c.k_dim()], seg.len(), seg.pos0);
+        }
         self.trace_point("Qcur", il, &q);
         self.trace_point("Kcur", il, &k);
         self.trace_point("Vcur", il, &v);
-        cache.store(il, &k, &v);
-        let (kc, vc) = cache.layer_f16(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
                                                                // query_pre_attn_scalar = head_dim for the released Gemma 3 sizes up to 12B.
-        let p = AttnParams {
-            window: if swa { c.sliding_window } else { None },
-            ..AttnParams::causal(c, pos0)
-        };
-        layers::attention_f16(&q, kc, vc, p, &mut attn);
+        let window = if swa { c.sliding_window } else { None };
+        layers::attention_segments_f16(c, il, segs, [&q, &k, &v], window, &mut attn);
         self.trace_point("kqv_out", il, &attn);
         let mut o = vec![0.0; x.len()]; // [n, n_embd]
         s.matmul(&b.wo, &attn, n, &mut o);
@@ -163,8 +160,8 @@ impl Blocks for Gemma3 {
         (&self.store, &self.ends, &self.cfg)
     }
 
-    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
-        self.attention_block(il, x, cache, out);
+    fn attention(&self, il: usize, x: &[f32], segs: &mut [Seg], out: &mut [f32]) {
+        self.attention_block(il, x, segs, out);
     }
 
     fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
@@ -181,13 +178,8 @@ impl CausalLm for Gemma3 {
         &self.cfg
     }
 
-    fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        logits: Logits,
-    ) -> Result<Vec<f32>, ModelError> {
-        decoder::forward(self, tokens, cache, logits)
+    fn forward_batch(&self, seqs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>, ModelError> {
+        decoder::forward(self, seqs)
     }
 
     fn set_trace(&mut self, trace: Option<Trace>) {

@@ -227,6 +227,41 @@ pub fn attention_f16(q: &[f32], k: &[f16], v: &[f16], p: AttnParams, out: &mut [
     });
 }
 
+/// Stores each sequence's new keys and values (rows of `qkv[1]`, `qkv[2]`) in its f16 cache and
+/// runs causal attention of its queries (rows of `qkv[0]`) over that cache, into its rows of
+/// `out` (`[n, n_head, head_dim_v]`); `window` masks keys at that distance or more.
+pub(crate) fn attention_segments_f16(
+    c: &crate::config::ModelConfig,
+    il: usize,
+    segs: &mut [crate::decoder::Seg],
+    qkv: [&[f32]; 3],
+    window: Option<usize>,
+    out: &mut [f32],
+) {
+    let [q, k, v] = qkv;
+    let (qw, kw, vw, ow) = (c.q_dim(), c.k_dim(), c.v_dim(), c.n_head * c.head_dim_v);
+    for seg in segs.iter_mut() {
+        let r = seg.rows.clone();
+        seg.cache.store(
+            il,
+            &k[r.start * kw..r.end * kw],
+            &v[r.start * vw..r.end * vw],
+        );
+        let (kc, vc) = seg.cache.layer_f16(il, seg.pos0 + r.len()); // [pos0 + len, n_head_kv, head_dim]
+        let p = AttnParams {
+            window,
+            ..AttnParams::causal(c, seg.pos0)
+        };
+        attention_f16(
+            &q[r.start * qw..r.end * qw],
+            kc,
+            vc,
+            p,
+            &mut out[r.start * ow..r.end * ow],
+        );
+    }
+}
+
 /// `a[i] = silu(a[i]) * b[i]` (SwiGLU).
 pub fn swiglu(a: &mut [f32], b: &[f32]) {
     baicai_kernels::swiglu(a, b);

@@ -43,23 +43,54 @@ pub enum Logits {
 /// (`[n_tokens, width]`, row-major). For dumping and diffing against a reference implementation.
 pub type Trace = Arc<dyn Fn(&str, usize, &[f32]) + Send + Sync>;
 
+/// One sequence's part of a batched forward pass.
+pub struct SeqInput<'a> {
+    /// Tokens to run, at positions `cache.len()..cache.len() + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// The sequence's keys and values; the tokens' are appended.
+    pub cache: &'a mut KvCache,
+    /// Which of its positions produce logits.
+    pub logits: Logits,
+}
+
 /// A causal language model: tokens in, logits out, state in a [`KvCache`].
 pub trait CausalLm: Send + Sync {
     /// The model's configuration.
     fn config(&self) -> &ModelConfig;
+
+    /// Runs several sequences in one pass: every weight matrix is read once for all their
+    /// tokens (for MoE models, tokens are grouped by expert across sequences), while positions,
+    /// caches and attention stay per sequence. Returns one logits vector per sequence
+    /// (`[n_vocab]` for [`Logits::Last`], `[tokens.len(), n_vocab]` for [`Logits::All`]).
+    ///
+    /// Batch invariant: each sequence's logits are bit-identical to running it alone.
+    ///
+    /// # Errors
+    /// No sequences or a sequence without tokens, a cache without room for its tokens, a token
+    /// id outside the vocabulary; nothing is appended to any cache then.
+    fn forward_batch(&self, seqs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>, ModelError>;
 
     /// Runs `tokens` at positions `cache.len()..cache.len() + tokens.len()`, appends their keys and
     /// values to `cache`, and returns logits (`[n_vocab]` for [`Logits::Last`], or
     /// `[tokens.len(), n_vocab]` for [`Logits::All`]).
     ///
     /// # Errors
-    /// When the cache has no room for the tokens or a token id is outside the vocabulary.
+    /// When `tokens` is empty, the cache has no room for the tokens or a token id is outside the
+    /// vocabulary.
     fn forward(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
         logits: Logits,
-    ) -> Result<Vec<f32>, ModelError>;
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut seqs = [SeqInput {
+            tokens,
+            cache,
+            logits,
+        }];
+        let mut out = self.forward_batch(&mut seqs)?;
+        out.pop().ok_or(ModelError::EmptyBatch)
+    }
 
     /// A fresh cache for up to `n_ctx` tokens (memory is committed as it fills).
     fn new_cache(&self, n_ctx: usize) -> KvCache {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use baicai_gguf::Gguf;
 
 use crate::config::{Arch, ModelConfig, RopeStyle};
-use crate::decoder::{self, Blocks, Ends};
+use crate::decoder::{self, Blocks, Ends, Seg};
 use crate::error::ModelError;
 use crate::kv::KvCache;
-use crate::layers::{self, AttnParams, Rope, RopeParams};
+use crate::layers::{self, Rope, RopeParams};
 use crate::weights::{Linear, WeightStore};
-use crate::{CausalLm, Logits, Trace};
+use crate::{CausalLm, SeqInput, Trace};
 
 struct Block {
     attn_norm: Vec<f32>,
@@ -96,10 +96,9 @@ impl Llama {
         }
     }
 
-    fn attention_block(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+    fn attention_block(&self, il: usize, x: &[f32], segs: &mut [Seg], out: &mut [f32]) {
         let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
         let n = x.len() / c.n_embd;
-        let pos0 = cache.len();
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.attn_norm, c.rms_eps, &mut h);
         self.trace_point("attn_norm", il, &h);
@@ -113,16 +112,18 @@ impl Llama {
                 layers::add_bias(t, bias);
             }
         }
-        self.rope.apply(&mut q, n, pos0);
-        self.rope.apply(&mut k, n, pos0);
+        for seg in segs.iter() {
+            let (qs, ks) = (seg.rows.start * c.q_dim(), seg.rows.start * c.k_dim());
+            self.rope
+                .apply(&mut q[qs..qs + seg.len() * c.q_dim()], seg.len(), seg.pos0);
+            self.rope
+                .apply(&mut k[ks..ks + seg.len() * c.k_dim()], seg.len(), seg.pos0);
+        }
         self.trace_point("Qcur", il, &q);
         self.trace_point("Kcur", il, &k);
         self.trace_point("Vcur", il, &v);
-        cache.store(il, &k, &v);
-        let (kc, vc) = cache.layer_f16(il, pos0 + n); // [pos0 + n, n_head_kv, head_dim]
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
-        let p = AttnParams::causal(c, pos0);
-        layers::attention_f16(&q, kc, vc, p, &mut attn);
+        layers::attention_segments_f16(c, il, segs, [&q, &k, &v], None, &mut attn);
         self.trace_point("kqv_out", il, &attn);
         s.matmul(&b.wo, &attn, n, out); // [n, n_embd]
         self.trace_point("attn_out", il, out);
@@ -150,8 +151,8 @@ impl Blocks for Llama {
         (&self.store, &self.ends, &self.cfg)
     }
 
-    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
-        self.attention_block(il, x, cache, out);
+    fn attention(&self, il: usize, x: &[f32], segs: &mut [Seg], out: &mut [f32]) {
+        self.attention_block(il, x, segs, out);
     }
 
     fn ffn(&self, il: usize, x: &[f32], out: &mut [f32]) {
@@ -168,13 +169,8 @@ impl CausalLm for Llama {
         &self.cfg
     }
 
-    fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        logits: Logits,
-    ) -> Result<Vec<f32>, ModelError> {
-        decoder::forward(self, tokens, cache, logits)
+    fn forward_batch(&self, seqs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>, ModelError> {
+        decoder::forward(self, seqs)
     }
 
     fn set_trace(&mut self, trace: Option<Trace>) {

@@ -6,13 +6,12 @@
 use std::sync::Mutex;
 
 use crate::config::{Arch, ModelConfig, MoeConfig, RopeStyle};
-use crate::decoder::{self, Blocks, Ends};
+use crate::decoder::{self, Blocks, Ends, Seg};
 use crate::error::ModelError;
-use crate::kv::KvCache;
 use crate::layers::{self, AttnParams, Rope, RopeParams};
 use crate::moe::{self, ExpertLoad, Experts};
 use crate::weights::{Linear, WeightStore};
-use crate::{CausalLm, Logits};
+use crate::{CausalLm, SeqInput};
 
 struct Shared {
     gate: Linear,
@@ -149,10 +148,9 @@ impl Blocks for SparseMoe {
         (&self.store, &self.ends, &self.cfg)
     }
 
-    fn attention(&self, il: usize, x: &[f32], cache: &mut KvCache, out: &mut [f32]) {
+    fn attention(&self, il: usize, x: &[f32], segs: &mut [Seg], out: &mut [f32]) {
         let (c, b, s) = (&self.cfg, &self.blocks[il], &self.store);
         let n = x.len() / c.n_embd;
-        let pos0 = cache.len();
         let mut h = vec![0.0; x.len()]; // [n, n_embd]
         layers::rms_norm(x, &b.attn_norm, c.rms_eps, &mut h);
         let mut q = vec![0.0; n * c.q_dim()]; // [n, n_head, head_dim]
@@ -168,13 +166,24 @@ impl Blocks for SparseMoe {
             layers::rms_norm_inplace(&mut q, qn, c.rms_eps);
             layers::rms_norm_inplace(&mut k, kn, c.rms_eps);
         }
-        self.rope.apply(&mut q, n, pos0);
-        self.rope.apply(&mut k, n, pos0);
-        cache.store(il, &k, &v);
-        let (kc, vc) = cache.layer(il, pos0 + n);
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim]
-        let p = AttnParams::causal(c, pos0);
-        layers::attention(&q, kc, vc, p, &mut attn);
+        for seg in segs.iter_mut() {
+            let r = seg.rows.clone();
+            let (qs, ks, vs) = (
+                r.start * c.q_dim(),
+                r.start * c.k_dim(),
+                r.start * c.v_dim(),
+            );
+            let q = &mut q[qs..qs + r.len() * c.q_dim()]; // [len, n_head, head_dim]
+            let k = &mut k[ks..ks + r.len() * c.k_dim()]; // [len, n_head_kv, head_dim]
+            self.rope.apply(q, r.len(), seg.pos0);
+            self.rope.apply(k, r.len(), seg.pos0);
+            seg.cache.store(il, k, &v[vs..vs + r.len() * c.v_dim()]);
+            let (kc, vc) = seg.cache.layer(il, seg.pos0 + r.len());
+            let os = r.start * c.n_head * c.head_dim_v;
+            let o = &mut attn[os..os + r.len() * c.n_head * c.head_dim_v];
+            layers::attention(q, kc, vc, AttnParams::causal(c, seg.pos0), o);
+        }
         s.matmul(&b.wo, &attn, n, out); // [n, n_embd]
     }
 
@@ -212,13 +221,8 @@ impl CausalLm for SparseMoe {
         &self.cfg
     }
 
-    fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        logits: Logits,
-    ) -> Result<Vec<f32>, ModelError> {
-        decoder::forward(self, tokens, cache, logits)
+    fn forward_batch(&self, seqs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>, ModelError> {
+        decoder::forward(self, seqs)
     }
 
     fn expert_load(&self) -> Option<Vec<ExpertLoad>> {

@@ -1,0 +1,148 @@
+//! Batch invariance across sequences (DESIGN.md): several sequences run together in one
+//! `forward_batch` — decode tokens beside prefill chunks, at different positions — give each
+//! sequence logits bit-identical to running it alone, for every architecture (tiny fixture
+//! models) and for the two real test models when they have been fetched.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use baicai_models::{CausalLm, KvCache, Logits, SeqInput};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn gguf(path: &Path) -> Box<dyn CausalLm> {
+    baicai_models::load(Arc::new(baicai_gguf::Gguf::open(path).unwrap())).unwrap()
+}
+
+/// Token ids below `vocab`, varied by `seed`.
+fn ids(n: usize, seed: usize, vocab: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| ((i * 37 + seed * 101 + 3) % (vocab - 1)) as u32 + 1)
+        .collect()
+}
+
+/// Runs four sequences (two with a cached history, one decoding and one prefilling; two fresh
+/// prompts of different lengths, one asking for every position's logits) alone and together.
+fn check(m: &dyn CausalLm, label: &str) {
+    let vocab = m.config().n_vocab.min(5000);
+    // (history already in the cache, tokens of this step, logits)
+    let plan = [
+        (ids(9, 1, vocab), ids(1, 2, vocab), Logits::Last),
+        (Vec::new(), ids(6, 3, vocab), Logits::Last),
+        (ids(4, 4, vocab), ids(3, 5, vocab), Logits::All),
+        (Vec::new(), ids(1, 6, vocab), Logits::Last),
+    ];
+    let fresh = |history: &[u32]| -> KvCache {
+        let mut c = m.new_cache(64);
+        if !history.is_empty() {
+            m.forward(history, &mut c, Logits::Last).unwrap();
+        }
+        c
+    };
+    let mut alone_caches: Vec<KvCache> = plan.iter().map(|(h, _, _)| fresh(h)).collect();
+    let alone: Vec<Vec<f32>> = plan
+        .iter()
+        .zip(&mut alone_caches)
+        .map(|((_, t, l), c)| m.forward(t, c, *l).unwrap())
+        .collect();
+    let mut caches: Vec<KvCache> = plan.iter().map(|(h, _, _)| fresh(h)).collect();
+    let mut seqs: Vec<SeqInput> = plan
+        .iter()
+        .zip(&mut caches)
+        .map(|((_, t, l), c)| SeqInput {
+            tokens: t,
+            cache: c,
+            logits: *l,
+        })
+        .collect();
+    let together = m.forward_batch(&mut seqs).unwrap();
+    drop(seqs);
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.len(), b.len(), "{label}: sequence {i} logits length");
+        if let Some(j) = a
+            .iter()
+            .zip(b)
+            .position(|(x, y)| x.to_bits() != y.to_bits())
+        {
+            panic!(
+                "{label}: sequence {i} logit {j} differs: alone {} vs batched {}",
+                a[j], b[j]
+            );
+        }
+    }
+    // The caches hold the same keys and values: the next decode step agrees too.
+    for (i, (ca, cb)) in alone_caches.iter_mut().zip(&mut caches).enumerate() {
+        assert_eq!(ca.len(), cb.len(), "{label}: sequence {i} cache length");
+        let a = m.forward(&[7], ca, Logits::Last).unwrap();
+        let b = m.forward(&[7], cb, Logits::Last).unwrap();
+        assert!(
+            a == b,
+            "{label}: sequence {i} next step differs after batching"
+        );
+    }
+}
+
+#[test]
+fn batched_sequences_match_alone_bit_for_bit_on_fixture_models() {
+    check(
+        gguf(&root().join("fixtures/dense/llama/model-f32.gguf")).as_ref(),
+        "llama",
+    );
+    for name in [
+        "deepseek-v2",
+        "deepseek-v2-lite",
+        "mixtral",
+        "qwen2-moe",
+        "qwen3-moe",
+    ] {
+        let g = root()
+            .join("fixtures/moe")
+            .join(name)
+            .join("model-f32.gguf");
+        if g.exists() {
+            check(gguf(&g).as_ref(), &format!("{name} (gguf)"));
+        }
+    }
+    let (m, _) = baicai_models::load_hf(&root().join("fixtures/moe/deepseek-v3")).unwrap();
+    check(m.as_ref(), "deepseek-v3 (safetensors)");
+}
+
+#[test]
+fn batched_sequences_match_alone_bit_for_bit_on_test_models() {
+    for name in [
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+    ] {
+        let p = root().join("models").join(name);
+        if !p.exists() {
+            eprintln!("skipping {name}: not fetched (scripts/fetch-models.sh)");
+            continue;
+        }
+        check(gguf(&p).as_ref(), name);
+    }
+}
+
+#[test]
+fn empty_batches_are_errors_not_panics() {
+    let m = gguf(&root().join("fixtures/dense/llama/model-f32.gguf"));
+    assert!(m.forward_batch(&mut []).is_err());
+    let mut c = m.new_cache(8);
+    assert!(m.forward(&[], &mut c, Logits::Last).is_err());
+    let mut seqs = [SeqInput {
+        tokens: &[1, 2, 3],
+        cache: &mut c,
+        logits: Logits::Last,
+    }];
+    // Too long for its cache: an error, and nothing appended.
+    let mut small = m.new_cache(2);
+    let mut bad = [SeqInput {
+        tokens: &[1, 2, 3],
+        cache: &mut small,
+        logits: Logits::Last,
+    }];
+    assert!(m.forward_batch(&mut bad).is_err());
+    assert_eq!(small.len(), 0);
+    assert!(m.forward_batch(&mut seqs).is_ok());
+}
