@@ -44,8 +44,8 @@ SHUTDOWN_TIMEOUT_S = 30  # SIGTERM → exit
 REQUEST_TIMEOUT_S = 120  # any single request of the suite
 
 # Prometheus names, from crates/baicai-server/src/metrics.rs.
-METRIC_RUNNING = "baicai_running_sequences"  # gauge: sequences being generated
-METRIC_WAITING = "baicai_queue_depth"  # gauge: requests waiting for a slot
+METRIC_RUNNING = "baicai_requests_running"  # gauge: sequences being generated
+METRIC_WAITING = "baicai_requests_waiting"  # gauge: requests waiting for a slot
 METRIC_KV_USED = "baicai_kv_cache_blocks_used"  # gauge
 METRIC_KV_TOTAL = "baicai_kv_cache_blocks_total"  # gauge
 METRIC_PREFIX_CACHED = None  # gauge of blocks held only by the prefix cache, if the server has one
