@@ -22,7 +22,8 @@ make_venv() {
         local ver
         ver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
         echo "server-tests: $PY has no working venv; installing python${ver}-venv" >&2
-        (apt-get install -y "python${ver}-venv" || apt-get install -y python3-venv ||
+        (export DEBIAN_FRONTEND=noninteractive
+         apt-get install -y "python${ver}-venv" || apt-get install -y python3-venv ||
             { apt-get update && apt-get install -y "python${ver}-venv"; } ||
             apt-get install -y python3-venv) >&2 || true
         if "$PY" -m venv "$VENV" >/dev/null 2>&1; then return 0; fi
@@ -30,16 +31,24 @@ make_venv() {
     fi
     echo "server-tests: bootstrapping pip $PIP_BOOTSTRAP_VERSION into a venv without pip" >&2
     "$PY" -m venv --without-pip "$VENV"
-    "$VENV/bin/python" - "$PIP_BOOTSTRAP_VERSION" "$VENV/pip.whl" <<'PYEOF'
-import json, sys, urllib.request
-version, dest = sys.argv[1], sys.argv[2]
-meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/pip/{version}/json", timeout=60))
-url = next(u["url"] for u in meta["urls"] if u["filename"].endswith("-py3-none-any.whl"))
-with open(dest, "wb") as f:
-    f.write(urllib.request.urlopen(url, timeout=120).read())
+    local whl="$VENV/pip-$PIP_BOOTSTRAP_VERSION-py3-none-any.whl"
+    "$VENV/bin/python" - "$PIP_BOOTSTRAP_VERSION" "$whl" "${PIP_INDEX_URL:-https://pypi.org/simple}" <<'PYEOF'
+# pip's wheel from the package index's simple page, checked against the sha256 the index gives.
+import hashlib, re, sys, urllib.parse, urllib.request
+version, dest, index = sys.argv[1], sys.argv[2], sys.argv[3].rstrip("/")
+page_url = f"{index}/pip/"
+page = urllib.request.urlopen(page_url, timeout=60).read().decode()
+name = f"pip-{version}-py3-none-any.whl"
+href = next(h for h in re.findall(r'href="([^"]+)"', page) if name in h)
+url, _, frag = urllib.parse.urljoin(page_url, href.replace("&amp;", "&")).partition("#")
+data = urllib.request.urlopen(url, timeout=120).read()
+if frag.startswith("sha256=") and hashlib.sha256(data).hexdigest() != frag[7:]:
+    sys.exit(f"{name}: sha256 mismatch")
+open(dest, "wb").write(data)
 PYEOF
-    "$VENV/bin/python" "$VENV/pip.whl/pip" install -q "$VENV/pip.whl"
-    rm -f "$VENV/pip.whl"
+    # a pip wheel runs itself: install it into the environment
+    "$VENV/bin/python" "$whl/pip" install -q "$whl"
+    rm -f "$whl"
 }
 
 if ! cmp -s "$REQS" "$VENV/requirements.installed" || ! "$VENV/bin/python" -c 'import openai, httpx, pytest' 2>/dev/null; then
