@@ -172,46 +172,54 @@ def test_queue_overflow_gets_429_with_retry_after():
         stop_and_check(s)
 
 
-def test_slow_body_is_cut_off(server, reference):
-    """A body sent a byte a second is cut off (408 or the connection closed) within
+def trickle(port, prefix, payload, limit_s):
+    """Send `prefix`, then `payload` a byte a second until the server answers or closes; returns
+    (the answer's first bytes, b"" when closed, or None when never cut off; seconds it took)."""
+    s = socket.create_connection((HOST, port), timeout=10)
+    start = time.monotonic()
+    try:
+        s.sendall(prefix)
+        for i in range(len(payload)):
+            s.settimeout(1.0)
+            try:
+                return s.recv(4096), time.monotonic() - start  # answered, or b"": closed
+            except socket.timeout:
+                pass
+            if time.monotonic() - start > limit_s:
+                break
+            s.send(payload[i:i + 1])
+        return None, time.monotonic() - start
+    except (ConnectionResetError, BrokenPipeError):
+        return b"", time.monotonic() - start
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_slow_client_is_cut_off(server, reference, part):
+    """Headers or a body sent a byte a second are cut off (408 or the connection closed) within
     SLOW_CLIENT_CUTOFF_S, while other requests are served meanwhile."""
-    body = json.dumps({"model": server.model, "messages": USER, "max_tokens": 4}).encode()
+    # trailing spaces are valid JSON and make the body longer to trickle than the cut-off
+    body = json.dumps({"model": server.model, "messages": USER, "max_tokens": 4}).encode() + b" " * SLOW_CLIENT_CUTOFF_S
     head = (f"POST {CHAT} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-            f"Authorization: Bearer {server.api_key}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+            f"Authorization: Bearer {server.api_key}\r\nContent-Length: {len(body)}\r\n").encode()
+    padding = b"X-Padding: " + b"p" * 100 + b"\r\n"  # longer to trickle than the cut-off
+    if part == "headers":
+        prefix, payload = b"", head + padding + b"\r\n" + body
+    else:
+        prefix, payload = head + b"\r\n", body
     outcome = {}
-
-    def trickle():
-        s = socket.create_connection((HOST, server.port), timeout=10)
-        start = time.monotonic()
-        try:
-            s.sendall(head)
-            for i in range(len(body)):
-                s.settimeout(1.0)
-                try:
-                    data = s.recv(4096)
-                    outcome["response"] = data
-                    break  # answered (data) or closed (b"")
-                except socket.timeout:
-                    pass
-                if time.monotonic() - start > SLOW_CLIENT_CUTOFF_S + 5:
-                    break
-                s.send(body[i:i + 1])
-        except (ConnectionResetError, BrokenPipeError) as e:
-            outcome["response"] = repr(e)
-        finally:
-            outcome["after_s"] = time.monotonic() - start
-            s.close()
-
-    t = threading.Thread(target=trickle, daemon=True)
+    t = threading.Thread(target=lambda: outcome.update(r=trickle(server.port, prefix, payload, SLOW_CLIENT_CUTOFF_S + 5)),
+                         daemon=True)
     t.start()
-    for _ in range(3):  # served while the slow body trickles in
+    for _ in range(3):  # served while the slow client trickles
         check_reference(server, reference)
     t.join(SLOW_CLIENT_CUTOFF_S + 30)
-    assert "response" in outcome, f"still sending after {outcome.get('after_s', 0):.0f} s: never cut off"
-    resp = outcome["response"]
-    assert outcome["after_s"] <= SLOW_CLIENT_CUTOFF_S + 2, f"cut off only after {outcome['after_s']:.0f} s"
-    if isinstance(resp, bytes) and resp:
-        assert resp.startswith((b"HTTP/1.1 408", b"HTTP/1.0 408")), f"slow body answered with {resp[:200]!r}"
+    resp, after = outcome["r"]
+    assert resp is not None, f"still sending after {after:.0f} s: never cut off"
+    assert after <= SLOW_CLIENT_CUTOFF_S + 2, f"cut off only after {after:.0f} s"
+    if resp:
+        assert resp.startswith((b"HTTP/1.1 408", b"HTTP/1.0 408")), f"slow {part} answered with {resp[:200]!r}"
     check_reference(server, reference)
 
 
