@@ -4,6 +4,10 @@
 //! `model.forward(tokens) -> logits`, `sampler.sample(logits) -> token`, with the sampler's state
 //! (RNG, penalty history) owned by the sequence, so the same seed always yields the same text.
 
+mod core;
+pub mod engine;
+mod prefix;
 pub mod sampler;
+pub mod scheduler;
 pub mod session;
 pub mod sysinfo;

@@ -150,6 +150,44 @@ impl KvCache {
         )
     }
 
+    /// Makes this cache hold the first `n` positions of `src` (the same layout: layers, widths
+    /// and precision), replacing what it held: a shared prompt prefix reused without recomputing
+    /// it.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] when the layouts differ, [`ModelError::ContextFull`] when `n`
+    /// exceeds `src`'s filled positions or this cache's capacity.
+    pub fn copy_prefix(&mut self, src: &KvCache, n: usize) -> Result<(), ModelError> {
+        if (self.k_width, self.v_width, self.is_f16(), self.k.len() + self.k16.len())
+            != (src.k_width, src.v_width, src.is_f16(), src.k.len() + src.k16.len())
+        {
+            return Err(ModelError::Config(
+                "cannot copy between KV caches of different layouts".into(),
+            ));
+        }
+        if n > src.len || n > self.capacity {
+            return Err(ModelError::ContextFull {
+                needed: n,
+                capacity: src.len.min(self.capacity),
+            });
+        }
+        let (kn, vn) = (n * self.k_width, n * self.v_width);
+        for (d, s) in self.k.iter_mut().zip(&src.k) {
+            d[..kn].copy_from_slice(&s[..kn]);
+        }
+        for (d, s) in self.v.iter_mut().zip(&src.v) {
+            d[..vn].copy_from_slice(&s[..vn]);
+        }
+        for (d, s) in self.k16.iter_mut().zip(&src.k16) {
+            d[..kn].copy_from_slice(&s[..kn]);
+        }
+        for (d, s) in self.v16.iter_mut().zip(&src.v16) {
+            d[..vn].copy_from_slice(&s[..vn]);
+        }
+        self.len = n;
+        Ok(())
+    }
+
     /// Marks `n` more positions as filled (after every layer stored them).
     pub fn advance(&mut self, n: usize) {
         self.len += n;

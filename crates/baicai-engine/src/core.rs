@@ -1,0 +1,419 @@
+//! The engine thread: `step() = schedule → forward → postprocess`, over every live sequence.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baicai_models::{CausalLm, KvCache, Logits, SeqInput};
+use baicai_tokenizer::{StreamDecoder, Tokenizer};
+
+use crate::engine::{Delta, Done, EngineConfig, Event, Request, Shared, TokenOut, Usage};
+use crate::prefix::PrefixCache;
+use crate::sampler::{log_softmax_top_n, Sampler, StopMatcher};
+use crate::scheduler::{Host, Plan, Scheduler, SchedulerConfig, SeqId, SeqState};
+use crate::session::FinishReason;
+
+/// One request's sequence and its generation state.
+struct Seq {
+    req: Request,
+    /// Prompt followed by the generated tokens.
+    tokens: Vec<u32>,
+    cache: Option<KvCache>,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    generated: usize,
+    cached_tokens: usize,
+}
+
+/// The engine thread's state.
+pub(crate) struct Core {
+    model: Arc<dyn CausalLm>,
+    tokenizer: Arc<Tokenizer>,
+    cfg: EngineConfig,
+    shared: Arc<Shared>,
+    sched: Scheduler,
+    states: HashMap<SeqId, SeqState>,
+    seqs: HashMap<SeqId, Seq>,
+    prefix: PrefixCache,
+    next_id: SeqId,
+}
+
+/// The host side of scheduling: the prefix cache and the sequences' caches.
+struct CoreHost<'a> {
+    prefix: &'a mut PrefixCache,
+    seqs: &'a mut HashMap<SeqId, Seq>,
+    model: &'a dyn CausalLm,
+    n_ctx: usize,
+}
+
+impl Host for CoreHost<'_> {
+    fn reclaim(&mut self, blocks: usize) -> usize {
+        self.prefix.evict(blocks)
+    }
+
+    fn cached_prefix(&mut self, id: SeqId) -> usize {
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return 0;
+        };
+        let cap = cache_capacity(&seq.req, seq.tokens.len(), self.n_ctx);
+        let mut cache = self.model.new_cache(cap);
+        let limit = seq.tokens.len().saturating_sub(1);
+        let n = self.prefix.copy_longest(&seq.tokens[..limit], &mut cache);
+        if n > 0 {
+            seq.cache = Some(cache);
+        }
+        n
+    }
+}
+
+/// Positions a sequence's cache is created for: its prompt and every token it may generate,
+/// within the context.
+fn cache_capacity(req: &Request, len: usize, n_ctx: usize) -> usize {
+    (req.prompt.len() + req.max_tokens).max(len).min(n_ctx)
+}
+
+impl Core {
+    pub(crate) fn new(
+        model: Arc<dyn CausalLm>,
+        tokenizer: Arc<Tokenizer>,
+        cfg: EngineConfig,
+        shared: Arc<Shared>,
+    ) -> Core {
+        let kv_bytes_per_token = model.new_cache(1).bytes_per_token().max(1);
+        let block_bytes = (kv_bytes_per_token * cfg.block_tokens.max(1)) as u64;
+        let total_blocks = (cfg.kv_cache_bytes / block_bytes).max(1) as usize;
+        let sched = Scheduler::new(SchedulerConfig {
+            max_seqs: cfg.max_seqs.max(1),
+            max_batch_tokens: cfg.max_batch_tokens.max(1),
+            block_tokens: cfg.block_tokens.max(1),
+            total_blocks,
+        });
+        Core {
+            model,
+            tokenizer,
+            prefix: PrefixCache::new(cfg.block_tokens.max(1)),
+            cfg,
+            shared,
+            sched,
+            states: HashMap::new(),
+            seqs: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// KV blocks in the budget.
+    pub(crate) fn blocks_total(&self) -> usize {
+        self.sched.free_blocks()
+    }
+
+    /// Limits the context to what the KV budget holds, so that every request that fits the
+    /// context fits the budget alone; returns the context.
+    pub(crate) fn clamp_ctx(&mut self) -> usize {
+        let tokens = self.sched.free_blocks() * self.cfg.block_tokens.max(1);
+        self.cfg.n_ctx = self.cfg.n_ctx.min(tokens).max(1);
+        self.cfg.n_ctx
+    }
+
+    /// Runs until shutdown is requested and every submitted request has ended.
+    pub(crate) fn run(mut self, rx: Receiver<Request>) {
+        loop {
+            if self.sched.is_idle() {
+                if self.shared.shutting_down.load(Ordering::SeqCst)
+                    && self.shared.waiting.load(Ordering::SeqCst) == 0
+                {
+                    break;
+                }
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(req) => self.admit(req),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            while let Ok(req) = rx.try_recv() {
+                self.admit(req);
+            }
+            self.step();
+        }
+    }
+
+    /// Takes a submitted request in as a waiting sequence.
+    fn admit(&mut self, req: Request) {
+        self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut sampler = Sampler::new(req.sampler.clone());
+        for &t in &req.prompt {
+            sampler.accept(t);
+        }
+        let seq = Seq {
+            tokens: req.prompt.clone(),
+            cache: None,
+            sampler,
+            decoder: StreamDecoder::new(true),
+            stops: StopMatcher::new(req.stop.clone()),
+            generated: 0,
+            cached_tokens: 0,
+            req,
+        };
+        self.states.insert(
+            id,
+            SeqState {
+                len: seq.tokens.len(),
+                ..SeqState::default()
+            },
+        );
+        self.seqs.insert(id, seq);
+        self.sched.add(id);
+    }
+
+    /// One step: drop cancelled sequences, plan, run the model, sample and stream.
+    fn step(&mut self) {
+        let cancelled: Vec<SeqId> = self
+            .seqs
+            .iter()
+            .filter(|(_, s)| s.req.sink.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in cancelled {
+            self.finish(id, None);
+        }
+        let mut host = CoreHost {
+            prefix: &mut self.prefix,
+            seqs: &mut self.seqs,
+            model: self.model.as_ref(),
+            n_ctx: self.cfg.n_ctx,
+        };
+        let plan = self.sched.schedule(&mut self.states, &mut host);
+        self.apply_plan_caches(&plan);
+        if !plan.items.is_empty() {
+            self.run_plan(&plan);
+        }
+        self.publish_stats();
+    }
+
+    /// Drops the caches of preempted sequences (and of queued ones whose prefix was not used),
+    /// and creates those of newly admitted ones.
+    fn apply_plan_caches(&mut self, plan: &Plan) {
+        for id in &plan.preempted {
+            if let Some(s) = self.seqs.get_mut(id) {
+                s.cache = None;
+            }
+        }
+        for (id, s) in self.seqs.iter_mut() {
+            let st = self.states[id];
+            if st.computed == 0 && st.blocks == 0 {
+                s.cache = None;
+            }
+        }
+        for id in &plan.admitted {
+            let st = self.states[id];
+            let n_ctx = self.cfg.n_ctx;
+            if let Some(s) = self.seqs.get_mut(id) {
+                if s.cache.is_none() {
+                    let cap = cache_capacity(&s.req, s.tokens.len(), n_ctx);
+                    s.cache = Some(self.model.new_cache(cap));
+                }
+                if st.computed > 0 {
+                    s.cached_tokens = s.cached_tokens.max(st.computed.min(s.req.prompt.len()));
+                    let mut g = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+                    g.prefix_hit_tokens += st.computed as u64;
+                }
+            }
+        }
+    }
+
+    /// Runs the plan's tokens in one forward pass and postprocesses every sequence in it.
+    fn run_plan(&mut self, plan: &Plan) {
+        let mut caches: Vec<(SeqId, usize, KvCache)> = Vec::with_capacity(plan.items.len());
+        let mut prompt_tokens = 0u64;
+        for &(id, n) in &plan.items {
+            let s = self.seqs.get_mut(&id).expect("planned sequence exists");
+            let cache = s.cache.take().expect("planned sequence has a cache");
+            // Of tokens from..from + n, those inside the prompt.
+            let from = cache.len();
+            prompt_tokens += s.req.prompt.len().saturating_sub(from).min(n) as u64;
+            caches.push((id, n, cache));
+        }
+        let result = {
+            let mut inputs: Vec<SeqInput> = Vec::with_capacity(caches.len());
+            for (id, n, cache) in caches.iter_mut() {
+                let s = &self.seqs[id];
+                let from = cache.len();
+                inputs.push(SeqInput {
+                    tokens: &s.tokens[from..from + *n],
+                    cache,
+                    logits: Logits::Last,
+                });
+            }
+            self.model.forward_batch(&mut inputs)
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                for (id, _, cache) in caches {
+                    if let Some(s) = self.seqs.get_mut(&id) {
+                        s.cache = Some(cache);
+                    }
+                    self.finish(id, Some(Err(format!("model error: {e}"))));
+                }
+                return;
+            }
+        };
+        {
+            let mut g = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+            g.prompt_tokens += prompt_tokens;
+            g.steps += 1;
+        }
+        for ((id, n, cache), mut lg) in caches.into_iter().zip(logits) {
+            let len = cache.len();
+            if let Some(st) = self.states.get_mut(&id) {
+                st.computed += n;
+            }
+            let caught_up = {
+                let s = self.seqs.get_mut(&id).expect("planned sequence exists");
+                s.cache = Some(cache);
+                len == s.tokens.len()
+            };
+            if caught_up {
+                self.sample(id, &mut lg);
+            }
+        }
+    }
+
+    /// Samples the next token of `id` from `logits`, streams it, and ends the sequence when it
+    /// is done.
+    fn sample(&mut self, id: SeqId, logits: &mut [f32]) {
+        let n_ctx = self.cfg.n_ctx;
+        let tokenizer = self.tokenizer.clone();
+        let s = self.seqs.get_mut(&id).expect("sampled sequence exists");
+        // Logprobs are of the model's raw distribution, before the sampler changes `logits`.
+        let raw = s
+            .req
+            .logprobs
+            .map(|k| (log_softmax_top_n(logits, k.max(1)), logits.to_vec()));
+        let token = s.sampler.sample(logits);
+        s.sampler.accept(token);
+        if s.req.stop_at_eog && tokenizer.is_eog(token) {
+            self.finish(id, Some(Ok(FinishReason::Stop)));
+            return;
+        }
+        let (logprob, top) = match raw {
+            Some((top, raw)) => {
+                let lp = top
+                    .first()
+                    .map(|&(best, lp)| logprob_of(&raw, token, best, lp));
+                (lp, top)
+            }
+            None => (None, Vec::new()),
+        };
+        s.generated += 1;
+        s.tokens.push(token);
+        if let Some(st) = self.states.get_mut(&id) {
+            st.len += 1;
+        }
+        let r = s.stops.push(&s.decoder.push(&tokenizer, token));
+        let k = s.req.logprobs.unwrap_or(0);
+        let delta = Delta {
+            text: r.emit,
+            tokens: vec![TokenOut {
+                id: token,
+                logprob,
+                top: top.into_iter().take(k).collect(),
+            }],
+        };
+        let open = s.req.sink.send(Event::Delta(delta));
+        {
+            let mut g = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+            g.generated_tokens += 1;
+        }
+        let finish = if !open {
+            None
+        } else if r.stopped {
+            Some(Ok(FinishReason::Stop))
+        } else if s.generated >= s.req.max_tokens {
+            Some(Ok(FinishReason::Length))
+        } else if s.tokens.len() >= n_ctx {
+            Some(Ok(FinishReason::ContextFull))
+        } else {
+            return;
+        };
+        self.finish(id, finish);
+    }
+
+    /// Ends a sequence: flushes held-back text, sends `Done` (or the error; nothing when
+    /// cancelled), frees its blocks and offers its cache to the prefix cache.
+    fn finish(&mut self, id: SeqId, outcome: Option<Result<FinishReason, String>>) {
+        let Some(mut s) = self.seqs.remove(&id) else {
+            return;
+        };
+        self.sched.remove(id, &mut self.states);
+        self.states.remove(&id);
+        match outcome {
+            Some(Ok(finish)) => {
+                if finish != FinishReason::Stop || !s.stops.is_stopped() {
+                    let tail = s.decoder.flush();
+                    let mut text = s.stops.push(&tail).emit;
+                    text.push_str(&s.stops.finish());
+                    if !text.is_empty() {
+                        s.req.sink.send(Event::Delta(Delta {
+                            text,
+                            tokens: Vec::new(),
+                        }));
+                    }
+                }
+                s.req.sink.send(Event::Done(Done {
+                    finish,
+                    usage: Usage {
+                        prompt_tokens: s.req.prompt.len(),
+                        completion_tokens: s.generated,
+                        cached_tokens: s.cached_tokens,
+                    },
+                }));
+            }
+            Some(Err(msg)) => {
+                s.req.sink.send(Event::Error(msg));
+            }
+            None => {}
+        }
+        if let Some(cache) = s.cache.take() {
+            let n = cache.len();
+            let blocks = self.sched.blocks_for(n);
+            if n >= self.cfg.block_tokens && self.sched.take_blocks(blocks) {
+                let freed = self.prefix.insert(s.tokens[..n].to_vec(), cache, blocks);
+                self.sched.give_blocks(freed);
+            }
+        }
+    }
+
+    /// Publishes gauges for [`crate::engine::EngineHandle::stats`].
+    fn publish_stats(&mut self) {
+        let used: usize = self.states.values().map(|s| s.blocks).sum();
+        let expert_load = self
+            .model
+            .expert_load()
+            .map(|l| l.into_iter().map(|e| e.tokens).collect());
+        let mut g = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        g.running = self.sched.running();
+        g.kv_blocks_used = used;
+        g.prefix_cache_blocks = self.prefix.blocks();
+        g.kv_blocks_total = used + self.prefix.blocks() + self.sched.free_blocks();
+        g.preemptions = self.sched.preemptions();
+        g.waiting = self.sched.waiting();
+        self.shared
+            .queued
+            .store(self.sched.waiting(), Ordering::SeqCst);
+        if expert_load.is_some() {
+            g.expert_load = expert_load;
+        }
+    }
+}
+
+/// The logprob of `token` given the logprob `best_lp` of the most likely token `best`:
+/// both share log Z, so `lp(token) = logit(token) - logit(best) + best_lp`.
+fn logprob_of(logits: &[f32], token: u32, best: u32, best_lp: f32) -> f32 {
+    let (t, b) = (logits[token as usize] as f64, logits[best as usize] as f64);
+    (t - b + best_lp as f64) as f32
+}
