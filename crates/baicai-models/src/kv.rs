@@ -158,9 +158,17 @@ impl KvCache {
     /// [`ModelError::Config`] when the layouts differ, [`ModelError::ContextFull`] when `n`
     /// exceeds `src`'s filled positions or this cache's capacity.
     pub fn copy_prefix(&mut self, src: &KvCache, n: usize) -> Result<(), ModelError> {
-        if (self.k_width, self.v_width, self.is_f16(), self.k.len() + self.k16.len())
-            != (src.k_width, src.v_width, src.is_f16(), src.k.len() + src.k16.len())
-        {
+        if (
+            self.k_width,
+            self.v_width,
+            self.is_f16(),
+            self.k.len() + self.k16.len(),
+        ) != (
+            src.k_width,
+            src.v_width,
+            src.is_f16(),
+            src.k.len() + src.k16.len(),
+        ) {
             return Err(ModelError::Config(
                 "cannot copy between KV caches of different layouts".into(),
             ));

@@ -179,15 +179,43 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], p: AttnParams, out: &mut [f32]
     });
 }
 
+/// One sequence's keys and values for [`attention_f16_seqs`]: `[pos0 + rows.len(), n_head_kv,
+/// dim]` f16, queried by rows `rows` of the batch at positions `pos0..`.
+pub struct KvView<'a> {
+    pub k: &'a [f16],
+    pub v: &'a [f16],
+    pub rows: std::ops::Range<usize>,
+    pub pos0: usize,
+}
+
 /// Causal multi-head attention over an f16 KV cache, with llama.cpp's rounding steps (its
 /// non-flash graph with the default F16 cache): the query row is rounded to f16 before `K·q`,
 /// the softmax probabilities to f16 before `P·V` (see [`baicai_kernels::attention`]).
 /// `q`: `[n_tokens, n_head, head_dim_k]` f32; `k`, `v`: `[pos0 + n_tokens, n_head_kv, dim]` f16;
 /// `out`: `[n_tokens, n_head, head_dim_v]`. Parallel over (token, head) pairs.
 pub fn attention_f16(q: &[f32], k: &[f16], v: &[f16], p: AttnParams, out: &mut [f32]) {
+    let n_tokens = out.len() / (p.n_head * p.head_dim_v).max(1);
+    let view = KvView {
+        k,
+        v,
+        rows: 0..n_tokens,
+        pos0: p.pos0,
+    };
+    attention_f16_seqs(q, &[view], p, out);
+}
+
+/// [`attention_f16`] for the rows of several sequences at once, each over its own cache, in
+/// one parallel region (`p.pos0` is ignored: each [`KvView`] has its own). Each (token, head)
+/// result is the same as running its sequence alone.
+pub fn attention_f16_seqs(q: &[f32], seqs: &[KvView], p: AttnParams, out: &mut [f32]) {
     let group = p.n_head / p.n_head_kv;
     let (dk, dv) = (p.head_dim_k, p.head_dim_v);
     let (kw, vw) = (p.n_head_kv * dk, p.n_head_kv * dv);
+    let seq_of: Vec<usize> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| std::iter::repeat_n(i, s.rows.len()))
+        .collect();
     // Work items are runs of query heads that share a KV head, so each key/value row is
     // converted once for all of them; decode splits a group into single heads when there would
     // be too few items for the threads. Either way each head's result is the same (the kernels
@@ -203,9 +231,11 @@ pub fn attention_f16(q: &[f32], k: &[f16], v: &[f16], p: AttnParams, out: &mut [
     baicai_kernels::for_each_chunk_mut(out, per * dv, |i, o| {
         let h0 = i * per % p.n_head;
         let t = i * per / p.n_head;
+        let s = &seqs[seq_of[t]];
+        let (k, v) = (s.k, s.v);
         let nh = o.len() / dv;
         let kvh = h0 / group;
-        let pos = p.pos0 + t;
+        let pos = s.pos0 + t - s.rows.start;
         let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let len = pos + 1 - start;
         // The queries rounded to f16, as f32.
@@ -229,7 +259,8 @@ pub fn attention_f16(q: &[f32], k: &[f16], v: &[f16], p: AttnParams, out: &mut [
 
 /// Stores each sequence's new keys and values (rows of `qkv[1]`, `qkv[2]`) in its f16 cache and
 /// runs causal attention of its queries (rows of `qkv[0]`) over that cache, into its rows of
-/// `out` (`[n, n_head, head_dim_v]`); `window` masks keys at that distance or more.
+/// `out` (`[n, n_head, head_dim_v]`), all sequences in one parallel region; `window` masks keys
+/// at that distance or more.
 pub(crate) fn attention_segments_f16(
     c: &crate::config::ModelConfig,
     il: usize,
@@ -239,7 +270,7 @@ pub(crate) fn attention_segments_f16(
     out: &mut [f32],
 ) {
     let [q, k, v] = qkv;
-    let (qw, kw, vw, ow) = (c.q_dim(), c.k_dim(), c.v_dim(), c.n_head * c.head_dim_v);
+    let (kw, vw) = (c.k_dim(), c.v_dim());
     for seg in segs.iter_mut() {
         let r = seg.rows.clone();
         seg.cache.store(
@@ -247,19 +278,24 @@ pub(crate) fn attention_segments_f16(
             &k[r.start * kw..r.end * kw],
             &v[r.start * vw..r.end * vw],
         );
-        let (kc, vc) = seg.cache.layer_f16(il, seg.pos0 + r.len()); // [pos0 + len, n_head_kv, head_dim]
-        let p = AttnParams {
-            window,
-            ..AttnParams::causal(c, seg.pos0)
-        };
-        attention_f16(
-            &q[r.start * qw..r.end * qw],
-            kc,
-            vc,
-            p,
-            &mut out[r.start * ow..r.end * ow],
-        );
     }
+    let views: Vec<KvView> = segs
+        .iter()
+        .map(|seg| {
+            let (k, v) = seg.cache.layer_f16(il, seg.pos0 + seg.len()); // [pos0 + len, n_head_kv, head_dim]
+            KvView {
+                k,
+                v,
+                rows: seg.rows.clone(),
+                pos0: seg.pos0,
+            }
+        })
+        .collect();
+    let p = AttnParams {
+        window,
+        ..AttnParams::causal(c, 0)
+    };
+    attention_f16_seqs(q, &views, p, out);
 }
 
 /// `a[i] = silu(a[i]) * b[i]` (SwiGLU).
