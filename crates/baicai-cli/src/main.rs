@@ -7,6 +7,7 @@ mod bench;
 mod generate;
 mod inspect;
 mod load;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Measure prompt processing and generation speed (like llama-bench's pp/tg).
     Bench(bench::BenchArgs),
+    /// Serve the OpenAI HTTP API (chat and text completions, streaming, metrics).
+    Serve(serve::ServeArgs),
 }
 
 /// Keeps freed memory in the process (glibc): by default every buffer over 128 KiB is its own
@@ -60,6 +63,7 @@ fn main() {
         Command::Tokenize(a) => load::tokenize(a),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));

@@ -1,0 +1,239 @@
+//! Running the server: bind first, load the model on a blocking thread while `/health` says
+//! `loading`, serve connections, and shut down gracefully on SIGTERM/SIGINT.
+//!
+//! Connections are served by hyper directly (not `axum::serve`) so that headers have a read
+//! timeout: a client sending its headers a byte a second is disconnected after
+//! [`ServeConfig::header_timeout`], and one sending its body slowly gets a 408 after
+//! [`HttpConfig::body_timeout`]. Neither ever reaches the engine.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+use crate::error::ApiError;
+use crate::metrics::{BackendSlot, Metrics};
+use crate::validate::Validator;
+use crate::Backend;
+
+/// Settings the handlers use.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The name clients address the model by (`/v1/models`, `model` fields).
+    pub model_name: String,
+    /// `Some`: every `/v1` route needs `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Request bodies larger than this get 413.
+    pub max_body_bytes: usize,
+    /// A request body must arrive within this, else 408.
+    pub body_timeout: Duration,
+    /// A request whose events wait this long unread (a client that stopped reading its
+    /// stream) is cancelled.
+    pub stall_timeout: Duration,
+}
+
+/// Settings of [`serve`].
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to bind (port 0: any free port; the real one is printed).
+    pub addr: SocketAddr,
+    /// Settings of the handlers.
+    pub http: HttpConfig,
+    /// A connection's request headers must arrive within this.
+    pub header_timeout: Duration,
+    /// After SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+/// A loaded model, ready to serve.
+pub struct Loaded {
+    /// The running engine.
+    pub backend: Arc<dyn Backend>,
+    /// Validation against the model's tokenizer, template and context.
+    pub validator: Validator,
+}
+
+/// State shared by all handlers.
+pub struct AppState {
+    /// Handler settings.
+    pub config: HttpConfig,
+    /// The engine, once loaded (also read by the metrics collector).
+    pub backend: BackendSlot,
+    validator: OnceLock<Validator>,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+    /// When the server started, Unix seconds (`created` of `/v1/models`).
+    pub started_unix: u64,
+}
+
+impl AppState {
+    /// State of a server whose model has not loaded yet.
+    pub fn new(config: HttpConfig) -> Arc<AppState> {
+        let backend: BackendSlot = Arc::new(OnceLock::new());
+        Arc::new(AppState {
+            config,
+            metrics: Arc::new(Metrics::new(backend.clone())),
+            backend,
+            validator: OnceLock::new(),
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        })
+    }
+
+    /// Marks the model loaded: `/health` turns 200 and `/v1` routes serve.
+    pub fn set_ready(&self, loaded: Loaded) {
+        // Validator first: `is_ready` looks at the backend.
+        let _ = self.validator.set(loaded.validator);
+        let _ = self.backend.set(loaded.backend);
+    }
+
+    /// Whether the model has loaded.
+    pub fn is_ready(&self) -> bool {
+        self.backend.get().is_some()
+    }
+
+    /// The validator and engine.
+    ///
+    /// # Errors
+    /// 503 while the model is loading.
+    pub fn ready(&self) -> Result<(&Validator, &Arc<dyn Backend>), ApiError> {
+        match (self.validator.get(), self.backend.get()) {
+            (Some(v), Some(b)) => Ok((v, b)),
+            _ => Err(ApiError::unavailable(
+                "The model is still loading; retry shortly",
+            )),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Binds `cfg.addr`, prints `listening on http://HOST:PORT` to stderr, loads the model with
+/// `load` on a blocking thread (the server answers `/health` with 503 meanwhile), and serves
+/// until SIGTERM/SIGINT; then it refuses new requests, gives in-flight ones
+/// `cfg.shutdown_grace` to finish, and returns `Ok`.
+///
+/// # Errors
+/// The address cannot be bound, or `load` fails (its message is returned).
+pub async fn serve<F>(cfg: ServeConfig, load: F) -> Result<(), String>
+where
+    F: FnOnce() -> Result<Loaded, String> + Send + 'static,
+{
+    let listener = TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.addr))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    eprintln!("listening on http://{local}");
+    let state = AppState::new(cfg.http.clone());
+    let app = crate::routes::router(state.clone());
+
+    let mut loading = tokio::task::spawn_blocking(load);
+    let mut loaded = false;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let stream = match conn {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, do not spin or exit.
+                        eprintln!("warning: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                // Stream chunks are small; do not let Nagle hold them back.
+                let _ = stream.set_nodelay(true);
+                let svc = TowerToHyperService::new(app.clone());
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(cfg.header_timeout)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            done = &mut loading, if !loaded => {
+                loaded = true;
+                match done {
+                    Ok(Ok(l)) => {
+                        state.set_ready(l);
+                        eprintln!("model loaded; serving {}", cfg.http.model_name);
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(format!("loading the model failed: {e}")),
+                }
+            }
+            _ = &mut signal => break,
+        }
+    }
+    eprintln!("shutting down: finishing in-flight requests");
+    drop(listener);
+    if let Some(b) = state.backend.get() {
+        b.begin_shutdown();
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(cfg.shutdown_grace) => {
+            eprintln!(
+                "shutting down: requests still running after {:?}; closing them",
+                cfg.shutdown_grace
+            );
+        }
+    }
+    Ok(())
+}
+
+/// [`serve`] on its own tokio runtime of `worker_threads` threads (1–2 are plenty: handlers only
+/// move JSON and SSE bytes; the engine computes on its own threads), for callers without one.
+///
+/// # Errors
+/// As [`serve`], or the runtime cannot start.
+pub fn run<F>(cfg: ServeConfig, worker_threads: usize, load: F) -> Result<(), String>
+where
+    F: FnOnce() -> Result<Loaded, String> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads.max(1))
+        .thread_name("baicai-http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
+    let result = rt.block_on(serve(cfg, load));
+    // A model still loading (SIGTERM during load) is not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
