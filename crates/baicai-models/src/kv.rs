@@ -1,20 +1,79 @@
 //! The key/value cache of one sequence.
 
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use memmap2::MmapMut;
 
 use crate::error::ModelError;
 
+/// Values whose all-zero bit pattern is a valid zero value.
+trait Zeroable: Copy {}
+impl Zeroable for f32 {}
+impl Zeroable for f16 {}
+
+/// A zero-initialised buffer in its own anonymous memory mapping: the OS commits pages only as
+/// they are written, and the whole buffer goes back to the OS when it is dropped (a server's
+/// memory returns to its baseline after a burst of long sequences, whatever the allocator keeps).
+/// Falls back to a heap vector where the mapping cannot be made.
+struct ZeroBuf<T: Zeroable> {
+    map: Option<MmapMut>,
+    vec: Vec<T>,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Zeroable> ZeroBuf<T> {
+    fn new(len: usize, zero: T) -> ZeroBuf<T> {
+        let bytes = len.saturating_mul(std::mem::size_of::<T>());
+        let map = (bytes > 0).then(|| MmapMut::map_anon(bytes).ok()).flatten();
+        let vec = if map.is_some() { Vec::new() } else { vec![zero; len] };
+        ZeroBuf {
+            map,
+            vec,
+            len,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Zeroable> Deref for ZeroBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match &self.map {
+            // SAFETY: the mapping is page-aligned (so aligned for `T`), holds `len * size_of::<T>()`
+            // bytes, starts zeroed (a valid `T` for `Zeroable` types) and lives as long as `self`.
+            Some(m) => unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<T>(), self.len) },
+            None => &self.vec,
+        }
+    }
+}
+
+impl<T: Zeroable> DerefMut for ZeroBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match &mut self.map {
+            // SAFETY: as in `deref`, and the borrow of `self` is exclusive.
+            Some(m) => unsafe {
+                std::slice::from_raw_parts_mut(m.as_mut_ptr().cast::<T>(), self.len)
+            },
+            None => &mut self.vec,
+        }
+    }
+}
+
 /// Keys and values of every layer for up to `capacity` positions, `[pos, n_head_kv * dim]` per
 /// layer, stored as f32 ([`KvCache::new`]) or f16 ([`KvCache::new_f16`], llama.cpp's default cache
-/// type: half the memory and half the bytes attention reads per token). Allocated zeroed, so the
-/// OS commits pages only as the cache fills.
+/// type: half the memory and half the bytes attention reads per token). Each layer's keys and
+/// values are an anonymous memory mapping, so the OS commits pages only as the cache fills and
+/// takes them back when the cache is dropped.
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<ZeroBuf<f32>>,
+    v: Vec<ZeroBuf<f32>>,
     /// The f16 storage; empty when the cache is f32.
-    k16: Vec<Vec<f16>>,
-    v16: Vec<Vec<f16>>,
+    k16: Vec<ZeroBuf<f16>>,
+    v16: Vec<ZeroBuf<f16>>,
     k_width: usize,
     v_width: usize,
     len: usize,
@@ -26,10 +85,10 @@ impl KvCache {
     pub fn new(n_layer: usize, capacity: usize, k_width: usize, v_width: usize) -> KvCache {
         KvCache {
             k: (0..n_layer)
-                .map(|_| vec![0.0; capacity * k_width])
+                .map(|_| ZeroBuf::new(capacity * k_width, 0.0))
                 .collect(),
             v: (0..n_layer)
-                .map(|_| vec![0.0; capacity * v_width])
+                .map(|_| ZeroBuf::new(capacity * v_width, 0.0))
                 .collect(),
             k16: Vec::new(),
             v16: Vec::new(),
@@ -47,10 +106,10 @@ impl KvCache {
             k: Vec::new(),
             v: Vec::new(),
             k16: (0..n_layer)
-                .map(|_| vec![f16::ZERO; capacity * k_width])
+                .map(|_| ZeroBuf::new(capacity * k_width, f16::ZERO))
                 .collect(),
             v16: (0..n_layer)
-                .map(|_| vec![f16::ZERO; capacity * v_width])
+                .map(|_| ZeroBuf::new(capacity * v_width, f16::ZERO))
                 .collect(),
             k_width,
             v_width,
