@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baicai_models::{CausalLm, KvCache, Logits, SeqInput};
-use baicai_tokenizer::{StreamDecoder, Tokenizer};
+use baicai_tokenizer::Tokenizer;
 
-use crate::engine::{Delta, Done, EngineConfig, Event, Request, Shared, TokenOut, Usage};
+use crate::engine::{Delta, Done, EngineConfig, Event, Request, Shared, Usage};
+use crate::generation::{Generation, GenerationSpec};
 use crate::prefix::PrefixCache;
-use crate::sampler::{log_softmax_top_n, Sampler, StopMatcher};
 use crate::scheduler::{Host, Plan, Scheduler, SchedulerConfig, SeqId, SeqState};
 use crate::session::FinishReason;
 
@@ -21,10 +21,7 @@ struct Seq {
     /// Prompt followed by the generated tokens.
     tokens: Vec<u32>,
     cache: Option<KvCache>,
-    sampler: Sampler,
-    decoder: StreamDecoder,
-    stops: StopMatcher,
-    generated: usize,
+    gen: Generation,
     cached_tokens: usize,
 }
 
@@ -144,17 +141,17 @@ impl Core {
         self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
         let id = self.next_id;
         self.next_id += 1;
-        let mut sampler = Sampler::new(req.sampler.clone());
-        for &t in &req.prompt {
-            sampler.accept(t);
-        }
+        let spec = GenerationSpec {
+            sampler: req.sampler.clone(),
+            max_tokens: req.max_tokens,
+            stop: req.stop.clone(),
+            stop_at_eog: req.stop_at_eog,
+            logprobs: req.logprobs,
+        };
         let seq = Seq {
             tokens: req.prompt.clone(),
             cache: None,
-            sampler,
-            decoder: StreamDecoder::new(true),
-            stops: StopMatcher::new(req.stop.clone()),
-            generated: 0,
+            gen: Generation::new(spec, &req.prompt),
             cached_tokens: 0,
             req,
         };
@@ -286,61 +283,28 @@ impl Core {
     /// Samples the next token of `id` from `logits`, streams it, and ends the sequence when it
     /// is done.
     fn sample(&mut self, id: SeqId, logits: &mut [f32]) {
-        let n_ctx = self.cfg.n_ctx;
-        let tokenizer = self.tokenizer.clone();
         let s = self.seqs.get_mut(&id).expect("sampled sequence exists");
-        // Logprobs are of the model's raw distribution, before the sampler changes `logits`.
-        let raw = s
-            .req
-            .logprobs
-            .map(|k| (log_softmax_top_n(logits, k.max(1)), logits.to_vec()));
-        let token = s.sampler.sample(logits);
-        s.sampler.accept(token);
-        if s.req.stop_at_eog && tokenizer.is_eog(token) {
-            self.finish(id, Some(Ok(FinishReason::Stop)));
-            return;
-        }
-        let (logprob, top) = match raw {
-            Some((top, raw)) => {
-                let lp = top
-                    .first()
-                    .map(|&(best, lp)| logprob_of(&raw, token, best, lp));
-                (lp, top)
+        let room = s.tokens.len() + 1 < self.cfg.n_ctx;
+        let out = s.gen.step(&self.tokenizer, logits, room);
+        let mut open = true;
+        if let Some(t) = out.token {
+            s.tokens.push(t.id);
+            if let Some(st) = self.states.get_mut(&id) {
+                st.len += 1;
             }
-            None => (None, Vec::new()),
-        };
-        s.generated += 1;
-        s.tokens.push(token);
-        if let Some(st) = self.states.get_mut(&id) {
-            st.len += 1;
-        }
-        let r = s.stops.push(&s.decoder.push(&tokenizer, token));
-        let k = s.req.logprobs.unwrap_or(0);
-        let delta = Delta {
-            text: r.emit,
-            tokens: vec![TokenOut {
-                id: token,
-                logprob,
-                top: top.into_iter().take(k).collect(),
-            }],
-        };
-        let open = s.req.sink.send(Event::Delta(delta));
-        {
+            let delta = Delta {
+                text: out.text,
+                tokens: vec![t],
+            };
+            open = s.req.sink.send(Event::Delta(delta));
             let mut g = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
             g.generated_tokens += 1;
         }
-        let finish = if !open {
-            None
-        } else if r.stopped {
-            Some(Ok(FinishReason::Stop))
-        } else if s.generated >= s.req.max_tokens {
-            Some(Ok(FinishReason::Length))
-        } else if s.tokens.len() >= n_ctx {
-            Some(Ok(FinishReason::ContextFull))
-        } else {
-            return;
-        };
-        self.finish(id, finish);
+        match (open, out.finish) {
+            (false, _) => self.finish(id, None),
+            (true, Some(f)) => self.finish(id, Some(Ok(f))),
+            (true, None) => {}
+        }
     }
 
     /// Ends a sequence: flushes held-back text, sends `Done` (or the error; nothing when
@@ -353,22 +317,18 @@ impl Core {
         self.states.remove(&id);
         match outcome {
             Some(Ok(finish)) => {
-                if finish != FinishReason::Stop || !s.stops.is_stopped() {
-                    let tail = s.decoder.flush();
-                    let mut text = s.stops.push(&tail).emit;
-                    text.push_str(&s.stops.finish());
-                    if !text.is_empty() {
-                        s.req.sink.send(Event::Delta(Delta {
-                            text,
-                            tokens: Vec::new(),
-                        }));
-                    }
+                let text = s.gen.flush();
+                if !text.is_empty() {
+                    s.req.sink.send(Event::Delta(Delta {
+                        text,
+                        tokens: Vec::new(),
+                    }));
                 }
                 s.req.sink.send(Event::Done(Done {
                     finish,
                     usage: Usage {
                         prompt_tokens: s.req.prompt.len(),
-                        completion_tokens: s.generated,
+                        completion_tokens: s.gen.generated(),
                         cached_tokens: s.cached_tokens,
                     },
                 }));
@@ -409,11 +369,4 @@ impl Core {
             g.expert_load = expert_load;
         }
     }
-}
-
-/// The logprob of `token` given the logprob `best_lp` of the most likely token `best`:
-/// both share log Z, so `lp(token) = logit(token) - logit(best) + best_lp`.
-fn logprob_of(logits: &[f32], token: u32, best: u32, best_lp: f32) -> f32 {
-    let (t, b) = (logits[token as usize] as f64, logits[best as usize] as f64);
-    (t - b + best_lp as f64) as f32
 }

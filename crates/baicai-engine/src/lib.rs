@@ -6,6 +6,7 @@
 
 mod core;
 pub mod engine;
+pub mod generation;
 mod prefix;
 pub mod sampler;
 pub mod scheduler;

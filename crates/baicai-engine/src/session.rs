@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baicai_models::{CausalLm, KvCache, Logits, ModelError};
-use baicai_tokenizer::{StreamDecoder, Tokenizer};
+use baicai_tokenizer::Tokenizer;
 
-use crate::sampler::{Sampler, SamplerConfig, StopMatcher};
+use crate::generation::{Generation, GenerationSpec};
+use crate::sampler::SamplerConfig;
 
 /// Tokens run through the model in one forward call during prompt processing; bounds the
 /// activation memory of long prompts.
@@ -153,43 +154,30 @@ impl Session {
         let (mut logits, cached) = self.prefill(prompt)?;
         let prompt_time = t0.elapsed();
         let t1 = Instant::now();
-        let mut sampler = Sampler::new(params.sampler.clone());
-        for &t in prompt {
-            sampler.accept(t);
-        }
-        let mut decoder = StreamDecoder::new(true);
-        let mut stops = StopMatcher::new(params.stop.clone());
-        let mut generated = 0;
-        let mut finish = FinishReason::Length;
-        while generated < params.max_tokens {
-            let token = sampler.sample(&mut logits);
-            sampler.accept(token);
-            if params.stop_at_eog && tokenizer.is_eog(token) {
-                finish = FinishReason::Stop;
-                break;
+        let spec = GenerationSpec {
+            sampler: params.sampler.clone(),
+            max_tokens: params.max_tokens,
+            stop: params.stop.clone(),
+            stop_at_eog: params.stop_at_eog,
+            logprobs: None,
+        };
+        let mut gen = Generation::new(spec, prompt);
+        let finish = loop {
+            if params.max_tokens == 0 {
+                break FinishReason::Length;
             }
-            generated += 1;
-            let r = stops.push(&decoder.push(tokenizer, token));
-            on_text(&r.emit);
-            if r.stopped {
-                finish = FinishReason::Stop;
-                break;
+            let room = self.cache.reserve(1).is_ok();
+            let out = gen.step(tokenizer, &mut logits, room);
+            on_text(&out.text);
+            match (out.finish, out.token) {
+                (None, Some(token)) => logits = self.step(token.id)?,
+                (finish, _) => {
+                    on_text(&gen.flush());
+                    break finish.unwrap_or(FinishReason::Stop);
+                }
             }
-            if generated == params.max_tokens {
-                break;
-            }
-            if self.cache.reserve(1).is_err() {
-                finish = FinishReason::ContextFull;
-                break;
-            }
-            logits = self.step(token)?;
-        }
-        if finish != FinishReason::Stop {
-            let tail = decoder.flush();
-            let r = stops.push(&tail);
-            on_text(&r.emit);
-            on_text(&stops.finish());
-        }
+        };
+        let generated = gen.generated();
         Ok(GenerateStats {
             prompt_tokens: prompt.len(),
             cached_prompt_tokens: cached,
