@@ -7,6 +7,7 @@
 mod core;
 pub mod engine;
 pub mod generation;
+pub mod load;
 mod prefix;
 pub mod sampler;
 pub mod scheduler;
