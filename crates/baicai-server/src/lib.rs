@@ -24,7 +24,7 @@ pub mod validate;
 
 use baicai_engine::engine::{EngineHandle, EngineStats, Request, SubmitError};
 
-pub use server::{run, serve, HttpConfig, Loaded, ServeConfig};
+pub use server::{listen, run, serve, serve_on, HttpConfig, Loaded, ServeConfig};
 
 /// What the HTTP side needs from an engine. [`EngineHandle`] is the real one; tests drive the
 /// server with scripted ones.

@@ -521,9 +521,28 @@ pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<f32>,
     /// Per token, its alternatives as `{token: logprob}`.
-    pub top_logprobs: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub top_logprobs: Vec<TopLogprobMap>,
     /// Per token, its byte offset in the choice's text (including an echoed prompt).
     pub text_offset: Vec<usize>,
+}
+
+/// A token's alternatives, most likely first, serialized as the JSON object
+/// `{token: logprob}` (in that order; a later duplicate token text replaces nothing).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopLogprobMap(pub Vec<(String, f32)>);
+
+impl Serialize for TopLogprobMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut seen = std::collections::HashSet::new();
+        let mut m = s.serialize_map(None)?;
+        for (token, logprob) in &self.0 {
+            if seen.insert(token.as_str()) {
+                m.serialize_entry(token, logprob)?;
+            }
+        }
+        m.end()
+    }
 }
 
 /// `GET /v1/models`.

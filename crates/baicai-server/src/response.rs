@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{
     AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatDelta,
     ChatLogprobs, ChatTokenLogprob, Completion, CompletionChoice, CompletionLogprobs, FinishReason,
-    TopLogprob, Usage,
+    TopLogprob, TopLogprobMap, Usage,
 };
 use crate::validate::{Endpoint, ValidRequest};
 
@@ -393,12 +393,9 @@ fn logprobs_of(
                 *offset += bytes.len();
                 l.tokens.push(token);
                 l.token_logprobs.push(t.logprob.unwrap_or(0.0));
-                l.top_logprobs.push(
-                    t.top
-                        .iter()
-                        .map(|&(id, lp)| (piece(id).0, serde_json::Value::from(lp)))
-                        .collect(),
-                );
+                l.top_logprobs.push(TopLogprobMap(
+                    t.top.iter().map(|&(id, lp)| (piece(id).0, lp)).collect(),
+                ));
             }
             DeltaLogprobs::Completion(l)
         }

@@ -14,7 +14,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::error::ApiError;
 use crate::metrics::{BackendSlot, Metrics};
@@ -112,6 +112,30 @@ impl AppState {
     }
 }
 
+/// Socket send buffer of each connection. Small on purpose: a client that stops reading its
+/// stream must stop the stream's polling soon, so that its events back up in the request's
+/// channel and the stall timeout can drop it; with the kernel's autotuned buffers (megabytes on
+/// loopback) thousands of tokens would vanish into the socket first. 64 KiB still holds
+/// hundreds of chunks, far more than a reading client ever has in flight.
+const SEND_BUFFER_BYTES: u32 = 64 << 10;
+
+/// A listening socket on `addr` whose connections inherit a small send buffer (see
+/// `SEND_BUFFER_BYTES`).
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_send_buffer_size(SEND_BUFFER_BYTES)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -136,10 +160,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// Binds `cfg.addr`, prints `listening on http://HOST:PORT` to stderr, loads the model with
-/// `load` on a blocking thread (the server answers `/health` with 503 meanwhile), and serves
-/// until SIGTERM/SIGINT; then it refuses new requests, gives in-flight ones
-/// `cfg.shutdown_grace` to finish, and returns `Ok`.
+/// Binds `cfg.addr`, prints `listening on http://HOST:PORT` to stderr, and runs
+/// [`serve_on`] until SIGTERM/SIGINT.
 ///
 /// # Errors
 /// The address cannot be bound, or `load` fails (its message is returned).
@@ -147,20 +169,35 @@ pub async fn serve<F>(cfg: ServeConfig, load: F) -> Result<(), String>
 where
     F: FnOnce() -> Result<Loaded, String> + Send + 'static,
 {
-    let listener = TcpListener::bind(cfg.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.addr))?;
+    let listener = listen(cfg.addr).map_err(|e| format!("cannot listen on {}: {e}", cfg.addr))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     eprintln!("listening on http://{local}");
+    serve_on(listener, cfg, load, shutdown_signal()).await
+}
+
+/// Serves connections from `listener`: loads the model with `load` on a blocking thread (the
+/// server answers `/health` with 503 meanwhile), and when `shutdown` resolves refuses new
+/// requests, gives in-flight ones `cfg.shutdown_grace` to finish, and returns `Ok`.
+///
+/// # Errors
+/// `load` fails (its message is returned).
+pub async fn serve_on<F>(
+    listener: TcpListener,
+    cfg: ServeConfig,
+    load: F,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String>
+where
+    F: FnOnce() -> Result<Loaded, String> + Send + 'static,
+{
     let state = AppState::new(cfg.http.clone());
     let app = crate::routes::router(state.clone());
 
     let mut loading = tokio::task::spawn_blocking(load);
     let mut loaded = false;
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
+    tokio::pin!(shutdown);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -197,7 +234,7 @@ where
                     Err(e) => return Err(format!("loading the model failed: {e}")),
                 }
             }
-            _ = &mut signal => break,
+            _ = &mut shutdown => break,
         }
     }
     eprintln!("shutting down: finishing in-flight requests");
