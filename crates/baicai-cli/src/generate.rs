@@ -1,14 +1,18 @@
 //! `run` (raw completion) and `chat` (templated, multi-turn).
 
 use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
+use baicai_engine::engine::{EngineConfig, EngineHandle, Event, EventSink, Request};
 use baicai_engine::sampler::SamplerConfig;
-use baicai_engine::session::{GenerateParams, GenerateStats, Session};
+use baicai_engine::session::{FinishReason, GenerateParams, GenerateStats, PREFILL_CHUNK};
 use baicai_tokenizer::{ChatMessage, ChatTemplate};
 use clap::Args;
 
-use crate::load::{load, ModelArgs};
+use crate::load::{load, Loaded, ModelArgs};
 
 /// Sampling and length options shared by `run` and `chat`.
 #[derive(Args, Debug, Clone)]
@@ -160,27 +164,125 @@ fn stream_stdout(text: &str) {
     let _ = out.flush();
 }
 
+/// The engine the command line generates with: one sequence at a time, a KV budget of one
+/// context, and the prefix cache reusing a chat's earlier turns — the same path as the server.
+fn start_engine(loaded: &Loaded, ctx_size: usize) -> Result<EngineHandle> {
+    let model = loaded.model.clone();
+    check_ctx(model.as_ref(), ctx_size);
+    let per_token = model.new_cache(1).bytes_per_token() as u64;
+    let cfg = EngineConfig {
+        max_seqs: 1,
+        kv_cache_bytes: per_token * (ctx_size as u64).div_ceil(16) * 16,
+        block_tokens: 16,
+        n_ctx: ctx_size,
+        max_batch_tokens: PREFILL_CHUNK,
+        max_queue: 1,
+    };
+    Ok(EngineHandle::start(model, loaded.tokenizer()?.clone(), cfg))
+}
+
+/// Sends the engine's events into a channel; cancelled when `cancel` is set (Ctrl-C in chat).
+struct CliSink {
+    tx: mpsc::Sender<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl EventSink for CliSink {
+    fn send(&mut self, event: Event) -> bool {
+        self.tx.send(event).is_ok() && !self.is_closed()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+}
+
+/// Generates after `prompt` on `engine`, passing text to `on_text` as it comes; `None` when
+/// `cancel` interrupted it.
+fn generate(
+    engine: &EngineHandle,
+    prompt: Vec<u32>,
+    params: &GenerateParams,
+    cancel: &Arc<AtomicBool>,
+    mut on_text: impl FnMut(&str),
+) -> Result<Option<GenerateStats>> {
+    let n_ctx = engine.info().n_ctx;
+    if prompt.len() >= n_ctx {
+        anyhow::bail!(
+            "the prompt has {} tokens, more than the context size {n_ctx} allows (-c)",
+            prompt.len()
+        );
+    }
+    let prompt_tokens = prompt.len();
+    // Generation may run until the context is full, as before the engine existed.
+    let max_tokens = params.max_tokens.min(n_ctx - prompt_tokens);
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    engine
+        .submit(Request {
+            prompt,
+            max_tokens,
+            sampler: params.sampler.clone(),
+            stop: params.stop.clone(),
+            stop_at_eog: params.stop_at_eog,
+            logprobs: None,
+            sink: Box::new(CliSink {
+                tx,
+                cancel: cancel.clone(),
+            }),
+        })
+        .context("generation failed")?;
+    let mut first: Option<Instant> = None;
+    let mut generated = 0;
+    for ev in rx {
+        match ev {
+            Event::Delta(d) => {
+                first.get_or_insert_with(Instant::now);
+                generated += d.tokens.len();
+                on_text(&d.text);
+            }
+            Event::Done(d) => {
+                let t1 = first.unwrap_or_else(Instant::now);
+                let finish = if d.finish == FinishReason::Length && max_tokens < params.max_tokens {
+                    FinishReason::ContextFull
+                } else {
+                    d.finish
+                };
+                return Ok(Some(GenerateStats {
+                    prompt_tokens,
+                    cached_prompt_tokens: d.usage.cached_tokens,
+                    generated_tokens: generated,
+                    prompt_time: t1 - t0,
+                    generation_time: t1.elapsed(),
+                    finish,
+                }));
+            }
+            Event::Error(e) => anyhow::bail!("generation failed: {e}"),
+        }
+    }
+    // The engine dropped the request without an end: it was cancelled.
+    Ok(None)
+}
+
 /// `baicai run`.
 pub fn run(a: RunArgs) -> Result<()> {
     let params = a.sampling.params()?;
     let loaded = load(&a.model)?;
     let tokenizer = loaded.tokenizer()?;
-    let model = loaded.model.clone();
     let prompt = tokenizer.encode(&a.prompt, true, false);
-    check_ctx(model.as_ref(), a.sampling.ctx_size);
-    let mut session = Session::new(model, a.sampling.ctx_size);
-    let stats = session
-        .generate(tokenizer, &prompt, &params, stream_stdout)
-        .context("generation failed")?;
+    let engine = start_engine(&loaded, a.sampling.ctx_size)?;
+    let never = Arc::new(AtomicBool::new(false));
+    let stats = generate(&engine, prompt, &params, &never, stream_stdout)?;
     stream_stdout("\n");
-    if a.verbose {
-        report(&stats);
+    if let (true, Some(stats)) = (a.verbose, &stats) {
+        report(stats);
     }
     if a.moe_stats {
         for line in expert_load_lines(loaded.model.as_ref()) {
             eprintln!("{line}");
         }
     }
+    engine.shutdown_and_wait();
     Ok(())
 }
 
@@ -202,16 +304,28 @@ pub struct ChatArgs {
     pub verbose: bool,
 }
 
+/// Ctrl-C in an interactive chat: while an answer is generated it stops that answer and
+/// returns to the prompt (as llama.cpp and Ollama do); at the prompt it ends the program.
+fn install_ctrl_c(generating: Arc<AtomicBool>, cancel: Arc<AtomicBool>) -> Result<()> {
+    ctrlc::set_handler(move || {
+        if generating.load(Ordering::SeqCst) {
+            cancel.store(true, Ordering::SeqCst);
+        } else {
+            eprintln!();
+            std::process::exit(130);
+        }
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
 /// `baicai chat`.
 pub fn chat(a: ChatArgs) -> Result<()> {
     let params = a.sampling.params()?;
     let loaded = load(&a.model)?;
     let tokenizer = loaded.tokenizer()?;
-    let model = loaded.model.clone();
     let template =
         ChatTemplate::for_tokenizer(tokenizer).context("cannot load the chat template")?;
-    check_ctx(model.as_ref(), a.sampling.ctx_size);
-    let mut session = Session::new(model, a.sampling.ctx_size);
+    let engine = start_engine(&loaded, a.sampling.ctx_size)?;
     let mut messages: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &a.system {
         messages.push(ChatMessage {
@@ -220,6 +334,11 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         });
     }
     let interactive = a.prompt.is_none();
+    let generating = Arc::new(AtomicBool::new(false));
+    let cancel = Arc::new(AtomicBool::new(false));
+    if interactive {
+        install_ctrl_c(generating.clone(), cancel.clone())?;
+    }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -251,15 +370,19 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             .is_some_and(|b| !b.is_empty() && text.starts_with(b));
         let prompt = tokenizer.encode(&text, !bos_in_text, true);
         let mut answer = String::new();
-        let stats = session
-            .generate(tokenizer, &prompt, &params, |t| {
-                answer.push_str(t);
-                stream_stdout(t);
-            })
-            .context("generation failed")?;
+        cancel.store(false, Ordering::SeqCst);
+        generating.store(true, Ordering::SeqCst);
+        let stats = generate(&engine, prompt, &params, &cancel, |t| {
+            answer.push_str(t);
+            stream_stdout(t);
+        });
+        generating.store(false, Ordering::SeqCst);
+        let stats = stats?;
         stream_stdout("\n");
-        if a.verbose {
-            report(&stats);
+        match &stats {
+            Some(s) if a.verbose => report(s),
+            Some(_) => {}
+            None => eprintln!("[interrupted]"),
         }
         messages.push(ChatMessage {
             role: "assistant".into(),
@@ -269,5 +392,6 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             break;
         }
     }
+    engine.shutdown_and_wait();
     Ok(())
 }
