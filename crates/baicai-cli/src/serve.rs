@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 use baicai_engine::engine::{EngineConfig, EngineHandle};
 use baicai_server::validate::Validator;
 use baicai_server::{HttpConfig, Loaded, ServeConfig};
-use baicai_tokenizer::{ChatTemplate, Tokenizer, TokenizerSpec};
+use baicai_tokenizer::ChatTemplate;
 use clap::Args;
 
-use crate::load::{load, open_gguf, ModelArgs};
+use crate::load::{load, ModelArgs};
 
 /// `baicai serve`.
 #[derive(Args, Debug)]
@@ -100,9 +100,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
 /// Loads the model and starts the engine (on the loading thread, while `/health` says loading).
 fn start_engine(a: &ServeArgs, model_name: String) -> Result<Loaded> {
     let loaded = load(&a.model)?;
-    // The engine needs the tokenizer behind an `Arc`; `Loaded` owns its copy, so read it again
-    // (cheap next to the weights).
-    let tokenizer = Arc::new(load_tokenizer(&a.model.model)?);
+    let tokenizer = loaded.tokenizer()?.clone();
     let template =
         ChatTemplate::for_tokenizer(&tokenizer).context("cannot load the chat template")?;
     let train = loaded.model.config().n_ctx_train;
@@ -146,16 +144,6 @@ fn start_engine(a: &ServeArgs, model_name: String) -> Result<Loaded> {
 fn default_kv_bytes() -> u64 {
     baicai_engine::sysinfo::memory_budget_bytes()
         .map_or(1 << 30, |b| (b / 4).clamp(256 * MIB, 4096 * MIB))
-}
-
-/// The tokenizer of a GGUF file or a checkpoint folder.
-fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    let t = if path.is_dir() {
-        TokenizerSpec::from_hf_dir(path).and_then(Tokenizer::from_spec)
-    } else {
-        Tokenizer::from_gguf(&*open_gguf(path)?)
-    };
-    t.with_context(|| format!("cannot load the tokenizer of {}", path.display()))
 }
 
 /// `models/qwen2.5-0.5b.gguf` → `qwen2.5-0.5b`; the first part of a split model loses its

@@ -61,10 +61,13 @@ pub enum Script {
     Refuse(SubmitError),
 }
 
+/// What the engine was asked: prompt, max_tokens, seed.
+pub type Submitted = (Vec<u32>, usize, Option<u64>);
+
 pub struct Fake {
     pub script: Script,
     pub held: Mutex<Vec<Request>>,
-    pub submitted: Mutex<Vec<(Vec<u32>, usize, Option<u64>)>>,
+    pub submitted: Mutex<Vec<Submitted>>,
 }
 
 impl Fake {
