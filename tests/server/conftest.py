@@ -34,13 +34,18 @@ CTX_SIZE = 2048  # per sequence: the "prompt longer than the context" cases go p
 MAX_SEQS = 32  # the load test runs 32 streams at once
 KV_CACHE_MIB = 384  # 32 × ~150 tokens of Qwen2.5-0.5B's KV cache fit many times over
 # Flags of the session server (the port and key are added by start_server).
-SERVER_ARGS = ["--ctx-size", str(CTX_SIZE), "--max-seqs", str(MAX_SEQS), "--kv-cache-mib", str(KV_CACHE_MIB)]
+# Short client timeouts keep the slow-client tests short (defaults 30 s).
+BODY_TIMEOUT_S = 5  # --body-timeout: request headers and body must arrive within this
+STALL_TIMEOUT_S = 5  # --stall-timeout: a stream unread this long is dropped
+SERVER_ARGS = ["--ctx-size", str(CTX_SIZE), "--max-seqs", str(MAX_SEQS), "--kv-cache-mib", str(KV_CACHE_MIB),
+               "--body-timeout", str(BODY_TIMEOUT_S), "--stall-timeout", str(STALL_TIMEOUT_S)]
 # The 429 test's server: one running sequence, a queue of two.
 SMALL_QUEUE_ARGS = ["--ctx-size", str(CTX_SIZE), "--max-seqs", "1", "--max-queue", "2", "--kv-cache-mib", "64"]
 
 LISTENING_RE = re.compile(r"listening on http://([^\s:/]+):(\d+)")
 STARTUP_TIMEOUT_S = 120  # model load on a slow CI machine
 SHUTDOWN_TIMEOUT_S = 30  # SIGTERM → exit
+SHUTDOWN_GRACE_S = 3  # --shutdown-timeout of the SIGTERM test's server: in-flight streams are cut
 REQUEST_TIMEOUT_S = 120  # any single request of the suite
 
 # Prometheus names, from crates/baicai-server/src/metrics.rs.
@@ -50,13 +55,14 @@ METRIC_KV_USED = "baicai_kv_cache_blocks_used"  # gauge
 METRIC_KV_TOTAL = "baicai_kv_cache_blocks_total"  # gauge
 METRIC_PREFIX_CACHED = None  # gauge of blocks held only by the prefix cache, if the server has one
 METRIC_REQUESTS = "baicai_requests_total"  # counter with labels endpoint, status
+METRIC_GENERATED = "baicai_generation_tokens_total"  # counter: tokens generated
 
 # Statuses and limits of the bad-input cases.
 STATUS_INVALID = 400  # OpenAI's status for every invalid_request_error
 STATUS_UNKNOWN_MODEL = 404  # OpenAI: model_not_found
 BODY_LIMIT_PROBE_BYTES = 64 * 1024 * 1024  # surely over the server's request body limit
-SLOW_CLIENT_CUTOFF_S = 60  # a byte-a-second body must be cut off within this
-STALLED_READER_RELEASE_S = 90  # a never-read stream must give up its decode slot within this
+SLOW_CLIENT_CUTOFF_S = 3 * BODY_TIMEOUT_S  # a byte-a-second body must be cut off within this
+STALLED_READER_RELEASE_S = 120  # a never-read stream must give up its decode slot within this
 
 # The normal request sent alongside each bad-input case; its greedy text is taken once per session.
 REFERENCE_CHAT = {

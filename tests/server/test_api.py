@@ -1,6 +1,7 @@
 """The official `openai` client against `baicai serve`: chat and completions, streaming and not,
 usage, logprobs, n, stop strings, seeds, the API key, /v1/models."""
 
+import json
 import math
 import subprocess
 
@@ -104,18 +105,24 @@ def test_completion_greedy_stream_equals_non_stream(client, server):
     assert chunks[-1].usage.model_dump() == r.usage.model_dump()
 
 
+def tokenize(text):
+    out = subprocess.run([str(BAICAI), "tokenize", "-m", str(MODEL), text], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
 def test_completion_of_token_ids_equals_completion_of_text(client, server):
-    ids = subprocess.run([str(BAICAI), "tokenize", "-m", str(MODEL), CODE_PROMPT], check=True,
-                         capture_output=True, text=True).stdout
-    ids = [int(t) for t in ids.strip().strip("[]").split(",")]
+    ids = tokenize(CODE_PROMPT)
     by_text = client.completions.create(model=server.model, prompt=CODE_PROMPT, max_tokens=12, temperature=0)
     by_ids = client.completions.create(model=server.model, prompt=ids, max_tokens=12, temperature=0)
     assert by_ids.choices[0].text == by_text.choices[0].text
     assert by_ids.usage.prompt_tokens == len(ids)
-    # a list of prompts: one choice each, in order
-    both = client.completions.create(model=server.model, prompt=[ids, "The capital of France is"], max_tokens=12, temperature=0)
-    assert [c.index for c in both.choices] == [0, 1]
-    assert both.choices[0].text == by_text.choices[0].text
+    # a list of prompts (texts, or token-id arrays): one choice each, in order
+    other = "The capital of France is"
+    alone = client.completions.create(model=server.model, prompt=other, max_tokens=12, temperature=0)
+    for prompts in ([CODE_PROMPT, other], [ids, tokenize(other)]):
+        both = client.completions.create(model=server.model, prompt=prompts, max_tokens=12, temperature=0)
+        assert [c.index for c in both.choices] == [0, 1]
+        assert [c.text for c in both.choices] == [by_text.choices[0].text, alone.choices[0].text]
 
 
 def test_completion_echo(client, server):

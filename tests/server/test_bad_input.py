@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from conftest import (
-    BODY_LIMIT_PROBE_BYTES, CTX_SIZE, HOST, METRIC_RUNNING, SLOW_CLIENT_CUTOFF_S, SMALL_QUEUE_ARGS,
+    BODY_LIMIT_PROBE_BYTES, CTX_SIZE, HOST, METRIC_GENERATED, METRIC_RUNNING, SLOW_CLIENT_CUTOFF_S, SMALL_QUEUE_ARGS,
     STALLED_READER_RELEASE_S, STATUS_INVALID, STATUS_UNKNOWN_MODEL, Concurrent, assert_error,
     assert_error_object, check_reference, metric, raw_request, response_json, start_server,
     stop_and_check,
@@ -225,12 +225,15 @@ def test_slow_client_is_cut_off(server, reference, part):
 
 def test_stalled_stream_reader_does_not_stall_others(server, reference):
     """Two streams whose clients never read (a tiny receive window) do not hold up other requests,
-    and their decode slots are given back (timed out or finished) within STALLED_READER_RELEASE_S."""
-    body = json.dumps({"model": server.model, "stream": True, "max_tokens": 600, "temperature": 0,
-                       "ignore_eos": True,
+    and are dropped (--stall-timeout) long before their max_tokens: their decode slots come back."""
+    max_tokens = 1500
+    # top_logprobs makes each chunk a few KiB, so the socket buffers fill after a few dozen tokens
+    body = json.dumps({"model": server.model, "stream": True, "max_tokens": max_tokens, "temperature": 0,
+                       "ignore_eos": True, "logprobs": True, "top_logprobs": 20,
                        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}]}).encode()
     head = (f"POST {CHAT} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
             f"Authorization: Bearer {server.api_key}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    generated_before = metric(server.metrics(), METRIC_GENERATED)
     socks = []
     for _ in range(2):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -239,7 +242,7 @@ def test_stalled_stream_reader_does_not_stall_others(server, reference):
         s.sendall(head + body)
         socks.append(s)
     try:
-        time.sleep(2)  # the stalled streams are running and filling their buffers
+        time.sleep(1)  # the stalled streams are running and filling their buffers
         t0 = time.monotonic()
         for _ in range(3):
             check_reference(server, reference)
@@ -247,7 +250,9 @@ def test_stalled_stream_reader_does_not_stall_others(server, reference):
         deadline = time.monotonic() + STALLED_READER_RELEASE_S
         while metric(server.metrics(), METRIC_RUNNING) > 0:
             assert time.monotonic() < deadline, f"stalled streams still hold decode slots after {STALLED_READER_RELEASE_S} s"
-            time.sleep(1)
+            time.sleep(0.5)
+        generated = metric(server.metrics(), METRIC_GENERATED) - generated_before
+        assert generated < 2 * max_tokens, f"stalled streams were not dropped: {generated:.0f} tokens generated"
     finally:
         for s in socks:
             s.close()

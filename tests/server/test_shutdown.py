@@ -7,13 +7,14 @@ import time
 
 import httpx
 
-from conftest import SHUTDOWN_TIMEOUT_S, read_sse, start_server
+from conftest import SHUTDOWN_GRACE_S, SHUTDOWN_TIMEOUT_S, read_sse, start_server
 
 
 def test_sigterm_ends_inflight_stream_cleanly_and_exits_0():
-    s = start_server("sigterm")
-    body = {"model": s.model, "stream": True, "max_tokens": 400, "temperature": 0, "ignore_eos": True,
-            "messages": [{"role": "user", "content": "Count from 1 to 500, one number per line."}]}
+    """The stream is longer than the grace period, so the server has to end it, not finish it."""
+    s = start_server("sigterm", ["--shutdown-timeout", str(SHUTDOWN_GRACE_S)])
+    body = {"model": s.model, "stream": True, "max_tokens": 1500, "temperature": 0, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count from 1 to 2000, one number per line."}]}
     lines, error = [], None
     started = threading.Event()
 
