@@ -1,6 +1,13 @@
-//! Model configuration read from GGUF metadata (`<arch>.*` keys, named as the file names them).
+//! Model configuration read from GGUF metadata (`<arch>.*` keys, named as the file names them),
+//! and the one validation every configuration passes, whichever file it came from
+//! ([`ModelConfig::validate`]): it runs before anything is sized from the configuration, checks
+//! every count against what the file's tensors can hold, computes every derived size with
+//! checked arithmetic, and names the key, its value and the rule in each error.
 
-use baicai_gguf::Gguf;
+use std::collections::HashSet;
+use std::fmt::Display;
+
+use baicai_gguf::{Gguf, Value};
 
 use crate::error::ModelError;
 use crate::SUPPORTED_ARCHITECTURES;
@@ -142,30 +149,16 @@ impl ModelConfig {
         let u = |k: &str| -> Result<usize, ModelError> { Ok(g.require_u64(&key(k))? as usize) };
         let n_embd = u("embedding_length")?;
         let n_head = u("attention.head_count")?;
-        if n_head == 0 || n_embd == 0 {
-            return Err(ModelError::Config(
-                "head_count and embedding_length must be > 0".into(),
-            ));
-        }
         let n_head_kv = g
             .get_u64(&key("attention.head_count_kv"))?
             .map_or(n_head, |v| v as usize);
+        // Per-head widths default to n_embd / n_head (a zero n_head is reported by `validate`).
         let head_dim_k = g
             .get_u64(&key("attention.key_length"))?
-            .map_or(n_embd / n_head, |v| v as usize);
+            .map_or(n_embd / n_head.max(1), |v| v as usize);
         let head_dim_v = g
             .get_u64(&key("attention.value_length"))?
-            .map_or(n_embd / n_head, |v| v as usize);
-        if n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
-            return Err(ModelError::Config(format!(
-                "head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
-            )));
-        }
-        if !head_dim_k.is_multiple_of(2) || head_dim_k == 0 {
-            return Err(ModelError::Config(format!(
-                "key_length {head_dim_k} must be even"
-            )));
-        }
+            .map_or(n_embd / n_head.max(1), |v| v as usize);
         let n_vocab = match g.get_u64(&key("vocab_size"))? {
             Some(v) => v as usize,
             None => g
@@ -184,9 +177,11 @@ impl ModelConfig {
                 if other == "llama3" || (other == "yarn" && arch == Arch::Deepseek2) {
                     1.0
                 } else {
-                    return Err(ModelError::Config(format!(
-                        "rope scaling type '{other}' is not supported (supported: none, linear, llama3)"
-                    )));
+                    return Err(ModelError::BadValue {
+                        key: key("rope.scaling.type"),
+                        value: format!("'{other}'"),
+                        rule: "not supported (supported: none, linear, llama3)".into(),
+                    });
                 }
             }
         };
@@ -237,6 +232,11 @@ impl ModelConfig {
             },
             arch_name,
         };
+        let keys = KeySource::Gguf {
+            gguf: g,
+            arch: &cfg.arch_name,
+        };
+        cfg.validate(&keys, &FileTensors::of_gguf(g))?;
         Ok(cfg)
     }
 
@@ -276,9 +276,12 @@ fn mla_from_gguf(g: &Gguf, arch: &str) -> Result<MlaConfig, ModelError> {
         None => u("attention.value_length")?,
     };
     if head_k <= rope {
-        return Err(ModelError::Config(format!(
-            "key length {head_k} must exceed the RoPE dimension {rope}"
-        )));
+        let keys = KeySource::Gguf { gguf: g, arch };
+        let rule = format!(
+            "must exceed {} = {rope} (the key's RoPE part)",
+            keys.key(Field::QkRopeHeadDim)
+        );
+        return Err(keys.error(Field::QkNopeHeadDim, head_k, rule));
     }
     let yarn = match g.get_str(&key("rope.scaling.type"))? {
         Some("yarn") => {
@@ -323,9 +326,11 @@ fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelErr
         1 => Scoring::Softmax,
         2 => Scoring::Sigmoid,
         other => {
-            return Err(ModelError::Config(format!(
-                "expert_gating_func {other} is not supported (1 = softmax, 2 = sigmoid)"
-            )))
+            return Err(KeySource::Gguf { gguf: g, arch }.error(
+                Field::GatingFunc,
+                other,
+                "not supported (1 = softmax, 2 = sigmoid)",
+            ))
         }
     };
     let n_expert = u("expert_count")?;
@@ -357,12 +362,6 @@ fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelErr
             GroupScore::Max
         },
     };
-    if router.n_used == 0 || router.n_used > n_expert || !n_expert.is_multiple_of(n_group) {
-        return Err(ModelError::Config(format!(
-            "expert_used_count {} / expert_count {n_expert} / expert_group_count {n_group} are inconsistent",
-            router.n_used
-        )));
-    }
     let n_ff_expert = match g.get_u64(&key("expert_feed_forward_length"))? {
         Some(v) => v as usize,
         None => u("feed_forward_length")?,
@@ -371,9 +370,12 @@ fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelErr
     let n_ff_shared = match g.get_u64(&key("expert_shared_feed_forward_length"))? {
         Some(w) => w as usize,
         None => {
-            g.get_u64(&key("expert_shared_count"))?
-                .map_or(0, |v| v as usize)
-                * n_ff_expert
+            let n = g.get_u64(&key("expert_shared_count"))?;
+            shared_width(
+                &KeySource::Gguf { gguf: g, arch },
+                n.map_or(0, |v| v as usize),
+                n_ff_expert,
+            )?
         }
     };
     Ok(MoeConfig {
@@ -384,4 +386,522 @@ fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelErr
             .get_u64(&key("leading_dense_block_count"))?
             .map_or(0, |v| v as usize),
     })
+}
+
+/// Width of `n` shared experts of `n_ff_expert` each (DeepSeek's `n_shared_experts ×
+/// moe_intermediate_size`), checked.
+pub(crate) fn shared_width(
+    keys: &KeySource,
+    n: usize,
+    n_ff_expert: usize,
+) -> Result<usize, ModelError> {
+    n.checked_mul(n_ff_expert).ok_or_else(|| {
+        keys.error(
+            Field::SharedFf,
+            n,
+            format!("× {} = {n_ff_expert} overflows", keys.key(Field::ExpertFf)),
+        )
+    })
+}
+
+/// A configuration value, for naming it in errors as the file spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Field {
+    NLayer,
+    NEmbd,
+    NHead,
+    NHeadKv,
+    HeadDimK,
+    HeadDimV,
+    NFf,
+    NVocab,
+    NCtxTrain,
+    RmsEps,
+    RopeBase,
+    RopeLinearFactor,
+    SlidingWindow,
+    QLoraRank,
+    KvLoraRank,
+    QkNopeHeadDim,
+    QkRopeHeadDim,
+    VHeadDim,
+    YarnFactor,
+    YarnOriginalContext,
+    YarnBetaFast,
+    YarnBetaSlow,
+    YarnMscale,
+    YarnMscaleAllDim,
+    ExpertCount,
+    ExpertUsed,
+    ExpertGroups,
+    ExpertGroupsUsed,
+    ExpertFf,
+    SharedFf,
+    LeadingDense,
+    ExpertScale,
+    GatingFunc,
+}
+
+impl Field {
+    /// The keys that may state this value: GGUF (after `<arch>.`) and `config.json` (nested keys
+    /// joined by `.`). The first one present in the file is named; the first if none is.
+    fn keys(self) -> (&'static [&'static str], &'static [&'static str]) {
+        use Field::*;
+        match self {
+            NLayer => (&["block_count"], &["num_hidden_layers"]),
+            NEmbd => (&["embedding_length"], &["hidden_size"]),
+            NHead => (&["attention.head_count"], &["num_attention_heads"]),
+            NHeadKv => (&["attention.head_count_kv"], &["num_key_value_heads"]),
+            HeadDimK => (&["attention.key_length"], &["head_dim"]),
+            HeadDimV => (&["attention.value_length"], &["head_dim"]),
+            NFf => (&["feed_forward_length"], &["intermediate_size"]),
+            NVocab => (&["vocab_size"], &["vocab_size"]),
+            NCtxTrain => (&["context_length"], &["max_position_embeddings"]),
+            RmsEps => (&["attention.layer_norm_rms_epsilon"], &["rms_norm_eps"]),
+            RopeBase => (&["rope.freq_base"], &["rope_theta"]),
+            RopeLinearFactor | YarnFactor => (&["rope.scaling.factor"], &["rope_scaling.factor"]),
+            SlidingWindow => (&["attention.sliding_window"], &["sliding_window"]),
+            QLoraRank => (&["attention.q_lora_rank"], &["q_lora_rank"]),
+            KvLoraRank => (&["attention.kv_lora_rank"], &["kv_lora_rank"]),
+            QkNopeHeadDim => (
+                &["attention.key_length_mla", "attention.key_length"],
+                &["qk_nope_head_dim"],
+            ),
+            QkRopeHeadDim => (&["rope.dimension_count"], &["qk_rope_head_dim"]),
+            VHeadDim => (
+                &["attention.value_length_mla", "attention.value_length"],
+                &["v_head_dim"],
+            ),
+            YarnOriginalContext => (
+                &["rope.scaling.original_context_length"],
+                &["rope_scaling.original_max_position_embeddings"],
+            ),
+            YarnBetaFast => (
+                &["rope.scaling.yarn_beta_fast"],
+                &["rope_scaling.beta_fast"],
+            ),
+            YarnBetaSlow => (
+                &["rope.scaling.yarn_beta_slow"],
+                &["rope_scaling.beta_slow"],
+            ),
+            YarnMscale => (
+                &["rope.scaling.yarn_log_multiplier"],
+                &["rope_scaling.mscale"],
+            ),
+            YarnMscaleAllDim => (
+                &["rope.scaling.yarn_log_multiplier"],
+                &["rope_scaling.mscale_all_dim"],
+            ),
+            ExpertCount => (
+                &["expert_count"],
+                &["n_routed_experts", "num_experts", "num_local_experts"],
+            ),
+            ExpertUsed => (&["expert_used_count"], &["num_experts_per_tok"]),
+            ExpertGroups => (&["expert_group_count"], &["n_group"]),
+            ExpertGroupsUsed => (&["expert_group_used_count"], &["topk_group"]),
+            ExpertFf => (
+                &["expert_feed_forward_length", "feed_forward_length"],
+                &["moe_intermediate_size", "intermediate_size"],
+            ),
+            SharedFf => (
+                &["expert_shared_feed_forward_length", "expert_shared_count"],
+                &["shared_expert_intermediate_size", "n_shared_experts"],
+            ),
+            LeadingDense => (&["leading_dense_block_count"], &["first_k_dense_replace"]),
+            ExpertScale => (&["expert_weights_scale"], &["routed_scaling_factor"]),
+            GatingFunc => (&["expert_gating_func"], &["scoring_func"]),
+        }
+    }
+}
+
+/// Where a configuration came from, so that errors name its keys as that file spells them and
+/// show the value written there.
+#[derive(Clone, Copy)]
+pub enum KeySource<'a> {
+    /// GGUF metadata, keys `<arch>.<key>`.
+    Gguf { gguf: &'a Gguf, arch: &'a str },
+    /// A Hugging Face `config.json`.
+    Hf(&'a serde_json::Value),
+}
+
+impl KeySource<'_> {
+    /// The value written under `key`, formatted, if the file has it.
+    fn written(&self, key: &str) -> Option<String> {
+        match self {
+            KeySource::Gguf { gguf, .. } => gguf.get(key).map(gguf_value),
+            KeySource::Hf(json) => {
+                let v = key.split('.').try_fold(*json, |v, k| v.get(k))?;
+                (!v.is_null()).then(|| v.to_string())
+            }
+        }
+    }
+
+    /// The key that states `f` in this file.
+    pub fn key(&self, f: Field) -> String {
+        let (gguf, hf) = f.keys();
+        let full = |k: &str| match self {
+            KeySource::Gguf { arch, .. } => format!("{arch}.{k}"),
+            KeySource::Hf(_) => k.to_string(),
+        };
+        let candidates = match self {
+            KeySource::Gguf { .. } => gguf,
+            KeySource::Hf(_) => hf,
+        };
+        candidates
+            .iter()
+            .map(|k| full(k))
+            .find(|k| self.written(k).is_some())
+            .unwrap_or_else(|| full(candidates[0]))
+    }
+
+    /// The error for `f` (whose value in the configuration is `value`) breaking `rule`: the key,
+    /// the value the file writes there (or `value` marked as the default when it writes none).
+    pub fn error(&self, f: Field, value: impl Display, rule: impl Into<String>) -> ModelError {
+        let key = self.key(f);
+        let value = self
+            .written(&key)
+            .unwrap_or_else(|| format!("{value} (the default)"));
+        ModelError::BadValue {
+            key,
+            value,
+            rule: rule.into(),
+        }
+    }
+}
+
+/// A GGUF metadata value as an error shows it.
+fn gguf_value(v: &Value) -> String {
+    if let Some(s) = v.as_str() {
+        return format!("'{s}'");
+    }
+    if let Some(b) = v.as_bool() {
+        return b.to_string();
+    }
+    if let Some(i) = v.to_i64() {
+        return i.to_string();
+    }
+    if let Some(u) = v.to_u64() {
+        return u.to_string();
+    }
+    match v.to_f64() {
+        Some(x) => x.to_string(),
+        None => format!("<{}>", v.type_name()),
+    }
+}
+
+/// What a model file's tensors can hold, the bound configuration values are checked against.
+#[derive(Debug, Clone)]
+pub struct FileTensors {
+    /// Layers `0..layers` each have at least one tensor (`blk.N.*`).
+    layers: usize,
+    /// Values in all tensors together.
+    total: u64,
+    /// Shape of `token_embd.weight` (ggml order: `[n_embd, n_vocab]`).
+    token_embd: Option<Vec<u64>>,
+}
+
+impl FileTensors {
+    /// From tensor names (canonical, GGUF style) and shapes (ggml order).
+    pub fn new<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [u64])>) -> FileTensors {
+        let mut layers = HashSet::new();
+        let mut total = 0u64;
+        let mut token_embd = None;
+        for (name, shape) in tensors {
+            total = total.saturating_add(shape.iter().fold(1u64, |a, &d| a.saturating_mul(d)));
+            if name == "token_embd.weight" {
+                token_embd = Some(shape.to_vec());
+            }
+            let layer = name.strip_prefix("blk.").and_then(|r| r.split_once('.'));
+            if let Some(il) = layer.and_then(|(il, _)| il.parse::<usize>().ok()) {
+                layers.insert(il);
+            }
+        }
+        FileTensors {
+            // Counted from 0 up to the first missing layer, never from the largest index, so a
+            // hostile name like `blk.4000000000.x` does not vouch for four billion layers.
+            layers: (0..).find(|il| !layers.contains(il)).unwrap_or(0),
+            total,
+            token_embd,
+        }
+    }
+
+    /// The tensors of a GGUF file.
+    pub fn of_gguf(g: &Gguf) -> FileTensors {
+        FileTensors::new(
+            g.tensors()
+                .iter()
+                .map(|t| (t.name.as_str(), t.shape.as_slice())),
+        )
+    }
+
+    /// No file: only the rules that need none are checked, and derived sizes must not overflow.
+    pub fn unknown() -> FileTensors {
+        FileTensors {
+            layers: usize::MAX,
+            total: u64::MAX,
+            token_embd: None,
+        }
+    }
+}
+
+/// Checks of one configuration against one file.
+struct Check<'a> {
+    keys: &'a KeySource<'a>,
+    file: &'a FileTensors,
+}
+
+impl Check<'_> {
+    /// A count of at least 1 that no more than the file's values.
+    fn count(&self, f: Field, v: usize) -> Result<(), ModelError> {
+        if v == 0 {
+            return Err(self.keys.error(f, v, "must be at least 1"));
+        }
+        self.within_file(f, v)
+    }
+
+    /// A size no larger than all the file's tensors together.
+    fn within_file(&self, f: Field, v: usize) -> Result<(), ModelError> {
+        if v as u64 > self.file.total {
+            let rule = format!(
+                "more than the {} values all the file's tensors hold",
+                self.file.total
+            );
+            return Err(self.keys.error(f, v, rule));
+        }
+        Ok(())
+    }
+
+    /// The product of sizes (a derived width), checked for overflow and against the file; the
+    /// error names the first factor.
+    fn product(&self, factors: &[(Field, usize)]) -> Result<usize, ModelError> {
+        let p = factors
+            .iter()
+            .try_fold(1usize, |a, &(_, v)| a.checked_mul(v));
+        let (f, v) = factors[0];
+        let others: Vec<String> = factors[1..]
+            .iter()
+            .map(|&(f, v)| format!("{} = {v}", self.keys.key(f)))
+            .collect();
+        let times = others.join(" × ");
+        match p {
+            None => Err(self.keys.error(f, v, format!("× {times} overflows"))),
+            Some(p) if p as u64 > self.file.total => {
+                let rule = format!(
+                    "× {times} = {p}, more than the {} values all the file's tensors hold",
+                    self.file.total
+                );
+                Err(self.keys.error(f, v, rule))
+            }
+            Some(p) => Ok(p),
+        }
+    }
+
+    /// A finite number, above 0 when `positive`, else at least 0.
+    fn finite(&self, f: Field, x: f32, positive: bool) -> Result<(), ModelError> {
+        match positive {
+            true if !(x.is_finite() && x > 0.0) => {
+                Err(self.keys.error(f, x, "must be a finite number above 0"))
+            }
+            false if !(x.is_finite() && x >= 0.0) => {
+                Err(self.keys.error(f, x, "must be a finite number, 0 or more"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A RoPE width: even and at least 2 (RoPE rotates pairs of values).
+    fn rope_width(&self, f: Field, v: usize) -> Result<(), ModelError> {
+        self.count(f, v)?;
+        if v < 2 || !v.is_multiple_of(2) {
+            return Err(self.keys.error(
+                f,
+                v,
+                "must be even and at least 2 (RoPE rotates pairs of values)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ModelConfig {
+    /// Checks every value against the rules of the architecture and against `file`'s tensors,
+    /// before anything is sized from them: counts are at least 1 and no more than the file can
+    /// hold (no more layers than it has tensors for, the embedding's width and vocabulary as
+    /// `token_embd.weight` has them), heads and expert groups divide evenly, top-k values lie
+    /// within their bounds, floats are finite, and every derived width is computed with checked
+    /// arithmetic. Shared by GGUF metadata and Hugging Face `config.json`.
+    ///
+    /// # Errors
+    /// [`ModelError::BadValue`] for the first rule broken, naming the key as `keys` spells it.
+    pub fn validate(&self, keys: &KeySource, file: &FileTensors) -> Result<(), ModelError> {
+        let c = Check { keys, file };
+        if self.n_layer == 0 {
+            return Err(keys.error(Field::NLayer, 0, "must be at least 1"));
+        }
+        if self.n_layer > file.layers {
+            let rule = format!("the file has tensors for {} layers", file.layers);
+            return Err(keys.error(Field::NLayer, self.n_layer, rule));
+        }
+        c.count(Field::NEmbd, self.n_embd)?;
+        c.count(Field::NVocab, self.n_vocab)?;
+        if let Some([embd, vocab]) = file.token_embd.as_deref() {
+            if self.n_embd as u64 != *embd {
+                let rule = format!("token_embd.weight holds {embd} values per token");
+                return Err(keys.error(Field::NEmbd, self.n_embd, rule));
+            }
+            if self.n_vocab as u64 != *vocab {
+                let rule = format!("token_embd.weight holds {vocab} tokens");
+                return Err(keys.error(Field::NVocab, self.n_vocab, rule));
+            }
+        }
+        if self.n_ctx_train == 0 {
+            return Err(keys.error(Field::NCtxTrain, 0, "must be at least 1"));
+        }
+        c.finite(Field::RmsEps, self.rms_eps, false)?;
+        c.finite(Field::RopeBase, self.rope_base, true)?;
+        c.finite(Field::RopeBase, self.rope_base_swa, true)?;
+        c.finite(Field::RopeLinearFactor, self.rope_linear_factor, true)?;
+        if let Some(w) = self.sliding_window {
+            c.count(Field::SlidingWindow, w)?;
+        }
+        self.validate_heads(&c)?;
+        if let Some(mla) = &self.mla {
+            self.validate_mla(&c, mla)?;
+        }
+        let dense_layers = self.moe.as_ref().map_or(self.n_layer, |m| m.first_dense);
+        if dense_layers > 0 {
+            c.count(Field::NFf, self.n_ff)?;
+        }
+        if let Some(moe) = &self.moe {
+            self.validate_moe(&c, moe)?;
+        }
+        Ok(())
+    }
+
+    /// Attention heads: counts, grouping and widths (MLA models have their own, see
+    /// [`ModelConfig::validate_mla`]).
+    fn validate_heads(&self, c: &Check) -> Result<(), ModelError> {
+        c.count(Field::NHead, self.n_head)?;
+        c.count(Field::NHeadKv, self.n_head_kv)?;
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
+            let rule = format!(
+                "does not divide {} = {} (query heads share key/value heads in equal groups)",
+                c.keys.key(Field::NHead),
+                self.n_head
+            );
+            return Err(c.keys.error(Field::NHeadKv, self.n_head_kv, rule));
+        }
+        if self.mla.is_some() {
+            return Ok(());
+        }
+        c.rope_width(Field::HeadDimK, self.head_dim_k)?;
+        c.count(Field::HeadDimV, self.head_dim_v)?;
+        c.product(&[
+            (Field::NHead, self.n_head),
+            (Field::HeadDimK, self.head_dim_k),
+        ])?;
+        c.product(&[
+            (Field::NHead, self.n_head),
+            (Field::HeadDimV, self.head_dim_v),
+        ])?;
+        Ok(())
+    }
+
+    /// Multi-head Latent Attention widths and YaRN settings.
+    fn validate_mla(&self, c: &Check, m: &MlaConfig) -> Result<(), ModelError> {
+        if let Some(r) = m.q_lora_rank {
+            c.count(Field::QLoraRank, r)?;
+        }
+        c.count(Field::KvLoraRank, m.kv_lora_rank)?;
+        c.count(Field::QkNopeHeadDim, m.qk_nope_head_dim)?;
+        c.rope_width(Field::QkRopeHeadDim, m.qk_rope_head_dim)?;
+        c.count(Field::VHeadDim, m.v_head_dim)?;
+        // Each width the forward pass sizes from these, per head and for all heads; with every
+        // factor within the file, their sums (`qk_nope + qk_rope`, `kv_lora + qk_rope`,
+        // `qk_nope + v_head`) cannot overflow.
+        let nh = (Field::NHead, self.n_head);
+        let (nope, lora) = (
+            (Field::QkNopeHeadDim, m.qk_nope_head_dim),
+            (Field::KvLoraRank, m.kv_lora_rank),
+        );
+        c.product(&[nh, nope])?;
+        c.product(&[nh, (Field::QkRopeHeadDim, m.qk_rope_head_dim)])?;
+        c.product(&[nh, (Field::VHeadDim, m.v_head_dim)])?;
+        c.product(&[nh, lora])?;
+        c.product(&[nh, nope, lora])?;
+        if let Some(y) = &m.yarn {
+            c.finite(Field::YarnFactor, y.factor, true)?;
+            c.count(Field::YarnOriginalContext, y.original_context)?;
+            c.finite(Field::YarnBetaFast, y.beta_fast, true)?;
+            c.finite(Field::YarnBetaSlow, y.beta_slow, true)?;
+            if !y.mscale.is_finite() {
+                return Err(c.keys.error(Field::YarnMscale, y.mscale, "must be finite"));
+            }
+            if !y.mscale_all_dim.is_finite() {
+                let f = Field::YarnMscaleAllDim;
+                return Err(c.keys.error(f, y.mscale_all_dim, "must be finite"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Expert counts, routing bounds and widths.
+    fn validate_moe(&self, c: &Check, m: &MoeConfig) -> Result<(), ModelError> {
+        let r = &m.router;
+        let k = |f| c.keys.key(f);
+        c.count(Field::ExpertCount, r.n_expert)?;
+        if r.n_used == 0 || r.n_used > r.n_expert {
+            let rule = format!("must lie in 1..={} ({})", r.n_expert, k(Field::ExpertCount));
+            return Err(c.keys.error(Field::ExpertUsed, r.n_used, rule));
+        }
+        c.count(Field::ExpertGroups, r.n_group)?;
+        if r.n_group > r.n_expert {
+            let rule = format!(
+                "more groups than {} = {}",
+                k(Field::ExpertCount),
+                r.n_expert
+            );
+            return Err(c.keys.error(Field::ExpertGroups, r.n_group, rule));
+        }
+        if !r.n_expert.is_multiple_of(r.n_group) {
+            let rule = format!(
+                "does not divide {} = {} into equal groups",
+                k(Field::ExpertCount),
+                r.n_expert
+            );
+            return Err(c.keys.error(Field::ExpertGroups, r.n_group, rule));
+        }
+        if r.n_group > 1 {
+            if r.topk_group == 0 || r.topk_group > r.n_group {
+                let rule = format!("must lie in 1..={} ({})", r.n_group, k(Field::ExpertGroups));
+                return Err(c.keys.error(Field::ExpertGroupsUsed, r.topk_group, rule));
+            }
+            let kept = r.topk_group * (r.n_expert / r.n_group);
+            if r.n_used > kept {
+                let rule = format!(
+                    "more than the {kept} experts of the {} groups kept ({})",
+                    r.topk_group,
+                    k(Field::ExpertGroupsUsed)
+                );
+                return Err(c.keys.error(Field::ExpertUsed, r.n_used, rule));
+            }
+        }
+        if !r.scaling.is_finite() {
+            return Err(c
+                .keys
+                .error(Field::ExpertScale, r.scaling, "must be finite"));
+        }
+        c.count(Field::ExpertFf, m.n_ff_expert)?;
+        c.within_file(Field::SharedFf, m.n_ff_shared)?;
+        c.product(&[
+            (Field::ExpertCount, r.n_expert),
+            (Field::ExpertFf, m.n_ff_expert),
+        ])?;
+        if m.first_dense > self.n_layer {
+            let rule = format!("exceeds {} = {}", k(Field::NLayer), self.n_layer);
+            return Err(c.keys.error(Field::LeadingDense, m.first_dense, rule));
+        }
+        Ok(())
+    }
 }

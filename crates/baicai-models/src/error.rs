@@ -23,6 +23,14 @@ pub enum ModelError {
     },
     #[error("invalid model configuration: {0}")]
     Config(String),
+    /// A configuration value breaks a rule: the key as the file spells it (`deepseek2.block_count`,
+    /// `num_hidden_layers`), the value written there, and the rule.
+    #[error("{key} = {value}: {rule}")]
+    BadValue {
+        key: String,
+        value: String,
+        rule: String,
+    },
     #[error("context full: {needed} tokens needed, the cache holds {capacity}")]
     ContextFull { needed: usize, capacity: usize },
     #[error("a forward pass needs at least one sequence with at least one token")]

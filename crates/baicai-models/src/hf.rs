@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use baicai_kernels::DType;
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{Arch, MlaConfig, ModelConfig, MoeConfig, RopeStyle, Yarn};
+use crate::config::{
+    self, Arch, Field, FileTensors, KeySource, MlaConfig, ModelConfig, MoeConfig, RopeStyle, Yarn,
+};
 use crate::error::ModelError;
 use crate::moe::{GroupScore, RouterConfig, Scoring};
 use crate::weights::{Bytes, TensorEntry, WeightStore};
@@ -261,7 +264,7 @@ impl HfModel {
     pub fn open(dir: &Path) -> Result<HfModel, ModelError> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(&cfg_path, e))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| err(&cfg_path, e))?;
+        let json = read_config_json(&cfg_path, &text)?;
         let config = config_from_json(&cfg_path, &json)?;
         let mut maps = Vec::new();
         let mut raw = Vec::new();
@@ -279,6 +282,17 @@ impl HfModel {
             raw.extend(parse_header(p, &m, i)?);
             maps.push(Arc::new(m));
         }
+        // The configuration is checked against the tensors' names and shapes before anything is
+        // sized from it (or FP8 weights are converted).
+        let canonical: Vec<(String, Vec<u64>)> = raw
+            .iter()
+            .filter_map(|t| {
+                let shape = t.shape.iter().rev().copied().collect();
+                canonical_name(&t.name).map(|n| (n, shape))
+            })
+            .collect();
+        let file = FileTensors::new(canonical.iter().map(|(n, s)| (n.as_str(), s.as_slice())));
+        config.validate(&KeySource::Hf(&json), &file)?;
         let by_name: HashMap<String, &RawTensor> =
             raw.iter().map(|t| (t.name.clone(), t)).collect();
         let mut tensors = HashMap::new();
@@ -368,37 +382,89 @@ impl HfModel {
     }
 }
 
-fn get_usize(path: &Path, v: &Value, key: &str) -> Result<usize, ModelError> {
-    v[key]
-        .as_u64()
-        .map(|x| x as usize)
-        .ok_or_else(|| err(path, format!("'{key}' missing or not an integer")))
+/// `config.json` as Hugging Face writes it, for the keys the engine reads (others are ignored).
+/// Counts are unsigned integers; a value of another type is an error naming its key.
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    model_type: String,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    intermediate_size: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<HfRopeScaling>,
+    // Multi-head Latent Attention (DeepSeek-V2/V3).
+    q_lora_rank: Option<usize>,
+    kv_lora_rank: Option<usize>,
+    qk_nope_head_dim: Option<usize>,
+    qk_rope_head_dim: Option<usize>,
+    v_head_dim: Option<usize>,
+    // Mixture of Experts: DeepSeek, Qwen-MoE and Mixtral name the expert count differently.
+    n_routed_experts: Option<usize>,
+    num_experts: Option<usize>,
+    num_local_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
+    moe_intermediate_size: Option<usize>,
+    shared_expert_intermediate_size: Option<usize>,
+    n_shared_experts: Option<usize>,
+    n_group: Option<usize>,
+    topk_group: Option<usize>,
+    topk_method: Option<String>,
+    scoring_func: Option<String>,
+    norm_topk_prob: Option<bool>,
+    routed_scaling_factor: Option<f64>,
+    first_k_dense_replace: Option<usize>,
 }
 
-fn opt_usize(v: &Value, key: &str) -> Option<usize> {
-    v[key].as_u64().map(|x| x as usize)
+/// `rope_scaling` of `config.json` (YaRN, as DeepSeek-V2/V3 configure it).
+#[derive(Debug, Deserialize)]
+struct HfRopeScaling {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    rope_type: Option<String>,
+    factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+    beta_fast: Option<f64>,
+    beta_slow: Option<f64>,
+    mscale: Option<f64>,
+    mscale_all_dim: Option<f64>,
 }
 
-fn opt_f32(v: &Value, key: &str) -> Option<f32> {
-    v[key].as_f64().map(|x| x as f32)
-}
-
-/// Parses the text of a `config.json`.
+/// Parses the text of a `config.json` and validates it on its own (without the tensors of a
+/// checkpoint, see [`ModelConfig::validate`]).
 ///
 /// # Errors
-/// Malformed JSON, missing keys, unsupported `model_type`.
+/// Malformed JSON, a key missing or of the wrong type, an unsupported `model_type`, a value that
+/// breaks a rule of [`ModelConfig::validate`].
 pub fn parse_config(text: &str) -> Result<ModelConfig, ModelError> {
     let path = Path::new("config.json");
-    let json: Value = serde_json::from_str(text).map_err(|e| err(path, e))?;
-    config_from_json(path, &json)
+    let json = read_config_json(path, text)?;
+    let cfg = config_from_json(path, &json)?;
+    cfg.validate(&KeySource::Hf(&json), &FileTensors::unknown())?;
+    Ok(cfg)
 }
 
-/// Reads `config.json` into a [`ModelConfig`].
+/// The JSON of a `config.json`.
+fn read_config_json(path: &Path, text: &str) -> Result<Value, ModelError> {
+    serde_json::from_str(text).map_err(|e| err(path, e))
+}
+
+/// Reads `config.json` into a [`ModelConfig`] through [`HfConfig`]; a key of the wrong type is
+/// named (`num_hidden_layers: invalid type: string "x", expected usize`).
 fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
-    let model_type = v["model_type"]
-        .as_str()
-        .ok_or_else(|| err(path, "'model_type' missing"))?;
-    let arch = match model_type {
+    let h: HfConfig = serde_path_to_error::deserialize(v).map_err(|e| {
+        let key = e.path().to_string();
+        match key.as_str() {
+            "." => err(path, e.into_inner()),
+            _ => err(path, format!("{key}: {}", e.into_inner())),
+        }
+    })?;
+    let arch = match h.model_type.as_str() {
         "deepseek_v2" | "deepseek_v3" => Arch::Deepseek2,
         "qwen2_moe" => Arch::Qwen2Moe,
         "qwen3_moe" => Arch::Qwen3Moe,
@@ -410,108 +476,30 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
             })
         }
     };
-    let n_embd = get_usize(path, v, "hidden_size")?;
-    let n_head = get_usize(path, v, "num_attention_heads")?;
-    let n_head_kv = opt_usize(v, "num_key_value_heads").unwrap_or(n_head);
-    let head_dim = opt_usize(v, "head_dim").unwrap_or(n_embd / n_head.max(1));
-    let rope = &v["rope_scaling"];
-    let yarn = match rope["type"].as_str().or(rope["rope_type"].as_str()) {
-        Some("yarn") => Some(Yarn {
-            factor: opt_f32(rope, "factor").unwrap_or(1.0),
-            original_context: opt_usize(rope, "original_max_position_embeddings").unwrap_or(4096),
-            beta_fast: opt_f32(rope, "beta_fast").unwrap_or(32.0),
-            beta_slow: opt_f32(rope, "beta_slow").unwrap_or(1.0),
-            mscale_all_dim: opt_f32(rope, "mscale_all_dim").unwrap_or(0.0),
-            mscale: opt_f32(rope, "mscale").unwrap_or(1.0),
-        }),
-        None => None,
-        Some(other) => {
-            return Err(err(
-                path,
-                format!("rope_scaling type '{other}' is not supported (supported: yarn)"),
-            ))
-        }
-    };
+    let keys = KeySource::Hf(v);
+    let head_dim = h
+        .head_dim
+        .unwrap_or(h.hidden_size / h.num_attention_heads.max(1));
+    let rope_base = h.rope_theta.unwrap_or(10_000.0) as f32;
     let mla = (arch == Arch::Deepseek2)
-        .then(|| -> Result<MlaConfig, ModelError> {
-            Ok(MlaConfig {
-                q_lora_rank: opt_usize(v, "q_lora_rank"),
-                kv_lora_rank: get_usize(path, v, "kv_lora_rank")?,
-                qk_nope_head_dim: get_usize(path, v, "qk_nope_head_dim")?,
-                qk_rope_head_dim: get_usize(path, v, "qk_rope_head_dim")?,
-                v_head_dim: get_usize(path, v, "v_head_dim")?,
-                yarn,
-            })
-        })
+        .then(|| mla_from_hf(path, &h))
         .transpose()?;
-    let n_expert = opt_usize(v, "n_routed_experts")
-        .or(opt_usize(v, "num_experts"))
-        .or(opt_usize(v, "num_local_experts"));
-    let moe = match n_expert {
-        Some(n_expert) => {
-            let scoring = match v["scoring_func"].as_str().unwrap_or("softmax") {
-                "softmax" => Scoring::Softmax,
-                "sigmoid" => Scoring::Sigmoid,
-                other => {
-                    return Err(err(
-                        path,
-                        format!("scoring_func '{other}' is not supported"),
-                    ))
-                }
-            };
-            let topk_method = v["topk_method"].as_str().unwrap_or("greedy");
-            let (n_group, topk_group) = match topk_method {
-                "greedy" => (1, 1),
-                "group_limited_greedy" | "noaux_tc" => (
-                    opt_usize(v, "n_group").unwrap_or(1),
-                    opt_usize(v, "topk_group").unwrap_or(1),
-                ),
-                other => return Err(err(path, format!("topk_method '{other}' is not supported"))),
-            };
-            let norm_default = matches!(arch, Arch::Mixtral);
-            let n_ff_expert = opt_usize(v, "moe_intermediate_size")
-                .or(opt_usize(v, "intermediate_size"))
-                .ok_or_else(|| err(path, "'moe_intermediate_size' missing"))?;
-            Some(MoeConfig {
-                router: RouterConfig {
-                    n_expert,
-                    n_used: get_usize(path, v, "num_experts_per_tok")?,
-                    scoring,
-                    norm_topk_prob: v["norm_topk_prob"].as_bool().unwrap_or(norm_default),
-                    scaling: opt_f32(v, "routed_scaling_factor").unwrap_or(1.0),
-                    n_group: n_group.max(1),
-                    topk_group,
-                    group_score: if topk_method == "noaux_tc" {
-                        GroupScore::Top2Sum
-                    } else {
-                        GroupScore::Max
-                    },
-                },
-                n_ff_shared: match opt_usize(v, "shared_expert_intermediate_size") {
-                    Some(w) => w,
-                    None => opt_usize(v, "n_shared_experts").unwrap_or(0) * n_ff_expert,
-                },
-                n_ff_expert,
-                first_dense: opt_usize(v, "first_k_dense_replace").unwrap_or(0),
-            })
-        }
-        None => None,
-    };
+    let moe = moe_from_hf(path, &keys, arch, &h)?;
     Ok(ModelConfig {
         arch,
-        arch_name: model_type.to_string(),
-        n_layer: get_usize(path, v, "num_hidden_layers")?,
-        n_embd,
-        n_head,
-        n_head_kv,
+        arch_name: h.model_type.clone(),
+        n_layer: h.num_hidden_layers,
+        n_embd: h.hidden_size,
+        n_head: h.num_attention_heads,
+        n_head_kv: h.num_key_value_heads.unwrap_or(h.num_attention_heads),
         head_dim_k: head_dim,
         head_dim_v: head_dim,
-        n_ff: opt_usize(v, "intermediate_size").unwrap_or(0),
-        n_vocab: get_usize(path, v, "vocab_size")?,
-        n_ctx_train: opt_usize(v, "max_position_embeddings").unwrap_or(4096),
-        rms_eps: opt_f32(v, "rms_norm_eps").unwrap_or(1e-6),
-        rope_base: opt_f32(v, "rope_theta").unwrap_or(10_000.0),
-        rope_base_swa: opt_f32(v, "rope_theta").unwrap_or(10_000.0),
+        n_ff: h.intermediate_size.unwrap_or(0),
+        n_vocab: h.vocab_size,
+        n_ctx_train: h.max_position_embeddings.unwrap_or(4096),
+        rms_eps: h.rms_norm_eps.unwrap_or(1e-6) as f32,
+        rope_base,
+        rope_base_swa: rope_base,
         rope_linear_factor: 1.0,
         // DeepSeek's HF code de-interleaves before rotate_half, i.e. rotates adjacent pairs;
         // the others rotate halves of the unpermuted HF weights.
@@ -525,6 +513,94 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
         mla,
         moe,
     })
+}
+
+/// The MLA sizes and YaRN scaling of a DeepSeek `config.json`.
+fn mla_from_hf(path: &Path, h: &HfConfig) -> Result<MlaConfig, ModelError> {
+    let need = |v: Option<usize>, key: &str| {
+        v.ok_or_else(|| err(path, format!("'{key}' missing or not an integer")))
+    };
+    let yarn = match &h.rope_scaling {
+        None => None,
+        Some(r) => match r.kind.as_deref().or(r.rope_type.as_deref()) {
+            Some("yarn") => Some(Yarn {
+                factor: r.factor.unwrap_or(1.0) as f32,
+                original_context: r.original_max_position_embeddings.unwrap_or(4096),
+                beta_fast: r.beta_fast.unwrap_or(32.0) as f32,
+                beta_slow: r.beta_slow.unwrap_or(1.0) as f32,
+                mscale_all_dim: r.mscale_all_dim.unwrap_or(0.0) as f32,
+                mscale: r.mscale.unwrap_or(1.0) as f32,
+            }),
+            None => None,
+            Some(other) => {
+                return Err(err(
+                    path,
+                    format!("rope_scaling type '{other}' is not supported (supported: yarn)"),
+                ))
+            }
+        },
+    };
+    Ok(MlaConfig {
+        q_lora_rank: h.q_lora_rank,
+        kv_lora_rank: need(h.kv_lora_rank, "kv_lora_rank")?,
+        qk_nope_head_dim: need(h.qk_nope_head_dim, "qk_nope_head_dim")?,
+        qk_rope_head_dim: need(h.qk_rope_head_dim, "qk_rope_head_dim")?,
+        v_head_dim: need(h.v_head_dim, "v_head_dim")?,
+        yarn,
+    })
+}
+
+/// The experts and routing of a MoE `config.json`; `None` without an expert count.
+fn moe_from_hf(
+    path: &Path,
+    keys: &KeySource,
+    arch: Arch,
+    h: &HfConfig,
+) -> Result<Option<MoeConfig>, ModelError> {
+    let Some(n_expert) = h.n_routed_experts.or(h.num_experts).or(h.num_local_experts) else {
+        return Ok(None);
+    };
+    let scoring = match h.scoring_func.as_deref().unwrap_or("softmax") {
+        "softmax" => Scoring::Softmax,
+        "sigmoid" => Scoring::Sigmoid,
+        other => return Err(keys.error(Field::GatingFunc, other, "not supported")),
+    };
+    let topk_method = h.topk_method.as_deref().unwrap_or("greedy");
+    let (n_group, topk_group) = match topk_method {
+        "greedy" => (1, 1),
+        "group_limited_greedy" | "noaux_tc" => (h.n_group.unwrap_or(1), h.topk_group.unwrap_or(1)),
+        other => return Err(err(path, format!("topk_method '{other}' is not supported"))),
+    };
+    let n_ff_expert = h
+        .moe_intermediate_size
+        .or(h.intermediate_size)
+        .ok_or_else(|| err(path, "'moe_intermediate_size' missing"))?;
+    let n_ff_shared = match h.shared_expert_intermediate_size {
+        Some(w) => w,
+        None => config::shared_width(keys, h.n_shared_experts.unwrap_or(0), n_ff_expert)?,
+    };
+    let n_used = h
+        .num_experts_per_tok
+        .ok_or_else(|| err(path, "'num_experts_per_tok' missing or not an integer"))?;
+    Ok(Some(MoeConfig {
+        router: RouterConfig {
+            n_expert,
+            n_used,
+            scoring,
+            norm_topk_prob: h.norm_topk_prob.unwrap_or(arch == Arch::Mixtral),
+            scaling: h.routed_scaling_factor.unwrap_or(1.0) as f32,
+            n_group,
+            topk_group,
+            group_score: if topk_method == "noaux_tc" {
+                GroupScore::Top2Sum
+            } else {
+                GroupScore::Max
+            },
+        },
+        n_ff_shared,
+        n_ff_expert,
+        first_dense: h.first_k_dense_replace.unwrap_or(0),
+    }))
 }
 
 #[cfg(test)]

@@ -56,14 +56,12 @@ pub struct RouterConfig {
 }
 
 /// Indices of the `k` largest values, largest first; ties go to the lower index (as
-/// `torch.topk` on CPU does for the values seen here).
+/// `torch.topk` on CPU does for the values seen here). The order is [`f32::total_cmp`]'s, a total
+/// order whatever the scores hold: a NaN (from a hostile file's weights) ranks above `+inf` when
+/// positive and below `-inf` when negative, and `-0.0` below `0.0`.
 pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| {
-        v[b].partial_cmp(&v[a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(&b))
-    });
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
     idx.truncate(k);
     idx
 }
@@ -85,8 +83,10 @@ pub fn route(logits: &[f32], cfg: &RouterConfig, bias: Option<&[f32]>) -> Vec<(u
         Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
         None => scores.clone(),
     };
-    if cfg.n_group > 1 {
-        let per = cfg.n_expert / cfg.n_group;
+    // Validated configurations have equal groups of at least one expert; a group size of 0
+    // (more groups than experts) would be a chunk size of 0, so it routes without groups.
+    let per = cfg.n_expert / cfg.n_group.max(1);
+    if cfg.n_group > 1 && per > 0 {
         let group_scores: Vec<f32> = choice
             .chunks(per)
             .map(|g| match cfg.group_score {
