@@ -2,10 +2,13 @@
 //! stdout only, greedy text as llama.cpp's where it was confident, the documented `bench` JSON,
 //! and every error as one line on stderr with a non-zero exit.
 
+#[path = "../../baicai-models/tests/support/hostile.rs"]
+mod hostile;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -193,4 +196,51 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
     assert_one_line_error(&long, "more than the context size 3");
     let threads = baicai(&["bench", "-m", &m, "-t", "0", "-p", "8", "-n", "0"]);
     assert_one_line_error(&threads, "--threads must be at least 1");
+}
+
+/// Hostile model files (issue 13): values the file's tensors cannot back give one line naming
+/// the key, its value and the rule, where they used to abort the process or panic.
+#[test]
+fn hostile_model_files_are_one_line_errors() {
+    let dir = std::env::temp_dir().join(format!("baicai-cli-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gguf = dir.join("block-count.gguf");
+    let bytes = hostile::gguf_with(
+        &root().join("fixtures/moe/deepseek-v2-lite/model-f32.gguf"),
+        &[(
+            "deepseek2.block_count",
+            Some(baicai_gguf::Value::U32(u32::MAX)),
+        )],
+    );
+    std::fs::write(&gguf, bytes).unwrap();
+    let o = baicai(&["run", "-m", gguf.to_str().unwrap(), "-p", "hi"]);
+    assert_one_line_error(
+        &o,
+        "deepseek2.block_count = 4294967295: the file has tensors for 3 layers",
+    );
+
+    let cases = [
+        (
+            "layers",
+            "num_hidden_layers",
+            json!(4_000_000_000u64),
+            "num_hidden_layers = 4000000000: the file has tensors for 3 layers",
+        ),
+        (
+            "groups",
+            "n_group",
+            json!(16),
+            "n_group = 16: more groups than n_routed_experts = 8",
+        ),
+    ];
+    for (name, key, value, needle) in cases {
+        let folder = hostile::hf_with(
+            &root().join("fixtures/moe/deepseek-v3"),
+            &dir.join(name),
+            &[(key, Some(value))],
+        );
+        let o = baicai(&["run", "-m", folder.to_str().unwrap(), "-p", "hi"]);
+        assert_one_line_error(&o, needle);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
