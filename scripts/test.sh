@@ -5,3 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-models.sh
 cargo test --release --workspace
+# The HTTP server end to end (openai client, bad input, load), in a Python venv under target/.
+bash scripts/server-tests.sh
