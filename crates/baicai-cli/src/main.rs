@@ -7,6 +7,7 @@ mod bench;
 mod generate;
 mod inspect;
 mod load;
+mod perplexity;
 mod serve;
 
 use anyhow::Result;
@@ -38,6 +39,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the OpenAI HTTP API (chat and text completions, streaming, metrics).
     Serve(serve::ServeArgs),
+    /// Perplexity of a text over windows (as llama-perplexity), KL-divergence against saved runs.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 /// Keeps freed memory in the process (glibc): by default every buffer over 128 KiB is its own
@@ -64,6 +67,7 @@ fn main() {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Perplexity(a) => perplexity::perplexity(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));
