@@ -46,13 +46,12 @@ TOPICS = [
     "how modern web browsers render a page",
     "the mathematics and engineering of error-correcting codes",
 ]
-# ~70 words of instruction: with the chat template's own tokens, ~100 prompt tokens for Qwen2.5.
+# With the chat template's own tokens (Qwen2.5 adds a default system prompt), ~100 prompt tokens.
 PROMPT = (
-    "You are writing a long, detailed technical article for experienced engineers. The topic is {topic}. "
-    "Write at least three thousand words. Cover the history of the field, the core ideas, the main "
-    "designs in use today with their trade-offs, concrete worked examples, common mistakes, how to "
-    "measure performance, and open problems. Use section headings and full paragraphs. Do not "
-    "summarise and do not stop early; keep writing until the article is complete."
+    "Write a long, detailed technical article for experienced engineers about {topic}. Cover its "
+    "history, the core ideas, the main designs in use today and their trade-offs, worked examples, "
+    "common mistakes and open problems, with headings, full paragraphs and concrete numbers wherever "
+    "you can. Do not stop early."
 )
 
 
@@ -150,12 +149,17 @@ def run_level(target, concurrency, n_requests, max_tokens):
                 next_i[0] += 1
             if i >= n_requests:
                 break
-            try:
-                rec = one_request(conn, target, i, max_tokens)
-            except (OSError, http.client.HTTPException, ValueError) as e:
-                rec = (False, None, [], 0, 0, f"{type(e).__name__}: {e}")
-                conn.close()
-                conn = http.client.HTTPConnection(target.host, target.port, timeout=600)
+            for attempt in range(2):
+                try:
+                    rec = one_request(conn, target, i, max_tokens)
+                    break
+                except (OSError, http.client.HTTPException, ValueError) as e:
+                    rec = (False, None, [], 0, 0, f"{type(e).__name__}: {e}")
+                    conn.close()
+                    conn = http.client.HTTPConnection(target.host, target.port, timeout=600)
+                    # a kept-alive connection the server closed meanwhile: once more on a new one
+                    if not isinstance(e, http.client.RemoteDisconnected):
+                        break
             with lock:
                 (records if rec[0] else errors).append(rec)
         conn.close()
@@ -267,7 +271,9 @@ def start_servers(args, levels):
     n_parallel = max(args.llama_parallel, max_c)
     llama_cmd = [llama, "-m", model, "--host", "127.0.0.1", "--port", str(free_port()),
                  "--parallel", str(n_parallel), "--cont-batching", "-c", str(args.ctx_per_seq * n_parallel),
-                 "-t", str(args.threads), "-tb", str(args.threads)]
+                 "-t", str(args.threads), "-tb", str(args.threads),
+                 # one HTTP thread per open stream, else streams wait for a thread, not for the model
+                 "--threads-http", str(n_parallel + 4)]
     print("starting:", " ".join(baicai_cmd), file=sys.stderr)
     b = Launched("baicai", baicai_cmd, None, log_dir / "bench-serve-baicai.log", r"listening on http://[^\s:]+:(\d+)")
     print("starting:", " ".join(llama_cmd), file=sys.stderr)
@@ -340,7 +346,9 @@ def main():
             targets = [Target("server", args.url, args.served_model, args.api_key)]
         for t in targets:
             for i in range(args.warmup):
-                ok = one_request(http.client.HTTPConnection(t.host, t.port, timeout=600), t, i, args.max_tokens)
+                conn = http.client.HTTPConnection(t.host, t.port, timeout=600)
+                ok = one_request(conn, t, i, args.max_tokens)
+                conn.close()
                 if not ok[0]:
                     sys.exit(f"{t.name}: warm-up request failed: {ok[5]}")
         results = []
