@@ -17,7 +17,7 @@ use std::time::Instant;
 use baicai_gguf::{Gguf, Value};
 use baicai_models::moe::{route, top_k, GroupScore, RouterConfig, Scoring};
 use baicai_models::{KvCache, Logits, ModelError, SeqInput};
-use hostile::{Corpus, Rng};
+use hostile::{ByteChoices, Corpus, Rng};
 use serde_json::json;
 
 fn root() -> PathBuf {
@@ -380,4 +380,24 @@ fn forward_refuses_empty_and_oversized_inputs() {
     ));
     assert_eq!(cache.len(), 0, "a refused pass appends nothing");
     m.forward(&[1, 2, 3, 4], &mut cache, Logits::Last).unwrap();
+}
+
+/// Inputs of the `model_load` fuzz target that once crashed it, replayed through the same
+/// mutation engine (`tests/regressions/model_load/`; a new crash is copied there from
+/// `fuzz/artifacts/model_load/` to see its case, then kept beside a named test of the fix).
+#[test]
+fn fuzzer_crash_inputs_replay_as_errors() {
+    let dir = root().join("crates/baicai-models/tests/regressions/model_load");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let corpus = Corpus::load(&root(), &work("replay"));
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let case = corpus.mutate(&mut ByteChoices(&bytes));
+        eprintln!("{}: {case}", path.display());
+        let result = catch_unwind(AssertUnwindSafe(|| case.run()));
+        assert!(result.is_ok(), "{}: {case}: panicked", path.display());
+    }
 }

@@ -375,7 +375,7 @@ fn gguf_value(old: Option<&Value>, c: &mut impl Choices) -> Value {
         2 => Value::U32(near.wrapping_mul(2) as u32),
         3 => Value::U32(*c.pick(INTS) as u32),
         4 => Value::U64(*c.pick(INTS)),
-        5 => Value::I32(-(1 + c.below(3) as i32) * [1, 1000, 1 << 30][c.below(3)]),
+        5 => Value::I32(*c.pick(&[-1, -2, -1000, i32::MIN])),
         6 => Value::F32(*c.pick(FLOATS) as f32),
         7 => Value::F64(*c.pick(FLOATS)),
         8 => match c.below(3) {
@@ -490,7 +490,7 @@ const RAW: &str = "\u{1}raw:";
 fn json_value(old: Option<&Json>, c: &mut impl Choices) -> Json {
     let near = old.and_then(Json::as_u64).unwrap_or(4);
     match c.below(11) {
-        0 => Json::from(near + 1),
+        0 => Json::from(near.saturating_add(1)),
         1 => Json::from(near.saturating_sub(1)),
         2 => Json::from(near.saturating_mul(2)),
         3 => Json::from(*c.pick(INTS)),
