@@ -305,16 +305,16 @@ const GGUF_KEYS: &[&str] = &[
     "leading_dense_block_count",
 ];
 
-const ARCH_NAMES: &[&str] = &[
-    "llama",
-    "qwen2",
-    "gemma3",
-    "deepseek2",
-    "qwen2moe",
-    "qwen3moe",
-    "mixtral",
-    "",
-];
+/// An architecture name for `general.architecture` or a key prefix: a supported one, or one
+/// that is not.
+fn arch_name(c: &mut impl Choices) -> &'static str {
+    let supported = baicai_models::SUPPORTED_ARCHITECTURES;
+    let i = c.below(supported.len() + 2);
+    supported
+        .get(i)
+        .copied()
+        .unwrap_or_else(|| ["mixtral", ""][i - supported.len()])
+}
 
 const STRINGS: &[&str] = &[
     "yarn",
@@ -381,7 +381,7 @@ fn gguf_value(old: Option<&Value>, c: &mut impl Choices) -> Value {
         8 => match c.below(3) {
             0 => Value::Bool(c.below(2) == 0),
             1 => Value::Array(vec![Value::U32(near as u32); c.below(3)]),
-            _ => Value::String(c.pick(ARCH_NAMES).to_string()),
+            _ => Value::String(arch_name(c).to_string()),
         },
         _ => Value::String(c.pick(STRINGS).to_string()),
     }
@@ -401,11 +401,7 @@ fn mutate_gguf(md: &mut Vec<(String, Value)>, arch: &str, c: &mut impl Choices) 
             format!("{k}: {v:?} -> removed")
         }
         1 => {
-            let a = if c.below(4) == 0 {
-                *c.pick(ARCH_NAMES)
-            } else {
-                arch
-            };
+            let a = if c.below(4) == 0 { arch_name(c) } else { arch };
             let k = format!("{a}.{}", c.pick(GGUF_KEYS));
             let v = gguf_value(None, c);
             let line = format!("{k}: added {v:?}");
@@ -417,7 +413,7 @@ fn mutate_gguf(md: &mut Vec<(String, Value)>, arch: &str, c: &mut impl Choices) 
         }
         2 => {
             let i = md.iter().position(|(k, _)| k == "general.architecture");
-            let new = Value::String(c.pick(ARCH_NAMES).to_string());
+            let new = Value::String(arch_name(c).to_string());
             let line = format!("general.architecture -> {new:?}");
             match i {
                 Some(i) => md[i].1 = new,
