@@ -125,6 +125,10 @@ impl std::fmt::Debug for Linear {
 
 impl Linear {
     /// Rows `r0..r0 + n` as their own matrix (one expert of a stacked tensor, one head).
+    ///
+    /// # Panics
+    /// If the rows are not all in the matrix (a bug of the caller: loaders slice by the shapes
+    /// they checked).
     pub fn rows_slice(&self, r0: usize, n: usize) -> Linear {
         let rb = self.dtype.row_bytes(self.cols).expect("checked at load");
         assert!(
@@ -289,7 +293,11 @@ impl WeightStore {
     ) -> Result<Vec<Linear>, ModelError> {
         let e = self.entry(name)?;
         Self::check_shape(name, &e.shape, vec![cols as u64, rows as u64, n as u64])?;
-        let all = Self::make_linear(name, e, rows * n, cols)?;
+        // The shape matched a tensor of the file, whose size the container checked.
+        let all_rows = rows.checked_mul(n).ok_or_else(|| {
+            ModelError::Config(format!("tensor '{name}': {n} × {rows} rows overflow"))
+        })?;
+        let all = Self::make_linear(name, e, all_rows, cols)?;
         Ok((0..n).map(|i| all.rows_slice(i * rows, rows)).collect())
     }
 
