@@ -11,6 +11,7 @@ mod hostile;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -67,6 +68,7 @@ fn thousands_of_mutated_fixtures_load_or_fail_with_an_error() {
         t0.elapsed()
     );
     assert!(panics.is_empty(), "panics:\n{}", panics.join("\n"));
+    let _ = std::fs::remove_dir_all(&dir);
     // Some mutations keep the model valid (a larger context length, a removed optional key):
     // the run is not all errors.
     assert!(loaded > CASES / 50, "only {loaded} of {CASES} cases loaded");
@@ -75,12 +77,14 @@ fn thousands_of_mutated_fixtures_load_or_fail_with_an_error() {
 /// The same seed gives the same mutations, so a failing case of the bounded run is reproducible.
 #[test]
 fn mutations_are_reproducible_from_their_seed() {
-    let corpus = Corpus::load(&root(), &work("repro"));
+    let dir = work("repro");
+    let corpus = Corpus::load(&root(), &dir);
     for i in 0..20 {
         let a = corpus.mutate(&mut Rng::new(i)).to_string();
         let b = corpus.mutate(&mut Rng::new(i)).to_string();
         assert_eq!(a, b);
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Loads a GGUF fixture with metadata changes; the error it gives.
@@ -95,9 +99,13 @@ fn gguf_error(fixture: &str, changes: &[(&str, Option<Value>)]) -> String {
 
 /// Loads a checkpoint folder fixture with `config.json` changes; the error it gives.
 fn hf_error(fixture: &str, changes: &[(&str, Option<serde_json::Value>)]) -> String {
-    let name = format!("{fixture}-{}", changes.len());
+    // Tests run in parallel: each folder is its own.
+    static FOLDERS: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("hf-{}", FOLDERS.fetch_add(1, Ordering::Relaxed));
     let dir = hostile::hf_with(&root().join(fixture), &work(&name), changes);
-    match baicai_models::load_hf(&dir) {
+    let result = baicai_models::load_hf(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
         Ok(_) => panic!("{fixture} with {changes:?} loaded"),
         Err(e) => e.to_string(),
     }
@@ -391,7 +399,8 @@ fn fuzzer_crash_inputs_replay_as_errors() {
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
-    let corpus = Corpus::load(&root(), &work("replay"));
+    let work = work("replay");
+    let corpus = Corpus::load(&root(), &work);
     for entry in entries {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
@@ -400,4 +409,5 @@ fn fuzzer_crash_inputs_replay_as_errors() {
         let result = catch_unwind(AssertUnwindSafe(|| case.run()));
         assert!(result.is_ok(), "{}: {case}: panicked", path.display());
     }
+    let _ = std::fs::remove_dir_all(&work);
 }
