@@ -390,6 +390,29 @@ fn forward_refuses_empty_and_oversized_inputs() {
     m.forward(&[1, 2, 3, 4], &mut cache, Logits::Last).unwrap();
 }
 
+/// Gemma 3's local layers with a sliding window of 0 would attend to no position (a softmax over
+/// nothing); the real model (`scripts/fetch-models.sh`) is the only Gemma 3 file at hand.
+#[test]
+fn gemma3_sliding_window_of_zero_is_an_error() {
+    let path = root().join("models/gemma-3-270m-q4_k_m.gguf");
+    if !path.exists() {
+        eprintln!(
+            "SKIP: {} missing; run scripts/fetch-models.sh",
+            path.display()
+        );
+        return;
+    }
+    let bytes = hostile::gguf_with(
+        &path,
+        &[("gemma3.attention.sliding_window", Some(Value::U32(0)))],
+    );
+    let e = baicai_models::load(Arc::new(Gguf::from_bytes(bytes).unwrap())).err();
+    assert_eq!(
+        e.map(|e| e.to_string()).as_deref(),
+        Some("gemma3.attention.sliding_window = 0: must be at least 1")
+    );
+}
+
 /// Inputs of the `model_load` fuzz target that once crashed it, replayed through the same
 /// mutation engine (`tests/regressions/model_load/`; a new crash is copied there from
 /// `fuzz/artifacts/model_load/` to see its case, then kept beside a named test of the fix).
