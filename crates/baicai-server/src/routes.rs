@@ -131,13 +131,17 @@ async fn generate(
     );
     if valid.stream {
         return Ok(stream::response(
+            state.closing(),
             choices,
             sub,
             endpoint,
             valid.include_usage,
         ));
     }
-    collect(choices, sub, endpoint).await
+    tokio::select! {
+        r = collect(choices, sub, endpoint) => r,
+        () = state.closing() => Err(ApiError::unavailable("The server is shutting down")),
+    }
 }
 
 /// Waits for every choice to end and answers with the whole response. Dropping this future (the

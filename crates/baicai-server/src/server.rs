@@ -69,6 +69,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// When the server started, Unix seconds (`created` of `/v1/models`).
     pub started_unix: u64,
+    /// Turns `true` when the shutdown grace period is over: requests still running end now.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -80,6 +82,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new(backend.clone())),
             backend,
             validator: OnceLock::new(),
+            closing: tokio::sync::watch::Sender::new(false),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -98,6 +101,21 @@ impl AppState {
         self.backend.get().is_some()
     }
 
+    /// Resolves when requests still running must end (the shutdown grace period is over, or
+    /// the server is gone).
+    pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
+    /// Ends every running request: streams send an error event and `[DONE]`, plain requests
+    /// answer 503.
+    pub fn close_requests(&self) {
+        self.closing.send_replace(true);
+    }
+
     /// The validator and engine.
     ///
     /// # Errors
@@ -111,6 +129,9 @@ impl AppState {
         }
     }
 }
+
+/// How long ended requests get to write their last bytes at shutdown.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Socket send buffer of each connection. Small on purpose: a client that stops reading its
 /// stream must stop the stream's polling soon, so that its events back up in the request's
@@ -242,14 +263,21 @@ where
     if let Some(b) = state.backend.get() {
         b.begin_shutdown();
     }
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
     tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(cfg.shutdown_grace) => {
-            eprintln!(
-                "shutting down: requests still running after {:?}; closing them",
-                cfg.shutdown_grace
-            );
-        }
+        _ = &mut drained => return Ok(()),
+        _ = tokio::time::sleep(cfg.shutdown_grace) => {}
+    }
+    eprintln!(
+        "shutting down: requests still running after {:?}; ending them",
+        cfg.shutdown_grace
+    );
+    state.close_requests();
+    // Ended requests write their last bytes and their connections close; do not wait forever
+    // on a client that does not read them.
+    if tokio::time::timeout(CLOSE_WAIT, drained).await.is_err() {
+        eprintln!("shutting down: connections still open; closing them");
     }
     Ok(())
 }

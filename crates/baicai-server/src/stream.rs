@@ -11,6 +11,8 @@
 //! (see [`crate::queue`]). A client that disconnects drops the body, and with it the receiver.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue};
@@ -33,6 +35,8 @@ enum Phase {
 
 struct Sse {
     choices: Choices,
+    /// Resolves when the server is closing: the stream ends with an error event.
+    closing: Pin<Box<dyn Future<Output = ()> + Send>>,
     sub: Submitted,
     endpoint: Endpoint,
     include_usage: bool,
@@ -62,7 +66,19 @@ impl Sse {
                     }
                 }
                 Phase::Events => {
-                    let Some((index, ev)) = self.sub.rx.recv().await else {
+                    let next = tokio::select! {
+                        ev = self.sub.rx.recv() => ev,
+                        () = &mut self.closing => {
+                            self.phase = Phase::End;
+                            let e = ApiError::unavailable(
+                                "The server is shutting down; this answer was cut off",
+                            );
+                            event(&mut out, &e.body());
+                            out.push_str(DONE);
+                            return Some(out);
+                        }
+                    };
+                    let Some((index, ev)) = next else {
                         self.phase = Phase::End;
                         let e = ApiError::internal("the engine dropped the request");
                         event(&mut out, &e.body());
@@ -199,14 +215,17 @@ impl Sse {
     }
 }
 
-/// The streaming response for a submitted request.
+/// The streaming response for a submitted request; it ends early, with an error event, when
+/// `closing` resolves.
 pub fn response(
+    closing: impl Future<Output = ()> + Send + 'static,
     choices: Choices,
     sub: Submitted,
     endpoint: Endpoint,
     include_usage: bool,
 ) -> Response {
     let sse = Sse {
+        closing: Box::pin(closing),
         choices,
         sub,
         endpoint,
