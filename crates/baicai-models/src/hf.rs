@@ -517,9 +517,7 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
 
 /// The MLA sizes and YaRN scaling of a DeepSeek `config.json`.
 fn mla_from_hf(path: &Path, h: &HfConfig) -> Result<MlaConfig, ModelError> {
-    let need = |v: Option<usize>, key: &str| {
-        v.ok_or_else(|| err(path, format!("'{key}' missing or not an integer")))
-    };
+    let need = |v: Option<usize>, key: &str| v.ok_or_else(|| err(path, format!("'{key}' missing")));
     let yarn = match &h.rope_scaling {
         None => None,
         Some(r) => match r.kind.as_deref().or(r.rope_type.as_deref()) {
@@ -581,7 +579,7 @@ fn moe_from_hf(
     };
     let n_used = h
         .num_experts_per_tok
-        .ok_or_else(|| err(path, "'num_experts_per_tok' missing or not an integer"))?;
+        .ok_or_else(|| err(path, "'num_experts_per_tok' missing"))?;
     Ok(Some(MoeConfig {
         router: RouterConfig {
             n_expert,
