@@ -11,6 +11,8 @@
 //! [`queue`] (submit one engine request per choice), then [`response`] / [`stream`] (JSON or
 //! server-sent events); every failure on the way is one [`error::ApiError`].
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod error;
 pub mod metrics;

@@ -218,6 +218,7 @@ pub struct StreamOptions {
 /// One chat message.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Message {
+    /// The author: `system`, `user`, `assistant` (or `developer`, read as `system`).
     pub role: String,
     /// `null` is allowed (OpenAI allows it for assistant messages with tool calls).
     #[serde(default)]
@@ -227,7 +228,9 @@ pub struct Message {
 /// A message's content: a string, or an array of typed parts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
+    /// Plain text.
     Text(String),
+    /// Typed parts, concatenated.
     Parts(Vec<ContentPart>),
 }
 
@@ -235,8 +238,10 @@ pub enum Content {
 /// are refused by validation, naming the part.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ContentPart {
+    /// The part type; only `text` is served.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The text of a `text` part.
     pub text: Option<String>,
 }
 
@@ -387,9 +392,13 @@ shape_visitor!(
 /// Token counts of a response.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
+    /// Prompt tokens, each prompt counted once.
     pub prompt_tokens: usize,
+    /// Generated tokens of all choices.
     pub completion_tokens: usize,
+    /// The sum of both.
     pub total_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
     pub prompt_tokens_details: PromptTokensDetails,
 }
 
@@ -413,21 +422,30 @@ pub enum FinishReason {
 /// Response of `/v1/chat/completions` without streaming.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatCompletion {
+    /// `chatcmpl-…` / `cmpl-…`, shared by every chunk of a response.
     pub id: String,
     /// Always `chat.completion`.
     pub object: &'static str,
+    /// Unix seconds.
     pub created: u64,
+    /// The served model name.
     pub model: String,
+    /// One per choice, by `index`.
     pub choices: Vec<ChatChoice>,
+    /// Token counts.
     pub usage: Usage,
 }
 
 /// One choice of a chat completion.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatChoice {
+    /// The choice: `prompt_index * n + i`.
     pub index: usize,
+    /// The generated message.
     pub message: AssistantMessage,
+    /// Logprobs, when asked for.
     pub logprobs: Option<ChatLogprobs>,
+    /// `stop` or `length`; `null` in chunks before the last.
     pub finish_reason: FinishReason,
 }
 
@@ -436,18 +454,24 @@ pub struct ChatChoice {
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: &'static str,
+    /// The text.
     pub content: String,
 }
 
 /// One chunk of a streamed chat completion.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatChunk {
+    /// `chatcmpl-…` / `cmpl-…`, shared by every chunk of a response.
     pub id: String,
     /// Always `chat.completion.chunk`.
     pub object: &'static str,
+    /// Unix seconds.
     pub created: u64,
+    /// The served model name.
     pub model: String,
+    /// One per choice, by `index`.
     pub choices: Vec<ChatChunkChoice>,
+    /// Token counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
@@ -455,17 +479,23 @@ pub struct ChatChunk {
 /// One choice's part of a chunk.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatChunkChoice {
+    /// The choice: `prompt_index * n + i`.
     pub index: usize,
+    /// New text of this choice.
     pub delta: ChatDelta,
+    /// Logprobs, when asked for.
     pub logprobs: Option<ChatLogprobs>,
+    /// `stop` or `length`; `null` in chunks before the last.
     pub finish_reason: Option<FinishReason>,
 }
 
 /// New text of a choice; the first chunk of each choice carries the role.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ChatDelta {
+    /// The author: `system`, `user`, `assistant` (or `developer`, read as `system`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
+    /// The text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
 }
@@ -473,35 +503,48 @@ pub struct ChatDelta {
 /// Chat logprobs: one entry per generated token.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ChatLogprobs {
+    /// The text.
     pub content: Vec<ChatTokenLogprob>,
 }
 
 /// A generated token with its logprob and the most likely alternatives.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatTokenLogprob {
+    /// The token as text (lossy where it is part of a UTF-8 character).
     pub token: String,
+    /// Natural log of its probability.
     pub logprob: f32,
+    /// The token's bytes.
     pub bytes: Vec<u8>,
+    /// The most likely alternatives, most likely first.
     pub top_logprobs: Vec<TopLogprob>,
 }
 
 /// An alternative token.
 #[derive(Debug, Clone, Serialize)]
 pub struct TopLogprob {
+    /// The token as text (lossy where it is part of a UTF-8 character).
     pub token: String,
+    /// Natural log of its probability.
     pub logprob: f32,
+    /// The token's bytes.
     pub bytes: Vec<u8>,
 }
 
 /// Response of `/v1/completions`, and each chunk of its stream (same object, as OpenAI has it).
 #[derive(Debug, Clone, Serialize)]
 pub struct Completion {
+    /// `chatcmpl-…` / `cmpl-…`, shared by every chunk of a response.
     pub id: String,
     /// Always `text_completion`.
     pub object: &'static str,
+    /// Unix seconds.
     pub created: u64,
+    /// The served model name.
     pub model: String,
+    /// One per choice, by `index`.
     pub choices: Vec<CompletionChoice>,
+    /// Token counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
@@ -509,16 +552,22 @@ pub struct Completion {
 /// One choice of a text completion.
 #[derive(Debug, Clone, Serialize)]
 pub struct CompletionChoice {
+    /// The choice: `prompt_index * n + i`.
     pub index: usize,
+    /// The choice's text (new text, in a chunk).
     pub text: String,
+    /// Logprobs, when asked for.
     pub logprobs: Option<CompletionLogprobs>,
+    /// `stop` or `length`; `null` in chunks before the last.
     pub finish_reason: Option<FinishReason>,
 }
 
 /// The legacy logprobs format of `/v1/completions`: parallel arrays.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CompletionLogprobs {
+    /// The generated tokens as text.
     pub tokens: Vec<String>,
+    /// Each token's logprob.
     pub token_logprobs: Vec<f32>,
     /// Per token, its alternatives as `{token: logprob}`.
     pub top_logprobs: Vec<TopLogprobMap>,
@@ -550,15 +599,19 @@ impl Serialize for TopLogprobMap {
 pub struct ModelList {
     /// Always `list`.
     pub object: &'static str,
+    /// The served models.
     pub data: Vec<ModelCard>,
 }
 
 /// One served model.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelCard {
+    /// The model name clients use.
     pub id: String,
     /// Always `model`.
     pub object: &'static str,
+    /// Unix seconds.
     pub created: u64,
+    /// Always `baicai`.
     pub owned_by: &'static str,
 }

@@ -356,3 +356,29 @@ async fn dropping_the_response_cancels_every_choice() {
     assert!(held[0].sink.is_closed());
     assert!(!held[0].sink.send(delta("y", 2)));
 }
+
+#[tokio::test]
+async fn closing_ends_streams_with_an_error_then_done_and_plain_requests_with_503() {
+    let fake = Fake::new(Script::Hold);
+    let (app, state) = app(fake.clone(), None);
+    let body = chat_body(r#","stream":true"#);
+    let stream = call(&app, "POST", "/v1/chat/completions", &body, &[]);
+    let plain_body = chat_body("");
+    let plain = call(&app, "POST", "/v1/chat/completions", &plain_body, &[]);
+    let closer = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        state.close_requests();
+    };
+    let ((status, _, body), plain, ()) = tokio::join!(stream, plain, closer);
+    assert_eq!(status, 200);
+    let events = sse_events(&body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let err: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("shutting down"));
+    error_object(503, plain);
+    // Both requests' receivers are gone: the engine would drop their sequences.
+    assert!(fake.held.lock().unwrap().iter().all(|r| r.sink.is_closed()));
+}
