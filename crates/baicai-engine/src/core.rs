@@ -4,11 +4,13 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use baicai_models::{CausalLm, KvCache, Logits, SeqInput};
 use baicai_tokenizer::Tokenizer;
 
+use crate::cost::{split_by_tokens, Accounting, CostModel};
+use crate::energy::EnergyMeter;
 use crate::engine::{Delta, Done, EngineConfig, Event, Request, Shared, Usage};
 use crate::generation::{Generation, GenerationSpec};
 use crate::prefix::PrefixCache;
@@ -23,6 +25,9 @@ struct Seq {
     cache: Option<KvCache>,
     gen: Generation,
     cached_tokens: usize,
+    /// This sequence's share of the steps it was in (see [`Core::account`]).
+    energy_joules: f64,
+    cost: f64,
 }
 
 /// The engine thread's state.
@@ -36,6 +41,8 @@ pub(crate) struct Core {
     seqs: HashMap<SeqId, Seq>,
     prefix: PrefixCache,
     next_id: SeqId,
+    meter: EnergyMeter,
+    cost: CostModel,
 }
 
 /// The host side of scheduling: the prefix cache and the sequences' caches.
@@ -78,6 +85,7 @@ impl Core {
         tokenizer: Arc<Tokenizer>,
         cfg: EngineConfig,
         shared: Arc<Shared>,
+        accounting: Accounting,
     ) -> Core {
         let kv_bytes_per_token = model.new_cache(1).bytes_per_token().max(1);
         let block_bytes = (kv_bytes_per_token * cfg.block_tokens.max(1)) as u64;
@@ -98,6 +106,8 @@ impl Core {
             states: HashMap::new(),
             seqs: HashMap::new(),
             next_id: 0,
+            meter: EnergyMeter::new(accounting.energy),
+            cost: accounting.cost,
         }
     }
 
@@ -153,6 +163,8 @@ impl Core {
             cache: None,
             gen: Generation::new(spec, &req.prompt),
             cached_tokens: 0,
+            energy_joules: 0.0,
+            cost: 0.0,
             req,
         };
         self.states.insert(
@@ -234,6 +246,7 @@ impl Core {
             prompt_tokens += s.req.prompt.len().saturating_sub(from).min(n) as u64;
             caches.push((id, n, cache));
         }
+        let mark = self.meter.start();
         let result = {
             let mut inputs: Vec<SeqInput> = Vec::with_capacity(caches.len());
             for (id, n, cache) in caches.iter_mut() {
@@ -259,6 +272,7 @@ impl Core {
                 return;
             }
         };
+        self.account(plan, &mark);
         {
             let mut g = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
             g.prompt_tokens += prompt_tokens;
@@ -278,6 +292,24 @@ impl Core {
                 self.sample(id, &mut lg);
             }
         }
+    }
+
+    /// Charges the forward pass begun at `mark` to the plan's sequences, split by the tokens
+    /// each computed, and adds it to the totals. The weights are read once per step.
+    fn account(&mut self, plan: &Plan, mark: &crate::energy::Mark) {
+        let energy = self.meter.finish(mark, self.model.weight_bytes_per_token());
+        let cost = self.cost.cost(&energy, SystemTime::now());
+        let tokens: Vec<usize> = plan.items.iter().map(|&(_, n)| n).collect();
+        let shares = split_by_tokens(1.0, &tokens);
+        for (&(id, _), share) in plan.items.iter().zip(shares) {
+            if let Some(s) = self.seqs.get_mut(&id) {
+                s.energy_joules += energy.joules * share;
+                s.cost += cost * share;
+            }
+        }
+        let mut g = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        g.energy_joules += energy.joules;
+        g.cost += cost;
     }
 
     /// Samples the next token of `id` from `logits`, streams it, and ends the sequence when it
@@ -330,6 +362,10 @@ impl Core {
                         prompt_tokens: s.req.prompt.len(),
                         completion_tokens: s.gen.generated(),
                         cached_tokens: s.cached_tokens,
+                        energy_joules: s.energy_joules,
+                        energy_source: self.meter.source(),
+                        cost: s.cost,
+                        currency: self.cost.currency(),
                     },
                 }));
             }
@@ -362,6 +398,8 @@ impl Core {
         g.kv_blocks_total = used + self.prefix.blocks() + self.sched.free_blocks();
         g.preemptions = self.sched.preemptions();
         g.waiting = self.sched.waiting();
+        g.energy_source = self.meter.source();
+        g.currency = self.cost.currency();
         self.shared
             .queued
             .store(self.sched.waiting(), Ordering::SeqCst);

@@ -15,8 +15,11 @@ use std::thread::JoinHandle;
 use baicai_models::CausalLm;
 use baicai_tokenizer::Tokenizer;
 
+use crate::cost::Accounting;
+use crate::energy::EnergySource;
 use crate::sampler::SamplerConfig;
 use crate::session::FinishReason;
+use crate::tariff::Currency;
 
 /// Settings of the serving engine.
 #[derive(Debug, Clone)]
@@ -120,13 +123,21 @@ pub struct Done {
     pub usage: Usage,
 }
 
-/// Token counts of a finished request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Token counts, energy and cost of a finished request.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     /// Prompt tokens whose keys and values came from the prefix cache.
     pub cached_tokens: usize,
+    /// Joules of the steps this request was in, each split over its sequences by the tokens
+    /// each computed.
+    pub energy_joules: f64,
+    /// Whether `energy_joules` was measured (RAPL) or estimated.
+    pub energy_source: EnergySource,
+    /// Energy at the tariff in force plus the hardware's time, split like the energy.
+    pub cost: f64,
+    pub currency: Currency,
 }
 
 /// Why a request was not accepted.
@@ -173,6 +184,13 @@ pub struct EngineStats {
     pub steps: u64,
     /// For MoE models: tokens routed to each expert of each layer since start.
     pub expert_load: Option<Vec<Vec<u64>>>,
+    /// Joules of all steps since start.
+    pub energy_joules: f64,
+    /// Whether `energy_joules` is measured (RAPL) or estimated.
+    pub energy_source: EnergySource,
+    /// Cost of all steps since start (energy at the tariff in force, plus hardware time).
+    pub cost: f64,
+    pub currency: Currency,
 }
 
 /// Fixed facts about the served model.
@@ -207,11 +225,21 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread for `model`.
+    /// Starts the engine thread for `model`, with the default energy and cost accounting.
     pub fn start(
         model: Arc<dyn CausalLm>,
         tokenizer: Arc<Tokenizer>,
         cfg: EngineConfig,
+    ) -> EngineHandle {
+        EngineHandle::start_with(model, tokenizer, cfg, Accounting::default())
+    }
+
+    /// Starts the engine thread for `model`, accounting energy and cost with `accounting`.
+    pub fn start_with(
+        model: Arc<dyn CausalLm>,
+        tokenizer: Arc<Tokenizer>,
+        cfg: EngineConfig,
+        accounting: Accounting,
     ) -> EngineHandle {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -221,8 +249,13 @@ impl EngineHandle {
             stats: Mutex::new(EngineStats::default()),
             submitted: AtomicU64::new(0),
         });
-        let mut core =
-            crate::core::Core::new(model.clone(), tokenizer, cfg.clone(), shared.clone());
+        let mut core = crate::core::Core::new(
+            model.clone(),
+            tokenizer,
+            cfg.clone(),
+            shared.clone(),
+            accounting,
+        );
         let n_ctx = core.clamp_ctx();
         let info = EngineInfo {
             n_ctx,

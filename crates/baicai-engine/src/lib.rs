@@ -6,6 +6,8 @@
 
 mod core;
 pub mod engine;
+pub mod cost;
+pub mod energy;
 pub mod generation;
 pub mod load;
 mod prefix;
@@ -13,3 +15,4 @@ pub mod sampler;
 pub mod scheduler;
 pub mod session;
 pub mod sysinfo;
+pub mod tariff;

@@ -98,6 +98,7 @@ pub fn done(finish: FinishReason, prompt: usize, completion: usize) -> Event {
             prompt_tokens: prompt,
             completion_tokens: completion,
             cached_tokens: 0,
+            ..Usage::default()
         },
     })
 }
