@@ -1,14 +1,15 @@
 //! `baicai bench`: prompt processing (ppN) and generation (tgN) speed with the same meaning as
-//! llama-bench's pp512/tg128, peak RSS, and the fraction of the memory-bandwidth roofline reached
-//! in generation.
+//! llama-bench's pp512/tg128, peak RSS, the fraction of the memory-bandwidth roofline reached
+//! in generation, and the energy and cost of a token (measured by RAPL or estimated, labelled).
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use baicai_engine::sysinfo;
 use baicai_models::Logits;
 use clap::Args;
 
+use crate::cost::{price_note, source_note, CostArgs};
 use crate::load::{load, ModelArgs};
 
 /// Arguments of `bench`.
@@ -28,6 +29,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub cost: CostArgs,
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -60,9 +63,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.repetitions == 0 {
         anyhow::bail!("--repetitions must be at least 1");
     }
+    let cost = a.cost.cost_model()?;
     let loaded = load(&a.model)?;
     let threads = rayon::current_num_threads();
+    let meter = a.cost.meter(threads)?;
     let model = loaded.model;
+    let bytes_per_token = model.weight_bytes_per_token();
+    // Joules per token of each repetition: the weights are read once per forward pass.
+    let mut pp_j = Vec::new();
+    let mut tg_j = Vec::new();
     let cfg = model.config().clone();
     let n_ctx = a.n_prompt.max(a.n_gen).max(1);
     let mut pp = Vec::new();
@@ -85,17 +94,23 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         if a.n_prompt > 0 {
             let mut cache = model.new_cache(n_ctx);
             let prompt = tokens(a.n_prompt, cfg.n_vocab);
+            let mark = meter.start();
             let t = Instant::now();
-            for chunk in prompt.chunks(baicai_engine::session::PREFILL_CHUNK) {
+            let chunks = prompt.chunks(baicai_engine::session::PREFILL_CHUNK);
+            let passes = chunks.len() as u64;
+            for chunk in chunks {
                 model
                     .forward(chunk, &mut cache, Logits::Last)
                     .context("prompt processing")?;
             }
             pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+            let e = meter.finish(&mark, passes * bytes_per_token);
+            pp_j.push(e.joules / a.n_prompt as f64);
         }
         if a.n_gen > 0 {
             let mut cache = model.new_cache(n_ctx);
             let mut tok = tokens(1, cfg.n_vocab)[0];
+            let mark = meter.start();
             let t = Instant::now();
             for _ in 0..a.n_gen {
                 let logits = model
@@ -104,14 +119,19 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 tok = argmax(&logits);
             }
             tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+            let e = meter.finish(&mark, a.n_gen as u64 * bytes_per_token);
+            tg_j.push(e.joules / a.n_gen as f64);
         }
     }
     // Peak RSS is read before the bandwidth probe, whose buffer would otherwise count.
     let peak_rss = sysinfo::peak_rss_bytes().unwrap_or(0);
     let huge_pages = sysinfo::huge_page_mapped_bytes().unwrap_or(0);
     let bandwidth = sysinfo::measure_read_bandwidth(threads);
-    let bytes_per_token = model.weight_bytes_per_token();
     let tg_mean = mean(&tg);
+    let now = SystemTime::now();
+    let (pp_jpt, tg_jpt) = (mean(&pp_j), mean(&tg_j));
+    let pp_cost = cost.per_million_tokens(pp_jpt, mean(&pp), now);
+    let tg_cost = cost.per_million_tokens(tg_jpt, tg_mean, now);
     let roofline = if bandwidth > 0.0 {
         tg_mean * bytes_per_token as f64 / bandwidth
     } else {
@@ -138,6 +158,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "bandwidth_gb_per_s": bandwidth / 1e9,
             "roofline_fraction": roofline,
             "kv_bytes_per_token": model.new_cache(1).bytes_per_token(),
+            "energy_source": meter.source().as_str(),
+            "pp_joules_per_token": pp_jpt,
+            "tg_joules_per_token": tg_jpt,
+            "currency": cost.currency().code(),
+            "electricity_price_per_kwh": cost.tariff.price_at(now),
+            "hardware_cost_per_hour": cost.hardware_cost_per_hour,
+            "pp_cost_per_million_tokens": pp_cost,
+            "tg_cost_per_million_tokens": tg_cost,
             "expert_load": model.expert_load().map(|l| l.iter().map(|x| x.tokens.clone()).collect::<Vec<_>>()),
         });
         println!("{j}");
@@ -184,6 +212,20 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "KV cache: {} bytes per token",
             model.new_cache(1).bytes_per_token()
         );
+        println!("energy: {}", source_note(&meter));
+        let cur = cost.currency();
+        if a.n_prompt > 0 {
+            println!(
+                "  prompt:     {pp_jpt:.4} J/token, {pp_cost:.4} {cur} per million tokens at {}",
+                price_note(&cost)
+            );
+        }
+        if a.n_gen > 0 {
+            println!(
+                "  generation: {tg_jpt:.4} J/token, {tg_cost:.4} {cur} per million tokens at {}",
+                price_note(&cost)
+            );
+        }
         if model.expert_load().is_some() {
             println!("expert load over the whole run:");
             for line in crate::generate::expert_load_lines(model.as_ref()) {

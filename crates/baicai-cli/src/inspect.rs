@@ -1,9 +1,11 @@
-//! `baicai inspect`: what is in a model file and what running it costs in memory.
+//! `baicai inspect`: what is in a model file and what running it costs in memory, energy and
+//! money (an estimate from the bytes read per token and the machine's measured bandwidth).
 
 use anyhow::Result;
 use baicai_gguf::Value;
 use clap::Args;
 
+use crate::cost::{price_note, CostArgs};
 use crate::load::{open_gguf, ModelArgs};
 
 /// Arguments of `inspect`.
@@ -17,6 +19,8 @@ pub struct InspectArgs {
     /// Omit the tensor table.
     #[arg(long = "no-tensors")]
     pub no_tensors: bool,
+    #[command(flatten)]
+    pub cost: CostArgs,
 }
 
 fn show(v: &Value) -> String {
@@ -46,6 +50,31 @@ fn show(v: &Value) -> String {
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
+}
+
+/// The roofline estimate of decode speed, energy and cost, before anything runs: one stream
+/// reads every active weight once per token, so it makes at most bandwidth ÷ bytes tokens per
+/// second; the power model at that rate gives joules per token.
+fn describe_cost(model: &dyn baicai_models::CausalLm, cost: &CostArgs) -> Result<()> {
+    let model_cost = cost.cost_model()?;
+    let power = cost.power_model()?;
+    let threads = rayon::current_num_threads();
+    let bandwidth = baicai_engine::sysinfo::measure_read_bandwidth(threads);
+    let bytes = model.weight_bytes_per_token() as f64;
+    let tps = bandwidth / bytes.max(1.0);
+    let jpt = baicai_engine::cost::joules_per_token(&power, threads, tps, bytes);
+    let per_m = model_cost.per_million_tokens(jpt, tps, std::time::SystemTime::now());
+    println!(
+        "roofline: {:.1} GB/s measured with {threads} threads ÷ {:.1} MiB per token = at most {tps:.1} generated tokens/s per stream",
+        bandwidth / 1e9,
+        mib(bytes as u64)
+    );
+    println!(
+        "energy and cost (estimate, at the roofline, {threads} threads busy): {jpt:.3} J per generated token, {per_m:.4} {} per million generated tokens at {}",
+        model_cost.currency(),
+        price_note(&model_cost)
+    );
+    Ok(())
 }
 
 fn describe_model(model: &dyn baicai_models::CausalLm, file_size: u64, ctx: usize) {
@@ -97,7 +126,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             println!("  {h}");
         }
         describe_model(loaded.model.as_ref(), loaded.file_size, a.ctx_size);
-        return Ok(());
+        return describe_cost(loaded.model.as_ref(), &a.cost);
     }
     let g = open_gguf(&a.model.model)?;
     println!(
@@ -147,6 +176,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             let budget = crate::load::larger_than_memory(g.file_size());
             println!("weights in memory: {}", crate::load::mapped_note(budget));
             describe_model(model.as_ref(), g.file_size(), a.ctx_size);
+            describe_cost(model.as_ref(), &a.cost)?;
         }
         Err(e) => println!("architecture: cannot be run: {e}"),
     }

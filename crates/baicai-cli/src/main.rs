@@ -4,10 +4,12 @@
 //! errors go to standard error. Every error is one line and a non-zero exit.
 
 mod bench;
+mod cost;
 mod generate;
 mod inspect;
 mod load;
 mod perplexity;
+mod plan;
 mod serve;
 
 use anyhow::Result;
@@ -41,6 +43,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Perplexity of a text over windows (as llama-perplexity), KL-divergence against saved runs.
     Perplexity(perplexity::PerplexityArgs),
+    /// Capacity and cost planning: replicas and cost per day of a workload at candidate sites.
+    Plan(plan::PlanArgs),
 }
 
 /// Keeps freed memory in the process (glibc): by default every buffer over 128 KiB is its own
@@ -68,6 +72,7 @@ fn main() {
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
+        Command::Plan(a) => plan::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));

@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use crate::energy::{Energy, EnergyConfig};
+use crate::energy::{Energy, EnergyConfig, PowerModel};
 use crate::tariff::{Currency, Tariff, JOULES_PER_KWH};
 
 /// Default electricity price, CNY per kWh: a West-China data-centre rate.
@@ -63,6 +63,21 @@ pub struct Accounting {
     pub cost: CostModel,
 }
 
+/// Estimated joules per token of work that keeps `threads` threads busy at `tokens_per_s` and
+/// reads `bytes_per_token` from memory for each token (the power model at that operating point).
+pub fn joules_per_token(
+    power: &PowerModel,
+    threads: usize,
+    tokens_per_s: f64,
+    bytes_per_token: f64,
+) -> f64 {
+    if tokens_per_s <= 0.0 {
+        return 0.0;
+    }
+    let wall = 1.0 / tokens_per_s;
+    power.joules(wall, wall * threads as f64, threads, bytes_per_token as u64)
+}
+
 /// Splits `total` over items by the tokens each computed (`weights`); all-zero weights split
 /// evenly.
 pub fn split_by_tokens(total: f64, tokens: &[usize]) -> Vec<f64> {
@@ -99,6 +114,20 @@ mod tests {
         // 0.36 J/token at 100 tok/s: energy 0.36/3.6e6 × 0.6 = 6e-8, hardware 1e-5 per token.
         let pm = m.per_million_tokens(0.36, 100.0, SystemTime::now());
         assert!((pm - (0.06 + 10.0)).abs() < 1e-9, "{pm}");
+    }
+
+    #[test]
+    fn joules_per_token_at_an_operating_point() {
+        let p = PowerModel {
+            idle_watts: 64.0,
+            cores: 32,
+            watts_per_busy_core: 5.0,
+            dram_watts_per_gbps: 0.25,
+        };
+        // 2 threads at 50 tok/s: (2 W idle share + 10 W busy) / 50 + 0.4 GB × 0.25 J/GB.
+        let j = joules_per_token(&p, 2, 50.0, 4e8);
+        assert!((j - (12.0 / 50.0 + 0.1)).abs() < 1e-12, "{j}");
+        assert_eq!(joules_per_token(&p, 2, 0.0, 4e8), 0.0);
     }
 
     #[test]
