@@ -226,6 +226,7 @@ fn generate(
             stop: params.stop.clone(),
             stop_at_eog: params.stop_at_eog,
             logprobs: None,
+            constraint: None,
             sink: Box::new(CliSink {
                 tx,
                 cancel: cancel.clone(),

@@ -62,6 +62,7 @@ fn main() {
                         stop: Vec::new(),
                         stop_at_eog: false,
                         logprobs: None,
+                        constraint: None,
                         sink: Box::new(Sink(tx)),
                     })
                     .expect("submit");

@@ -147,7 +147,7 @@ impl Core {
     }
 
     /// Takes a submitted request in as a waiting sequence.
-    fn admit(&mut self, req: Request) {
+    fn admit(&mut self, mut req: Request) {
         self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
         let id = self.next_id;
         self.next_id += 1;
@@ -161,7 +161,7 @@ impl Core {
         let seq = Seq {
             tokens: req.prompt.clone(),
             cache: None,
-            gen: Generation::new(spec, &req.prompt),
+            gen: Generation::new(spec, &req.prompt).with_constraint(req.constraint.take()),
             cached_tokens: 0,
             energy_joules: 0.0,
             cost: 0.0,

@@ -17,6 +17,7 @@ use baicai_tokenizer::Tokenizer;
 
 use crate::cost::Accounting;
 use crate::energy::EnergySource;
+use crate::constraint::TokenConstraint;
 use crate::sampler::SamplerConfig;
 use crate::session::FinishReason;
 use crate::tariff::Currency;
@@ -66,6 +67,8 @@ pub struct Request {
     /// `Some(k)`: report each generated token's logprob and its `k` most likely alternatives
     /// (`k` ≤ [`MAX_TOP_LOGPROBS`]); `None`: no logprobs.
     pub logprobs: Option<usize>,
+    /// Limits which tokens may be generated (structured output); `None`: any token.
+    pub constraint: Option<Box<dyn TokenConstraint>>,
     /// Where the request's events go.
     pub sink: Box<dyn EventSink>,
 }

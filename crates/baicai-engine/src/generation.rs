@@ -1,9 +1,11 @@
 //! One sequence's postprocess step, shared by the serving engine and [`crate::session::Session`]:
 //! logits → (logprobs) → sampled token → end-of-generation check → streamed text with stop
-//! strings held back → finish reason.
+//! strings held back → finish reason. A sequence with a [`TokenConstraint`] has its logits
+//! masked before sampling and the chosen token committed to the constraint after.
 
 use baicai_tokenizer::{StreamDecoder, Tokenizer};
 
+use crate::constraint::{TokenConstraint, TokenMask};
 use crate::engine::TokenOut;
 use crate::sampler::{log_softmax_top_n, Sampler, SamplerConfig, StopMatcher};
 use crate::session::FinishReason;
@@ -26,6 +28,8 @@ pub struct Generation {
     decoder: StreamDecoder,
     stops: StopMatcher,
     generated: usize,
+    /// The constraint and its mask buffer (reused every step).
+    constraint: Option<(Box<dyn TokenConstraint>, TokenMask)>,
 }
 
 /// What one step produced.
@@ -52,7 +56,14 @@ impl Generation {
             decoder: StreamDecoder::new(true),
             generated: 0,
             spec,
+            constraint: None,
         }
+    }
+
+    /// Constrains the tokens this generation may sample.
+    pub fn with_constraint(mut self, constraint: Option<Box<dyn TokenConstraint>>) -> Generation {
+        self.constraint = constraint.map(|c| (c, TokenMask::default()));
+        self
     }
 
     /// Tokens generated so far.
@@ -68,6 +79,11 @@ impl Generation {
             .spec
             .logprobs
             .map(|k| (log_softmax_top_n(logits, k.max(1)), logits.to_vec()));
+        if let Some((c, mask)) = &mut self.constraint {
+            mask.reset(tokenizer.vocab_size());
+            c.mask(mask);
+            mask.apply(logits);
+        }
         let token = self.sampler.sample(logits);
         self.sampler.accept(token);
         if self.spec.stop_at_eog && tokenizer.is_eog(token) {
@@ -76,6 +92,10 @@ impl Generation {
                 ..StepOut::default()
             };
         }
+        let constraint_done = self.constraint.as_mut().is_some_and(|(c, _)| {
+            c.commit(token);
+            c.is_done()
+        });
         let (logprob, top) = match raw {
             Some((top, raw)) => {
                 // Every logprob shares log Z: lp(token) = logit(token) - logit(best) + lp(best).
@@ -89,7 +109,7 @@ impl Generation {
         };
         self.generated += 1;
         let r = self.stops.push(&self.decoder.push(tokenizer, token));
-        let finish = if r.stopped {
+        let finish = if r.stopped || constraint_done {
             Some(FinishReason::Stop)
         } else if self.generated >= self.spec.max_tokens {
             Some(FinishReason::Length)

@@ -4,10 +4,11 @@
 //! `model.forward(tokens) -> logits`, `sampler.sample(logits) -> token`, with the sampler's state
 //! (RNG, penalty history) owned by the sequence, so the same seed always yields the same text.
 
+pub mod constraint;
 mod core;
-pub mod engine;
 pub mod cost;
 pub mod energy;
+pub mod engine;
 pub mod generation;
 pub mod load;
 mod prefix;

@@ -69,6 +69,7 @@ fn request(
         stop: Vec::new(),
         stop_at_eog: false,
         logprobs: Some(2),
+        constraint: None,
         sink: Box::new(ChanSink {
             tx,
             closed: Arc::new(AtomicBool::new(false)),

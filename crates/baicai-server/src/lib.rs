@@ -16,12 +16,15 @@
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod output;
 pub mod protocol;
 pub mod queue;
 pub mod response;
 pub mod routes;
 pub mod server;
 pub mod stream;
+pub mod structured;
+pub mod tools;
 pub mod validate;
 
 use baicai_engine::engine::{EngineHandle, EngineStats, Request, SubmitError};

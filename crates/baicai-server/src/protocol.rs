@@ -191,6 +191,14 @@ request_struct!(
         pub logprobs: Option<bool>,
         /// Alternatives per token to return (0..=20); needs `logprobs: true`.
         pub top_logprobs: Option<i64>,
+        /// Functions the model may call.
+        pub tools: Option<Vec<Tool>>,
+        /// `none`, `auto`, `required`, or `{"type": "function", "function": {"name": …}}`.
+        pub tool_choice: Option<ToolChoice>,
+        /// Whether the model may call several tools in one answer (default true).
+        pub parallel_tool_calls: Option<bool>,
+        /// `{"type": "text" | "json_object" | "json_schema", …}`.
+        pub response_format: Option<ResponseFormat>,
     }
 );
 
@@ -218,11 +226,105 @@ pub struct StreamOptions {
 /// One chat message.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Message {
-    /// The author: `system`, `user`, `assistant` (or `developer`, read as `system`).
+    /// The author: `system`, `user`, `assistant`, `tool` (or `developer`, read as `system`).
     pub role: String,
     /// `null` is allowed (OpenAI allows it for assistant messages with tool calls).
     #[serde(default)]
     pub content: Option<Content>,
+    /// The calls an assistant message made.
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
+    /// The author's name (for `tool` messages: the function's).
+    pub name: Option<String>,
+}
+
+/// A tool the model may call: `{"type": "function", "function": {...}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tool {
+    /// Only `function` is served.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function.
+    pub function: FunctionDef,
+}
+
+/// A function definition.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionDef {
+    /// The name the model calls it by.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: Option<String>,
+    /// Its arguments as a JSON schema (an object schema); absent = no arguments.
+    pub parameters: Option<serde_json::Value>,
+    /// Accepted; arguments of constrained calls always follow `parameters`.
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    /// `none`, `auto` or `required` (checked in validation).
+    Mode(String),
+    /// The function that must be called.
+    Function(String),
+}
+
+/// `{"type": "function", "function": {"name": …}}` of `tool_choice`.
+#[derive(Deserialize)]
+struct NamedToolChoice {
+    function: NamedFunction,
+}
+
+#[derive(Deserialize)]
+struct NamedFunction {
+    name: String,
+}
+
+/// A call made by an earlier assistant message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallIn {
+    /// The call's id, which a `tool` message's `tool_call_id` refers to.
+    pub id: Option<String>,
+    /// The function and its arguments.
+    pub function: FunctionCallIn,
+}
+
+/// The function of an earlier call.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCallIn {
+    /// The function's name.
+    pub name: String,
+    /// The arguments: a JSON string, as OpenAI sends them (an object is accepted too).
+    #[serde(default)]
+    pub arguments: serde_json::Value,
+}
+
+/// `response_format`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Free text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON that validates against a schema.
+    JsonSchema {
+        /// The schema and its name.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct JsonSchemaFormat {
+    /// The schema's name.
+    pub name: Option<String>,
+    /// The JSON schema; absent = any JSON object.
+    pub schema: Option<serde_json::Value>,
+    /// Accepted; output always follows the schema.
+    pub strict: Option<bool>,
 }
 
 /// A message's content: a string, or an array of typed parts.
@@ -293,6 +395,20 @@ shape_visitor!(Stop, "a string or an array of strings", {
         Ok(Stop(v))
     }
 });
+
+shape_visitor!(
+    ToolChoice,
+    "\"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+    {
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<ToolChoice, E> {
+            Ok(ToolChoice::Mode(s.to_owned()))
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<ToolChoice, A::Error> {
+            let named = NamedToolChoice::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            Ok(ToolChoice::Function(named.function.name))
+        }
+    }
+);
 
 shape_visitor!(Content, "a string or an array of content parts", {
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Content, E> {
@@ -411,12 +527,14 @@ pub struct PromptTokensDetails {
 
 /// `finish_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// An end-of-generation token or a stop string.
     Stop,
     /// `max_tokens` or the context reached.
     Length,
+    /// The answer is tool calls.
+    ToolCalls,
 }
 
 /// Response of `/v1/chat/completions` without streaming.
@@ -454,8 +572,62 @@ pub struct ChatChoice {
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: &'static str,
-    /// The text.
-    pub content: String,
+    /// The text; `null` when the answer is tool calls only.
+    pub content: Option<String>,
+    /// A reasoning model's thinking (the text between `<think>` and `</think>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// The calls the model made.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCall {
+    /// `call_…`, unique per call.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The function and its arguments.
+    pub function: FunctionCall,
+}
+
+/// The function of a call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCall {
+    /// The function's name.
+    pub name: String,
+    /// The arguments as a JSON text.
+    pub arguments: String,
+}
+
+/// A piece of a call in a stream: the first carries `id`, `type` and the name, the next ones
+/// pieces of the arguments.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallDelta {
+    /// The call's position among the answer's calls.
+    pub index: usize,
+    /// The call's id (first piece only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function` (first piece only).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// The name (first piece) or a piece of the arguments.
+    pub function: FunctionCallDelta,
+}
+
+/// A piece of a call's function.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FunctionCallDelta {
+    /// The function's name (first piece only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// More of the arguments' JSON text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 /// One chunk of a streamed chat completion.
@@ -498,6 +670,12 @@ pub struct ChatDelta {
     /// The text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// More of a reasoning model's thinking.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// Pieces of tool calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// Chat logprobs: one entry per generated token.

@@ -115,6 +115,10 @@ pub fn submit(
                     stop: req.stop.clone(),
                     stop_at_eog: req.stop_at_eog,
                     logprobs: req.logprobs,
+                    constraint: req
+                        .constraint
+                        .as_ref()
+                        .map(|c| Box::new(c.constraint()) as Box<_>),
                     sink: Box::new(sink),
                 })
                 .map_err(submit_error)?;

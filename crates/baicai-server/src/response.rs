@@ -14,6 +14,7 @@ use baicai_engine::session::FinishReason as EngineFinish;
 use baicai_tokenizer::Tokenizer;
 
 use crate::metrics::Metrics;
+use crate::output::ChatOutput;
 use crate::protocol::{
     AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatDelta,
     ChatLogprobs, ChatTokenLogprob, Completion, CompletionChoice, CompletionLogprobs, FinishReason,
@@ -76,6 +77,9 @@ pub enum Update {
         text: String,
         /// Logprobs of the new tokens, when asked for, in the endpoint's format.
         logprobs: Option<DeltaLogprobs>,
+        /// For chat output that is read (tool calls, reasoning): the deltas `text` made
+        /// final, in place of `text`.
+        chat: Option<Vec<ChatDelta>>,
     },
     /// Choice `index` ended.
     Finished {
@@ -83,6 +87,8 @@ pub enum Update {
         index: usize,
         /// Why.
         finish: FinishReason,
+        /// For chat output that is read: the deltas held back until the end.
+        chat: Vec<ChatDelta>,
     },
     /// The engine failed on this request.
     Error(String),
@@ -107,6 +113,8 @@ struct ChoiceState {
     finish: Option<FinishReason>,
     usage: baicai_engine::engine::Usage,
     last_token: Option<Instant>,
+    /// The reading of chat output with tools or reasoning.
+    output: Option<ChatOutput>,
 }
 
 /// Every choice of a request, as events arrive.
@@ -135,10 +143,12 @@ impl Choices {
                         DeltaLogprobs::Completion(CompletionLogprobs::default())
                     }
                 });
+                let read = req.endpoint == Endpoint::Chat && !req.output.is_plain();
                 ChoiceState {
                     offset: echo.len(),
                     text: echo,
                     logprobs,
+                    output: read.then(|| ChatOutput::new(req.output)),
                     ..ChoiceState::default()
                 }
             })
@@ -202,23 +212,33 @@ impl Choices {
                     extend(all, new);
                 }
                 st.text.push_str(&d.text);
+                let chat = st.output.as_mut().map(|o| o.push(&d.text));
                 Update::Delta {
                     index,
                     text: d.text,
                     logprobs,
+                    chat,
                 }
             }
             Event::Done(done) => {
-                let finish = match done.finish {
+                let mut finish = match done.finish {
                     EngineFinish::Stop => FinishReason::Stop,
                     EngineFinish::Length | EngineFinish::ContextFull => FinishReason::Length,
                 };
+                let chat = st.output.as_mut().map(|o| o.finish()).unwrap_or_default();
+                if st.output.as_ref().is_some_and(|o| o.has_calls()) {
+                    finish = FinishReason::ToolCalls;
+                }
                 st.finish = Some(finish);
                 st.usage = done.usage;
                 if self.all_done() {
                     self.metrics.e2e(now - self.meta.arrived);
                 }
-                Update::Finished { index, finish }
+                Update::Finished {
+                    index,
+                    finish,
+                    chat,
+                }
             }
             Event::Error(msg) => Update::Error(msg),
         }
@@ -253,9 +273,22 @@ impl Choices {
                 .enumerate()
                 .map(|(index, s)| ChatChoice {
                     index,
-                    message: AssistantMessage {
-                        role: "assistant",
-                        content: s.text,
+                    message: match &s.output {
+                        Some(o) => {
+                            let (content, reasoning_content, tool_calls) = o.message();
+                            AssistantMessage {
+                                role: "assistant",
+                                content,
+                                reasoning_content,
+                                tool_calls,
+                            }
+                        }
+                        None => AssistantMessage {
+                            role: "assistant",
+                            content: Some(s.text),
+                            reasoning_content: None,
+                            tool_calls: Vec::new(),
+                        },
                     },
                     logprobs: match s.logprobs {
                         Some(DeltaLogprobs::Chat(l)) => Some(l),

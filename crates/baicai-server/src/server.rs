@@ -91,6 +91,8 @@ impl AppState {
 
     /// Marks the model loaded: `/health` turns 200 and `/v1` routes serve.
     pub fn set_ready(&self, loaded: Loaded) {
+        // Structured output's view of the vocabulary is built here, not at the first request.
+        loaded.validator.warm_grammars();
         // Validator first: `is_ready` looks at the backend.
         let _ = self.validator.set(loaded.validator);
         let _ = self.backend.set(loaded.backend);

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::protocol::{ChatChunk, ChatDelta, Completion};
 use crate::queue::Submitted;
-use crate::response::{Choices, Update};
+use crate::response::{Choices, DeltaLogprobs, Update};
 use crate::validate::Endpoint;
 
 enum Phase {
@@ -87,25 +87,31 @@ impl Sse {
                     };
                     self.sub.clock.read();
                     match self.choices.apply(index, ev) {
-                        Update::Delta { text, logprobs, .. }
-                            if text.is_empty() && logprobs.is_none() =>
-                        {
-                            continue
-                        }
+                        Update::Delta {
+                            text,
+                            logprobs,
+                            chat: None,
+                            ..
+                        } if text.is_empty() && logprobs.is_none() => continue,
+                        Update::Delta {
+                            chat: Some(deltas),
+                            logprobs: None,
+                            ..
+                        } if deltas.is_empty() => continue,
                         Update::Delta {
                             index,
                             text,
                             logprobs,
+                            chat,
                         } => match self.endpoint {
                             Endpoint::Chat => {
-                                let delta = ChatDelta {
-                                    role: None,
-                                    content: Some(text),
-                                };
-                                event(
-                                    &mut out,
-                                    &self.choices.chat_chunk(index, delta, logprobs, None),
-                                );
+                                let deltas = chat.unwrap_or_else(|| {
+                                    vec![ChatDelta {
+                                        content: Some(text),
+                                        ..ChatDelta::default()
+                                    }]
+                                });
+                                self.chat_deltas(&mut out, index, deltas, logprobs);
                             }
                             Endpoint::Completion => {
                                 event(
@@ -114,17 +120,26 @@ impl Sse {
                                 );
                             }
                         },
-                        Update::Finished { index, finish } => {
+                        Update::Finished {
+                            index,
+                            finish,
+                            chat,
+                        } => {
                             match self.endpoint {
-                                Endpoint::Chat => event(
-                                    &mut out,
-                                    &self.choices.chat_chunk(
-                                        index,
-                                        ChatDelta::default(),
-                                        None,
-                                        Some(finish),
-                                    ),
-                                ),
+                                Endpoint::Chat => {
+                                    if !chat.is_empty() {
+                                        self.chat_deltas(&mut out, index, chat, None);
+                                    }
+                                    event(
+                                        &mut out,
+                                        &self.choices.chat_chunk(
+                                            index,
+                                            ChatDelta::default(),
+                                            None,
+                                            Some(finish),
+                                        ),
+                                    )
+                                }
                                 Endpoint::Completion => event(
                                     &mut out,
                                     &self.choices.completion_chunk(
@@ -160,6 +175,29 @@ impl Sse {
         }
     }
 
+    /// One chunk per delta of choice `index`; `logprobs` go with the first (alone when there is
+    /// no delta).
+    fn chat_deltas(
+        &self,
+        out: &mut String,
+        index: usize,
+        deltas: Vec<ChatDelta>,
+        mut logprobs: Option<DeltaLogprobs>,
+    ) {
+        if deltas.is_empty() {
+            let chunk = self
+                .choices
+                .chat_chunk(index, ChatDelta::default(), logprobs, None);
+            return event(out, &chunk);
+        }
+        for delta in deltas {
+            event(
+                out,
+                &self.choices.chat_chunk(index, delta, logprobs.take(), None),
+            );
+        }
+    }
+
     /// The chunks that open each choice: the role (chat) or the echoed prompt (completions).
     fn start(&self, out: &mut String) {
         for index in 0..self.choices.count() {
@@ -168,6 +206,7 @@ impl Sse {
                     let delta = ChatDelta {
                         role: Some("assistant"),
                         content: Some(String::new()),
+                        ..ChatDelta::default()
                     };
                     event(out, &self.choices.chat_chunk(index, delta, None, None));
                 }

@@ -7,16 +7,21 @@
 //! [`SamplerConfig`] field is set here explicitly, so the engine's own (llama.cpp) defaults never
 //! leak into a served request.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use baicai_engine::engine::MAX_TOP_LOGPROBS;
 use baicai_engine::sampler::SamplerConfig;
-use baicai_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use baicai_tokenizer::{ChatTemplate, Tokenizer};
+use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::output::OutputSpec;
 use crate::protocol::{
     ChatCompletionRequest, CommonParams, CompletionRequest, Content, Message, Prompt,
+    ResponseFormat, Tool, ToolChoice,
 };
+use crate::structured::{Compiled, Grammars};
+use crate::tools::{self, ToolFormat};
 
 /// Choices one request may ask for per prompt (`n`).
 pub const MAX_N: usize = 8;
@@ -78,6 +83,10 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// The client's `user` field, for the log.
     pub user: Option<String>,
+    /// The grammar every choice's output must follow (`response_format`, forced tool calls).
+    pub constraint: Option<Compiled>,
+    /// How chat output is read back (tool calls, reasoning).
+    pub output: OutputSpec,
 }
 
 impl ValidRequest {
@@ -107,6 +116,12 @@ pub struct Validator {
     n_vocab: usize,
     /// The name clients address the model by.
     model_name: String,
+    /// The template's tool-call syntax, if it has one.
+    tool_format: Option<ToolFormat>,
+    /// Whether the template is a reasoning model's (`<think>`).
+    reasoning: bool,
+    /// llguidance over the vocabulary, built on first use (or by [`Validator::warm_grammars`]).
+    grammars: OnceLock<Result<Grammars, String>>,
 }
 
 impl Validator {
@@ -118,13 +133,39 @@ impl Validator {
         n_vocab: usize,
         model_name: String,
     ) -> Validator {
+        let source = template.source().unwrap_or_default();
         Validator {
             tokenizer,
+            tool_format: ToolFormat::detect(&source),
+            reasoning: source.contains("<think>"),
             template,
             n_ctx,
             n_vocab,
             model_name,
+            grammars: OnceLock::new(),
         }
+    }
+
+    /// Builds the grammar engine's view of the vocabulary now rather than at the first
+    /// constrained request.
+    pub fn warm_grammars(&self) {
+        let _ = self.grammars();
+    }
+
+    fn grammars(&self) -> Result<&Grammars, ApiError> {
+        self.grammars
+            .get_or_init(|| Grammars::new(self.tokenizer.clone()))
+            .as_ref()
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "structured output is not available for this model: {e}"
+                ))
+            })
+    }
+
+    /// The tool-call syntax of the served model's template, if it has one.
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        self.tool_format
     }
 
     /// The served model's name.
@@ -156,9 +197,16 @@ impl Validator {
             .enumerate()
             .map(|(i, m)| chat_message(i, m))
             .collect::<Result<Vec<_>, _>>()?;
-        let text = self.template.render(&messages, true).map_err(|e| {
-            ApiError::invalid("messages", format!("cannot apply the chat template: {e}"))
-        })?;
+        let tools = self.tools(req)?;
+        let tool_defs: Option<Vec<Value>> = tools
+            .as_ref()
+            .map(|t| t.tools.iter().map(tool_json).collect());
+        let text = self
+            .template
+            .render_json(&messages, tool_defs.as_deref(), true)
+            .map_err(|e| {
+                ApiError::invalid("messages", format!("cannot apply the chat template: {e}"))
+            })?;
         // Templates that write the BOS token themselves must not get a second one (as `chat`).
         let tok = &self.tokenizer;
         let bos_in_text = tok
@@ -187,7 +235,162 @@ impl Validator {
             }
             _ => None,
         };
-        self.finish(Endpoint::Chat, vec![prompt], &common, logprobs)
+        let mut valid = self.finish(Endpoint::Chat, vec![prompt], &common, logprobs)?;
+        valid.output = OutputSpec {
+            tools: tools.as_ref().map(|t| t.format),
+            reasoning: self.reasoning.then(|| text.trim_end().ends_with("<think>")),
+        };
+        valid.constraint = match (&tools, &req.response_format) {
+            (Some(t), _) if t.forced => Some(self.tool_grammar(t, req)?),
+            (_, Some(f)) => self.json_grammar(f)?,
+            _ => None,
+        };
+        Ok(valid)
+    }
+
+    /// The request's tools and how they may be called; `None` without tools or with
+    /// `tool_choice: "none"`.
+    fn tools<'r>(
+        &self,
+        req: &'r ChatCompletionRequest,
+    ) -> Result<Option<RequestTools<'r>>, ApiError> {
+        let tools = req.tools.as_deref().unwrap_or_default();
+        for (i, t) in tools.iter().enumerate() {
+            check_tool(i, t)?;
+        }
+        let (forced, named) = match &req.tool_choice {
+            None => (false, None),
+            Some(ToolChoice::Mode(m)) => match m.as_str() {
+                "auto" => (false, None),
+                "none" => return Ok(None),
+                "required" => (true, None),
+                other => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        format!(
+                            "tool_choice '{other}' is not supported: use \"none\", \"auto\", \
+                             \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
+                        ),
+                    ))
+                }
+            },
+            Some(ToolChoice::Function(name)) => (true, Some(name.as_str())),
+        };
+        if tools.is_empty() {
+            if forced {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "tool_choice asks for a tool call, but the request has no tools",
+                ));
+            }
+            return Ok(None);
+        }
+        if let Some(name) = named {
+            if !tools.iter().any(|t| t.function.name == name) {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!(
+                        "tool_choice names the function '{name}', which is not among tools ({})",
+                        tools
+                            .iter()
+                            .map(|t| t.function.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        let Some(format) = self.tool_format else {
+            return Err(ApiError::invalid(
+                "tools",
+                format!(
+                    "the model '{}' cannot call tools: its chat template has no tool-call \
+                     syntax (supported: Qwen2.5/Qwen3/Hermes <tool_call>, Llama 3.1+ JSON, \
+                     Mistral [TOOL_CALLS], DeepSeek-V3/R1)",
+                    self.model_name
+                ),
+            ));
+        };
+        Ok(Some(RequestTools {
+            tools,
+            format,
+            forced,
+            named,
+        }))
+    }
+
+    /// The grammar of a forced call (`tool_choice` `required` or a named function).
+    fn tool_grammar(
+        &self,
+        t: &RequestTools,
+        req: &ChatCompletionRequest,
+    ) -> Result<Compiled, ApiError> {
+        let callable: Vec<(String, Value)> = t
+            .tools
+            .iter()
+            .filter(|tool| t.named.is_none_or(|n| n == tool.function.name))
+            .map(|tool| {
+                let params = tool
+                    .function
+                    .parameters
+                    .clone()
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+                (tool.function.name.clone(), params)
+            })
+            .collect();
+        let parallel = t.named.is_none() && req.parallel_tool_calls.unwrap_or(true);
+        let single_token = |marker: &str| {
+            let ids = self.tokenizer.encode(marker, false, true);
+            (ids.len() == 1).then(|| ids[0])
+        };
+        let lark = t.format.grammar(&callable, parallel, single_token);
+        self.compile(&lark).map_err(|e| {
+            ApiError::invalid(
+                "tools",
+                format!("the tools' parameter schemas cannot be compiled into a grammar: {e}"),
+            )
+        })
+    }
+
+    /// The grammar of `response_format`; `None` for text.
+    fn json_grammar(&self, f: &ResponseFormat) -> Result<Option<Compiled>, ApiError> {
+        let (schema, param) = match f {
+            ResponseFormat::Text => return Ok(None),
+            ResponseFormat::JsonObject => (json!({"type": "object"}), "response_format"),
+            ResponseFormat::JsonSchema { json_schema } => (
+                json_schema
+                    .schema
+                    .clone()
+                    .unwrap_or_else(|| json!({"type": "object"})),
+                "response_format.json_schema.schema",
+            ),
+        };
+        if !schema.is_object() && !schema.is_boolean() {
+            return Err(ApiError::invalid(
+                param,
+                format!("{param} must be a JSON schema (an object)"),
+            ));
+        }
+        let lark = format!("start: %json {}\n", tools::with_options(&schema));
+        self.compile(&lark)
+            .map(Some)
+            .map_err(|e| ApiError::invalid(param, format!("{param} cannot be compiled: {e}")))
+    }
+
+    /// Compiles a Lark grammar; for a reasoning model, a `<think>` section may come first and
+    /// is not constrained.
+    fn compile(&self, lark: &str) -> Result<Compiled, String> {
+        let close = self.tokenizer.encode("</think>", false, true);
+        let lark = match close.as_slice() {
+            [close] if self.reasoning => format!(
+                "start: think? body\nthink: <[^{close}]>* <[{close}]>\n{}",
+                lark.replacen("start:", "body:", 1)
+            ),
+            _ => lark.to_owned(),
+        };
+        self.grammars()
+            .map_err(|e| e.message)?
+            .compile(llguidance::api::TopLevelGrammar::from_lark(lark))
     }
 
     /// Validates a text completion request: tokenizes each prompt.
@@ -427,21 +630,81 @@ impl Validator {
                     .and_then(|o| o.include_usage)
                     .unwrap_or(false),
             user: c.user.clone(),
+            constraint: None,
+            output: OutputSpec::default(),
         })
     }
 }
 
-/// The chat message `m` (at `messages[i]`) as the template takes it.
-fn chat_message(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
+/// A request's tools, validated.
+struct RequestTools<'r> {
+    tools: &'r [Tool],
+    format: ToolFormat,
+    /// `tool_choice` `required` or named: the answer must be calls.
+    forced: bool,
+    /// The function `tool_choice` names.
+    named: Option<&'r str>,
+}
+
+/// Checks `tools[i]`: a function with a usable name and an object schema.
+fn check_tool(i: usize, t: &Tool) -> Result<(), ApiError> {
+    if t.kind != "function" {
+        return Err(ApiError::invalid(
+            format!("tools[{i}].type"),
+            format!(
+                "tools[{i}].type '{}' is not supported: use \"function\"",
+                t.kind
+            ),
+        ));
+    }
+    let name = &t.function.name;
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        return Err(ApiError::invalid(
+            format!("tools[{i}].function.name"),
+            format!(
+                "tools[{i}].function.name '{name}' must be 1 to 64 letters, digits, '_', '-' or '.'"
+            ),
+        ));
+    }
+    if let Some(p) = &t.function.parameters {
+        if !p.is_object() {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].function.parameters"),
+                format!("tools[{i}].function.parameters must be a JSON schema object, got {p}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A tool definition as templates take it (`{"type": "function", "function": {…}}`).
+fn tool_json(t: &Tool) -> Value {
+    let mut f = json!({"name": t.function.name});
+    if let Some(d) = &t.function.description {
+        f["description"] = json!(d);
+    }
+    f["parameters"] = t
+        .function
+        .parameters
+        .clone()
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    json!({"type": "function", "function": f})
+}
+
+/// The chat message `m` (at `messages[i]`) as the template takes it: `role`, `content`, and
+/// the tool fields. Calls' arguments become objects, as HF templates expect (and vLLM does).
+fn chat_message(i: usize, m: &Message) -> Result<Value, ApiError> {
     let role = match m.role.as_str() {
-        r @ ("system" | "user" | "assistant") => r,
+        r @ ("system" | "user" | "assistant" | "tool") => r,
         // OpenAI's newer name for the system role.
         "developer" => "system",
         other => {
             return Err(ApiError::invalid(
                 format!("messages[{i}].role"),
                 format!(
-                    "messages[{i}].role '{other}' is not supported: use system, user or assistant"
+                    "messages[{i}].role '{other}' is not supported: use system, user, assistant \
+                     or tool"
                 ),
             ))
         }
@@ -480,7 +743,33 @@ fn chat_message(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
             ))
         }
     };
-    Ok(ChatMessage::new(role, content))
+    let mut v = json!({"role": role, "content": content});
+    if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_empty()) {
+        let calls: Vec<Value> = calls
+            .iter()
+            .map(|c| {
+                let args = match &c.function.arguments {
+                    Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+                    Value::Null => json!({}),
+                    other => other.clone(),
+                };
+                let mut call = json!({"type": "function",
+                    "function": {"name": c.function.name, "arguments": args}});
+                if let Some(id) = &c.id {
+                    call["id"] = json!(id);
+                }
+                call
+            })
+            .collect();
+        v["tool_calls"] = Value::Array(calls);
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    if let Some(name) = &m.name {
+        v["name"] = json!(name);
+    }
+    Ok(v)
 }
 
 /// `value` (default `default`) if it lies in `range`, else a 400 naming `field`.

@@ -4,7 +4,13 @@
 //! The environment follows Hugging Face `apply_chat_template`: `trim_blocks` and
 //! `lstrip_blocks` on, Python string/dict methods (`.strip()`, `.split()`, `.items()`, …) through
 //! minijinja-contrib's pycompat callback, `raise_exception(msg)` and `strftime_now(fmt)`, and the
-//! context `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools` (none).
+//! context `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools`. `tojson` is
+//! Python's `json.dumps` as HF's environment has it (`", "` / `": "` separators, key order kept,
+//! no HTML escaping), so tool definitions reach the model in the form it was trained on.
+//!
+//! [`ChatTemplate::render`] takes plain text messages; [`ChatTemplate::render_json`] takes them
+//! as JSON values, with the fields tool use needs (`tool_calls` of assistant messages,
+//! `tool_call_id` and `name` of `tool` messages), and the `tools` list.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -71,6 +77,7 @@ impl ChatTemplate {
                 );
                 env.add_function("raise_exception", raise_exception);
                 env.add_function("strftime_now", strftime_now);
+                env.add_filter("tojson", tojson);
                 env.add_template_owned(TEMPLATE_NAME, src.to_string())
                     .map_err(template_error)?;
                 Some(env)
@@ -137,6 +144,55 @@ impl ChatTemplate {
         let Some(env) = &self.env else {
             return Ok(chatml(messages, add_generation_prompt));
         };
+        self.render_env(
+            env,
+            Value::from_serialize(messages),
+            Value::from(()),
+            add_generation_prompt,
+        )
+    }
+
+    /// Renders messages given as JSON objects (`role`, `content`, and where present
+    /// `tool_calls`, `tool_call_id`, `name`), with `tools` (a list of OpenAI tool definitions)
+    /// when given. The ChatML fallback renders `role` and `content` only.
+    ///
+    /// # Errors
+    /// [`TokenizerError::ChatTemplate`] when rendering fails (including `raise_exception`).
+    pub fn render_json(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let Some(env) = &self.env else {
+            let text = |m: &serde_json::Value, k: &str| {
+                m.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let plain: Vec<ChatMessage> = messages
+                .iter()
+                .map(|m| ChatMessage::new(text(m, "role"), text(m, "content")))
+                .collect();
+            return Ok(chatml(&plain, add_generation_prompt));
+        };
+        let tools = tools.map_or(Value::from(()), Value::from_serialize);
+        self.render_env(
+            env,
+            Value::from_serialize(messages),
+            tools,
+            add_generation_prompt,
+        )
+    }
+
+    fn render_env(
+        &self,
+        env: &Environment<'static>,
+        messages: Value,
+        tools: Value,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = env.get_template(TEMPLATE_NAME).map_err(template_error)?;
         template
             .render(context! {
@@ -144,9 +200,16 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
-                tools => Value::from(()),
+                tools => tools,
             })
             .map_err(template_error)
+    }
+
+    /// The template's source (`None` for the ChatML fallback): tool-call and reasoning formats
+    /// are recognised from it.
+    pub fn source(&self) -> Option<String> {
+        let env = self.env.as_ref()?;
+        Some(env.get_template(TEMPLATE_NAME).ok()?.source().to_owned())
     }
 }
 
@@ -174,6 +237,62 @@ fn template_error(e: Error) -> TokenizerError {
         }
     }
     TokenizerError::ChatTemplate(msg)
+}
+
+/// `x | tojson(indent=None)` as transformers defines it: `json.dumps(x, ensure_ascii=False,
+/// indent=indent)`, i.e. `", "` and `": "` separators without indent, keys in their order.
+fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let mut out = String::new();
+    write_json(&json, indent, 0, &mut out);
+    Ok(Value::from_safe_string(out))
+}
+
+fn write_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out: &mut String) {
+    use serde_json::Value as J;
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * depth));
+        }
+    };
+    let (item_sep, key_sep) = if indent.is_some() {
+        (",", ": ")
+    } else {
+        (", ", ": ")
+    };
+    match v {
+        J::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, depth + 1);
+                write_json(item, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        J::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, depth + 1);
+                out.push_str(&J::String(k.clone()).to_string());
+                out.push_str(key_sep);
+                write_json(item, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 fn raise_exception(message: String) -> std::result::Result<Value, Error> {
@@ -309,6 +428,36 @@ mod tests {
             "Thursday February 29 13:05:09 060 24 01PM %"
         );
         assert_eq!(strftime("%Y-%m-%d %a", 0), "1970-01-01 Thu");
+    }
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let src = "{{ tools | tojson }}|{{ tools[0] | tojson(indent=2) }}";
+        let t = ChatTemplate::new(Some(src), "", "").unwrap();
+        let tools = [serde_json::json!({"type": "function", "b": [1, "<x>"], "a": {}})];
+        let out = t.render_json(&[], Some(&tools), false).unwrap();
+        assert_eq!(
+            out,
+            "[{\"type\": \"function\", \"b\": [1, \"<x>\"], \"a\": {}}]|\
+             {\n  \"type\": \"function\",\n  \"b\": [\n    1,\n    \"<x>\"\n  ],\n  \"a\": {}\n}"
+        );
+    }
+
+    #[test]
+    fn render_json_passes_tool_calls_and_tools() {
+        let src = "{% for m in messages %}{{ m.role }}:{% if m.tool_calls is defined %}\
+                   {{ m.tool_calls[0].function.name }}{{ m.tool_calls[0].function.arguments.city }}\
+                   {% else %}{{ m.content }}{% endif %};{% endfor %}{{ tools | length }}";
+        let t = ChatTemplate::new(Some(src), "", "").unwrap();
+        let messages = [
+            serde_json::json!({"role": "user", "content": "hi"}),
+            serde_json::json!({"role": "assistant", "content": "",
+                "tool_calls": [{"function": {"name": "w", "arguments": {"city": "Oslo"}}}]}),
+            serde_json::json!({"role": "tool", "content": "sunny", "tool_call_id": "c1"}),
+        ];
+        let tools = [serde_json::json!({"type": "function"})];
+        let out = t.render_json(&messages, Some(&tools), false).unwrap();
+        assert_eq!(out, "user:hi;assistant:wOslo;tool:sunny;1");
     }
 
     #[test]
