@@ -142,7 +142,20 @@ impl Core {
             while let Ok(req) = rx.try_recv() {
                 self.admit(req);
             }
-            self.step();
+            // A bug on a data path must not take the server down: the requests of a step that
+            // panicked end with an error, and the engine goes on serving new ones.
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+            if stepped.is_err() {
+                let live: Vec<SeqId> = self.seqs.keys().copied().collect();
+                for id in live {
+                    self.finish(
+                        id,
+                        Some(Err(
+                            "internal error in the engine; the request was ended".into()
+                        )),
+                    );
+                }
+            }
         }
     }
 

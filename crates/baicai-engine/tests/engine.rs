@@ -307,3 +307,66 @@ fn bad_requests_are_refused_at_submit() {
     let (req, _rx) = request(vec![5; 3], 4, None);
     assert_eq!(engine.submit(req), Err(SubmitError::ShuttingDown));
 }
+
+/// A model that panics when a batch holds the token [`POISON`] (a stand-in for a bug on a data
+/// path), and otherwise is the fixture model.
+struct Poisoned(Box<dyn baicai_models::CausalLm>);
+
+const POISON: u32 = 77;
+
+impl baicai_models::CausalLm for Poisoned {
+    fn config(&self) -> &baicai_models::ModelConfig {
+        self.0.config()
+    }
+    fn forward_batch(
+        &self,
+        seqs: &mut [baicai_models::SeqInput],
+    ) -> Result<Vec<Vec<f32>>, baicai_models::ModelError> {
+        assert!(
+            !seqs.iter().any(|s| s.tokens.contains(&POISON)),
+            "poisoned batch"
+        );
+        self.0.forward_batch(seqs)
+    }
+    fn new_cache(&self, n_ctx: usize) -> baicai_models::KvCache {
+        self.0.new_cache(n_ctx)
+    }
+    fn weight_bytes_per_token(&self) -> u64 {
+        self.0.weight_bytes_per_token()
+    }
+}
+
+#[test]
+fn a_panicking_step_ends_its_requests_with_an_error_and_the_engine_serves_on() {
+    let path = root().join("fixtures/moe/qwen2-moe/model-f32.gguf");
+    let g = Arc::new(baicai_gguf::Gguf::open(&path).unwrap());
+    let tok = Arc::new(Tokenizer::from_gguf(&g).unwrap());
+    let model = Poisoned(baicai_models::load(g).unwrap());
+    let engine = EngineHandle::start(Arc::new(model), tok, EngineConfig::default());
+    let (req, rx) = request(vec![5, 6, POISON, 8], 4, None);
+    engine.submit(req).unwrap();
+    let mut errored = false;
+    while let Ok(ev) = rx.recv_timeout(Duration::from_secs(60)) {
+        match ev {
+            Event::Error(e) => {
+                assert!(e.contains("internal error"), "{e}");
+                errored = true;
+            }
+            Event::Done(_) => panic!("a poisoned request finished"),
+            Event::Delta(_) => {}
+        }
+    }
+    assert!(errored, "no error event for the poisoned request");
+    let (req, rx) = request(vec![5, 6, 7, 8], 4, None);
+    engine.submit(req).unwrap();
+    let out = collect(rx);
+    assert_eq!(
+        out.done
+            .expect("served after the panic")
+            .usage
+            .completion_tokens,
+        4
+    );
+    assert_eq!(wait_idle(&engine).kv_blocks_used, 0);
+    engine.shutdown_and_wait();
+}
