@@ -239,7 +239,13 @@ def measure_llamacpp(flash_attn):
             c = [compare(d, scores[d[0]], ids[d[0] + 1]) for d in dists]
             per_text[lp.name.split(".")[-2]] = summary(c)
             all_c += c
-        figures[name] = {"all": summary(all_c), "texts": per_text}
+        figures[name] = {
+            "all": summary(all_c),
+            "texts": per_text,
+            # Per position, in the order of the sorted reference files, for paired comparisons.
+            "kld": [float(f"{x[0]:.4g}") for x in all_c],
+            "same_top": "".join("1" if x[2] else "0" for x in all_c),
+        }
         del llm
     return figures
 

