@@ -46,7 +46,11 @@ pub struct PerplexityArgs {
     pub batch: Option<usize>,
     /// Save the distributions at the scored positions (top-k logprobs and the rest's mass) for
     /// a later `--kl-divergence`.
-    #[arg(long = "save-logits", value_name = "FILE", conflicts_with = "kl_divergence")]
+    #[arg(
+        long = "save-logits",
+        value_name = "FILE",
+        conflicts_with = "kl_divergence"
+    )]
     pub save_logits: Option<PathBuf>,
     /// Tokens kept per position by `--save-logits`.
     #[arg(long = "save-top-k", default_value_t = 20)]
@@ -127,7 +131,9 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let loaded = load(&a.model)?;
     let tok = loaded.tokenizer()?.clone();
     if tok.add_eos() {
-        bail!("the model's tokenizer adds EOS to every text; perplexity over windows would score it");
+        bail!(
+            "the model's tokenizer adds EOS to every text; perplexity over windows would score it"
+        );
     }
     let model = loaded.model;
     let n_vocab = model.config().n_vocab;
@@ -144,7 +150,9 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let n_chunk = a.chunks.map_or(available, |c| c.min(available));
     tokens.truncate(n_chunk * a.ctx);
     if tok.add_bos() {
-        let bos = tok.bos_id().context("the tokenizer adds BOS but has no BOS token")?;
+        let bos = tok
+            .bos_id()
+            .context("the tokenizer adds BOS but has no BOS token")?;
         tokens.iter_mut().step_by(a.ctx).for_each(|t| *t = bos);
     }
     let w = Windows {
@@ -289,7 +297,8 @@ fn run_windows(
 }
 
 fn progress(n: usize) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(n as u64), indicatif::ProgressDrawTarget::stderr());
+    let bar =
+        ProgressBar::with_draw_target(Some(n as u64), indicatif::ProgressDrawTarget::stderr());
     if let Ok(style) =
         ProgressStyle::with_template("{bar:40} {pos}/{len} windows, {msg}, ETA {eta}")
     {
@@ -299,8 +308,8 @@ fn progress(n: usize) -> ProgressBar {
 }
 
 fn write_file(path: &Path, f: &LogprobFile) -> Result<()> {
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
     f.write(&mut out)
         .and_then(|_| out.flush())

@@ -37,7 +37,10 @@ fn reference_files(model: &str) -> Vec<PathBuf> {
 fn compare_model(model: &str) -> Option<Vec<Compared>> {
     let path = root().join("models").join(model);
     if !path.exists() {
-        eprintln!("SKIP: {} missing; run scripts/fetch-models.sh", path.display());
+        eprintln!(
+            "SKIP: {} missing; run scripts/fetch-models.sh",
+            path.display()
+        );
         return None;
     }
     let loaded = load(&path, &LoadOptions::default()).unwrap();
@@ -130,13 +133,25 @@ fn check(model: &str) {
     );
     let n = compared.len() as f64;
     // Mean KL: the paired per-position difference, its mean and standard error.
-    let d: Vec<f64> = compared.iter().zip(&their_kld).map(|(c, t)| c.kld - t).collect();
+    let d: Vec<f64> = compared
+        .iter()
+        .zip(&their_kld)
+        .map(|(c, t)| c.kld - t)
+        .collect();
     let mean_d = d.iter().sum::<f64>() / n;
     let se_d = (d.iter().map(|x| (x - mean_d).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt();
     let their_mean = their_kld.iter().sum::<f64>() / n;
     // Top-1 agreement: positions where only one engine agrees with the reference (McNemar).
-    let only_theirs = compared.iter().zip(&their_top).filter(|(c, &t)| t && !c.same_top).count();
-    let only_ours = compared.iter().zip(&their_top).filter(|(c, &t)| !t && c.same_top).count();
+    let only_theirs = compared
+        .iter()
+        .zip(&their_top)
+        .filter(|(c, &t)| t && !c.same_top)
+        .count();
+    let only_ours = compared
+        .iter()
+        .zip(&their_top)
+        .filter(|(c, &t)| !t && c.same_top)
+        .count();
     let their_share = their_top.iter().filter(|&&t| t).count() as f64 / n;
     eprintln!(
         "{model}: baicai mean KL {:.5} (99%: {:.4}), top-1 {:.2}%, PPL {:.4} (exact {:.4}); \
