@@ -66,7 +66,16 @@ fn perplexity_saves_and_compares_and_refuses_other_runs() {
     let saved = dir.join("gemma.lp").display().to_string();
     let prose = text("prose.txt");
     let run = |extra: &[&str]| {
-        let mut a = vec!["perplexity", "-m", &gemma, "-f", &prose, "-c", "128", "--json"];
+        let mut a = vec![
+            "perplexity",
+            "-m",
+            &gemma,
+            "-f",
+            &prose,
+            "-c",
+            "128",
+            "--json",
+        ];
         a.extend_from_slice(extra);
         baicai(&a)
     };
