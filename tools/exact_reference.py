@@ -260,12 +260,79 @@ def summary(c):
     }
 
 
+def q8_round(x, block, f16_scale):
+    """x with every `block` values rounded to 8 bits against their largest magnitude, as the
+    engines' Q8_0 (32 values, f16 scale) and Q8_K (256 values, f32 scale) activations."""
+    shape = x.shape
+    x = x.reshape(-1, block)
+    amax = x.abs().amax(-1, keepdim=True)
+    d = amax / 127
+    if f16_scale:
+        d = d.to(torch.float16).to(x.dtype)
+    inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    return (torch.round(x * inv).clamp(-127, 127) * d).reshape(shape)
+
+
+HF_TO_GGUF = {
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_output",
+    "gate_proj": "ffn_gate",
+    "up_proj": "ffn_up",
+    "down_proj": "ffn_down",
+}
+
+
+def simulate_q8(which, models):
+    """Exact math (float32) except the inputs of the chosen matmuls, rounded to 8 bits in the
+    blocks the engines use for that weight's type: how much of the engines' divergence 8-bit
+    activations alone explain. `which`: all, head (the output matmul only) or layers."""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    figures = {}
+    for name in models:
+        types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(ROOT / "models" / name)).tensors}
+        model = AutoModelForCausalLM.from_pretrained(
+            str(ROOT / "models"), gguf_file=name, torch_dtype=torch.float32, attn_implementation="eager"
+        ).eval()
+        for n, mod in model.named_modules():
+            if not isinstance(mod, torch.nn.Linear):
+                continue
+            is_head = n == "lm_head"
+            if (which == "head" and not is_head) or (which == "layers" and is_head):
+                continue
+            if n == "lm_head":
+                g = "output.weight" if "output.weight" in types else "token_embd.weight"
+            else:
+                g = f"blk.{n.split('.')[2]}.{HF_TO_GGUF[n.split('.')[-1]]}.weight"
+            k_quant = types[g].endswith("_K")
+            mod.register_forward_pre_hook(
+                lambda _m, args, k=k_quant: (q8_round(args[0], 256 if k else 32, not k),)
+            )
+        all_c = []
+        for lp in sorted(FIXTURES.glob(f"{name.removesuffix('.gguf')}.*.lp")):
+            _, _, ids, dists = read_lp(lp)
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0].numpy()
+            all_c += [compare(d, logits[d[0]], ids[d[0] + 1]) for d in dists]
+        figures[name] = summary(all_c)
+        del model
+    return figures
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--llama-lib", required=True, metavar="DIR", help="llama.cpp's shared libraries (libllama.so)")
-    ap.add_argument("--models", nargs="*", default=MODELS, help="reference mode: only these model files")
+    ap.add_argument("--models", nargs="*", default=MODELS, help="only these model files (not with --measure-llamacpp)")
     ap.add_argument("--measure-llamacpp", action="store_true", help="measure llama.cpp against the reference files")
     ap.add_argument("--flash-attn", action="store_true", help="with --measure-llamacpp: flash attention on")
+    ap.add_argument(
+        "--simulate-q8",
+        choices=["all", "head", "layers"],
+        help="measure exact math with 8-bit activations before these matmuls against the reference",
+    )
     a = ap.parse_args()
     os.environ["LLAMA_CPP_LIB_PATH"] = a.llama_lib
     if a.measure_llamacpp:
@@ -274,4 +341,7 @@ if __name__ == "__main__":
         import torch
 
         torch.set_num_threads(2)
-        make_reference(a.models)
+        if a.simulate_q8:
+            print(json.dumps(simulate_q8(a.simulate_q8, a.models), indent=1))
+        else:
+            make_reference(a.models)
