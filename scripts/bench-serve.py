@@ -13,6 +13,13 @@ honour it; baicai too) and by prompts that ask for long answers. Standard librar
     LLAMA_SERVER=/path/to/llama-server scripts/bench-serve.py --compare \\
         -m models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf [-t THREADS] [--json out.json]
 
+Structured output: `--response-format json` sends every request with a JSON schema (an object with
+one long string, so constrained answers run as long as free ones); `--response-format both` runs
+each level twice on the same server, free and constrained, alternating which goes first, and prints
+the ratio — the cost of constrained decoding measured in one run:
+
+    scripts/bench-serve.py --url http://127.0.0.1:8080 --response-format both -c 1,16
+
 Tokens are counted from the final usage chunk (`stream_options.include_usage`) where the server
 sends one, else as the number of chunks that carry text (one token each in both servers). TTFT is
 from sending the request to the first chunk with text; ITL pools the gaps between consecutive text
@@ -55,6 +62,15 @@ PROMPT = (
 )
 
 
+# The constrained form of the same answer: the article as one JSON string.
+ARTICLE_SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string", "maxLength": 80}, "article": {"type": "string"}},
+    "required": ["title", "article"],
+    "additionalProperties": False,
+}
+
+
 def percentile(xs, p):
     if not xs:
         return float("nan")
@@ -67,8 +83,8 @@ def percentile(xs, p):
 class Target:
     """An OpenAI-compatible endpoint: base URL, model name, key."""
 
-    def __init__(self, name, url, model=None, api_key=None):
-        self.name, self.api_key = name, api_key
+    def __init__(self, name, url, model=None, api_key=None, response_format="text"):
+        self.name, self.api_key, self.response_format = name, api_key, response_format
         u = urllib.parse.urlparse(url)
         self.host, self.port = u.hostname, u.port or 80
         self.prefix = u.path.rstrip("/")
@@ -102,6 +118,8 @@ def one_request(conn, target, i, max_tokens):
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if target.response_format == "json":
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "article", "schema": ARTICLE_SCHEMA}}
     t0 = time.perf_counter()
     conn.request("POST", target.prefix + "/v1/chat/completions", body=json.dumps(body), headers=target.headers())
     r = conn.getresponse()
@@ -322,6 +340,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=128, help="generated tokens per request (default 128)")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured requests per server before the first level")
     ap.add_argument("--json", help="write all results as JSON to this file ('-' = stdout)")
+    ap.add_argument("--response-format", choices=["text", "json", "both"], default="text",
+                    help="free text, a JSON schema (constrained decoding), or both alternating (default text)")
     cmp = ap.add_argument_group("--compare: start baicai serve and llama-server on one model, alternate per level")
     cmp.add_argument("--compare", action="store_true")
     cmp.add_argument("-m", "--model-path", dest="model", default=str(ROOT / "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
@@ -342,8 +362,10 @@ def main():
         if args.compare:
             launched = start_servers(args, levels)
             targets = [Target(s.name, f"http://127.0.0.1:{s.port}") for s in launched]
+        elif args.response_format == "both":
+            targets = [Target(f"server/{f}", args.url, args.served_model, args.api_key, f) for f in ("text", "json")]
         else:
-            targets = [Target("server", args.url, args.served_model, args.api_key)]
+            targets = [Target("server", args.url, args.served_model, args.api_key, args.response_format)]
         for t in targets:
             for i in range(args.warmup):
                 conn = http.client.HTTPConnection(t.host, t.port, timeout=600)
@@ -364,10 +386,16 @@ def main():
                 print(f"  {r['tokens_per_s']} tok/s, TTFT p50 {r['ttft_p50_s']} s", file=sys.stderr)
                 results.append(r)
         print_table(results, args.compare)
+        if args.response_format == "both":
+            for c in levels:
+                by = {r["engine"]: r["tokens_per_s"] for r in results if r["concurrency"] == c}
+                if by.get("server/text"):
+                    print(f"concurrency {c}: json/text throughput = {by['server/json'] / by['server/text']:.3f}")
         dump = {
             "config": {"levels": levels, "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
                        "min_requests": args.min_requests, "threads": args.threads if args.compare else None,
                        "model": args.model if args.compare else targets[0].model,
+                       "response_format": args.response_format,
                        "commands": [s.cmd for s in launched]},
             "peak_rss_mib": {s.name: s.peak_rss_mib() for s in launched},
             "results": results,

@@ -26,6 +26,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BAICAI = Path(os.environ.get("BAICAI_BIN", ROOT / "target/release/baicai"))
 MODEL = ROOT / "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+GEMMA = ROOT / "models/gemma-3-270m-q4_k_m.gguf"  # a template without tool calls, a SentencePiece vocabulary
+GEMMA_ARGS = ["--ctx-size", "1024", "--kv-cache-mib", "64", "--max-seqs", "8"]
 LOG_DIR = ROOT / "target/server-tests-logs"
 
 API_KEY = "sk-baicai-test-3f9c"
@@ -79,14 +81,14 @@ REFERENCE_CHAT = {
 class Server:
     """A running `baicai serve`: its process, address, stderr log and HTTP helpers."""
 
-    def __init__(self, name, extra_args, api_key):
+    def __init__(self, name, extra_args, api_key, model=MODEL):
         self.name = name
         self.api_key = api_key
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = LOG_DIR / f"{name}.log"
         self.stderr_lines = []
         self._listening = threading.Event()
-        cmd = [str(BAICAI), "serve", "-m", str(MODEL), "--host", HOST, "--port", "0", *extra_args]
+        cmd = [str(BAICAI), "serve", "-m", str(model), "--host", HOST, "--port", "0", *extra_args]
         if api_key:
             cmd += ["--api-key", api_key]
         self.cmd = cmd
@@ -181,8 +183,8 @@ class Server:
             return None
 
 
-def start_server(name, extra_args=(), api_key=None):
-    return Server(name, list(extra_args), api_key)
+def start_server(name, extra_args=(), api_key=None, model=MODEL):
+    return Server(name, list(extra_args), api_key, model)
 
 
 def stop_and_check(server):
@@ -198,6 +200,16 @@ def server():
     s = start_server("main", SERVER_ARGS, API_KEY)
     yield s
     assert s.alive(), f"the server died during the session:\n{s.tail()}"
+    stop_and_check(s)
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """A second server, without a key, on Gemma 3 270M (tool and structured-output tests)."""
+    if not GEMMA.exists():
+        pytest.fail(f"{GEMMA} missing (scripts/fetch-models.sh)")
+    s = start_server("gemma", GEMMA_ARGS, None, GEMMA)
+    yield s
     stop_and_check(s)
 
 

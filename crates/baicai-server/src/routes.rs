@@ -30,6 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
+        .route("/", get(chat_page))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(v1)
@@ -49,6 +50,28 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response {
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The chat page: one self-contained file, compiled in.
+const CHAT_PAGE: &str = include_str!("chat.html");
+
+/// `GET /`: the chat page. It uses the public API like any client; the policy header keeps it
+/// from loading anything from elsewhere.
+async fn chat_page() -> Response {
+    let mut resp = CHAT_PAGE.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self'",
+        ),
     );
     resp
 }
@@ -215,6 +238,7 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
         "/v1/chat/completions" => "chat_completions",
         "/v1/completions" => "completions",
         "/v1/models" => "models",
+        "/" => "chat_page",
         "/health" => "health",
         "/metrics" => "metrics",
         _ => "other",

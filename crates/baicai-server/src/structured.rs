@@ -107,7 +107,7 @@ impl Grammars {
         let parser = self
             .factory
             .create_parser(grammar)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| clean_error(&e.to_string()))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher_error(&matcher) {
             return Err(e);
@@ -120,7 +120,19 @@ impl Grammars {
 }
 
 fn matcher_error(m: &Matcher) -> Option<String> {
-    m.is_error().then(|| m.get_error().unwrap_or_default())
+    m.is_error()
+        .then(|| clean_error(&m.get_error().unwrap_or_default()))
+}
+
+/// llguidance's message without the grammar it quotes after it and without its position in
+/// our generated grammar text: what the client's schema did wrong, on one line.
+fn clean_error(e: &str) -> String {
+    let e = e.split("\n   1 | ").next().unwrap_or(e);
+    let e = match e.split_once("): ") {
+        Some((pos, rest)) if pos.starts_with("at ") => rest,
+        _ => e,
+    };
+    e.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A compiled grammar, ready to constrain any number of sequences.
