@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use baicai_engine::sysinfo;
-use baicai_models::Logits;
+use baicai_models::{Logits, SeqInput};
 use clap::Args;
 
 use crate::cost::{price_note, source_note, CostArgs};
@@ -29,8 +29,50 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also measure batched decode: for each B, B sequences each decoding one token per forward
+    /// pass, as the serving engine runs them (`baicai plan` predicts serving throughput from
+    /// these figures).
+    #[arg(long = "decode-batch", value_name = "B,…", value_delimiter = ',')]
+    pub decode_batch: Vec<usize>,
     #[command(flatten)]
     pub cost: CostArgs,
+}
+
+/// Decode steps timed per batch size in [`decode_batch_rate`].
+const DECODE_BATCH_STEPS: usize = 16;
+/// Context each sequence of [`decode_batch_rate`] has before its timed steps (the serving
+/// benchmark's prompts are ~100 tokens).
+const DECODE_BATCH_CONTEXT: usize = 96;
+
+/// Generated tokens per second of `b` sequences decoding together: each step is one forward
+/// pass over one new token of every sequence (weights read once for all of them).
+fn decode_batch_rate(model: &dyn baicai_models::CausalLm, b: usize) -> Result<f64> {
+    let n_vocab = model.config().n_vocab;
+    let mut caches: Vec<_> = (0..b)
+        .map(|_| model.new_cache(DECODE_BATCH_CONTEXT + DECODE_BATCH_STEPS))
+        .collect();
+    let prompt = tokens(DECODE_BATCH_CONTEXT, n_vocab);
+    for c in caches.iter_mut() {
+        model
+            .forward(&prompt, c, Logits::Last)
+            .context("decode batch prompt")?;
+    }
+    let mut next: Vec<u32> = vec![prompt[0]; b];
+    let t = Instant::now();
+    for _ in 0..DECODE_BATCH_STEPS {
+        let mut inputs: Vec<SeqInput> = caches
+            .iter_mut()
+            .zip(&next)
+            .map(|(cache, tok)| SeqInput {
+                tokens: std::slice::from_ref(tok),
+                cache,
+                logits: Logits::Last,
+            })
+            .collect();
+        let logits = model.forward_batch(&mut inputs).context("decode batch")?;
+        next = logits.iter().map(|l| argmax(l)).collect();
+    }
+    Ok((b * DECODE_BATCH_STEPS) as f64 / t.elapsed().as_secs_f64())
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -123,6 +165,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             tg_j.push(e.joules / a.n_gen as f64);
         }
     }
+    let mut decode_batch = Vec::new();
+    for &b in &a.decode_batch {
+        if b == 0 {
+            anyhow::bail!("--decode-batch sizes must be at least 1");
+        }
+        decode_batch.push((b, decode_batch_rate(model.as_ref(), b)?));
+    }
     // Peak RSS is read before the bandwidth probe, whose buffer would otherwise count.
     let peak_rss = sysinfo::peak_rss_bytes().unwrap_or(0);
     let huge_pages = sysinfo::huge_page_mapped_bytes().unwrap_or(0);
@@ -166,6 +215,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "hardware_cost_per_hour": cost.hardware_cost_per_hour,
             "pp_cost_per_million_tokens": pp_cost,
             "tg_cost_per_million_tokens": tg_cost,
+            "decode_batch": decode_batch.iter().map(|&(b, r)| serde_json::json!({"batch": b, "tokens_per_s": r})).collect::<Vec<_>>(),
             "expert_load": model.expert_load().map(|l| l.iter().map(|x| x.tokens.clone()).collect::<Vec<_>>()),
         });
         println!("{j}");
@@ -196,6 +246,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 tg_mean,
                 stddev(&tg)
             );
+        }
+        for &(b, r) in &decode_batch {
+            println!("decode ×{b:<4} {r:>8.2} tok/s (batched, {b} sequences)");
         }
         println!(
             "peak RSS: {:.1} MiB (file {:.1} MiB)",

@@ -11,8 +11,13 @@
 //! loop of B streams, one round of B requests of P prompt and O output tokens then takes
 //! `L(B) = O·(1/tg + (B−1)/pp) + B·P/pp` — each request's latency — and yields B·O output tokens.
 //!
+//! Small batches do not reach the prompt rate on every CPU (a kernel's efficiency grows with the
+//! rows it multiplies), so when the bench file has measured batched decode (`bench
+//! --decode-batch 4,16`), the step time at B comes from those rates, interpolated linearly in B,
+//! and the formula above only extends it beyond the largest batch measured.
+//!
 //! `tg` and `pp` come from a `bench --json` file, scaled to each site (tg by memory bandwidth,
-//! pp by cores), or, without one, from the roofline: tg = bandwidth ÷ bytes per token × the
+//! pp by cores, batched rates by the smaller of the two), or, without one, from the roofline: tg = bandwidth ÷ bytes per token × the
 //! fraction of the roofline reached ([`ROOFLINE_FRACTION`]), pp = cores × [`FLOPS_PER_CORE`] ÷
 //! 2 FLOPs per active parameter. Each site says which.
 
@@ -56,6 +61,10 @@ pub struct PlanArgs {
     /// Generated tokens per request.
     #[arg(long = "output-tokens", default_value_t = 128)]
     pub output_tokens: usize,
+    /// Fraction of prompt tokens the prefix cache serves (a shared system prompt, a chat's
+    /// earlier turns, repeated prompts), 0 to 1; they cost no compute.
+    #[arg(long = "prompt-cache-hit", default_value_t = 0.0)]
+    pub prompt_cache_hit: f64,
     /// Seconds a request may take end to end, at most.
     #[arg(long = "latency-target", default_value_t = 30.0)]
     pub latency_target: f64,
@@ -109,12 +118,22 @@ pub struct Site {
 }
 
 /// The figures of `bench --json` that planning uses.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct BenchFigures {
     pub threads: usize,
     pub pp_tokens_per_s: f64,
     pub tg_tokens_per_s: f64,
     pub bandwidth_gb_per_s: f64,
+    /// Batched decode rates (`bench --decode-batch`), if measured.
+    #[serde(default)]
+    pub decode_batch: Vec<BatchRate>,
+}
+
+/// Generated tokens per second of `batch` sequences decoding together.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub struct BatchRate {
+    pub batch: usize,
+    pub tokens_per_s: f64,
 }
 
 /// What planning needs to know of the model.
@@ -133,31 +152,55 @@ pub struct Workload {
     pub requests_per_day: f64,
     pub prompt_tokens: usize,
     pub output_tokens: usize,
+    /// Fraction of prompt tokens served by the prefix cache.
+    pub prompt_cache_hit: f64,
     pub latency_target_s: f64,
     pub peak_factor: f64,
     pub max_seqs: usize,
 }
 
 /// A replica's speed at one site: single-stream decode and prompt rates.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Speed {
     pub tg_tokens_per_s: f64,
     pub pp_tokens_per_s: f64,
-    /// `bench` (scaled to the site) or `roofline`.
+    /// Measured batched decode rates (scaled to the site), batch above 1, ascending.
+    pub decode_batch: Vec<BatchRate>,
+    /// `bench` (scaled to the site; `bench-batched` with batched decode measured) or
+    /// `roofline`.
     pub source: &'static str,
 }
 
 impl Speed {
     /// Seconds of a step that computes one token of each of `b` sequences.
     pub fn step_seconds(&self, b: usize) -> f64 {
-        1.0 / self.tg_tokens_per_s + b.saturating_sub(1) as f64 / self.pp_tokens_per_s
+        let b = b.max(1);
+        let first = BatchRate {
+            batch: 1,
+            tokens_per_s: self.tg_tokens_per_s,
+        };
+        let points: Vec<BatchRate> = std::iter::once(first)
+            .chain(self.decode_batch.iter().copied().filter(|p| p.batch > 1))
+            .collect();
+        if let Some(w) = points
+            .windows(2)
+            .find(|w| (w[0].batch..=w[1].batch).contains(&b))
+        {
+            let f = (b - w[0].batch) as f64 / (w[1].batch - w[0].batch) as f64;
+            let rate = w[0].tokens_per_s + f * (w[1].tokens_per_s - w[0].tokens_per_s);
+            return b as f64 / rate;
+        }
+        // Beyond the measured points: each further token costs its compute at the prompt rate.
+        let last = points[points.len() - 1];
+        last.batch as f64 / last.tokens_per_s + (b - last.batch) as f64 / self.pp_tokens_per_s
     }
 
     /// Latency of each request, and output tokens per second, of `b` streams in a closed loop.
     pub fn at_concurrency(&self, b: usize, w: &Workload) -> (f64, f64) {
         let b = b.max(1);
+        let computed_prompt = w.prompt_tokens as f64 * (1.0 - w.prompt_cache_hit);
         let latency = w.output_tokens as f64 * self.step_seconds(b)
-            + (b * w.prompt_tokens) as f64 / self.pp_tokens_per_s;
+            + b as f64 * computed_prompt / self.pp_tokens_per_s;
         (latency, (b * w.output_tokens) as f64 / latency)
     }
 }
@@ -201,16 +244,37 @@ pub struct Placement {
 /// The replica speed at `site`: bench figures scaled to it, or the roofline.
 pub fn site_speed(site: &SiteSpec, model: &ModelFacts, bench: Option<&BenchFigures>) -> Speed {
     match bench {
-        Some(b) => Speed {
-            tg_tokens_per_s: b.tg_tokens_per_s * site.memory_bandwidth_gbps / b.bandwidth_gb_per_s,
-            pp_tokens_per_s: b.pp_tokens_per_s * site.cores as f64 / b.threads.max(1) as f64,
-            source: "bench",
-        },
+        Some(b) => {
+            let bw = site.memory_bandwidth_gbps / b.bandwidth_gb_per_s;
+            let cores = site.cores as f64 / b.threads.max(1) as f64;
+            let mut decode_batch: Vec<BatchRate> = b
+                .decode_batch
+                .iter()
+                .filter(|p| p.batch > 1 && p.tokens_per_s > 0.0)
+                .map(|p| BatchRate {
+                    batch: p.batch,
+                    tokens_per_s: p.tokens_per_s * bw.min(cores),
+                })
+                .collect();
+            decode_batch.sort_by_key(|p| p.batch);
+            decode_batch.dedup_by_key(|p| p.batch);
+            Speed {
+                tg_tokens_per_s: b.tg_tokens_per_s * bw,
+                pp_tokens_per_s: b.pp_tokens_per_s * cores,
+                source: if decode_batch.is_empty() {
+                    "bench"
+                } else {
+                    "bench-batched"
+                },
+                decode_batch,
+            }
+        }
         None => Speed {
             tg_tokens_per_s: site.memory_bandwidth_gbps * 1e9 / model.weight_bytes_per_token
                 * ROOFLINE_FRACTION,
             pp_tokens_per_s: site.cores as f64 * site.flops_per_core.unwrap_or(FLOPS_PER_CORE)
                 / (2.0 * model.active_params),
+            decode_batch: Vec::new(),
             source: "roofline",
         },
     }
@@ -397,8 +461,9 @@ pub fn run(a: PlanArgs) -> Result<()> {
     if !(a.requests_per_day > 0.0 && a.latency_target > 0.0 && a.peak_factor >= 1.0)
         || a.output_tokens == 0
         || a.max_seqs == 0
+        || !(0.0..=1.0).contains(&a.prompt_cache_hit)
     {
-        anyhow::bail!("--requests-per-day, --latency-target, --output-tokens and --max-seqs must be positive, --peak-factor at least 1");
+        anyhow::bail!("--requests-per-day, --latency-target, --output-tokens and --max-seqs must be positive, --peak-factor at least 1, --prompt-cache-hit from 0 to 1");
     }
     let sites = read_sites(&a.sites)?;
     let bench: Option<BenchFigures> = match &a.bench {
@@ -444,6 +509,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
         requests_per_day: a.requests_per_day,
         prompt_tokens: a.prompt_tokens,
         output_tokens: a.output_tokens,
+        prompt_cache_hit: a.prompt_cache_hit,
         latency_target_s: a.latency_target,
         peak_factor: a.peak_factor,
         max_seqs: a.max_seqs,
@@ -569,6 +635,7 @@ mod tests {
             requests_per_day: 86_400.0,
             prompt_tokens: 100,
             output_tokens: 100,
+            prompt_cache_hit: 0.0,
             latency_target_s: 60.0,
             peak_factor: 1.0,
             max_seqs: 4,
@@ -580,6 +647,7 @@ mod tests {
         let s = Speed {
             tg_tokens_per_s: 50.0,
             pp_tokens_per_s: 200.0,
+            decode_batch: Vec::new(),
             source: "bench",
         };
         let w = workload();
@@ -592,6 +660,37 @@ mod tests {
         // Throughput grows with B towards the compute bound pp × O/(O+P) = 100 tok/s.
         let (_, x64) = s.at_concurrency(64, &w);
         assert!(x4 > x1 && x64 > x4 && x64 < 100.0);
+        // Prompts served by the prefix cache cost nothing: 100 × 1/50 + 0.2 × 100/200.
+        let cached = Workload {
+            prompt_cache_hit: 0.8,
+            ..w
+        };
+        assert!((s.at_concurrency(1, &cached).0 - 2.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn measured_batched_decode_is_interpolated_then_extended_at_the_prompt_rate() {
+        let s = Speed {
+            tg_tokens_per_s: 20.0,
+            pp_tokens_per_s: 100.0,
+            decode_batch: vec![
+                BatchRate {
+                    batch: 4,
+                    tokens_per_s: 24.0,
+                },
+                BatchRate {
+                    batch: 16,
+                    tokens_per_s: 48.0,
+                },
+            ],
+            source: "bench-batched",
+        };
+        assert!((s.step_seconds(1) - 0.05).abs() < 1e-12);
+        assert!((s.step_seconds(4) - 4.0 / 24.0).abs() < 1e-12);
+        // Halfway from 4 to 16: 36 tok/s.
+        assert!((s.step_seconds(10) - 10.0 / 36.0).abs() < 1e-12);
+        // Past 16: 16/48 s plus 4 tokens at 100 tok/s.
+        assert!((s.step_seconds(20) - (16.0 / 48.0 + 0.04)).abs() < 1e-12);
     }
 
     #[test]
@@ -601,6 +700,7 @@ mod tests {
             pp_tokens_per_s: 170.0,
             tg_tokens_per_s: 50.0,
             bandwidth_gb_per_s: 30.0,
+            decode_batch: Vec::new(),
         };
         let s = site("x", 0.2, 16, 120.0, 1.0);
         let sp = site_speed(&s.spec, &MODEL, Some(&b));
@@ -620,10 +720,12 @@ mod tests {
             pp_tokens_per_s: 200.0,
             tg_tokens_per_s: 50.0,
             bandwidth_gb_per_s: 30.0,
+            decode_batch: Vec::new(),
         };
         let s = site("x", 0.5, 2, 30.0, 2.0);
         let w = workload();
         let p = place(&s, &MODEL, Some(&b), &w);
+        assert_eq!(p.speed.source, "bench");
         // B = 4 meets 60 s: 5.5 s per round of 4 → 0.727 req/s per replica; 1 req/s → 2.
         assert!(p.feasible && p.concurrency == 4, "{p:?}");
         assert_eq!(p.replicas, 2);
