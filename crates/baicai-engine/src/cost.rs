@@ -124,9 +124,9 @@ mod tests {
             watts_per_busy_core: 5.0,
             dram_watts_per_gbps: 0.25,
         };
-        // 2 threads at 50 tok/s: (2 W idle share + 10 W busy) / 50 + 0.4 GB × 0.25 J/GB.
+        // 2 threads at 50 tok/s: (4 W idle share + 10 W busy) / 50 + 0.4 GB × 0.25 J/GB.
         let j = joules_per_token(&p, 2, 50.0, 4e8);
-        assert!((j - (12.0 / 50.0 + 0.1)).abs() < 1e-12, "{j}");
+        assert!((j - (14.0 / 50.0 + 0.1)).abs() < 1e-12, "{j}");
         assert_eq!(joules_per_token(&p, 2, 0.0, 4e8), 0.0);
     }
 
