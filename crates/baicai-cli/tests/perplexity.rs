@@ -96,43 +96,26 @@ fn perplexity_saves_and_compares_and_refuses_other_runs() {
     assert_eq!(kl["same_top"], 1.0);
     assert!((kl["ppl_base"].as_f64().unwrap() - ppl).abs() < 1e-4 * ppl);
 
-    let other_text = text("chat.txt");
-    let o = baicai(&[
-        "perplexity",
-        "-m",
-        &gemma,
-        "-f",
-        &other_text,
-        "-c",
-        "128",
-        "--kl-divergence",
-        &saved,
-    ]);
-    assert_refused(&o, "saved over a different text");
-    let o = baicai(&[
-        "perplexity",
-        "-m",
-        &gemma,
-        "-f",
-        &prose,
-        "-c",
-        "64",
-        "--kl-divergence",
-        &saved,
-    ]);
-    assert_refused(&o, "set -c 128");
-    let o = baicai(&[
-        "perplexity",
-        "-m",
-        &qwen,
-        "-f",
-        &prose,
-        "-c",
-        "128",
-        "--kl-divergence",
-        &saved,
-    ]);
-    assert_refused(&o, "different tokenizer");
+    let compare = |model: &str, file: &str, ctx: &str| {
+        baicai(&[
+            "perplexity",
+            "-m",
+            model,
+            "-f",
+            file,
+            "-c",
+            ctx,
+            "--kl-divergence",
+            &saved,
+        ])
+    };
+    let chat = text("chat.txt");
+    assert_refused(
+        &compare(&gemma, &chat, "128"),
+        "saved over a different text",
+    );
+    assert_refused(&compare(&gemma, &prose, "64"), "set -c 128");
+    assert_refused(&compare(&qwen, &prose, "128"), "different tokenizer");
     let o = baicai(&["perplexity", "-m", &gemma, "-f", &prose, "-c", "4096"]);
     assert_refused(&o, "fewer than one window");
     std::fs::remove_dir_all(&dir).ok();
