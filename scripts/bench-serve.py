@@ -85,6 +85,9 @@ class Target:
 
     def __init__(self, name, url, model=None, api_key=None, response_format="text"):
         self.name, self.api_key, self.response_format = name, api_key, response_format
+        # With two targets on one server (--response-format both), a prefix per target and level
+        # keeps one run's prompts from being served from the prefix cache the other one filled.
+        self.salt = ""
         u = urllib.parse.urlparse(url)
         self.host, self.port = u.hostname, u.port or 80
         self.prefix = u.path.rstrip("/")
@@ -111,7 +114,7 @@ def one_request(conn, target, i, max_tokens):
     """Send request i on `conn`; (ok, ttft_s, token_times, completion_tokens, prompt_tokens, err)."""
     body = {
         "model": target.model,
-        "messages": [{"role": "user", "content": PROMPT.format(topic=TOPICS[i % len(TOPICS)])}],
+        "messages": [{"role": "user", "content": target.salt + PROMPT.format(topic=TOPICS[i % len(TOPICS)])}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "ignore_eos": True,
@@ -379,6 +382,8 @@ def main():
             # alternate which engine goes first, so neither always runs on a warmer machine
             order = targets if li % 2 == 0 else targets[::-1]
             for t in order:
+                if args.response_format == "both":
+                    t.salt = f"[{t.name}, {c} clients] "
                 print(f"{t.name}: concurrency {c}, {n} requests ...", file=sys.stderr, flush=True)
                 r = run_level(t, c, n, args.max_tokens)
                 if r["errors"]:
