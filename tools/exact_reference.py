@@ -284,10 +284,11 @@ HF_TO_GGUF = {
 }
 
 
-def simulate_q8(which, models):
+def simulate_q8(which, models, k_block):
     """Exact math (float32) except the inputs of the chosen matmuls, rounded to 8 bits in the
     blocks the engines use for that weight's type: how much of the engines' divergence 8-bit
-    activations alone explain. `which`: all, head (the output matmul only) or layers."""
+    activations alone explain. `which`: all, head (the output matmul only) or layers; `k_block`:
+    the block of the k-quants' activations (the engines' Q8_K: 256)."""
     import gguf
     from transformers import AutoModelForCausalLM
 
@@ -309,7 +310,7 @@ def simulate_q8(which, models):
                 g = f"blk.{n.split('.')[2]}.{HF_TO_GGUF[n.split('.')[-1]]}.weight"
             k_quant = types[g].endswith("_K")
             mod.register_forward_pre_hook(
-                lambda _m, args, k=k_quant: (q8_round(args[0], 256 if k else 32, not k),)
+                lambda _m, args, k=k_quant: (q8_round(args[0], k_block if k else 32, not k),)
             )
         all_c = []
         for lp in sorted(FIXTURES.glob(f"{name.removesuffix('.gguf')}.*.lp")):
@@ -333,6 +334,9 @@ if __name__ == "__main__":
         choices=["all", "head", "layers"],
         help="measure exact math with 8-bit activations before these matmuls against the reference",
     )
+    ap.add_argument(
+        "--q8k-block", type=int, default=256, help="with --simulate-q8: values per scale for k-quant weights' activations"
+    )
     a = ap.parse_args()
     os.environ["LLAMA_CPP_LIB_PATH"] = a.llama_lib
     if a.measure_llamacpp:
@@ -342,6 +346,6 @@ if __name__ == "__main__":
 
         torch.set_num_threads(2)
         if a.simulate_q8:
-            print(json.dumps(simulate_q8(a.simulate_q8, a.models), indent=1))
+            print(json.dumps(simulate_q8(a.simulate_q8, a.models, a.q8k_block), indent=1))
         else:
             make_reference(a.models)
