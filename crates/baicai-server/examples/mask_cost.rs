@@ -31,13 +31,13 @@ fn main() -> Result<(), String> {
         "type": "object",
         "properties": {
             "person": {"type": "object", "properties": {
-                "name": {"type": "string", "maxLength": 30},
+                "name": {"type": "string", "maxLength": 80},
                 "tags": {"type": "array", "items": {"enum": ["a", "bb", "ccc"]}, "maxItems": 4},
                 "age": {"type": "integer", "minimum": 0, "maximum": 120}},
                 "required": ["name", "tags", "age"], "additionalProperties": false},
             "article": {"type": "string"}},
         "required": ["person", "article"], "additionalProperties": false});
-    let answer = "{\"person\": {\"name\": \"Ada Lovelace\", \"tags\": [\"a\", \"ccc\"], \"age\": 36}, \
+    let answer = "{\"person\": {\"name\": \"Augusta Ada King, Countess of Lovelace, mathematician and writer\", \"tags\": [\"a\", \"ccc\"], \"age\": 36}, \
                   \"article\": \"The Analytical Engine weaves algebraic patterns just as the Jacquard \
                   loom weaves flowers and leaves. It was the first design for a general-purpose \
                   computer, and its notes contain the first published program.\"}";
