@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use anyhow::Result;
-use baicai_engine::cost::{CostModel, DEFAULT_PRICE_PER_KWH};
+use baicai_engine::cost::{Accounting, CostModel, DEFAULT_PRICE_PER_KWH};
 use baicai_engine::energy::{EnergyConfig, EnergyMeter, EnergySource, PowerModel};
 use baicai_engine::tariff::{Currency, Tariff};
 use clap::Args;
@@ -73,11 +73,30 @@ impl CostArgs {
     /// # Errors
     /// See [`CostArgs::power_model`].
     pub fn meter(&self, threads: usize) -> Result<EnergyMeter> {
-        Ok(EnergyMeter::new(EnergyConfig {
+        Ok(EnergyMeter::new(self.energy_config(threads)?))
+    }
+
+    /// Energy settings for `threads` threads: RAPL when readable, else the power model.
+    ///
+    /// # Errors
+    /// See [`CostArgs::power_model`].
+    pub fn energy_config(&self, threads: usize) -> Result<EnergyConfig> {
+        Ok(EnergyConfig {
             power: self.power_model()?,
             threads,
             ..EnergyConfig::default()
-        }))
+        })
+    }
+
+    /// The serving engine's energy and cost accounting, on `threads` threads.
+    ///
+    /// # Errors
+    /// See [`CostArgs::cost_model`] and [`CostArgs::power_model`].
+    pub fn accounting(&self, threads: usize) -> Result<Accounting> {
+        Ok(Accounting {
+            energy: self.energy_config(threads)?,
+            cost: self.cost_model()?,
+        })
     }
 }
 

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use baicai_engine::engine::{EngineConfig, EngineHandle};
+use baicai_server::agent::{AgentConfig, Reference, DEFAULT_REFERENCE_PRICE};
 use baicai_server::validate::Validator;
 use baicai_server::{HttpConfig, Loaded, ServeConfig};
 use baicai_tokenizer::ChatTemplate;
 use clap::Args;
 
+use crate::cost::CostArgs;
 use crate::load::{load, ModelArgs};
 
 /// `baicai serve`.
@@ -60,6 +62,21 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long = "shutdown-timeout", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    #[command(flatten)]
+    pub cost: CostArgs,
+    /// Answer HAProxy agent checks on this port (on --host): a weight from the marginal cost
+    /// of a token at the tariff in force and from the load, `drain` while loading and shutting
+    /// down (0: any free port; the real one is printed).
+    #[arg(long = "agent-port", value_name = "PORT")]
+    pub agent_port: Option<u16>,
+    /// Price per kWh (PUE included) at which a replica without hardware cost gets full agent
+    /// weight; dearer replicas get proportionally less.
+    #[arg(long = "agent-reference-price", value_name = "PRICE_PER_KWH", default_value_t = DEFAULT_REFERENCE_PRICE, conflicts_with = "agent_reference_cost")]
+    pub agent_reference_price: f64,
+    /// Cost per million generated tokens that gets full agent weight (instead of
+    /// --agent-reference-price; for replicas on different hardware, give all the same value).
+    #[arg(long = "agent-reference-cost", value_name = "COST_PER_MTOK")]
+    pub agent_reference_cost: Option<f64>,
 }
 
 const MIB: u64 = 1 << 20;
@@ -90,6 +107,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         },
         header_timeout: Duration::from_secs(a.body_timeout),
         shutdown_grace: Duration::from_secs(a.shutdown_timeout),
+        agent: agent_config(&a, addr)?,
     };
     baicai_server::run(cfg, 2, move || {
         start_engine(&a, model_name).map_err(|e| format!("{e:#}"))
@@ -112,7 +130,7 @@ fn start_engine(a: &ServeArgs, model_name: String) -> Result<Loaded> {
         Some(m) => m * MIB,
         None => default_kv_bytes(),
     };
-    let handle = EngineHandle::start(
+    let handle = EngineHandle::start_with(
         loaded.model.clone(),
         tokenizer.clone(),
         EngineConfig {
@@ -123,6 +141,7 @@ fn start_engine(a: &ServeArgs, model_name: String) -> Result<Loaded> {
             max_queue: a.max_queue,
             ..EngineConfig::default()
         },
+        a.cost.accounting(rayon::current_num_threads())?,
     );
     let info = handle.info().clone();
     eprintln!(
@@ -138,6 +157,45 @@ fn start_engine(a: &ServeArgs, model_name: String) -> Result<Loaded> {
         backend: Arc::new(handle),
         validator,
     })
+}
+
+/// The agent check's settings, when --agent-port is given.
+///
+/// # Errors
+/// Invalid cost flags (a tariff file's error names the line) or reference.
+fn agent_config(a: &ServeArgs, http: SocketAddr) -> Result<Option<AgentConfig>> {
+    // Checked before binding, with or without an agent: a bad tariff stops the server at once.
+    let cost = a.cost.cost_model()?;
+    let Some(port) = a.agent_port else {
+        return Ok(None);
+    };
+    let reference = match a.agent_reference_cost {
+        Some(c) if c.is_finite() && c > 0.0 => Reference::CostPerMillionTokens(c),
+        Some(c) => anyhow::bail!("--agent-reference-cost {c} must be > 0"),
+        None if a.agent_reference_price.is_finite() && a.agent_reference_price > 0.0 => {
+            Reference::PricePerKwh(a.agent_reference_price)
+        }
+        None => anyhow::bail!(
+            "--agent-reference-price {} must be > 0",
+            a.agent_reference_price
+        ),
+    };
+    // The power model at full load on the engine's threads, until the engine measures its own.
+    let threads = a.model.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let busy_watts_prior = a
+        .cost
+        .power_model()?
+        .joules(1.0, threads as f64, threads, 0);
+    Ok(Some(AgentConfig {
+        addr: SocketAddr::new(http.ip(), port),
+        cost,
+        busy_watts_prior,
+        reference,
+        max_queue: a.max_queue,
+        max_seqs: a.max_seqs,
+    }))
 }
 
 /// A quarter of the memory available, between 256 MiB and 4 GiB (1 GiB when unknown).

@@ -323,6 +323,7 @@ impl Core {
         let mut g = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         g.energy_joules += energy.joules;
         g.cost += cost;
+        g.busy_seconds += energy.seconds;
     }
 
     /// Samples the next token of `id` from `logits`, streams it, and ends the sequence when it

@@ -194,6 +194,8 @@ pub struct EngineStats {
     /// Cost of all steps since start (energy at the tariff in force, plus hardware time).
     pub cost: f64,
     pub currency: Currency,
+    /// Wall-clock seconds of all steps' forward passes since start (the engine's busy time).
+    pub busy_seconds: f64,
 }
 
 /// Fixed facts about the served model.

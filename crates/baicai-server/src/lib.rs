@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod auth;
 pub mod error;
 pub mod metrics;

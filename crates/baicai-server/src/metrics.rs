@@ -3,8 +3,8 @@
 //! Two sources: what the HTTP side sees (requests by endpoint and status; time to first token,
 //! inter-token and end-to-end latency, measured when each event reaches the handler) lives in
 //! `prometheus-client` metrics updated as requests run; what the engine knows (queue depth,
-//! running sequences, KV blocks, prefix-cache hits, preemptions, token totals, MoE expert load)
-//! is read from [`crate::Backend::stats`] at scrape time by a [`Collector`], so it is never stale
+//! running sequences, KV blocks, prefix-cache hits, preemptions, token totals, MoE expert load,
+//! joules and cost by model) is read from [`crate::Backend::stats`] at scrape time by a [`Collector`], so it is never stale
 //! and the engine thread never touches a metric.
 
 use std::sync::{Arc, OnceLock};
@@ -18,6 +18,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+use baicai_engine::engine::EngineStats;
 
 use crate::Backend;
 
@@ -43,8 +45,9 @@ impl std::fmt::Debug for Metrics {
 pub type BackendSlot = Arc<OnceLock<Arc<dyn Backend>>>;
 
 impl Metrics {
-    /// Registers every metric; engine stats are read from `backend` once it is set.
-    pub fn new(backend: BackendSlot) -> Metrics {
+    /// Registers every metric; engine stats are read from `backend` once it is set, and the
+    /// energy and cost metrics are labelled with `model`.
+    pub fn new(backend: BackendSlot, model: &str) -> Metrics {
         let mut registry = Registry::with_prefix("baicai");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -76,7 +79,10 @@ impl Metrics {
             "Time from the request's arrival to its last event",
             e2e.clone(),
         );
-        registry.register_collector(Box::new(EngineCollector { backend }));
+        registry.register_collector(Box::new(EngineCollector {
+            backend,
+            model: model.to_owned(),
+        }));
         Metrics {
             registry,
             requests,
@@ -123,6 +129,7 @@ impl Metrics {
 /// Reads the engine's stats at scrape time.
 struct EngineCollector {
     backend: BackendSlot,
+    model: String,
 }
 
 impl std::fmt::Debug for EngineCollector {
@@ -139,6 +146,60 @@ fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fm
 fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
     let c = ConstCounter::new(v);
     c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl EngineCollector {
+    /// Joules and cost counters and the joules-per-token gauge, labelled by model (and by the
+    /// energy's source, measured or estimated, and the cost's currency).
+    fn encode_cost(&self, e: &mut DescriptorEncoder, s: &EngineStats) -> std::fmt::Result {
+        let source = [
+            ("model", self.model.clone()),
+            ("source", s.energy_source.as_str().to_owned()),
+        ];
+        let currency = [
+            ("model", self.model.clone()),
+            ("currency", s.currency.code().to_owned()),
+        ];
+        let c = ConstCounter::new(s.energy_joules);
+        c.encode(
+            e.encode_descriptor(
+                "energy_joules",
+                "Energy of all engine steps (measured by RAPL or estimated; see the source label)",
+                None,
+                c.metric_type(),
+            )?
+            .encode_family(&source)?,
+        )?;
+        let c = ConstCounter::new(s.cost);
+        c.encode(
+            e.encode_descriptor(
+                "cost",
+                "Cost of all engine steps: energy at the tariff in force plus hardware time",
+                None,
+                c.metric_type(),
+            )?
+            .encode_family(&currency)?,
+        )?;
+        let g = ConstGauge::new(joules_per_token(s));
+        g.encode(
+            e.encode_descriptor(
+                "energy_joules_per_token",
+                "Joules per generated token since start (prompt work included)",
+                None,
+                g.metric_type(),
+            )?
+            .encode_family(&source)?,
+        )
+    }
+}
+
+/// Joules per generated token since start, prompt work included (0 before the first token).
+pub fn joules_per_token(s: &EngineStats) -> f64 {
+    if s.generated_tokens == 0 {
+        0.0
+    } else {
+        s.energy_joules / s.generated_tokens as f64
+    }
 }
 
 impl Collector for EngineCollector {
@@ -197,6 +258,7 @@ impl Collector for EngineCollector {
             s.preemptions,
         )?;
         counter(e, "engine_steps", "Engine steps run", s.steps)?;
+        self.encode_cost(e, &s)?;
         if let Some(load) = &s.expert_load {
             let mut m = e.encode_descriptor(
                 "moe_expert_tokens",

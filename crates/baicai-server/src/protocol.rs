@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use baicai_engine::tariff::Currency;
 use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -505,8 +506,9 @@ shape_visitor!(
 // Responses
 // ---------------------------------------------------------------------------------------------
 
-/// Token counts of a response.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Token counts of a response, with baicai's energy and cost of computing it (extra fields,
+/// which OpenAI clients keep: the official Python client's models allow unknown fields).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Usage {
     /// Prompt tokens, each prompt counted once.
     pub prompt_tokens: usize,
@@ -516,6 +518,20 @@ pub struct Usage {
     pub total_tokens: usize,
     /// Prompt tokens served from the prefix cache.
     pub prompt_tokens_details: PromptTokensDetails,
+    /// Joules of the engine steps that computed the request, each step split over its sequences
+    /// by the tokens each computed.
+    pub energy_joules: f64,
+    /// `rapl` (measured) or `estimate` (CPU time × the power model).
+    pub energy_source: &'static str,
+    /// The energy at the tariff in force when it was spent, plus the machine's hardware time.
+    pub cost: f64,
+    /// ISO 4217 code of `cost`.
+    #[serde(serialize_with = "currency_code")]
+    pub currency: Currency,
+}
+
+fn currency_code<S: serde::Serializer>(c: &Currency, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(c.code())
 }
 
 /// `usage.prompt_tokens_details`.

@@ -244,7 +244,8 @@ impl Choices {
         }
     }
 
-    /// Token counts of the request: each prompt once, every choice's completion.
+    /// Token counts of the request (each prompt once, every choice's completion), and the
+    /// energy and cost of all its sequences.
     pub fn usage(&self) -> Usage {
         let n = self.req.n;
         let mut u = Usage::default();
@@ -254,6 +255,10 @@ impl Choices {
                 u.prompt_tokens_details.cached_tokens += s.usage.cached_tokens;
             }
             u.completion_tokens += s.usage.completion_tokens;
+            u.energy_joules += s.usage.energy_joules;
+            u.cost += s.usage.cost;
+            u.energy_source = s.usage.energy_source.as_str();
+            u.currency = s.usage.currency;
         }
         u.total_tokens = u.prompt_tokens + u.completion_tokens;
         u

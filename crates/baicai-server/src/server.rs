@@ -7,6 +7,7 @@
 //! [`HttpConfig::body_timeout`]. Neither ever reaches the engine.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 
+use crate::agent::AgentConfig;
 use crate::error::ApiError;
 use crate::metrics::{BackendSlot, Metrics};
 use crate::validate::Validator;
@@ -48,6 +50,8 @@ pub struct ServeConfig {
     pub header_timeout: Duration,
     /// After SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
+    /// `Some`: answer HAProxy's agent checks (see [`crate::agent`]).
+    pub agent: Option<AgentConfig>,
 }
 
 /// A loaded model, ready to serve.
@@ -77,9 +81,10 @@ impl AppState {
     /// State of a server whose model has not loaded yet.
     pub fn new(config: HttpConfig) -> Arc<AppState> {
         let backend: BackendSlot = Arc::new(OnceLock::new());
+        let metrics = Arc::new(Metrics::new(backend.clone(), &config.model_name));
         Arc::new(AppState {
             config,
-            metrics: Arc::new(Metrics::new(backend.clone())),
+            metrics,
             backend,
             validator: OnceLock::new(),
             closing: tokio::sync::watch::Sender::new(false),
@@ -217,6 +222,11 @@ where
 {
     let state = AppState::new(cfg.http.clone());
     let app = crate::routes::router(state.clone());
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let _agent = match &cfg.agent {
+        Some(a) => Some(start_agent(a, &state, &shutting_down).await?),
+        None => None,
+    };
 
     let mut loading = tokio::task::spawn_blocking(load);
     let mut loaded = false;
@@ -261,6 +271,7 @@ where
         }
     }
     eprintln!("shutting down: finishing in-flight requests");
+    shutting_down.store(true, Ordering::SeqCst);
     drop(listener);
     if let Some(b) = state.backend.get() {
         b.begin_shutdown();
@@ -282,6 +293,37 @@ where
         eprintln!("shutting down: connections still open; closing them");
     }
     Ok(())
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds the agent-check port, prints `agent checks on HOST:PORT` to stderr, and answers agent
+/// checks until the returned guard is dropped.
+async fn start_agent(
+    cfg: &AgentConfig,
+    state: &AppState,
+    shutting_down: &Arc<AtomicBool>,
+) -> Result<AbortOnDrop, String> {
+    let listener = crate::agent::listen(cfg.addr)
+        .await
+        .map_err(|e| format!("cannot listen for agent checks on {}: {e}", cfg.addr))?;
+    if let Ok(local) = listener.local_addr() {
+        eprintln!("agent checks on {local}");
+    }
+    let task = crate::agent::serve(
+        listener,
+        cfg.clone(),
+        state.backend.clone(),
+        shutting_down.clone(),
+    );
+    Ok(AbortOnDrop(tokio::spawn(task)))
 }
 
 /// [`serve`] on its own tokio runtime of `worker_threads` threads (1–2 are plenty: handlers only

@@ -67,7 +67,9 @@ async fn chat_response_has_openai_shape() {
     assert_eq!(
         v["usage"],
         serde_json::json!({"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14,
-                           "prompt_tokens_details": {"cached_tokens": 0}})
+                           "prompt_tokens_details": {"cached_tokens": 0},
+                           "energy_joules": 0.0, "energy_source": "estimate", "cost": 0.0,
+                           "currency": "CNY"})
     );
 }
 

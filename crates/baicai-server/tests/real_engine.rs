@@ -86,6 +86,7 @@ fn serves_chat_streams_refuses_bad_input_and_shuts_down() {
         },
         header_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(10),
+        agent: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(baicai_server::serve_on(listener, cfg, load, async {
