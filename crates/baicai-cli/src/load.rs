@@ -3,11 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use baicai_engine::load::LoadOptions;
 pub use baicai_engine::load::{larger_than_memory, mapped_note, Loaded};
 use baicai_gguf::Gguf;
-use baicai_tokenizer::Tokenizer;
 use clap::Args;
 
 /// Model and threads, shared by every command.
@@ -65,7 +64,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
 /// Arguments of `tokenize`.
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
-    /// Path to a GGUF model file.
+    /// Path to a GGUF model file or a Hugging Face checkpoint folder (its `tokenizer.json`).
     #[arg(short = 'm', long = "model")]
     pub model: PathBuf,
     /// The text to tokenize.
@@ -78,9 +77,7 @@ pub struct TokenizeArgs {
 
 /// `baicai tokenize`.
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let gguf = open_gguf(&a.model)?;
-    let tok = Tokenizer::from_gguf(&gguf)
-        .with_context(|| format!("cannot load the tokenizer of {}", a.model.display()))?;
+    let tok = baicai_engine::load::load_tokenizer(&a.model)?;
     let ids = tok.encode(&a.text, a.special, a.special);
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())

@@ -19,6 +19,8 @@ pub enum Arch {
     Llama,
     /// Qwen2 / Qwen2.5 / DeepSeek-R1-Distill-Qwen: Llama with qkv bias and NeoX RoPE.
     Qwen2,
+    /// Qwen3 (dense): Llama with QK-norm, no qkv bias, NeoX RoPE.
+    Qwen3,
     /// Gemma 3: interleaved sliding-window / global attention, QK-norm, pre/post norms.
     Gemma3,
     /// DeepSeek-V2/V2-Lite/V3/R1: Multi-head Latent Attention and DeepSeekMoE.
@@ -114,7 +116,8 @@ pub struct ModelConfig {
     pub rope_style: RopeStyle,
     /// Sliding window of local layers, if the model has them.
     pub sliding_window: Option<usize>,
-    /// Every `swa_period`-th layer (1-based) is global; the rest use the sliding window.
+    /// Every `swa_period`-th layer (1-based) is global; the rest use the sliding window
+    /// (0: every layer does, as in Mistral).
     pub swa_period: usize,
     /// Multi-head Latent Attention, for DeepSeek-V2/V3.
     pub mla: Option<MlaConfig>,
@@ -134,6 +137,7 @@ impl ModelConfig {
             "llama" if g.get_u64("llama.expert_count")?.unwrap_or(0) > 0 => Arch::Mixtral,
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             "gemma3" => Arch::Gemma3,
             "deepseek2" => Arch::Deepseek2,
             "qwen2moe" => Arch::Qwen2Moe,
@@ -215,7 +219,9 @@ impl ModelConfig {
             rope_linear_factor,
             rope_style: match arch {
                 Arch::Llama | Arch::Deepseek2 | Arch::Mixtral => RopeStyle::Interleaved,
-                Arch::Qwen2 | Arch::Gemma3 | Arch::Qwen2Moe | Arch::Qwen3Moe => RopeStyle::Neox,
+                Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 | Arch::Qwen2Moe | Arch::Qwen3Moe => {
+                    RopeStyle::Neox
+                }
             },
             sliding_window,
             swa_period,
@@ -242,7 +248,8 @@ impl ModelConfig {
 
     /// Whether layer `il` (0-based) attends only within the sliding window.
     pub fn is_swa_layer(&self, il: usize) -> bool {
-        self.sliding_window.is_some() && !(il + 1).is_multiple_of(self.swa_period)
+        self.sliding_window.is_some()
+            && (self.swa_period == 0 || !(il + 1).is_multiple_of(self.swa_period))
     }
 
     /// Width of all query heads together.
@@ -420,6 +427,7 @@ pub enum Field {
     RmsEps,
     RopeBase,
     RopeLinearFactor,
+    RopeType,
     SlidingWindow,
     QLoraRank,
     KvLoraRank,
@@ -459,8 +467,33 @@ impl Field {
             NVocab => (&["vocab_size"], &["vocab_size"]),
             NCtxTrain => (&["context_length"], &["max_position_embeddings"]),
             RmsEps => (&["attention.layer_norm_rms_epsilon"], &["rms_norm_eps"]),
-            RopeBase => (&["rope.freq_base"], &["rope_theta"]),
-            RopeLinearFactor | YarnFactor => (&["rope.scaling.factor"], &["rope_scaling.factor"]),
+            // transformers 5.x writes `rope_parameters` (per attention kind for Gemma 3), 4.x
+            // `rope_theta` and `rope_scaling`.
+            RopeBase => (
+                &["rope.freq_base"],
+                &[
+                    "rope_parameters.full_attention.rope_theta",
+                    "rope_parameters.rope_theta",
+                    "rope_theta",
+                ],
+            ),
+            RopeLinearFactor | YarnFactor => (
+                &["rope.scaling.factor"],
+                &[
+                    "rope_parameters.full_attention.factor",
+                    "rope_parameters.factor",
+                    "rope_scaling.factor",
+                ],
+            ),
+            RopeType => (
+                &["rope.scaling.type"],
+                &[
+                    "rope_parameters.full_attention.rope_type",
+                    "rope_parameters.rope_type",
+                    "rope_scaling.rope_type",
+                    "rope_scaling.type",
+                ],
+            ),
             SlidingWindow => (&["attention.sliding_window"], &["sliding_window"]),
             QLoraRank => (&["attention.q_lora_rank"], &["q_lora_rank"]),
             KvLoraRank => (&["attention.kv_lora_rank"], &["kv_lora_rank"]),
@@ -475,23 +508,29 @@ impl Field {
             ),
             YarnOriginalContext => (
                 &["rope.scaling.original_context_length"],
-                &["rope_scaling.original_max_position_embeddings"],
+                &[
+                    "rope_parameters.original_max_position_embeddings",
+                    "rope_scaling.original_max_position_embeddings",
+                ],
             ),
             YarnBetaFast => (
                 &["rope.scaling.yarn_beta_fast"],
-                &["rope_scaling.beta_fast"],
+                &["rope_parameters.beta_fast", "rope_scaling.beta_fast"],
             ),
             YarnBetaSlow => (
                 &["rope.scaling.yarn_beta_slow"],
-                &["rope_scaling.beta_slow"],
+                &["rope_parameters.beta_slow", "rope_scaling.beta_slow"],
             ),
             YarnMscale => (
                 &["rope.scaling.yarn_log_multiplier"],
-                &["rope_scaling.mscale"],
+                &["rope_parameters.mscale", "rope_scaling.mscale"],
             ),
             YarnMscaleAllDim => (
                 &["rope.scaling.yarn_log_multiplier"],
-                &["rope_scaling.mscale_all_dim"],
+                &[
+                    "rope_parameters.mscale_all_dim",
+                    "rope_scaling.mscale_all_dim",
+                ],
             ),
             ExpertCount => (
                 &["expert_count"],

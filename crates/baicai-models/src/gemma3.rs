@@ -1,11 +1,8 @@
 //! Gemma 3 (`gemma3`): interleaved sliding-window and global attention with their own RoPE bases,
 //! QK-norm, norms before and after both sub-blocks, GeGLU, embeddings scaled by √d
 //! (Gemma 3 technical report §2; llama.cpp's `gemma3.cpp`). GGUF norm weights already include
-//! Gemma's `1 + w` offset (the converter adds it), so the norm is a plain RMSNorm here.
-
-use std::sync::Arc;
-
-use baicai_gguf::Gguf;
+//! Gemma's `1 + w` offset (the converter adds it; the checkpoint-folder loader adds it too), so the
+//! norm is a plain RMSNorm here.
 
 use crate::config::ModelConfig;
 use crate::decoder::{self, Blocks, Ends, Seg};
@@ -47,8 +44,7 @@ impl Gemma3 {
     ///
     /// # Errors
     /// Missing tensors, wrong shapes, unsupported types.
-    pub fn load(gguf: Arc<Gguf>, cfg: ModelConfig) -> Result<Gemma3, ModelError> {
-        let s = WeightStore::new(gguf);
+    pub fn load(s: WeightStore, cfg: ModelConfig) -> Result<Gemma3, ModelError> {
         let (d, ff) = (cfg.n_embd, cfg.n_ff);
         let mut ends = Ends::load(&s, &cfg)?;
         ends.embd_scale = (cfg.n_embd as f32).sqrt();

@@ -157,8 +157,21 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-/// HF name → canonical name. `None` for tensors the engine does not use.
-fn canonical_name(name: &str) -> Option<String> {
+/// HF name → canonical name. `None` for tensors the engine does not use. The text model of a
+/// multimodal checkpoint (`model.language_model.…` as transformers 5.x saves it,
+/// `language_model.model.…` as 4.x did) is read as a text-only one; its vision tower is unused.
+fn canonical_name(arch: Arch, name: &str) -> Option<String> {
+    let name = match name
+        .strip_prefix("model.language_model.")
+        .or_else(|| name.strip_prefix("language_model.model."))
+    {
+        Some(rest) => format!("model.{rest}"),
+        None => name
+            .strip_prefix("language_model.")
+            .unwrap_or(name)
+            .to_string(),
+    };
+    let name = name.as_str();
     let fixed = match name {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -198,7 +211,12 @@ fn canonical_name(name: &str) -> Option<String> {
     };
     let canon = match base {
         "input_layernorm" => "attn_norm",
+        // Gemma normalizes the attention's output with it, and the feed-forward block's input
+        // with `pre_feedforward_layernorm`; the others normalize the feed-forward input with it.
+        "post_attention_layernorm" if arch == Arch::Gemma3 => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
+        "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
@@ -227,6 +245,24 @@ fn canonical_name(name: &str) -> Option<String> {
         _ => return None,
     };
     map(&format!("{canon}.{suffix}"))
+}
+
+/// Little-endian F32, F16 or BF16 values as f32.
+fn decode_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect(),
+    }
 }
 
 fn fp8_e4m3_to_f32(b: u8) -> f32 {
@@ -265,7 +301,7 @@ impl HfModel {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(&cfg_path, e))?;
         let json = read_config_json(&cfg_path, &text)?;
-        let config = config_from_json(&cfg_path, &json)?;
+        let (config, extra) = config_from_json(&cfg_path, &json)?;
         let mut maps = Vec::new();
         let mut raw = Vec::new();
         let mut file_size = 0;
@@ -288,20 +324,28 @@ impl HfModel {
             .iter()
             .filter_map(|t| {
                 let shape = t.shape.iter().rev().copied().collect();
-                canonical_name(&t.name).map(|n| (n, shape))
+                canonical_name(config.arch, &t.name).map(|n| (n, shape))
             })
             .collect();
         let file = FileTensors::new(canonical.iter().map(|(n, s)| (n.as_str(), s.as_slice())));
-        config.validate(&KeySource::Hf(&json), &file)?;
+        config.validate(&KeySource::Hf(text_config(&json)), &file)?;
+        if !extra.tie_embeddings && !canonical.iter().any(|(n, _)| n == "output.weight") {
+            return Err(err(
+                dir,
+                "no lm_head.weight, and tie_word_embeddings is false (the head is not the embedding)",
+            ));
+        }
         let by_name: HashMap<String, &RawTensor> =
             raw.iter().map(|t| (t.name.clone(), t)).collect();
         let mut tensors = HashMap::new();
         let mut counts: HashMap<String, usize> = HashMap::new();
         for t in &raw {
-            let Some(canon) = canonical_name(&t.name) else {
+            let Some(canon) = canonical_name(config.arch, &t.name) else {
                 continue;
             };
-            if canon.ends_with(".scale_inv") {
+            // Tied embeddings: transformers uses the embedding as the head even where the file
+            // also holds `lm_head.weight`.
+            if canon.ends_with(".scale_inv") || (extra.tie_embeddings && canon == "output.weight") {
                 continue;
             }
             // ggml order: innermost dimension first.
@@ -359,12 +403,33 @@ impl HfModel {
                 }
             };
             *counts.entry(held.to_string()).or_default() += 1;
+            // Gemma's RMSNorm multiplies by `1 + w` (Gemma3RMSNorm); the GGUF converter stores
+            // `1 + w`, which the model code expects.
+            let (dtype, bytes) = if config.arch == Arch::Gemma3 && canon.ends_with("norm.weight") {
+                let w = decode_f32(dtype, bytes.as_slice());
+                let plus_one: Vec<u8> = w.iter().flat_map(|v| (1.0 + v).to_le_bytes()).collect();
+                (DType::F32, Bytes::owned(plus_one))
+            } else {
+                (dtype, bytes)
+            };
             tensors.insert(
                 canon,
                 TensorEntry {
                     shape,
                     dtype,
                     bytes,
+                },
+            );
+        }
+        if let Some(l) = extra.llama3 {
+            let factors = l.freq_factors(config.rope_base, config.head_dim_k);
+            // Llama 3's RoPE scaling as llama.cpp's converter writes it: one divisor per frequency.
+            tensors.insert(
+                "rope_freqs.weight".into(),
+                TensorEntry {
+                    shape: vec![factors.len() as u64],
+                    dtype: DType::F32,
+                    bytes: Bytes::owned(factors.iter().flat_map(|v| v.to_le_bytes()).collect()),
                 },
             );
         }
@@ -382,8 +447,9 @@ impl HfModel {
     }
 }
 
-/// `config.json` as Hugging Face writes it, for the keys the engine reads (others are ignored).
-/// Counts are unsigned integers; a value of another type is an error naming its key.
+/// `config.json` as Hugging Face writes it, for the keys the engine reads (others, such as
+/// `dtype` / `torch_dtype`, are ignored: tensors are held as the shards store them). Counts are
+/// unsigned integers; a value of another type is an error naming its key.
 #[derive(Debug, Deserialize)]
 struct HfConfig {
     model_type: String,
@@ -396,8 +462,26 @@ struct HfConfig {
     intermediate_size: Option<usize>,
     max_position_embeddings: Option<usize>,
     rms_norm_eps: Option<f64>,
+    // RoPE: transformers 4.x writes `rope_theta` and `rope_scaling` (and Gemma 3's
+    // `rope_local_base_freq`), 5.x `rope_parameters`.
     rope_theta: Option<f64>,
-    rope_scaling: Option<HfRopeScaling>,
+    rope_scaling: Option<HfRope>,
+    rope_parameters: Option<HfRope>,
+    rope_local_base_freq: Option<f64>,
+    tie_word_embeddings: Option<bool>,
+    hidden_act: Option<String>,
+    hidden_activation: Option<String>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    // Sliding-window attention (Mistral, Gemma 3; Qwen's `use_sliding_window`).
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
+    sliding_window_pattern: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    // Gemma 3.
+    query_pre_attn_scalar: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
     // Multi-head Latent Attention (DeepSeek-V2/V3).
     q_lora_rank: Option<usize>,
     kv_lora_rank: Option<usize>,
@@ -421,31 +505,153 @@ struct HfConfig {
     first_k_dense_replace: Option<usize>,
 }
 
-/// `rope_scaling` of `config.json` (YaRN, as DeepSeek-V2/V3 configure it).
+/// `rope_scaling` (4.x) or `rope_parameters` (5.x) of `config.json`; in 5.x the latter holds
+/// `rope_theta` too, and for Gemma 3 one such object per attention kind.
 #[derive(Debug, Deserialize)]
-struct HfRopeScaling {
+struct HfRope {
     #[serde(rename = "type")]
     kind: Option<String>,
     rope_type: Option<String>,
+    rope_theta: Option<f64>,
     factor: Option<f64>,
     original_max_position_embeddings: Option<usize>,
+    // Llama 3.
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    // YaRN.
     beta_fast: Option<f64>,
     beta_slow: Option<f64>,
     mscale: Option<f64>,
     mscale_all_dim: Option<f64>,
+    // Gemma 3 under transformers 5.x.
+    full_attention: Option<Box<HfRope>>,
+    sliding_attention: Option<Box<HfRope>>,
+}
+
+impl HfRope {
+    /// `rope_type` (or the older `type`); `default` when neither is written.
+    fn kind(&self) -> &str {
+        self.rope_type
+            .as_deref()
+            .or(self.kind.as_deref())
+            .unwrap_or("default")
+    }
+}
+
+/// Llama 3's RoPE scaling (`rope_type: llama3`), applied as llama.cpp's converter writes it: a
+/// divisor per frequency (`rope_freqs.weight`).
+#[derive(Debug, Clone, Copy)]
+struct Llama3Rope {
+    factor: f64,
+    low_freq_factor: f64,
+    high_freq_factor: f64,
+    original_context: f64,
+}
+
+impl Llama3Rope {
+    /// The divisor of each of the `head_dim / 2` frequencies of base `base`, as
+    /// `_compute_llama3_parameters` of transformers scales them: long wavelengths by `factor`,
+    /// short ones not at all, and a smooth blend between.
+    fn freq_factors(&self, base: f32, head_dim: usize) -> Vec<f32> {
+        let low_wavelen = self.original_context / self.low_freq_factor;
+        let high_wavelen = self.original_context / self.high_freq_factor;
+        (0..head_dim / 2)
+            .map(|i| {
+                let freq = (base as f64).powf(-2.0 * i as f64 / head_dim as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                let f = if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    self.factor
+                } else {
+                    let smooth = (self.original_context / wavelen - self.low_freq_factor)
+                        / (self.high_freq_factor - self.low_freq_factor);
+                    1.0 / ((1.0 - smooth) / self.factor + smooth)
+                };
+                f as f32
+            })
+            .collect()
+    }
+}
+
+/// What `config.json` says beyond [`ModelConfig`], for loading the tensors.
+struct HfExtra {
+    /// `tie_word_embeddings`: the head is the token embedding.
+    tie_embeddings: bool,
+    /// Llama 3 RoPE scaling, turned into `rope_freqs.weight` once the configuration is checked.
+    llama3: Option<Llama3Rope>,
+}
+
+/// The reference implementation's default for a value `config.json` may leave out, per
+/// `model_type` (the `*Config` classes of transformers 4.57 / 5.x; the table in the crate README).
+struct Defaults {
+    rope_theta: f64,
+    rms_norm_eps: f64,
+    /// `None`: `hidden_size / num_attention_heads`.
+    head_dim: Option<usize>,
+    tie_word_embeddings: bool,
+    /// The window when `sliding_window` is absent (`null` means none).
+    sliding_window: Option<usize>,
+    max_position_embeddings: usize,
+}
+
+fn defaults(arch: Arch, model_type: &str) -> Defaults {
+    let base = Defaults {
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        head_dim: None,
+        tie_word_embeddings: false,
+        sliding_window: None,
+        max_position_embeddings: 2048,
+    };
+    match (arch, model_type) {
+        (_, "mistral") => Defaults {
+            sliding_window: Some(4096),
+            max_position_embeddings: 131_072,
+            ..base
+        },
+        (Arch::Qwen2 | Arch::Qwen2Moe | Arch::Qwen3Moe, _) => Defaults {
+            max_position_embeddings: 32_768,
+            ..base
+        },
+        (Arch::Qwen3, _) => Defaults {
+            head_dim: Some(128),
+            max_position_embeddings: 32_768,
+            ..base
+        },
+        (Arch::Gemma3, _) => Defaults {
+            rope_theta: 1_000_000.0,
+            head_dim: Some(256),
+            tie_word_embeddings: true,
+            sliding_window: Some(4096),
+            max_position_embeddings: 131_072,
+            ..base
+        },
+        (Arch::Mixtral, _) => Defaults {
+            rope_theta: 1_000_000.0,
+            rms_norm_eps: 1e-5,
+            max_position_embeddings: 131_072,
+            ..base
+        },
+        (Arch::Deepseek2, _) => Defaults {
+            max_position_embeddings: 4096,
+            ..base
+        },
+        _ => base,
+    }
 }
 
 /// Parses the text of a `config.json` and validates it on its own (without the tensors of a
 /// checkpoint, see [`ModelConfig::validate`]).
 ///
 /// # Errors
-/// Malformed JSON, a key missing or of the wrong type, an unsupported `model_type`, a value that
-/// breaks a rule of [`ModelConfig::validate`].
+/// Malformed JSON, a key missing or of the wrong type, an unsupported `model_type`, a value
+/// baicai cannot honour, a value that breaks a rule of [`ModelConfig::validate`].
 pub fn parse_config(text: &str) -> Result<ModelConfig, ModelError> {
     let path = Path::new("config.json");
     let json = read_config_json(path, text)?;
-    let cfg = config_from_json(path, &json)?;
-    cfg.validate(&KeySource::Hf(&json), &FileTensors::unknown())?;
+    let (cfg, _) = config_from_json(path, &json)?;
+    cfg.validate(&KeySource::Hf(text_config(&json)), &FileTensors::unknown())?;
     Ok(cfg)
 }
 
@@ -454,9 +660,25 @@ fn read_config_json(path: &Path, text: &str) -> Result<Value, ModelError> {
     serde_json::from_str(text).map_err(|e| err(path, e))
 }
 
+/// The text model's part of a `config.json`: its `text_config` where it has one (multimodal
+/// checkpoints such as `Gemma3ForConditionalGeneration`), else all of it.
+fn text_config(v: &Value) -> &Value {
+    v.get("text_config").filter(|t| t.is_object()).unwrap_or(v)
+}
+
+/// An error for a value baicai cannot honour, naming the key.
+fn cannot_honour(key: impl Into<String>, value: impl std::fmt::Display, rule: &str) -> ModelError {
+    ModelError::BadValue {
+        key: key.into(),
+        value: value.to_string(),
+        rule: rule.into(),
+    }
+}
+
 /// Reads `config.json` into a [`ModelConfig`] through [`HfConfig`]; a key of the wrong type is
 /// named (`num_hidden_layers: invalid type: string "x", expected usize`).
-fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
+fn config_from_json(path: &Path, v: &Value) -> Result<(ModelConfig, HfExtra), ModelError> {
+    let v = text_config(v);
     let h: HfConfig = serde_path_to_error::deserialize(v).map_err(|e| {
         let key = e.path().to_string();
         match key.as_str() {
@@ -465,6 +687,10 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
         }
     })?;
     let arch = match h.model_type.as_str() {
+        "llama" | "mistral" => Arch::Llama,
+        "qwen2" => Arch::Qwen2,
+        "qwen3" => Arch::Qwen3,
+        "gemma3" | "gemma3_text" => Arch::Gemma3,
         "deepseek_v2" | "deepseek_v3" => Arch::Deepseek2,
         "qwen2_moe" => Arch::Qwen2Moe,
         "qwen3_moe" => Arch::Qwen3Moe,
@@ -472,20 +698,34 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
         other => {
             return Err(ModelError::UnsupportedArch {
                 found: other.to_string(),
-                supported: "deepseek_v2, deepseek_v3, qwen2_moe, qwen3_moe, mixtral".into(),
+                supported: "llama, mistral, qwen2, qwen3, gemma3_text, deepseek_v2, \
+                            deepseek_v3, qwen2_moe, qwen3_moe, mixtral"
+                    .into(),
             })
         }
     };
+    let d = defaults(arch, &h.model_type);
     let keys = KeySource::Hf(v);
+    check_unsupported(arch, &h)?;
     let head_dim = h
         .head_dim
+        .or(d.head_dim)
         .unwrap_or(h.hidden_size / h.num_attention_heads.max(1));
-    let rope_base = h.rope_theta.unwrap_or(10_000.0) as f32;
+    let rope = rope_from_hf(&keys, arch, &d, &h)?;
+    let (sliding_window, swa_period) = sliding_from_hf(v, arch, &d, &h)?;
+    if arch == Arch::Gemma3 {
+        // The attention scale is 1/√query_pre_attn_scalar; the model uses 1/√head_dim.
+        let scalar = h.query_pre_attn_scalar.unwrap_or(256.0);
+        if scalar != head_dim as f64 {
+            let rule = format!("must equal head_dim = {head_dim} (baicai scales by 1/√head_dim)");
+            return Err(cannot_honour("query_pre_attn_scalar", scalar, &rule));
+        }
+    }
     let mla = (arch == Arch::Deepseek2)
-        .then(|| mla_from_hf(path, &h))
+        .then(|| mla_from_hf(path, &h, rope.yarn))
         .transpose()?;
     let moe = moe_from_hf(path, &keys, arch, &h)?;
-    Ok(ModelConfig {
+    let cfg = ModelConfig {
         arch,
         arch_name: h.model_type.clone(),
         n_layer: h.num_hidden_layers,
@@ -496,11 +736,13 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
         head_dim_v: head_dim,
         n_ff: h.intermediate_size.unwrap_or(0),
         n_vocab: h.vocab_size,
-        n_ctx_train: h.max_position_embeddings.unwrap_or(4096),
-        rms_eps: h.rms_norm_eps.unwrap_or(1e-6) as f32,
-        rope_base,
-        rope_base_swa: rope_base,
-        rope_linear_factor: 1.0,
+        n_ctx_train: h
+            .max_position_embeddings
+            .unwrap_or(d.max_position_embeddings),
+        rms_eps: h.rms_norm_eps.unwrap_or(d.rms_norm_eps) as f32,
+        rope_base: rope.base,
+        rope_base_swa: rope.base_swa,
+        rope_linear_factor: rope.linear_factor,
         // DeepSeek's HF code de-interleaves before rotate_half, i.e. rotates adjacent pairs;
         // the others rotate halves of the unpermuted HF weights.
         rope_style: if arch == Arch::Deepseek2 {
@@ -508,36 +750,254 @@ fn config_from_json(path: &Path, v: &Value) -> Result<ModelConfig, ModelError> {
         } else {
             RopeStyle::Neox
         },
-        sliding_window: None,
-        swa_period: 1,
+        sliding_window,
+        swa_period,
         mla,
         moe,
-    })
+    };
+    let extra = HfExtra {
+        tie_embeddings: h.tie_word_embeddings.unwrap_or(d.tie_word_embeddings),
+        llama3: rope.llama3,
+    };
+    Ok((cfg, extra))
+}
+
+/// Refuses settings that change the math in ways the model code does not implement.
+fn check_unsupported(arch: Arch, h: &HfConfig) -> Result<(), ModelError> {
+    // Gemma's feed-forward gate is GELU (tanh approximation), every other family's SiLU.
+    let (act_key, act, want) = match arch {
+        Arch::Gemma3 => match &h.hidden_activation {
+            Some(a) => ("hidden_activation", Some(a), "gelu_pytorch_tanh"),
+            None => ("hidden_act", h.hidden_act.as_ref(), "gelu_pytorch_tanh"),
+        },
+        _ => ("hidden_act", h.hidden_act.as_ref(), "silu"),
+    };
+    if let Some(a) = act.filter(|a| a.as_str() != want) {
+        let rule = format!("not supported for {} (supported: {want})", h.model_type);
+        return Err(cannot_honour(act_key, format!("'{a}'"), &rule));
+    }
+    // Qwen2's q/k/v biases are part of the architecture; `attention_bias` elsewhere adds an
+    // output-projection bias too, which no model here has.
+    if h.attention_bias == Some(true) {
+        return Err(cannot_honour(
+            "attention_bias",
+            true,
+            "not supported (projection biases)",
+        ));
+    }
+    if h.mlp_bias == Some(true) {
+        return Err(cannot_honour(
+            "mlp_bias",
+            true,
+            "not supported (feed-forward biases)",
+        ));
+    }
+    for (key, v) in [
+        ("final_logit_softcapping", h.final_logit_softcapping),
+        ("attn_logit_softcapping", h.attn_logit_softcapping),
+    ] {
+        if let Some(v) = v {
+            return Err(cannot_honour(key, v, "not supported (logit soft-capping)"));
+        }
+    }
+    Ok(())
+}
+
+/// RoPE as `config.json` states it, in the 4.x or the 5.x spelling.
+struct HfRopeSpec<'a> {
+    base: f32,
+    base_swa: f32,
+    linear_factor: f32,
+    llama3: Option<Llama3Rope>,
+    yarn: Option<&'a HfRope>,
+}
+
+fn rope_from_hf<'a>(
+    keys: &KeySource,
+    arch: Arch,
+    d: &Defaults,
+    h: &'a HfConfig,
+) -> Result<HfRopeSpec<'a>, ModelError> {
+    // 5.x: `rope_parameters` (per attention kind for Gemma 3); 4.x: `rope_scaling`.
+    let (global, local, prefix) = match &h.rope_parameters {
+        Some(p) if p.full_attention.is_some() || p.sliding_attention.is_some() => (
+            p.full_attention.as_deref(),
+            p.sliding_attention.as_deref(),
+            "rope_parameters.full_attention",
+        ),
+        Some(p) => (Some(p), None, "rope_parameters"),
+        None => (h.rope_scaling.as_ref(), None, "rope_scaling"),
+    };
+    let theta = global.and_then(|g| g.rope_theta);
+    if let (Some(a), Some(b)) = (theta, h.rope_theta) {
+        if a != b {
+            let rule = format!("disagrees with rope_theta = {b}");
+            return Err(keys.error(Field::RopeBase, a, rule));
+        }
+    }
+    let base = theta.or(h.rope_theta).unwrap_or(d.rope_theta) as f32;
+    let base_swa = match arch {
+        Arch::Gemma3 => {
+            if let Some(l) = local.filter(|l| l.kind() != "default") {
+                let key = "rope_parameters.sliding_attention.rope_type";
+                return Err(cannot_honour(
+                    key,
+                    format!("'{}'", l.kind()),
+                    "not supported (supported: default)",
+                ));
+            }
+            local
+                .and_then(|l| l.rope_theta)
+                .or(h.rope_local_base_freq)
+                .unwrap_or(10_000.0) as f32
+        }
+        _ => base,
+    };
+    let mut spec = HfRopeSpec {
+        base,
+        base_swa,
+        linear_factor: 1.0,
+        llama3: None,
+        yarn: None,
+    };
+    let Some(g) = global else {
+        return Ok(spec);
+    };
+    let need = |v: Option<f64>, k: &str| {
+        v.ok_or_else(|| {
+            cannot_honour(
+                format!("{prefix}.{k}"),
+                "missing",
+                "required by this rope_type",
+            )
+        })
+    };
+    match (g.kind(), arch) {
+        ("default", _) => {}
+        ("linear", Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3) => {
+            spec.linear_factor = need(g.factor, "factor")? as f32;
+        }
+        ("llama3", Arch::Llama | Arch::Qwen2 | Arch::Qwen3) => {
+            let l = Llama3Rope {
+                factor: need(g.factor, "factor")?,
+                low_freq_factor: need(g.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(g.high_freq_factor, "high_freq_factor")?,
+                original_context: need(
+                    g.original_max_position_embeddings.map(|v| v as f64),
+                    "original_max_position_embeddings",
+                )?,
+            };
+            let ok = |x: f64| x.is_finite() && x > 0.0;
+            if !(ok(l.factor) && ok(l.low_freq_factor) && ok(l.original_context)) {
+                let rule = "factor, low_freq_factor and original_max_position_embeddings must be \
+                            finite numbers above 0";
+                return Err(cannot_honour(format!("{prefix}.factor"), l.factor, rule));
+            }
+            if !(l.high_freq_factor.is_finite() && l.high_freq_factor > l.low_freq_factor) {
+                let rule = format!("must exceed low_freq_factor = {}", l.low_freq_factor);
+                let key = format!("{prefix}.high_freq_factor");
+                return Err(cannot_honour(key, l.high_freq_factor, &rule));
+            }
+            spec.llama3 = Some(l);
+        }
+        ("yarn", Arch::Deepseek2) => spec.yarn = Some(g),
+        (other, _) => {
+            let rule = format!(
+                "not supported for {} (supported: default{})",
+                h.model_type,
+                match arch {
+                    Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => ", linear, llama3",
+                    Arch::Gemma3 => ", linear",
+                    Arch::Deepseek2 => ", yarn",
+                    _ => "",
+                }
+            );
+            return Err(keys.error(Field::RopeType, format!("'{other}'"), rule));
+        }
+    }
+    Ok(spec)
+}
+
+/// The sliding window and which layers use it: Mistral's on every layer, Gemma 3's on all but
+/// every `sliding_window_pattern`-th; Qwen's (`use_sliding_window`) is refused.
+fn sliding_from_hf(
+    v: &Value,
+    arch: Arch,
+    d: &Defaults,
+    h: &HfConfig,
+) -> Result<(Option<usize>, usize), ModelError> {
+    // An absent key takes the default; `null` means no window.
+    let window = match v.get("sliding_window") {
+        None => d.sliding_window,
+        Some(_) => h.sliding_window,
+    };
+    if h.use_sliding_window == Some(true) {
+        return Err(cannot_honour(
+            "use_sliding_window",
+            true,
+            "not supported (Qwen's sliding window)",
+        ));
+    }
+    match (arch, h.model_type.as_str()) {
+        (_, "mistral") => Ok((window, 0)),
+        (Arch::Gemma3, _) => {
+            // `layer_types` (4.5x and later) says it layer by layer; it must be the periodic
+            // pattern the model implements, whose period its first global layer gives.
+            let first_global = h.layer_types.as_ref().map(|types| {
+                types
+                    .iter()
+                    .position(|t| t == "full_attention")
+                    .map_or(h.num_hidden_layers + 1, |il| il + 1)
+            });
+            let period = first_global
+                .or(h.sliding_window_pattern)
+                .unwrap_or(6)
+                .max(1);
+            if let Some(types) = &h.layer_types {
+                let expected = |il: usize| match (il + 1).is_multiple_of(period) {
+                    true => "full_attention",
+                    false => "sliding_attention",
+                };
+                let differs = types.len() != h.num_hidden_layers
+                    || types.iter().enumerate().any(|(il, t)| t != expected(il));
+                if differs {
+                    let rule = format!(
+                        "must be one global layer after every {} sliding ones, for each of the \
+                         {} layers",
+                        period - 1,
+                        h.num_hidden_layers
+                    );
+                    return Err(cannot_honour("layer_types", format!("{types:?}"), &rule));
+                }
+            }
+            Ok((window, period))
+        }
+        _ => {
+            if let Some(t) = h
+                .layer_types
+                .iter()
+                .flatten()
+                .find(|t| *t != "full_attention")
+            {
+                let rule = "not supported for this model_type (supported: full_attention)";
+                return Err(cannot_honour("layer_types", format!("'{t}'"), rule));
+            }
+            Ok((None, 1))
+        }
+    }
 }
 
 /// The MLA sizes and YaRN scaling of a DeepSeek `config.json`.
-fn mla_from_hf(path: &Path, h: &HfConfig) -> Result<MlaConfig, ModelError> {
+fn mla_from_hf(path: &Path, h: &HfConfig, yarn: Option<&HfRope>) -> Result<MlaConfig, ModelError> {
     let need = |v: Option<usize>, key: &str| v.ok_or_else(|| err(path, format!("'{key}' missing")));
-    let yarn = match &h.rope_scaling {
-        None => None,
-        Some(r) => match r.kind.as_deref().or(r.rope_type.as_deref()) {
-            Some("yarn") => Some(Yarn {
-                factor: r.factor.unwrap_or(1.0) as f32,
-                original_context: r.original_max_position_embeddings.unwrap_or(4096),
-                beta_fast: r.beta_fast.unwrap_or(32.0) as f32,
-                beta_slow: r.beta_slow.unwrap_or(1.0) as f32,
-                mscale_all_dim: r.mscale_all_dim.unwrap_or(0.0) as f32,
-                mscale: r.mscale.unwrap_or(1.0) as f32,
-            }),
-            None => None,
-            Some(other) => {
-                return Err(err(
-                    path,
-                    format!("rope_scaling type '{other}' is not supported (supported: yarn)"),
-                ))
-            }
-        },
-    };
+    let yarn = yarn.map(|r| Yarn {
+        factor: r.factor.unwrap_or(1.0) as f32,
+        original_context: r.original_max_position_embeddings.unwrap_or(4096),
+        beta_fast: r.beta_fast.unwrap_or(32.0) as f32,
+        beta_slow: r.beta_slow.unwrap_or(1.0) as f32,
+        mscale_all_dim: r.mscale_all_dim.unwrap_or(0.0) as f32,
+        mscale: r.mscale.unwrap_or(1.0) as f32,
+    });
     Ok(MlaConfig {
         q_lora_rank: h.q_lora_rank,
         kv_lora_rank: need(h.kv_lora_rank, "kv_lora_rank")?,
@@ -666,7 +1126,7 @@ mod tests {
 
     #[test]
     fn checkpoint_names_map_onto_gguf_names() {
-        let m = |s: &str| canonical_name(s);
+        let m = |s: &str| canonical_name(Arch::Deepseek2, s);
         assert_eq!(
             m("model.layers.3.self_attn.kv_a_proj_with_mqa.weight").as_deref(),
             Some("blk.3.attn_kv_a_mqa.weight")
@@ -688,5 +1148,45 @@ mod tests {
             Some("blk.0.ffn_gate_inp_shexp.weight")
         );
         assert_eq!(m("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
+        let g = |s: &str| canonical_name(Arch::Gemma3, s);
+        assert_eq!(
+            g("model.layers.0.post_attention_layernorm.weight").as_deref(),
+            Some("blk.0.post_attention_norm.weight")
+        );
+        assert_eq!(
+            g("model.language_model.layers.1.pre_feedforward_layernorm.weight").as_deref(),
+            Some("blk.1.ffn_norm.weight")
+        );
+        assert_eq!(
+            g("language_model.model.norm.weight").as_deref(),
+            Some("output_norm.weight")
+        );
+        assert_eq!(
+            g("language_model.lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
+        assert_eq!(
+            g("model.vision_tower.vision_model.post_layernorm.weight"),
+            None
+        );
+    }
+
+    /// Llama 3.1's published scaling (factor 8, low 1, high 4, original context 8192, base
+    /// 500 000, head_dim 128) against the values llama.cpp's converter writes into
+    /// `rope_freqs.weight` for it: 1 for short wavelengths, 8 for long ones, a blend between.
+    #[test]
+    fn llama3_rope_factors_match_the_converter() {
+        let l = Llama3Rope {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 8192.0,
+        };
+        let f = l.freq_factors(500_000.0, 128);
+        assert_eq!(f.len(), 64);
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[63], 8.0);
+        assert!(f.windows(2).all(|w| w[0] <= w[1]), "{f:?}");
+        assert!(f.iter().any(|&x| x > 1.0 && x < 8.0));
     }
 }

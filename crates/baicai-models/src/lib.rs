@@ -5,7 +5,7 @@
 //! the storage type inside `baicai-kernels`, so there are no `quantized_<arch>` twins and the
 //! weights are never copied. Small vectors (norm weights, biases) are decoded to f32 at load.
 //!
-//! Each architecture file (`llama.rs`, `qwen2.rs`, `gemma3.rs`) reads top to bottom like its
+//! Each architecture file (`llama.rs` for Llama, Mistral, Qwen2 and Qwen3, `gemma3.rs`, …) reads top to bottom like its
 //! paper; the shared pieces (norms, RoPE, attention, feed-forward) live in [`layers`].
 
 pub mod config;
@@ -121,6 +121,7 @@ pub trait CausalLm: Send + Sync {
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "llama",
     "qwen2",
+    "qwen3",
     "gemma3",
     "deepseek2",
     "qwen2moe",
@@ -134,10 +135,10 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
 /// each named.
 pub fn load(gguf: Arc<Gguf>) -> Result<Box<dyn CausalLm>, ModelError> {
     let cfg = ModelConfig::from_gguf(&gguf)?;
-    let store = weights::WeightStore::new(gguf.clone());
+    let store = weights::WeightStore::new(gguf);
     Ok(match cfg.arch {
-        Arch::Llama | Arch::Qwen2 => Box::new(llama::Llama::load(gguf, cfg)?),
-        Arch::Gemma3 => Box::new(gemma3::Gemma3::load(gguf, cfg)?),
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Box::new(llama::Llama::load(store, cfg)?),
+        Arch::Gemma3 => Box::new(gemma3::Gemma3::load(store, cfg)?),
         Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(store, cfg)?),
         Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
             Box::new(sparse::SparseMoe::load(store, cfg)?)
@@ -157,14 +158,11 @@ pub fn load_hf(dir: &std::path::Path) -> Result<(Box<dyn CausalLm>, hf::HfModel)
     );
     let cfg = m.config.clone();
     let model: Box<dyn CausalLm> = match cfg.arch {
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Box::new(llama::Llama::load(store, cfg)?),
+        Arch::Gemma3 => Box::new(gemma3::Gemma3::load(store, cfg)?),
         Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(store, cfg)?),
         Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
             Box::new(sparse::SparseMoe::load(store, cfg)?)
-        }
-        other => {
-            return Err(ModelError::Config(format!(
-                "{other:?} checkpoints load from GGUF only"
-            )))
         }
     };
     Ok((model, m))

@@ -1,9 +1,6 @@
-//! Llama 2/3 and Mistral (`llama`), and Qwen2/2.5 (`qwen2`: the same block with qkv bias and
-//! NeoX RoPE) — llama.cpp's `llama.cpp` / `qwen2.cpp` graphs.
-
-use std::sync::Arc;
-
-use baicai_gguf::Gguf;
+//! Llama 2/3 and Mistral (`llama`), Qwen2/2.5 (`qwen2`: the same block with qkv bias and NeoX
+//! RoPE) and Qwen3 (`qwen3`: no qkv bias, an RMSNorm over each query and key head before RoPE) —
+//! llama.cpp's `llama.cpp` / `qwen2.cpp` / `qwen3.cpp` graphs.
 
 use crate::config::{Arch, ModelConfig, RopeStyle};
 use crate::decoder::{self, Blocks, Ends, Seg};
@@ -22,6 +19,9 @@ struct Block {
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
+    /// Qwen3's per-head QK-norm weights (`[head_dim_k]`).
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     gate: Linear,
     up: Linear,
@@ -43,8 +43,7 @@ impl Llama {
     ///
     /// # Errors
     /// Missing tensors, wrong shapes, unsupported types.
-    pub fn load(gguf: Arc<Gguf>, cfg: ModelConfig) -> Result<Llama, ModelError> {
-        let s = WeightStore::new(gguf);
+    pub fn load(s: WeightStore, cfg: ModelConfig) -> Result<Llama, ModelError> {
         let (d, ff) = (cfg.n_embd, cfg.n_ff);
         // Tied embeddings: Qwen2.5 small models reuse the token embedding as the output head.
         let ends = Ends::load(&s, &cfg)?;
@@ -68,6 +67,8 @@ impl Llama {
                     bq: s.vector_opt(&n("attn_q.bias"), cfg.q_dim())?,
                     bk: s.vector_opt(&n("attn_k.bias"), cfg.k_dim())?,
                     bv: s.vector_opt(&n("attn_v.bias"), cfg.v_dim())?,
+                    q_norm: s.vector_opt(&n("attn_q_norm.weight"), cfg.head_dim_k)?,
+                    k_norm: s.vector_opt(&n("attn_k_norm.weight"), cfg.head_dim_k)?,
                     ffn_norm: s.vector(&n("ffn_norm.weight"), d)?,
                     gate: s.linear(&n("ffn_gate.weight"), ff, d)?,
                     up: s.linear(&n("ffn_up.weight"), ff, d)?,
@@ -75,10 +76,20 @@ impl Llama {
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        if cfg.arch == Arch::Qwen2 && blocks.first().is_some_and(|b| b.bq.is_none()) {
-            return Err(ModelError::MissingTensor("blk.0.attn_q.bias".into()));
+        // Each family's defining tensors must be there in every layer: a file without them is
+        // another model, not this one with parts left out.
+        for (il, b) in blocks.iter().enumerate() {
+            let missing = match cfg.arch {
+                Arch::Qwen2 if b.bq.is_none() => Some("attn_q.bias"),
+                Arch::Qwen3 if b.q_norm.is_none() => Some("attn_q_norm.weight"),
+                Arch::Qwen3 if b.k_norm.is_none() => Some("attn_k_norm.weight"),
+                _ => None,
+            };
+            if let Some(t) = missing {
+                return Err(ModelError::MissingTensor(format!("blk.{il}.{t}")));
+            }
         }
-        debug_assert!(cfg.arch != Arch::Qwen2 || cfg.rope_style == RopeStyle::Neox);
+        debug_assert!(cfg.arch == Arch::Llama || cfg.rope_style == RopeStyle::Neox);
         Ok(Llama {
             store: s,
             cfg,
@@ -112,6 +123,11 @@ impl Llama {
                 layers::add_bias(t, bias);
             }
         }
+        if let (Some(qn), Some(kn)) = (&b.q_norm, &b.k_norm) {
+            layers::rms_norm_inplace(&mut q, qn, c.rms_eps);
+            layers::rms_norm_inplace(&mut k, kn, c.rms_eps);
+            self.trace_point("Qcur_normed", il, &q);
+        }
         for seg in segs.iter() {
             let (qs, ks) = (seg.rows.start * c.q_dim(), seg.rows.start * c.k_dim());
             self.rope
@@ -123,7 +139,9 @@ impl Llama {
         self.trace_point("Kcur", il, &k);
         self.trace_point("Vcur", il, &v);
         let mut attn = vec![0.0; n * c.n_head * c.head_dim_v]; // [n, n_head, head_dim_v]
-        layers::attention_segments_f16(c, il, segs, [&q, &k, &v], None, &mut attn);
+                                                               // Mistral's sliding window (from `config.json`; Llama and Qwen have none).
+        let window = c.sliding_window.filter(|_| c.is_swa_layer(il));
+        layers::attention_segments_f16(c, il, segs, [&q, &k, &v], window, &mut attn);
         self.trace_point("kqv_out", il, &attn);
         s.matmul(&b.wo, &attn, n, out); // [n, n_embd]
         self.trace_point("attn_out", il, out);
