@@ -12,7 +12,8 @@ use clap::Args;
 /// Model and threads, shared by every command.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Path to a GGUF model file (the first part of a split model is enough).
+    /// Path to a GGUF model file (the first part of a split model is enough) or a Hugging Face
+    /// checkpoint folder (`config.json`, safetensors shards, `tokenizer.json`).
     #[arg(short = 'm', long = "model")]
     pub model: PathBuf,
     /// Threads for matrix multiplication (default: all cores).

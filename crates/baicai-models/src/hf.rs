@@ -3,6 +3,11 @@
 //! renamed onto the canonical (GGUF) names; F32, F16 and BF16 stay in the file, FP8 E4M3 with
 //! 128×128 block scales (`weight_scale_inv`, as the official DeepSeek-V3/R1 checkpoints ship)
 //! is dequantized to F32 at load, which [`HfModel::held_in_memory`] reports.
+//!
+//! `config.json` is read as transformers 4.x (`rope_theta`, `rope_scaling`) and 5.x
+//! (`rope_parameters`) write it. A key that changes the math and is absent takes the default of
+//! transformers' configuration class for the `model_type` (`defaults`; the table is in the
+//! README's "Supported" section); a value the model code cannot honour is an error naming the key.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -589,6 +594,8 @@ struct Defaults {
     rms_norm_eps: f64,
     /// `None`: `hidden_size / num_attention_heads`.
     head_dim: Option<usize>,
+    /// `None`: `num_attention_heads`.
+    num_key_value_heads: Option<usize>,
     tie_word_embeddings: bool,
     /// The window when `sliding_window` is absent (`null` means none).
     sliding_window: Option<usize>,
@@ -600,34 +607,50 @@ fn defaults(arch: Arch, model_type: &str) -> Defaults {
         rope_theta: 10_000.0,
         rms_norm_eps: 1e-6,
         head_dim: None,
+        num_key_value_heads: None,
         tie_word_embeddings: false,
         sliding_window: None,
         max_position_embeddings: 2048,
     };
     match (arch, model_type) {
         (_, "mistral") => Defaults {
+            num_key_value_heads: Some(8),
             sliding_window: Some(4096),
             max_position_embeddings: 131_072,
             ..base
         },
-        (Arch::Qwen2 | Arch::Qwen2Moe | Arch::Qwen3Moe, _) => Defaults {
+        (Arch::Qwen2, _) => Defaults {
+            num_key_value_heads: Some(32),
+            max_position_embeddings: 32_768,
+            ..base
+        },
+        (Arch::Qwen2Moe, _) => Defaults {
+            num_key_value_heads: Some(16),
+            max_position_embeddings: 32_768,
+            ..base
+        },
+        (Arch::Qwen3Moe, _) => Defaults {
+            num_key_value_heads: Some(4),
             max_position_embeddings: 32_768,
             ..base
         },
         (Arch::Qwen3, _) => Defaults {
             head_dim: Some(128),
+            num_key_value_heads: Some(32),
             max_position_embeddings: 32_768,
             ..base
         },
         (Arch::Gemma3, _) => Defaults {
             rope_theta: 1_000_000.0,
             head_dim: Some(256),
+            num_key_value_heads: Some(4),
             tie_word_embeddings: true,
             sliding_window: Some(4096),
             max_position_embeddings: 131_072,
             ..base
         },
         (Arch::Mixtral, _) => Defaults {
+            num_key_value_heads: Some(8),
             rope_theta: 1_000_000.0,
             rms_norm_eps: 1e-5,
             max_position_embeddings: 131_072,
@@ -731,7 +754,10 @@ fn config_from_json(path: &Path, v: &Value) -> Result<(ModelConfig, HfExtra), Mo
         n_layer: h.num_hidden_layers,
         n_embd: h.hidden_size,
         n_head: h.num_attention_heads,
-        n_head_kv: h.num_key_value_heads.unwrap_or(h.num_attention_heads),
+        n_head_kv: h
+            .num_key_value_heads
+            .or(d.num_key_value_heads)
+            .unwrap_or(h.num_attention_heads),
         head_dim_k: head_dim,
         head_dim_v: head_dim,
         n_ff: h.intermediate_size.unwrap_or(0),

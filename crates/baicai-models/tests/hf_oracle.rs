@@ -157,10 +157,12 @@ const LLAMA: &str = r#""model_type": "llama", "hidden_size": 64, "num_hidden_lay
 fn config_defaults_and_refusals_name_the_key() {
     let c = baicai_models::hf::parse_config(&format!("{{{LLAMA}}}")).unwrap();
     assert_eq!((c.rope_base, c.rms_eps, c.head_dim_k), (10_000.0, 1e-6, 16));
-    let qwen3 = LLAMA.replace("\"llama\"", "\"qwen3\"");
+    // Unlike Llama's, these classes' default KV head count is a number (Qwen3: 32, Mistral: 8).
+    let kv = "\"num_key_value_heads\": 2";
+    let qwen3 = LLAMA.replace("\"llama\"", "\"qwen3\"") + ", " + kv;
     let c = baicai_models::hf::parse_config(&format!("{{{qwen3}, \"head_dim\": null}}")).unwrap();
     assert_eq!(c.head_dim_k, 128, "Qwen3Config's default head_dim");
-    let mistral = LLAMA.replace("\"llama\"", "\"mistral\"");
+    let mistral = LLAMA.replace("\"llama\"", "\"mistral\"") + ", " + kv;
     let c = baicai_models::hf::parse_config(&format!("{{{mistral}}}")).unwrap();
     assert_eq!(
         c.sliding_window,
