@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end tests of `baicai serve` (tests/server: the official openai client, bad input, load)
+# End-to-end tests of `baicai serve` (tests/server: the official openai client, bad input, load,
+# placement behind HAProxy)
 # against target/release/baicai. Installs the pinned Python packages of
 # tests/server/requirements.txt into target/venv-server-tests first (idempotent: only when the
 # requirements change). Extra arguments go to pytest, e.g. `-k stop -x`.
@@ -55,6 +56,19 @@ if ! cmp -s "$REQS" "$VENV/requirements.installed" || ! "$VENV/bin/python" -c 'i
     make_venv
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQS"
     cp "$REQS" "$VENV/requirements.installed"
+fi
+
+# HAProxy for the placement tests (tests/server/test_placement.py, which skip, saying why, only
+# where it cannot be installed): Debian's package, when we may install it.
+if ! command -v haproxy >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "server-tests: installing haproxy" >&2
+        (export DEBIAN_FRONTEND=noninteractive
+         apt-get install -y haproxy || { apt-get update && apt-get install -y haproxy; }) >&2 ||
+            echo "server-tests: could not install haproxy; the placement tests will skip" >&2
+    else
+        echo "server-tests: haproxy missing and not root with apt-get; the placement tests will skip" >&2
+    fi
 fi
 
 [ -f models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf ] || bash scripts/fetch-models.sh

@@ -194,7 +194,6 @@ fn agent_config(a: &ServeArgs, http: SocketAddr) -> Result<Option<AgentConfig>> 
         busy_watts_prior,
         reference,
         max_queue: a.max_queue,
-        max_seqs: a.max_seqs,
     }))
 }
 

@@ -7,8 +7,10 @@
 //!
 //! - `NN% maxconn:M ready` while serving. `NN%` scales the server's configured weight (HAProxy
 //!   2.6; configure `weight 100`, since with `weight 1` anything under 100% rounds to 0 and
-//!   drains the server). `M` = running sequences + queue, so that HAProxy sends a replica no more
-//!   than it can hold and spills the rest to the next server. `ready` undoes a `drain` this agent
+//!   drains the server). `M` = the engine's queue limit: HAProxy sends a replica no more requests
+//!   at once than its queue holds even before any runs (a request counts as waiting until the
+//!   engine's next step takes it in, so running + queue would race into 429s), and spills the
+//!   rest to the next server. `ready` undoes a `drain` this agent
 //!   (or an earlier process on this port) set; only the agent can.
 //! - `drain` while the model loads and once shutdown has begun: no new requests, the running
 //!   ones finish.
@@ -76,10 +78,8 @@ pub struct AgentConfig {
     pub busy_watts_prior: f64,
     /// What the weight is measured against.
     pub reference: Reference,
-    /// The engine's queue limit (requests waiting to be scheduled).
+    /// The engine's queue limit (requests waiting to be scheduled), reported as `maxconn`.
     pub max_queue: usize,
-    /// Sequences the engine computes at once.
-    pub max_seqs: usize,
 }
 
 /// What the weight is computed from, at one instant.
@@ -156,7 +156,7 @@ pub enum Status {
     Serving {
         /// The weight to report.
         weight: Weight,
-        /// Requests the replica holds at most (running and queued).
+        /// Requests HAProxy may send at once (the queue limit).
         maxconn: usize,
     },
     /// Shutdown has begun.
@@ -203,7 +203,7 @@ impl AgentConfig {
             None => Status::Loading,
             Some(b) => Status::Serving {
                 weight: weight(&self.inputs(&b.stats(), SystemTime::now()), self.reference),
-                maxconn: self.max_seqs + self.max_queue,
+                maxconn: self.max_queue,
             },
         }
     }
@@ -401,7 +401,6 @@ mod tests {
             busy_watts_prior: 30.0,
             reference: REF,
             max_queue: 8,
-            max_seqs: 4,
         };
         let mut s = EngineStats {
             kv_blocks_total: 10,
