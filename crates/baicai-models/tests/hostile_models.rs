@@ -413,24 +413,31 @@ fn gemma3_sliding_window_of_zero_is_an_error() {
     );
 }
 
-/// Inputs of the `model_load` fuzz target that once crashed it, replayed through the same
-/// mutation engine (`tests/regressions/model_load/`; a new crash is copied there from
-/// `fuzz/artifacts/model_load/` to see its case, then kept beside a named test of the fix).
+/// Inputs of the `model_load` fuzz target replayed through the same mutation engine: those that
+/// once crashed it (`tests/regressions/model_load/`; a new crash is copied there from
+/// `fuzz/artifacts/model_load/` to see its case, then kept beside a named test of the fix) and
+/// the committed corpus the fuzzer grew (`fuzz/corpus/model_load/`, inputs chosen for coverage).
 #[test]
-fn fuzzer_crash_inputs_replay_as_errors() {
-    let dir = root().join("crates/baicai-models/tests/regressions/model_load");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
+fn fuzzer_inputs_replay_as_errors_or_models() {
+    let dirs = [
+        root().join("crates/baicai-models/tests/regressions/model_load"),
+        root().join("fuzz/corpus/model_load"),
+    ];
+    let mut inputs: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .collect();
+    inputs.sort();
     let work = work("replay");
     let corpus = Corpus::load(&root(), &work);
-    for entry in entries {
-        let path = entry.unwrap().path();
-        let bytes = std::fs::read(&path).unwrap();
+    for path in &inputs {
+        let bytes = std::fs::read(path).unwrap();
         let case = corpus.mutate(&mut ByteChoices(&bytes));
-        eprintln!("{}: {case}", path.display());
         let result = catch_unwind(AssertUnwindSafe(|| case.run()));
         assert!(result.is_ok(), "{}: {case}: panicked", path.display());
     }
+    eprintln!("{} fuzzer inputs replayed", inputs.len());
     let _ = std::fs::remove_dir_all(&work);
 }
