@@ -249,6 +249,7 @@ def test_share_of_requests_is_ordered_by_price(cluster):
     assert time.time() < cluster.switch, "the share test ran into the tariff switch; raise SWITCH_LEAD_S"
     assert not failures(results), failures(results)
     n = served(results)
+    print(f"shares by price: {dict(n)} at weights {cluster.weights()}")
     assert n["west"] > n["north"] > n["east"] > 0, n
     assert n["ghost"] == 0
 
@@ -270,9 +271,11 @@ def test_order_follows_a_tariff_switch_within_one_agent_interval(cluster):
     assert turned is not None, f"weights did not follow the switch: {cluster.weights()}"
     # One agent interval, plus the check's own time and the sampling.
     assert turned - cluster.switch <= AGENT_INTER_S + 0.3, f"{turned - cluster.switch:.2f} s after the switch"
+    print(f"weights turned {turned - cluster.switch:.2f} s after the switch: {before} → {cluster.weights()}")
     results = load(cluster.base, 36, 3)
     assert not failures(results), failures(results)
     n = served(results)
+    print(f"shares after the switch: {dict(n)}")
     assert n["north"] > n["east"] > n["west"], n
 
 
@@ -284,6 +287,7 @@ def test_a_full_queue_spills_to_the_next_cheapest(cluster):
     assert not failures(results), failures(results)  # no 429: HAProxy holds what no replica can
     n = served(results)
     stats = cluster.stats()
+    print(f"spill: {dict(n)} (unloaded weights {unloaded}); cheapest's most at once {stats['north']['smax']}")
     # The cheapest held as many as its queue can and no more…
     assert int(stats["north"]["smax"]) == MAX_QUEUE, stats["north"]
     # …so it served less than its weight's share, and the rest went to the next cheapest first.
