@@ -25,15 +25,21 @@ impl EventSink for Sink {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let path = args.get(1).expect("usage: engine_throughput MODEL [C,C,...] [PROMPT] [GEN]");
+    let path = args
+        .get(1)
+        .expect("usage: engine_throughput MODEL [C,C,...] [PROMPT] [GEN]");
     let levels: Vec<usize> = args
         .get(2)
         .map_or("1,4,16", String::as_str)
         .split(',')
         .map(|c| c.parse().expect("concurrency"))
         .collect();
-    let prompt_len: usize = args.get(3).map_or(100, |s| s.parse().expect("prompt length"));
-    let gen: usize = args.get(4).map_or(128, |s| s.parse().expect("generated tokens"));
+    let prompt_len: usize = args
+        .get(3)
+        .map_or(100, |s| s.parse().expect("prompt length"));
+    let gen: usize = args
+        .get(4)
+        .map_or(128, |s| s.parse().expect("generated tokens"));
     let loaded = load(Path::new(path), &LoadOptions::default()).expect("load");
     let tok = loaded.tokenizer().expect("tokenizer").clone();
     let engine = EngineHandle::start(

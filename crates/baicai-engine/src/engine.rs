@@ -15,9 +15,9 @@ use std::thread::JoinHandle;
 use baicai_models::CausalLm;
 use baicai_tokenizer::Tokenizer;
 
+use crate::constraint::TokenConstraint;
 use crate::cost::Accounting;
 use crate::energy::EnergySource;
-use crate::constraint::TokenConstraint;
 use crate::sampler::SamplerConfig;
 use crate::session::FinishReason;
 use crate::tariff::Currency;

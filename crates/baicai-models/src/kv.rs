@@ -29,7 +29,11 @@ impl<T: Zeroable> ZeroBuf<T> {
     fn new(len: usize, zero: T) -> ZeroBuf<T> {
         let bytes = len.saturating_mul(std::mem::size_of::<T>());
         let map = (bytes > 0).then(|| MmapMut::map_anon(bytes).ok()).flatten();
-        let vec = if map.is_some() { Vec::new() } else { vec![zero; len] };
+        let vec = if map.is_some() {
+            Vec::new()
+        } else {
+            vec![zero; len]
+        };
         ZeroBuf {
             map,
             vec,
