@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use baicai_models::{CausalLm, KvCache, Logits, SeqInput};
 use baicai_tokenizer::Tokenizer;
@@ -43,7 +43,16 @@ pub(crate) struct Core {
     next_id: SeqId,
     meter: EnergyMeter,
     cost: CostModel,
+    /// Seconds per token of recent steps with many tokens (see [`Core::tune_prefill`]).
+    secs_per_token: Option<f64>,
 }
+
+/// Target duration of the prompt part of a step that also decodes.
+const PREFILL_STEP_SECONDS: f64 = 0.5;
+/// Steps with at least this many tokens measure the time per prompt token.
+const PREFILL_SAMPLE_TOKENS: usize = 32;
+/// Prompt chunks are not cut below this (smaller matmul batches lose efficiency).
+const MIN_PREFILL_CHUNK: usize = 16;
 
 /// The host side of scheduling: the prefix cache and the sequences' caches.
 struct CoreHost<'a> {
@@ -108,6 +117,7 @@ impl Core {
             next_id: 0,
             meter: EnergyMeter::new(accounting.energy),
             cost: accounting.cost,
+            secs_per_token: None,
         }
     }
 
@@ -260,6 +270,7 @@ impl Core {
             caches.push((id, n, cache));
         }
         let mark = self.meter.start();
+        let started = Instant::now();
         let result = {
             let mut inputs: Vec<SeqInput> = Vec::with_capacity(caches.len());
             for (id, n, cache) in caches.iter_mut() {
@@ -286,6 +297,7 @@ impl Core {
             }
         };
         self.account(plan, &mark);
+        self.tune_prefill(plan, started.elapsed());
         {
             let mut g = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
             g.prompt_tokens += prompt_tokens;
@@ -324,6 +336,26 @@ impl Core {
         g.energy_joules += energy.joules;
         g.cost += cost;
         g.busy_seconds += energy.seconds;
+    }
+
+    /// Sizes the prompt tokens of a step that also decodes from the time per token of steps with
+    /// many tokens (compute bound, as prompt processing is), so that such a step takes about
+    /// [`PREFILL_STEP_SECONDS`]: a long prompt is then spread over steps that keep the streams
+    /// flowing (on a CPU a 512-token chunk takes seconds: 17 s for DeepSeek-V2-Lite here).
+    fn tune_prefill(&mut self, plan: &Plan, elapsed: Duration) {
+        let tokens: usize = plan.items.iter().map(|&(_, n)| n).sum();
+        if tokens < PREFILL_SAMPLE_TOKENS {
+            return;
+        }
+        let per_token = elapsed.as_secs_f64() / tokens as f64;
+        self.secs_per_token = Some(match self.secs_per_token {
+            Some(s) => 0.7 * s + 0.3 * per_token,
+            None => per_token,
+        });
+        if let Some(s) = self.secs_per_token {
+            let cap = (PREFILL_STEP_SECONDS / s.max(1e-6)) as usize;
+            self.sched.set_prefill_cap(cap.max(MIN_PREFILL_CHUNK));
+        }
     }
 
     /// Samples the next token of `id` from `logits`, streams it, and ends the sequence when it

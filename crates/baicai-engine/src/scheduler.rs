@@ -5,7 +5,9 @@
 //! (vLLM v1's rule: a request's computed tokens catch up with its tokens). A running sequence
 //! that has caught up but for its newest token gets one decode token; one still processing its
 //! prompt gets a chunk. Running sequences come first, oldest first, under a token budget per step,
-//! so a long prompt is cut into chunks and never stalls the streams already running; waiting
+//! so a long prompt is cut into chunks and never stalls the streams already running (while any
+//! sequence decodes, prompt tokens per step are further capped, by the engine, to what keeps a
+//! step short: [`Scheduler::set_prefill_cap`]); waiting
 //! sequences are admitted in arrival order while the budget, the sequence limit and the KV
 //! blocks allow.
 //!
@@ -70,6 +72,8 @@ pub struct Scheduler {
     waiting: VecDeque<SeqId>,
     running: Vec<SeqId>,
     preemptions: u64,
+    /// Prompt tokens per step while some sequence decodes (see [`Scheduler::set_prefill_cap`]).
+    prefill_cap: usize,
 }
 
 impl Scheduler {
@@ -80,7 +84,14 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             preemptions: 0,
+            prefill_cap: cfg.max_batch_tokens,
         }
+    }
+
+    /// Limits the prompt tokens computed in a step while some sequence is decoding (by default
+    /// the whole token budget); with no sequence decoding, prompts get the whole budget.
+    pub fn set_prefill_cap(&mut self, tokens: usize) {
+        self.prefill_cap = tokens.clamp(1, self.cfg.max_batch_tokens.max(1));
     }
 
     /// Blocks needed to hold `tokens` tokens.
@@ -157,11 +168,27 @@ impl Scheduler {
     pub fn schedule(&mut self, seqs: &mut HashMap<SeqId, SeqState>, host: &mut dyn Host) -> Plan {
         let mut plan = Plan::default();
         let mut budget = self.cfg.max_batch_tokens;
+        // While any sequence is decoding, prompt tokens are limited per step, so that a long
+        // prompt is spread over steps short enough not to stall the streams.
+        let decoding = self.running.iter().any(|id| {
+            let s = seqs[id];
+            s.len - s.computed == 1
+        });
+        let mut prefill_left = if decoding {
+            self.prefill_cap.max(1)
+        } else {
+            usize::MAX
+        };
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
             let mut st = seqs[&id];
-            let n = (st.len - st.computed).min(budget);
+            let want = st.len - st.computed;
+            let n = if want > 1 {
+                want.min(budget).min(prefill_left)
+            } else {
+                want.min(budget)
+            };
             if n == 0 {
                 i += 1;
                 continue;
@@ -184,9 +211,12 @@ impl Scheduler {
             seqs.insert(id, st);
             plan.items.push((id, n));
             budget -= n;
+            if want > 1 {
+                prefill_left -= n;
+            }
             i += 1;
         }
-        while budget > 0 && self.running.len() < self.cfg.max_seqs {
+        while budget > 0 && prefill_left > 0 && self.running.len() < self.cfg.max_seqs {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
@@ -197,7 +227,7 @@ impl Scheduler {
                     st.computed = cached;
                 }
             }
-            let n = (st.len - st.computed).min(budget);
+            let n = (st.len - st.computed).min(budget).min(prefill_left);
             let target = st.computed + n;
             if !self.grow(&mut st, target, host) {
                 // Admission never preempts a running sequence; the host drops any prefix it
@@ -214,6 +244,7 @@ impl Scheduler {
             plan.admitted.push(id);
             plan.items.push((id, n));
             budget -= n;
+            prefill_left -= n;
         }
         plan
     }

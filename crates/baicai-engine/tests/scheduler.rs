@@ -161,3 +161,25 @@ fn admission_never_preempts_and_waits_for_blocks() {
     assert_eq!((s.running(), s.waiting()), (1, 1));
     assert_eq!(seqs[&2].blocks, 0);
 }
+
+#[test]
+fn while_sequences_decode_prompts_get_only_the_prefill_cap() {
+    let (mut s, mut seqs, mut host) = (sched(8, 64, 100), HashMap::new(), FakeHost::default());
+    s.set_prefill_cap(10);
+    // Nothing decodes yet: a prompt gets the whole budget.
+    add(&mut s, &mut seqs, 1, 40);
+    let p = s.schedule(&mut seqs, &mut host);
+    assert_eq!(p.items, vec![(1, 40)]);
+    run(&p, &mut seqs);
+    // Sequence 1 decodes: the new prompts share 10 tokens a step.
+    add(&mut s, &mut seqs, 2, 25);
+    add(&mut s, &mut seqs, 3, 5);
+    let p = s.schedule(&mut seqs, &mut host);
+    assert_eq!(p.items, vec![(1, 1), (2, 10)]);
+    run(&p, &mut seqs);
+    let p = s.schedule(&mut seqs, &mut host);
+    assert_eq!(p.items, vec![(1, 1), (2, 10)]);
+    run(&p, &mut seqs);
+    let p = s.schedule(&mut seqs, &mut host);
+    assert_eq!(p.items, vec![(1, 1), (2, 5), (3, 5)]);
+}
