@@ -310,9 +310,20 @@ def test_junk_on_an_agent_port_and_an_unreachable_replica_leave_the_others_servi
 
     results = load(cluster.base, 30, 3, during=junk)
     assert not failures(results), failures(results)
+    # The held connections may fill the agent's slots until its per-connection timeout (2 s)
+    # closes them; on a fast machine the load above ends sooner. The agent must answer again
+    # within that timeout (plus a margin), not stay stuck.
     start = time.monotonic()
-    assert AGENT_REPLY.match(agent_reply(north)), "agent stopped answering"
-    assert time.monotonic() - start < 2
+    reply = ""
+    while time.monotonic() - start < 3.5:
+        try:
+            reply = agent_reply(north)
+        except OSError:
+            reply = ""
+        if AGENT_REPLY.match(reply):
+            break
+        time.sleep(0.1)
+    assert AGENT_REPLY.match(reply), f"agent stopped answering: {reply!r}"
     for s in held:
         s.close()
     stats = cluster.stats()
@@ -322,7 +333,9 @@ def test_junk_on_an_agent_port_and_an_unreachable_replica_leave_the_others_servi
 
 def test_sigterm_drains_the_replica_and_finishes_its_request(cluster):
     east = cluster.replicas["east"]
-    body = {**BODY, "max_tokens": 48, "ignore_eos": True, "stream": True}
+    # Long enough to still be running after the SIGTERM on a fast machine (Gemma 270M streams
+    # 48 tokens in well under the half second this test waits).
+    body = {**BODY, "max_tokens": 400, "ignore_eos": True, "stream": True}
     out = {}
 
     def run():
