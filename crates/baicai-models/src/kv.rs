@@ -32,7 +32,14 @@ impl<T: Zeroable> ZeroBuf<T> {
         let vec = if map.is_some() {
             Vec::new()
         } else {
-            vec![zero; len]
+            // A size no mapping can hold must not reach the allocator's abort: panic with the
+            // size instead (the serving engine turns a panic into an error for its requests).
+            let mut v = Vec::new();
+            if v.try_reserve_exact(len).is_err() {
+                panic!("cannot allocate {bytes} bytes of KV cache");
+            }
+            v.resize(len, zero);
+            v
         };
         ZeroBuf {
             map,
@@ -86,13 +93,16 @@ pub struct KvCache {
 
 impl KvCache {
     /// A cache for `n_layer` layers and `capacity` positions.
+    ///
+    /// # Panics
+    /// When the memory cannot even be reserved (a capacity far beyond any context).
     pub fn new(n_layer: usize, capacity: usize, k_width: usize, v_width: usize) -> KvCache {
         KvCache {
             k: (0..n_layer)
-                .map(|_| ZeroBuf::new(capacity * k_width, 0.0))
+                .map(|_| ZeroBuf::new(capacity.saturating_mul(k_width), 0.0))
                 .collect(),
             v: (0..n_layer)
-                .map(|_| ZeroBuf::new(capacity * v_width, 0.0))
+                .map(|_| ZeroBuf::new(capacity.saturating_mul(v_width), 0.0))
                 .collect(),
             k16: Vec::new(),
             v16: Vec::new(),
@@ -105,15 +115,18 @@ impl KvCache {
 
     /// A cache for `n_layer` layers and `capacity` positions that stores f16 (values are rounded
     /// to nearest even when stored).
+    ///
+    /// # Panics
+    /// As [`KvCache::new`].
     pub fn new_f16(n_layer: usize, capacity: usize, k_width: usize, v_width: usize) -> KvCache {
         KvCache {
             k: Vec::new(),
             v: Vec::new(),
             k16: (0..n_layer)
-                .map(|_| ZeroBuf::new(capacity * k_width, f16::ZERO))
+                .map(|_| ZeroBuf::new(capacity.saturating_mul(k_width), f16::ZERO))
                 .collect(),
             v16: (0..n_layer)
-                .map(|_| ZeroBuf::new(capacity * v_width, f16::ZERO))
+                .map(|_| ZeroBuf::new(capacity.saturating_mul(v_width), f16::ZERO))
                 .collect(),
             k_width,
             v_width,

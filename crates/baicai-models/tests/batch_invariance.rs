@@ -146,3 +146,13 @@ fn empty_batches_are_errors_not_panics() {
     assert_eq!(small.len(), 0);
     assert!(m.forward_batch(&mut seqs).is_ok());
 }
+
+/// A cache far beyond any memory is a panic naming its size (which the serving engine turns into
+/// an error), not an allocator abort that ends the process.
+#[test]
+fn an_absurd_kv_cache_panics_instead_of_aborting() {
+    let r = std::panic::catch_unwind(|| KvCache::new_f16(2, usize::MAX / 64, 8, 8));
+    assert!(r.is_err());
+    let r = std::panic::catch_unwind(|| KvCache::new(2, usize::MAX, 8, 8));
+    assert!(r.is_err());
+}
