@@ -5,40 +5,12 @@
 #[path = "../../baicai-models/tests/support/hostile.rs"]
 mod hostile;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+use common::{baicai, model, root, stderr, stdout};
+
+use std::process::Output;
 
 use serde_json::{json, Value};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn baicai(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baicai"))
-        .args(args)
-        .output()
-        .expect("run baicai")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("stdout is UTF-8")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The test model's path, or `None` (with a note) when it has not been fetched.
-fn model(name: &str) -> Option<String> {
-    let p = root().join("models").join(name);
-    if p.exists() {
-        Some(p.display().to_string())
-    } else {
-        eprintln!("SKIP: {} missing; run scripts/fetch-models.sh", p.display());
-        None
-    }
-}
 
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 

@@ -3,39 +3,15 @@
 //! bench figures) on the small test model and the example sites.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn baicai(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baicai"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run baicai")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("stdout is UTF-8")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{baicai, root, stderr, stdout};
 
 /// The small test model, or `None` (with a note) when it has not been fetched.
 fn gemma() -> Option<String> {
-    let p = root().join("models/gemma-3-270m-q4_k_m.gguf");
-    if p.exists() {
-        Some(p.display().to_string())
-    } else {
-        eprintln!("SKIP: {} missing; run scripts/fetch-models.sh", p.display());
-        None
-    }
+    common::model("gemma-3-270m-q4_k_m.gguf")
 }
 
 fn temp_file(name: &str, text: &str) -> PathBuf {

@@ -2,31 +2,12 @@
 //! figures on a short text, `--save-logits` then `--kl-divergence` of the same run (no divergence),
 //! and refusals of a saved file from another tokenizer or text, each one line on stderr.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn baicai(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baicai"))
-        .args(args)
-        .output()
-        .expect("run baicai")
-}
-
-fn model(name: &str) -> Option<String> {
-    let p = root().join("models").join(name);
-    if p.exists() {
-        Some(p.display().to_string())
-    } else {
-        eprintln!("SKIP: {} missing; run scripts/fetch-models.sh", p.display());
-        None
-    }
-}
+mod common;
+use common::{baicai, model, root};
 
 fn text(name: &str) -> String {
     root()
