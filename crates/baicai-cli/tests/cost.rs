@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 mod common;
-use common::{baicai, root, stderr, stdout};
+use common::{baicai, stderr, stdout};
 
 /// The small test model, or `None` (with a note) when it has not been fetched.
 fn gemma() -> Option<String> {
