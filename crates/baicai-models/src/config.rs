@@ -57,6 +57,21 @@ pub struct MlaConfig {
     pub qk_rope_head_dim: usize,
     pub v_head_dim: usize,
     pub yarn: Option<Yarn>,
+    /// DeepSeek Sparse Attention's lightning indexer (DeepSeek-V3.2), if the model has one.
+    pub indexer: Option<IndexerConfig>,
+}
+
+/// The lightning indexer of DeepSeek Sparse Attention (DeepSeek-V3.2 §2.1): per query it scores
+/// every cached token with `index_n_heads` small ReLU heads and MLA attends only to the
+/// `index_topk` best.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexerConfig {
+    /// `index_n_heads`.
+    pub n_head: usize,
+    /// `index_head_dim`: the width of each indexer query head and of the one indexer key.
+    pub head_dim: usize,
+    /// `index_topk`: tokens each query attends to.
+    pub top_k: usize,
 }
 
 impl MlaConfig {
@@ -139,7 +154,8 @@ impl ModelConfig {
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
             "gemma3" => Arch::Gemma3,
-            "deepseek2" => Arch::Deepseek2,
+            // DeepSeek-V3.2 is V3 plus the sparse-attention indexer.
+            "deepseek2" | "deepseek32" => Arch::Deepseek2,
             "qwen2moe" => Arch::Qwen2Moe,
             "qwen3moe" => Arch::Qwen3Moe,
             other => {
@@ -311,6 +327,16 @@ fn mla_from_gguf(g: &Gguf, arch: &str) -> Result<MlaConfig, ModelError> {
         }
         _ => None,
     };
+    // `deepseek32` files must describe the indexer; the keys in any other MLA file add one too.
+    let has_indexer = arch == "deepseek32" || g.get(&key("attention.indexer.head_count")).is_some();
+    let indexer = match has_indexer {
+        true => Some(IndexerConfig {
+            n_head: u("attention.indexer.head_count")?,
+            head_dim: u("attention.indexer.key_length")?,
+            top_k: u("attention.indexer.top_k")?,
+        }),
+        false => None,
+    };
     Ok(MlaConfig {
         q_lora_rank: g
             .get_u64(&key("attention.q_lora_rank"))?
@@ -321,6 +347,7 @@ fn mla_from_gguf(g: &Gguf, arch: &str) -> Result<MlaConfig, ModelError> {
         qk_rope_head_dim: rope,
         v_head_dim: head_v,
         yarn,
+        indexer,
     })
 }
 
@@ -449,6 +476,9 @@ pub enum Field {
     LeadingDense,
     ExpertScale,
     GatingFunc,
+    IndexerHeads,
+    IndexerHeadDim,
+    IndexerTopK,
 }
 
 impl Field {
@@ -550,6 +580,9 @@ impl Field {
             LeadingDense => (&["leading_dense_block_count"], &["first_k_dense_replace"]),
             ExpertScale => (&["expert_weights_scale"], &["routed_scaling_factor"]),
             GatingFunc => (&["expert_gating_func"], &["scoring_func"]),
+            IndexerHeads => (&["attention.indexer.head_count"], &["index_n_heads"]),
+            IndexerHeadDim => (&["attention.indexer.key_length"], &["index_head_dim"]),
+            IndexerTopK => (&["attention.indexer.top_k"], &["index_topk"]),
         }
     }
 }
@@ -880,6 +913,35 @@ impl ModelConfig {
             if !y.mscale_all_dim.is_finite() {
                 let f = Field::YarnMscaleAllDim;
                 return Err(c.keys.error(f, y.mscale_all_dim, "must be finite"));
+            }
+        }
+        if let Some(ix) = &m.indexer {
+            c.count(Field::IndexerHeads, ix.n_head)?;
+            c.count(Field::IndexerHeadDim, ix.head_dim)?;
+            if ix.head_dim < m.qk_rope_head_dim {
+                let rule = format!(
+                    "is less than {} = {} (the indexer rotates that many of its values)",
+                    c.keys.key(Field::QkRopeHeadDim),
+                    m.qk_rope_head_dim
+                );
+                return Err(c.keys.error(Field::IndexerHeadDim, ix.head_dim, rule));
+            }
+            c.product(&[
+                (Field::IndexerHeads, ix.n_head),
+                (Field::IndexerHeadDim, ix.head_dim),
+            ])?;
+            if m.q_lora_rank.is_none() {
+                let rule = "is set but q_lora_rank is not (the indexer's queries are \
+                            projected from the compressed query)";
+                return Err(c.keys.error(Field::IndexerHeads, ix.n_head, rule));
+            }
+            if ix.top_k == 0 || ix.top_k > self.n_ctx_train {
+                let rule = format!(
+                    "must lie in 1..={} ({}): more tokens than the context holds",
+                    self.n_ctx_train,
+                    c.keys.key(Field::NCtxTrain)
+                );
+                return Err(c.keys.error(Field::IndexerTopK, ix.top_k, rule));
             }
         }
         Ok(())

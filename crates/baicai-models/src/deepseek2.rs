@@ -15,6 +15,7 @@ use half::slice::HalfFloatSliceExt;
 use crate::config::{MlaConfig, ModelConfig, MoeConfig, Yarn};
 use crate::decoder::{self, Blocks, Ends, Seg};
 use crate::error::ModelError;
+use crate::indexer::{IndexKeys, Indexer};
 use crate::kv::KvCache;
 use crate::layers;
 use crate::moe::{self, ExpertLoad, Experts};
@@ -39,6 +40,8 @@ struct Attn {
     /// `W_UV`: per head `[v_head_dim, kv_lora_rank]`.
     v_b: Vec<Linear>,
     wo: Linear,
+    /// DeepSeek-V3.2's lightning indexer: attention reads only the cached tokens it selects.
+    indexer: Option<Indexer>,
 }
 
 enum Ffn {
@@ -124,6 +127,19 @@ impl RopeYarn {
             x[2 * i + 1] = a * s + b * c;
         }
     }
+
+    /// Rotates `x` (`[dim]`) for position `pos`, pairing halves `(i, i + dim/2)` instead of
+    /// neighbours: DeepSeek-V3.2's indexer uses the same frequencies in the NeoX layout.
+    fn apply_neox(&self, x: &mut [f32], pos: usize) {
+        let half = self.theta.len();
+        for (i, &th) in self.theta.iter().enumerate() {
+            let (s, c) = (pos as f64 * th).sin_cos();
+            let (c, s) = (c as f32 * self.mscale, s as f32 * self.mscale);
+            let (a, b) = (x[i], x[i + half]);
+            x[i] = a * c - b * s;
+            x[i + half] = a * s + b * c;
+        }
+    }
 }
 
 /// Dot product with eight independent partial sums, so the compiler vectorizes it.
@@ -140,12 +156,14 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The cached latents of one layer, `[pos, kv_lora_rank | qk_rope]`.
+#[derive(Clone, Copy)]
 enum Latents<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
 }
 
 /// Absorbed attention over the latent cache, for one token and any number of heads.
+#[derive(Clone, Copy)]
 struct LatentAttention<'a> {
     rows: Latents<'a>,
     width: usize,
@@ -156,6 +174,29 @@ struct LatentAttention<'a> {
 }
 
 impl LatentAttention<'_> {
+    /// Calls `f` with the attention over the rows a query reads and their count: the first
+    /// `len` rows, or only those in `selected` (DeepSeek Sparse Attention), gathered.
+    fn with_rows<R>(
+        &self,
+        selected: Option<&[u32]>,
+        len: usize,
+        f: impl FnOnce(LatentAttention, usize) -> R,
+    ) -> R {
+        match selected {
+            None => f(*self, len),
+            Some(idx) => {
+                let rows = Gathered::new(self.rows, self.width, idx);
+                f(
+                    LatentAttention {
+                        rows: rows.latents(),
+                        ..*self
+                    },
+                    idx.len(),
+                )
+            }
+        }
+    }
+
     /// Latent row `j` as f32 (`buf` holds the conversion of an f16 row).
     fn row<'b>(&'b self, j: usize, buf: &'b mut [f32]) -> &'b [f32] {
         let w = self.width;
@@ -222,7 +263,36 @@ impl LatentAttention<'_> {
     }
 }
 
-/// A DeepSeek-V2/V3 model.
+/// Latent rows copied out of the cache in the order of an index list (the tokens DeepSeek
+/// Sparse Attention selected), so attention reads them as a contiguous run.
+enum Gathered {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Gathered {
+    fn new(rows: Latents, w: usize, idx: &[u32]) -> Gathered {
+        fn pick<T: Copy>(rows: &[T], w: usize, idx: &[u32]) -> Vec<T> {
+            idx.iter()
+                .flat_map(|&j| &rows[j as usize * w..(j as usize + 1) * w])
+                .copied()
+                .collect()
+        }
+        match rows {
+            Latents::F32(r) => Gathered::F32(pick(r, w, idx)),
+            Latents::F16(r) => Gathered::F16(pick(r, w, idx)),
+        }
+    }
+
+    fn latents(&self) -> Latents<'_> {
+        match self {
+            Gathered::F32(r) => Latents::F32(r),
+            Gathered::F16(r) => Latents::F16(r),
+        }
+    }
+}
+
+/// A DeepSeek-V2/V3/V3.2 model.
 pub struct Deepseek2 {
     store: WeightStore,
     cfg: ModelConfig,
@@ -299,6 +369,11 @@ impl Deepseek2 {
                 k_absorb,
                 v_b,
                 wo: s.linear(&n("attn_output.weight"), d, nh * vd)?,
+                indexer: match (mla.indexer, mla.q_lora_rank) {
+                    (Some(ix), Some(r)) => Some(Indexer::load(&s, il, ix, d, r)?),
+                    // `validate` refuses an indexer without a compressed query.
+                    _ => None,
+                },
             };
             let ffn = if il < moe.first_dense {
                 Ffn::Dense {
@@ -374,16 +449,44 @@ impl Blocks for Deepseek2 {
         let mut q = vec![0.0; n * nh * qd]; // [n, n_head, q_head_dim]
         let w = lora + rope;
         let mut kv = vec![0.0; n * w]; // [n, kv_lora_rank + qk_rope]
-        match &b.q_a {
-            Some((q_a, q_a_norm)) => {
+        let ix = b.indexer.as_ref();
+        let (ix_h, ix_d) = ix.map_or((0, 0), |ix| (ix.config().n_head, ix.config().head_dim));
+        let mut ix_q = vec![0.0; n * ix_h * ix_d]; // [n, index_n_heads, index_head_dim]
+        let mut ix_k = vec![0.0; n * ix_d]; // [n, index_head_dim]
+        let mut ix_w = vec![0.0; n * ix_h]; // [n, index_n_heads]
+        match (&b.q_a, ix) {
+            (Some((q_a, q_a_norm)), ix) => {
                 let r = q_a.rows;
                 let mut qa = vec![0.0; n * r]; // [n, q_lora_rank]
-                s.matmul_many(&[q_a, &b.kv_a], &h, n, &mut [&mut qa, &mut kv]);
-                let mut qn = vec![0.0; n * r];
+                match ix {
+                    Some(ix) => s.matmul_many(
+                        &[q_a, &b.kv_a, &ix.k, &ix.proj],
+                        &h,
+                        n,
+                        &mut [&mut qa, &mut kv, &mut ix_k, &mut ix_w],
+                    ),
+                    None => s.matmul_many(&[q_a, &b.kv_a], &h, n, &mut [&mut qa, &mut kv]),
+                }
+                let mut qn = vec![0.0; n * r]; // [n, q_lora_rank]
                 layers::rms_norm(&qa, q_a_norm, c.rms_eps, &mut qn);
-                s.matmul(&b.q, &qn, n, &mut q);
+                match ix {
+                    Some(ix) => s.matmul_many(&[&b.q, &ix.q_b], &qn, n, &mut [&mut q, &mut ix_q]),
+                    None => s.matmul(&b.q, &qn, n, &mut q),
+                }
             }
-            None => s.matmul_many(&[&b.q, &b.kv_a], &h, n, &mut [&mut q, &mut kv]),
+            (None, _) => s.matmul_many(&[&b.q, &b.kv_a], &h, n, &mut [&mut q, &mut kv]),
+        }
+        if let Some(ix) = ix {
+            // Keys: LayerNorm, then RoPE on their first qk_rope values (NeoX pairs); queries
+            // likewise per head.
+            ix.norm_keys(&mut ix_k);
+            for t in 0..n {
+                self.rope.apply_neox(&mut ix_k[t * ix_d..][..rope], pos[t]);
+                for hh in 0..ix_h {
+                    self.rope
+                        .apply_neox(&mut ix_q[(t * ix_h + hh) * ix_d..][..rope], pos[t]);
+                }
+            }
         }
         let mut latent = vec![0.0; n * w]; // [n, kv_lora_rank | qk_rope]: what the cache stores
         for t in 0..n {
@@ -393,8 +496,12 @@ impl Blocks for Deepseek2 {
             self.rope.apply(&mut dst[lora..], pos[t]);
         }
         for seg in segs.iter_mut() {
-            seg.cache
-                .store(il, &latent[seg.rows.start * w..seg.rows.end * w], &[]);
+            let rows = seg.rows.clone();
+            seg.cache.store(
+                il,
+                &latent[rows.start * w..rows.end * w],
+                &ix_k[rows.start * ix_d..rows.end * ix_d],
+            );
         }
         // Absorbed queries: [n, n_head, kv_lora_rank | qk_rope].
         let mut qa = vec![0.0; n * nh * w];
@@ -476,23 +583,47 @@ impl Blocks for Deepseek2 {
             .enumerate()
             .flat_map(|(i, s)| std::iter::repeat_n(i, s.len()))
             .collect();
+        // DeepSeek Sparse Attention: the cached tokens each query reads (`None`: all it sees).
+        let mut sel: Vec<Option<Vec<u32>>> = vec![None; n];
+        if let Some(ix) = ix {
+            let keys: Vec<IndexKeys> = segs
+                .iter()
+                .map(|seg| {
+                    let end = seg.pos0 + seg.len();
+                    match seg.cache.is_f16() {
+                        true => IndexKeys::F16(seg.cache.layer_f16(il, end).1),
+                        false => IndexKeys::F32(seg.cache.layer(il, end).1),
+                    }
+                })
+                .collect();
+            baicai_kernels::for_each_chunk_mut(&mut sel, 1, |t, out| {
+                let q = &ix_q[t * ix_h * ix_d..(t + 1) * ix_h * ix_d];
+                let w = &ix_w[t * ix_h..(t + 1) * ix_h];
+                out[0] = ix.select(q, w, keys[seg_of[t]], pos[t] + 1);
+            });
+        }
         let threads = rayon::current_num_threads();
         if n < threads {
             // Decode: per token, heads split evenly over the threads, each thread's heads
             // sharing every latent row it reads (and converts from f16).
             let group = nh.div_ceil(threads).max(1);
             for (t, ot) in ol.chunks_exact_mut(nh * lora).enumerate() {
-                let (att, qt) = (&atts[seg_of[t]], &qa[t * nh * w..(t + 1) * nh * w]);
-                baicai_kernels::for_each_chunk_mut(ot, group * lora, |g, o| {
-                    let h0 = g * group;
-                    att.attend(&qt[h0 * w..(h0 + o.len() / lora) * w], pos[t] + 1, o)
+                let qt = &qa[t * nh * w..(t + 1) * nh * w];
+                atts[seg_of[t]].with_rows(sel[t].as_deref(), pos[t] + 1, |att, len| {
+                    baicai_kernels::for_each_chunk_mut(ot, group * lora, |g, o| {
+                        let h0 = g * group;
+                        att.attend(&qt[h0 * w..(h0 + o.len() / lora) * w], len, o)
+                    })
                 });
             }
         } else {
             // Prefill and batched decode: tokens in parallel, each latent row read once for
             // all heads.
             baicai_kernels::for_each_chunk_mut(&mut ol, nh * lora, |t, o| {
-                atts[seg_of[t]].attend(&qa[t * nh * w..(t + 1) * nh * w], pos[t] + 1, o)
+                let qt = &qa[t * nh * w..(t + 1) * nh * w];
+                atts[seg_of[t]].with_rows(sel[t].as_deref(), pos[t] + 1, |att, len| {
+                    att.attend(qt, len, o)
+                })
             });
         }
         drop(atts);
@@ -582,14 +713,16 @@ impl CausalLm for Deepseek2 {
         // the reference) keep an f32 latent; anything lower-precision gets llama.cpp's default
         // f16 cache, which halves its size (DeepSeek-V2-Lite, 32k tokens: 0.95 GiB).
         let w = self.mla.cache_width();
+        // DeepSeek-V3.2 keeps each token's indexer key beside its latent.
+        let ix = self.mla.indexer.map_or(0, |ix| ix.head_dim);
         if self
             .blocks
             .first()
             .is_some_and(|b| b.attn.kv_a.dtype == DType::F32)
         {
-            KvCache::new(self.cfg.n_layer, n_ctx, w, 0)
+            KvCache::new(self.cfg.n_layer, n_ctx, w, ix)
         } else {
-            KvCache::new_f16(self.cfg.n_layer, n_ctx, w, 0)
+            KvCache::new_f16(self.cfg.n_layer, n_ctx, w, ix)
         }
     }
 
@@ -605,6 +738,9 @@ impl CausalLm for Deepseek2 {
             total += a.q_a.as_ref().map_or(0, |(l, _)| s.bytes(l));
             if let KAbsorb::Split(l) = &a.k_absorb {
                 total += l.iter().map(|l| s.bytes(l)).sum::<u64>();
+            }
+            if let Some(ix) = &a.indexer {
+                total += s.bytes(&ix.q_b) + s.bytes(&ix.k) + s.bytes(&ix.proj);
             }
             match &b.ffn {
                 Ffn::Dense { gate, up, down } => {

@@ -18,7 +18,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{
-    self, Arch, Field, FileTensors, KeySource, MlaConfig, ModelConfig, MoeConfig, RopeStyle, Yarn,
+    self, Arch, Field, FileTensors, IndexerConfig, KeySource, MlaConfig, ModelConfig, MoeConfig,
+    RopeStyle, Yarn,
 };
 use crate::error::ModelError;
 use crate::moe::{GroupScore, RouterConfig, Scoring};
@@ -247,6 +248,11 @@ fn canonical_name(arch: Arch, name: &str) -> Option<String> {
         "mlp.shared_experts.up_proj" | "mlp.shared_expert.up_proj" => "ffn_up_shexp",
         "mlp.shared_experts.down_proj" | "mlp.shared_expert.down_proj" => "ffn_down_shexp",
         "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
+        // DeepSeek-V3.2's lightning indexer (llama.cpp's names).
+        "self_attn.indexer.wq_b" => "indexer.attn_q_b",
+        "self_attn.indexer.wk" => "indexer.attn_k",
+        "self_attn.indexer.k_norm" => "indexer.k_norm",
+        "self_attn.indexer.weights_proj" => "indexer.proj",
         _ => return None,
     };
     map(&format!("{canon}.{suffix}"))
@@ -508,6 +514,12 @@ struct HfConfig {
     norm_topk_prob: Option<bool>,
     routed_scaling_factor: Option<f64>,
     first_k_dense_replace: Option<usize>,
+    /// transformers 5.x (DeepSeek-V3.2): `dense` / `sparse` per layer.
+    mlp_layer_types: Option<Vec<String>>,
+    // DeepSeek Sparse Attention (DeepSeek-V3.2).
+    index_n_heads: Option<usize>,
+    index_head_dim: Option<usize>,
+    index_topk: Option<usize>,
 }
 
 /// `rope_scaling` (4.x) or `rope_parameters` (5.x) of `config.json`; in 5.x the latter holds
@@ -714,7 +726,9 @@ fn config_from_json(path: &Path, v: &Value) -> Result<(ModelConfig, HfExtra), Mo
         "qwen2" => Arch::Qwen2,
         "qwen3" => Arch::Qwen3,
         "gemma3" | "gemma3_text" => Arch::Gemma3,
-        "deepseek_v2" | "deepseek_v3" => Arch::Deepseek2,
+        // Kimi K2 ships the DeepSeek-V3 architecture under its own model_type; V3.2 adds the
+        // sparse-attention indexer.
+        "deepseek_v2" | "deepseek_v3" | "kimi_k2" | "deepseek_v32" => Arch::Deepseek2,
         "qwen2_moe" => Arch::Qwen2Moe,
         "qwen3_moe" => Arch::Qwen3Moe,
         "mixtral" => Arch::Mixtral,
@@ -722,7 +736,7 @@ fn config_from_json(path: &Path, v: &Value) -> Result<(ModelConfig, HfExtra), Mo
             return Err(ModelError::UnsupportedArch {
                 found: other.to_string(),
                 supported: "llama, mistral, qwen2, qwen3, gemma3_text, deepseek_v2, \
-                            deepseek_v3, qwen2_moe, qwen3_moe, mixtral"
+                            deepseek_v3, deepseek_v32, kimi_k2, qwen2_moe, qwen3_moe, mixtral"
                     .into(),
             })
         }
@@ -1024,6 +1038,14 @@ fn mla_from_hf(path: &Path, h: &HfConfig, yarn: Option<&HfRope>) -> Result<MlaCo
         mscale_all_dim: r.mscale_all_dim.unwrap_or(0.0) as f32,
         mscale: r.mscale.unwrap_or(1.0) as f32,
     });
+    let indexer = match (h.model_type.as_str(), h.index_n_heads) {
+        ("deepseek_v32", _) | (_, Some(_)) => Some(IndexerConfig {
+            n_head: need(h.index_n_heads, "index_n_heads")?,
+            head_dim: need(h.index_head_dim, "index_head_dim")?,
+            top_k: need(h.index_topk, "index_topk")?,
+        }),
+        _ => None,
+    };
     Ok(MlaConfig {
         q_lora_rank: h.q_lora_rank,
         kv_lora_rank: need(h.kv_lora_rank, "kv_lora_rank")?,
@@ -1031,6 +1053,7 @@ fn mla_from_hf(path: &Path, h: &HfConfig, yarn: Option<&HfRope>) -> Result<MlaCo
         qk_rope_head_dim: need(h.qk_rope_head_dim, "qk_rope_head_dim")?,
         v_head_dim: need(h.v_head_dim, "v_head_dim")?,
         yarn,
+        indexer,
     })
 }
 
@@ -1044,12 +1067,20 @@ fn moe_from_hf(
     let Some(n_expert) = h.n_routed_experts.or(h.num_experts).or(h.num_local_experts) else {
         return Ok(None);
     };
-    let scoring = match h.scoring_func.as_deref().unwrap_or("softmax") {
+    // transformers' DeepSeek-V3 (and V3.2, Kimi K2) router is always sigmoid scoring with the
+    // bias-corrected group-limited selection; its config class has neither key.
+    let v3_router = matches!(
+        h.model_type.as_str(),
+        "deepseek_v3" | "deepseek_v32" | "kimi_k2"
+    );
+    let default_scoring = if v3_router { "sigmoid" } else { "softmax" };
+    let scoring = match h.scoring_func.as_deref().unwrap_or(default_scoring) {
         "softmax" => Scoring::Softmax,
         "sigmoid" => Scoring::Sigmoid,
         other => return Err(keys.error(Field::GatingFunc, other, "not supported")),
     };
-    let topk_method = h.topk_method.as_deref().unwrap_or("greedy");
+    let default_method = if v3_router { "noaux_tc" } else { "greedy" };
+    let topk_method = h.topk_method.as_deref().unwrap_or(default_method);
     let (n_group, topk_group) = match topk_method {
         "greedy" => (1, 1),
         "group_limited_greedy" | "noaux_tc" => (h.n_group.unwrap_or(1), h.topk_group.unwrap_or(1)),
@@ -1083,8 +1114,46 @@ fn moe_from_hf(
         },
         n_ff_shared,
         n_ff_expert,
-        first_dense: h.first_k_dense_replace.unwrap_or(0),
+        first_dense: first_dense_from_hf(path, h)?,
     }))
+}
+
+/// The leading dense layers: `first_k_dense_replace`, or the `dense` entries that open
+/// `mlp_layer_types` (transformers 5.x), which must then agree with it.
+fn first_dense_from_hf(path: &Path, h: &HfConfig) -> Result<usize, ModelError> {
+    let Some(types) = &h.mlp_layer_types else {
+        return Ok(h.first_k_dense_replace.unwrap_or(0));
+    };
+    let dense = types.iter().take_while(|t| *t == "dense").count();
+    if let Some(bad) = types[dense..].iter().position(|t| t != "sparse") {
+        let (il, t) = (dense + bad, &types[dense + bad]);
+        return Err(err(
+            path,
+            format!(
+                "mlp_layer_types[{il}] is '{t}': baicai runs leading 'dense' layers then \
+                 'sparse' (MoE) ones"
+            ),
+        ));
+    }
+    if types.len() != h.num_hidden_layers {
+        return Err(err(
+            path,
+            format!(
+                "mlp_layer_types has {} entries for num_hidden_layers = {}",
+                types.len(),
+                h.num_hidden_layers
+            ),
+        ));
+    }
+    match h.first_k_dense_replace {
+        Some(k) if k != dense => Err(err(
+            path,
+            format!(
+                "first_k_dense_replace = {k} but mlp_layer_types opens with {dense} dense layers"
+            ),
+        )),
+        _ => Ok(dense),
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod deepseek2;
 pub mod error;
 pub mod gemma3;
 pub mod hf;
+mod indexer;
 pub mod kv;
 pub mod layers;
 pub mod llama;
@@ -124,6 +125,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "qwen3",
     "gemma3",
     "deepseek2",
+    "deepseek32",
     "qwen2moe",
     "qwen3moe",
 ];
