@@ -218,7 +218,7 @@ impl ModelConfig {
         };
         let cfg = ModelConfig {
             arch,
-            n_layer: u("block_count")?,
+            n_layer: trunk_layers(g, &arch_name)?,
             n_embd,
             n_head,
             n_head_kv,
@@ -281,6 +281,22 @@ impl ModelConfig {
     /// Width of all value heads together.
     pub fn v_dim(&self) -> usize {
         self.n_head_kv * self.head_dim_v
+    }
+}
+
+/// The layers the forward pass runs: `block_count` less the multi-token-prediction layers that
+/// llama.cpp's converter appends after them (`nextn_predict_layers`, DeepSeek-V3.2/V4, GLM).
+fn trunk_layers(g: &Gguf, arch: &str) -> Result<usize, ModelError> {
+    let blocks = g.require_u64(&format!("{arch}.block_count"))?;
+    let nextn_key = format!("{arch}.nextn_predict_layers");
+    let nextn = g.get_u64(&nextn_key)?.unwrap_or(0);
+    match blocks.checked_sub(nextn) {
+        Some(n) => Ok(n as usize),
+        None => Err(ModelError::BadValue {
+            key: nextn_key,
+            value: nextn.to_string(),
+            rule: format!("exceeds {arch}.block_count = {blocks}"),
+        }),
     }
 }
 

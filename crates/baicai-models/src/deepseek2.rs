@@ -20,7 +20,7 @@ use crate::kv::KvCache;
 use crate::layers;
 use crate::moe::{self, ExpertLoad, Experts};
 use crate::weights::{Linear, WeightStore};
-use crate::{CausalLm, SeqInput};
+use crate::{CausalLm, SeqInput, Trace};
 
 /// How `W_UK` is held for absorption.
 enum KAbsorb {
@@ -303,6 +303,7 @@ pub struct Deepseek2 {
     rope: RopeYarn,
     kq_scale: f32,
     load: Mutex<Vec<ExpertLoad>>,
+    trace: Option<Trace>,
 }
 
 impl Deepseek2 {
@@ -416,6 +417,7 @@ impl Deepseek2 {
         Ok(Deepseek2 {
             rope: RopeYarn::new(rope, cfg.rope_base, mla.yarn.as_ref()),
             load: Mutex::new(vec![ExpertLoad::default(); cfg.n_layer]),
+            trace: None,
             store: s,
             kq_scale,
             cfg,
@@ -430,6 +432,12 @@ impl Deepseek2 {
 impl Blocks for Deepseek2 {
     fn parts(&self) -> (&WeightStore, &Ends, &ModelConfig) {
         (&self.store, &self.ends, &self.cfg)
+    }
+
+    fn trace(&self, name: &str, il: usize, x: &[f32]) {
+        if let Some(t) = &self.trace {
+            t(name, il, x);
+        }
     }
 
     fn attention(&self, il: usize, x: &[f32], segs: &mut [Seg], out: &mut [f32]) {
@@ -599,8 +607,19 @@ impl Blocks for Deepseek2 {
             baicai_kernels::for_each_chunk_mut(&mut sel, 1, |t, out| {
                 let q = &ix_q[t * ix_h * ix_d..(t + 1) * ix_h * ix_d];
                 let w = &ix_w[t * ix_h..(t + 1) * ix_h];
-                out[0] = ix.select(q, w, keys[seg_of[t]], pos[t] + 1);
+                out[0] = ix.select(q, w, keys[seg_of[t]], pos[t] + 1, n == 1);
             });
+            if self.trace.is_some() {
+                // `[n, index_topk]`: each token's selected positions, -1 where it keeps all.
+                let k = ix.config().top_k;
+                let mut rows = vec![-1.0; n * k];
+                for (row, s) in rows.chunks_exact_mut(k).zip(&sel) {
+                    for (r, &j) in row.iter_mut().zip(s.iter().flatten()) {
+                        *r = j as f32;
+                    }
+                }
+                self.trace("top_k", il, &rows);
+            }
         }
         let threads = rayon::current_num_threads();
         if n < threads {
@@ -706,6 +725,10 @@ impl CausalLm for Deepseek2 {
 
     fn expert_load(&self) -> Option<Vec<ExpertLoad>> {
         self.load.lock().ok().map(|l| l.clone())
+    }
+
+    fn set_trace(&mut self, trace: Option<Trace>) {
+        self.trace = trace;
     }
 
     fn new_cache(&self, n_ctx: usize) -> KvCache {

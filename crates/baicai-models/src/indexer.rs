@@ -81,34 +81,48 @@ impl Indexer {
         }
     }
 
-    /// See [`select`].
-    pub fn select(&self, q: &[f32], w: &[f32], keys: IndexKeys, len: usize) -> Option<Vec<u32>> {
-        select(&self.cfg, q, w, keys, len)
+    /// The positions of `0..len` a query attends to (see [`select`]); the scores are computed
+    /// in parallel over positions when `parallel` (a decode step's lone query).
+    pub fn select(
+        &self,
+        q: &[f32],
+        w: &[f32],
+        keys: IndexKeys,
+        len: usize,
+        parallel: bool,
+    ) -> Option<Vec<u32>> {
+        if len <= self.cfg.top_k {
+            return None;
+        }
+        let mut score = vec![0f32; len]; // [len]
+        let w = head_weights(&self.cfg, w);
+        if parallel {
+            baicai_kernels::for_each_chunk_mut(&mut score, SCORE_CHUNK, |c, out| {
+                scores(&self.cfg, q, &w, keys, c * SCORE_CHUNK, out)
+            });
+        } else {
+            scores(&self.cfg, q, &w, keys, 0, &mut score);
+        }
+        Some(top_k(&score, self.cfg.top_k))
     }
 }
 
-/// The `top_k` positions of `0..len` that query `q` (`[n_head, head_dim]`, rotated) with head
-/// weights `w` (`[n_head]`, as projected) selects among `keys`, ascending; `None` when
-/// `len ≤ top_k` (every position is kept, as the reference's top-k then returns them all).
-///
-/// Ties are broken towards the earlier position, so the choice never depends on the batch.
-pub(crate) fn select(
-    cfg: &IndexerConfig,
-    q: &[f32],
-    w: &[f32],
-    keys: IndexKeys,
-    len: usize,
-) -> Option<Vec<u32>> {
-    let (nh, d, top_k) = (cfg.n_head, cfg.head_dim, cfg.top_k);
-    if len <= top_k {
-        return None;
-    }
+/// Positions scored per parallel task.
+const SCORE_CHUNK: usize = 512;
+
+/// The head weights as the scores use them: `w · H^-½`.
+fn head_weights(cfg: &IndexerConfig, w: &[f32]) -> Vec<f32> {
+    let w_scale = (cfg.n_head as f32).powf(-0.5);
+    w.iter().map(|&x| x * w_scale).collect() // [n_head]
+}
+
+/// Index scores of positions `j0..j0 + out.len()`: `Σ_h w[h] · ReLU(q[h] · k[j] · D^-½)` with
+/// `w` from [`head_weights`].
+fn scores(cfg: &IndexerConfig, q: &[f32], w: &[f32], keys: IndexKeys, j0: usize, out: &mut [f32]) {
+    let (nh, d) = (cfg.n_head, cfg.head_dim);
     let scale = (d as f32).powf(-0.5);
-    let w_scale = (nh as f32).powf(-0.5);
-    let w: Vec<f32> = w.iter().map(|&x| x * w_scale).collect(); // [n_head]
     let mut buf = vec![0f32; d];
-    let mut score = vec![0f32; len]; // [len]
-    for (j, sc) in score.iter_mut().enumerate() {
+    for (j, sc) in (j0..).zip(out.iter_mut()) {
         let k = match keys {
             IndexKeys::F32(k) => &k[j * d..(j + 1) * d],
             IndexKeys::F16(k) => {
@@ -120,17 +134,40 @@ pub(crate) fn select(
             .map(|h| w[h] * (dot(&q[h * d..(h + 1) * d], k) * scale).max(0.0))
             .sum();
     }
-    let mut idx: Vec<u32> = (0..len as u32).collect();
-    // Highest score first, earlier position on ties; then the kept ones in position order.
+}
+
+/// The `k` best-scoring positions (`k ≤ score.len()`, `k ≥ 1`), ascending. Ties go to the
+/// earlier position, so the choice never depends on the batch.
+fn top_k(score: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..score.len() as u32).collect();
     let by_score = |a: &u32, b: &u32| {
         score[*b as usize]
             .total_cmp(&score[*a as usize])
             .then(a.cmp(b))
     };
-    idx.select_nth_unstable_by(top_k - 1, by_score);
-    idx.truncate(top_k);
+    idx.select_nth_unstable_by(k - 1, by_score);
+    idx.truncate(k);
     idx.sort_unstable();
-    Some(idx)
+    idx
+}
+
+/// The `top_k` positions of `0..len` that query `q` (`[n_head, head_dim]`, rotated) with head
+/// weights `w` (`[n_head]`, as projected) selects among `keys`, ascending; `None` when
+/// `len ≤ top_k` (every position is kept, as the reference's top-k then returns them all).
+#[cfg(test)]
+fn select(
+    cfg: &IndexerConfig,
+    q: &[f32],
+    w: &[f32],
+    keys: IndexKeys,
+    len: usize,
+) -> Option<Vec<u32>> {
+    if len <= cfg.top_k {
+        return None;
+    }
+    let mut score = vec![0f32; len];
+    scores(cfg, q, &head_weights(cfg, w), keys, 0, &mut score);
+    Some(top_k(&score, cfg.top_k))
 }
 
 /// LayerNorm with weight and bias (mean and variance accumulated in f64).

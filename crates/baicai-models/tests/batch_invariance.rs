@@ -93,6 +93,7 @@ fn batched_sequences_match_alone_bit_for_bit_on_fixture_models() {
     for name in [
         "deepseek-v2",
         "deepseek-v2-lite",
+        "deepseek-v32",
         "mixtral",
         "qwen2-moe",
         "qwen3-moe",

@@ -117,6 +117,80 @@ fn deepseek_v3_model_cache_is_latent_sized() {
     assert!(bytes <= c.n_layer * (mla.kv_lora_rank + mla.qk_rope_head_dim) * 4);
 }
 
+/// DeepSeek-V3.2: MLA reads only the `index_topk` (4) cached tokens the lightning indexer
+/// selects; prompts of 6 to 40 tokens, so most queries select (without the selection the
+/// logits would differ from the reference by up to 4.4).
+#[test]
+fn deepseek_v32_matches_transformers() {
+    run("deepseek-v32");
+}
+
+/// The indexer picks, at every layer and query position, the same cached tokens as transformers'
+/// `DeepseekV32Indexer` (read off its top-k by the oracle tool), from the folder and the GGUF.
+#[test]
+fn deepseek_v32_indexer_selects_what_transformers_selects() {
+    let dir = fixtures().join("deepseek-v32");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let p = reference["indexer_prompt"].as_u64().unwrap() as usize;
+    let ids = common::u32s(&reference["prompts"][p]["ids"]);
+    let (hf, _) = baicai_models::load_hf(&dir).unwrap();
+    let g = Arc::new(baicai_gguf::Gguf::open(&dir.join("model-f32.gguf")).unwrap());
+    for (label, mut m) in [
+        ("safetensors", hf),
+        ("gguf", baicai_models::load(g).unwrap()),
+    ] {
+        let top_k = m.config().mla.as_ref().unwrap().indexer.unwrap().top_k;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        m.set_trace(Some(Arc::new(move |name: &str, il: usize, x: &[f32]| {
+            if name == "top_k" {
+                sink.lock().unwrap().push((il, x.to_vec()));
+            }
+        })));
+        let mut cache = m.new_cache(64);
+        m.forward(&ids, &mut cache, Logits::All).unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.len(),
+            m.config().n_layer,
+            "{label}: one top_k trace per layer"
+        );
+        let mut compared = 0;
+        for (il, rows) in seen.iter() {
+            let want = &reference["indexer_topk"][il.to_string()];
+            for (t, row) in rows.chunks_exact(top_k).enumerate() {
+                if t < top_k {
+                    // Fewer cached tokens than index_topk: all of them are read.
+                    assert!(
+                        row.iter().all(|&j| j < 0.0),
+                        "{label}: layer {il} query {t}"
+                    );
+                    continue;
+                }
+                let got: Vec<u64> = row.iter().map(|&j| j as u64).collect();
+                let want: Vec<u64> = want[t]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect();
+                assert_eq!(
+                    got, want,
+                    "{label}: layer {il} query {t} selects other tokens"
+                );
+                compared += 1;
+            }
+        }
+        assert!(
+            compared > ids.len(),
+            "{label}: only {compared} selections compared"
+        );
+        eprintln!("{label}: {compared} sparse selections equal transformers'");
+    }
+}
+
 #[test]
 fn deepseek_v2_lite_matches_transformers() {
     run("deepseek-v2-lite");
@@ -259,17 +333,30 @@ fn deepseek_v3_half_precision_checkpoints_stay_close() {
 /// logits at every position, with the f32 and the f16 latent cache.
 #[test]
 fn deepseek_v3_batch_and_stepwise_logits_are_bit_identical() {
-    let dir = fixtures().join("deepseek-v3");
+    batch_and_stepwise_bit_identical("deepseek-v3");
+}
+
+/// The same with DeepSeek Sparse Attention selecting (11 tokens, index_topk 4): a query's
+/// selection does not depend on how the prompt was split into passes.
+#[test]
+fn deepseek_v32_batch_and_stepwise_logits_are_bit_identical() {
+    batch_and_stepwise_bit_identical("deepseek-v32");
+}
+
+fn batch_and_stepwise_bit_identical(name: &str) {
+    let dir = fixtures().join(name);
     let (m, _) = baicai_models::load_hf(&dir).unwrap();
     let c = m.config();
-    let (vocab, width) = (c.n_vocab, c.mla.as_ref().unwrap().cache_width());
+    let mla = c.mla.as_ref().unwrap();
+    let (vocab, width) = (c.n_vocab, mla.cache_width());
+    let ix = mla.indexer.map_or(0, |ix| ix.head_dim);
     let ids: Vec<u32> = (0..11).map(|i| (i * 37 % 300 + 3) as u32).collect();
     for half in [false, true] {
         let new = || {
             if half {
-                baicai_models::KvCache::new_f16(c.n_layer, 32, width, 0)
+                baicai_models::KvCache::new_f16(c.n_layer, 32, width, ix)
             } else {
-                baicai_models::KvCache::new(c.n_layer, 32, width, 0)
+                baicai_models::KvCache::new(c.n_layer, 32, width, ix)
             }
         };
         let mut batch_cache = new();
