@@ -11,7 +11,7 @@
 //! the Q8 quantizers guarantee (they never produce -128; a -128 would give a wrong sum, never
 //! undefined behaviour). Sums differ from the scalar reference only by float rounding.
 //!
-//! The symmetric formats with Q8_0 activations (Q4_0, Q5_0, Q8_0, IQ4_NL) share one register-tiled
+//! The symmetric formats with Q8_0 activations (Q4_0, Q5_0, Q8_0, IQ4_NL, MXFP4) share one register-tiled
 //! kernel, [`tile_sym_q8_0`]: several weight rows × several activation rows per call, with each
 //! element reduced exactly as the 1×1 dot, so matmul can use tiles for speed and stay batch
 //! invariant.
@@ -21,10 +21,11 @@ use std::ptr::read_unaligned;
 
 use crate::dispatch::{DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK};
+use crate::quant::e8m0_to_f32_half;
 use crate::quant::legacy::{
     f16_le_from, whole_blocks, whole_blocks_mut, TileFns, TileOut, TILE_ROWS, TILE_TOKENS,
 };
-use crate::quant::tables::KVALUES_IQ4NL;
+use crate::quant::tables::{KVALUES_IQ4NL, KVALUES_MXFP4};
 
 /// Asserts the CPU features the `_avx2` functions need (a cached check, negligible per row).
 #[inline]
@@ -121,9 +122,10 @@ const Q5_1_BYTES: usize = DType::Q5_1.block_bytes();
 const Q8_0_BYTES: usize = DType::Q8_0.block_bytes();
 const Q8_1_BYTES: usize = DType::Q8_1.block_bytes();
 const IQ4_NL_BYTES: usize = DType::IQ4_NL.block_bytes();
+const MXFP4_BYTES: usize = DType::MXFP4.block_bytes();
 
-/// A symmetric weight format (`d * signed code`, f16 `d` first in the block) whose dot product
-/// takes Q8_0 activations.
+/// A symmetric weight format (`d * signed code`, `d` an f16 first in the block unless the format
+/// says otherwise) whose dot product takes Q8_0 activations.
 pub trait SymQ8_0 {
     /// The storage type.
     const DTYPE: DType;
@@ -145,6 +147,15 @@ pub trait SymQ8_0 {
     unsafe fn codes_avx512(x: *const u8) -> __m256i {
         Self::codes(x)
     }
+    /// The block's scale at `x`, broadcast to 8 lanes: by default the f16 at its start.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `x` must point at a whole block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale(x: *const u8) -> __m256 {
+        broadcast_f16(x)
+    }
     /// 0 when [`SymQ8_0::codes`] returns signed codes; otherwise the codes are unsigned and the
     /// values are `code - OFFSET`, which saves the sign trick (see [`tile_sym_q8_0`]).
     const OFFSET: i8 = 0;
@@ -159,6 +170,8 @@ pub struct Q4_0;
 /// IQ4_NL weights.
 #[allow(non_camel_case_types)]
 pub struct IQ4_NL;
+/// MXFP4 weights.
+pub struct MXFP4;
 
 impl SymQ8_0 for Q8_0 {
     const DTYPE: DType = DType::Q8_0;
@@ -219,6 +232,25 @@ impl SymQ8_0 for IQ4_NL {
     }
 }
 
+impl SymQ8_0 for MXFP4 {
+    const DTYPE: DType = DType::MXFP4;
+    const BYTES: usize = MXFP4_BYTES;
+    /// The nibbles index the doubled E2M1 values with a byte shuffle, as IQ4_NL's.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(x: *const u8) -> __m256i {
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_MXFP4.as_ptr().cast()));
+        _mm256_shuffle_epi8(table, nibbles(x.add(1)))
+    }
+    /// The E8M0 byte, halved as ggml does (a few integer instructions; no table, see
+    /// [`broadcast_f16`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale(x: *const u8) -> __m256 {
+        _mm256_set1_ps(e8m0_to_f32_half(*x))
+    }
+}
+
 /// The f16 at `p`, converted and broadcast to 8 lanes. F16C rather than a lookup table: real
 /// weights' scales spread over many table lines, which streaming weights evict, and the misses
 /// made Qwen2.5-0.5B's decode matmuls 1.8x slower (27.8 vs 15.4 ms per token, `bench_decode`).
@@ -265,7 +297,7 @@ pub unsafe fn tile_sym_q8_0<F: SymQ8_0, const R: usize, const T: usize>(
             let x = w[r].add(b * F::BYTES);
             q[r] = F::codes(x);
             abs_q[r] = _mm256_sign_epi8(q[r], q[r]);
-            dw[r] = broadcast_f16(x);
+            dw[r] = F::scale(x);
         }
         for t in 0..T {
             let y = a[t].add(b * Q8_0_BYTES);
@@ -560,6 +592,13 @@ safe_dot!(
     blocks
 );
 safe_dot!(
+    dot_mxfp4_q8_0,
+    dot_sym_q8_0_avx2::<MXFP4>,
+    DType::MXFP4,
+    DType::Q8_0,
+    blocks
+);
+safe_dot!(
     dot_q4_1_q8_1,
     dot_q4_1_q8_1_avx2,
     DType::Q4_1,
@@ -736,6 +775,7 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
         Q5_0 => fns::<self::Q5_0>(),
         Q8_0 => fns::<self::Q8_0>(),
         IQ4_NL => fns::<self::IQ4_NL>(),
+        MXFP4 => fns::<self::MXFP4>(),
         _ => return None,
     })
 }
@@ -753,6 +793,7 @@ pub(crate) fn dot_fn(dtype: DType) -> Option<DotFn> {
         Q5_1 => dot_q5_1_q8_1,
         Q8_0 => dot_q8_0_q8_0,
         IQ4_NL => dot_iq4_nl_q8_0,
+        MXFP4 => dot_mxfp4_q8_0,
         _ => return None,
     })
 }
