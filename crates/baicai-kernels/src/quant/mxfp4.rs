@@ -12,9 +12,11 @@
 //!
 //! Extreme scales follow ggml and gguf-py rather than the spec: `e = 0` and `1` give subnormal
 //! scales (`2^-128`, `2^-127`), and `e = 255` is not NaN but `2^127`. Values beyond f32's range
-//! become ±infinity (from `e = 254`: `12 * 2^126`); a zero code stays zero at every scale. The
-//! kernels never panic on any block's bytes; a dot product over an infinite value gives ±inf or
-//! NaN as the f32 arithmetic does.
+//! become ±infinity (from `e = 253`: `12 * 2^125`); a zero code stays zero at every scale. The
+//! kernels never panic on any block's bytes; a dot product with such a block gives ±inf or NaN as
+//! the f32 arithmetic does (where it overflows may differ between the scalar and SIMD paths,
+//! which multiply the scales in a different order). transformers decodes the same bytes to the
+//! same values, infinities included, except that its code 8 is `-0.0` where ggml's is `+0.0`.
 //!
 //! # The checkpoints' packed form
 //! gpt-oss (`*_blocks` u8 `[…, rows, cols/32, 16]` with `*_scales` u8 `[…, rows, cols/32]`),
