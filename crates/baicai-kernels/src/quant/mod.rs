@@ -3,6 +3,7 @@
 //! Every block type is a `#[repr(C)]` struct of byte arrays implementing [`Block`], so slices of a
 //! memory map at any offset can be viewed as blocks without copying ([`as_blocks`]).
 
+pub mod fp8;
 pub mod kquants;
 pub mod legacy;
 pub mod mxfp4;
