@@ -79,7 +79,6 @@ pub const fn e8m0_to_f32(e: u8) -> f32 {
 /// is not treated as NaN but gives `2^127`, as ggml does.
 #[inline]
 pub const fn e8m0_to_f32_half(e: u8) -> f32 {
-    // Branch-free on purpose: this runs once per block in the SIMD dots.
     let e = e as u32;
     let bits = if e < 2 {
         0x0020_0000 << e

@@ -232,6 +232,17 @@ impl SymQ8_0 for IQ4_NL {
     }
 }
 
+/// [`e8m0_to_f32_half`] of every byte.
+static E8M0_HALF: [f32; 256] = {
+    let mut t = [0.0; 256];
+    let mut e = 0;
+    while e < 256 {
+        t[e] = e8m0_to_f32_half(e as u8);
+        e += 1;
+    }
+    t
+};
+
 impl SymQ8_0 for MXFP4 {
     const DTYPE: DType = DType::MXFP4;
     const BYTES: usize = MXFP4_BYTES;
@@ -242,12 +253,14 @@ impl SymQ8_0 for MXFP4 {
         let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_MXFP4.as_ptr().cast()));
         _mm256_shuffle_epi8(table, nibbles(x.add(1)))
     }
-    /// The E8M0 byte, halved as ggml does (a few integer instructions; no table, see
-    /// [`broadcast_f16`]).
+    /// The E8M0 byte, halved as ggml does, from a table: 256 floats are 16 cache lines (the
+    /// f16 table [`broadcast_f16`] avoids was 256 KiB), and real scales use a few of them. One
+    /// broadcast load instead of the branch-free bit arithmetic: 4096 × 4096 decode, one thread,
+    /// 0.95 -> 0.87 ms (Q4_0 0.86).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn scale(x: *const u8) -> __m256 {
-        _mm256_set1_ps(e8m0_to_f32_half(*x))
+        _mm256_broadcast_ss(&E8M0_HALF[*x as usize])
     }
 }
 
