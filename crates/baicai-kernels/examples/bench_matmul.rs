@@ -2,10 +2,10 @@
 //! the memory-bound figure) and prefill (512 tokens: reports GFLOP/s), with 1 and 2 threads.
 //!
 //! ```text
-//! cargo run --release -p baicai-kernels --example bench_matmul -- [TYPE…] [--tokens 1,512] [--threads 1,2] [--shapes 4864x896,896x4864] [--hot] [--no-avx512]
+//! cargo run --release -p baicai-kernels --example bench_matmul -- [TYPE…] [--tokens 1,512] [--threads 1,2] [--shapes RxC,…] [--hot] [--no-avx512]
 //! ```
 //! TYPE defaults to `Q5_0 Q8_0`; any [`DType`] name works once its kernels exist. `--shapes`
-//! replaces the FFN shapes with other `ROWSxCOLS` (e.g. `4096x4096` to compare MXFP4 with Q4_0). Decode cycles
+//! replaces the FFN shapes (`4864x896,896x4864`) with others, e.g. `4096x4096`. Decode cycles
 //! through enough copies of the weights to exceed the last-level cache, so the figure is DRAM
 //! bandwidth, not cache bandwidth; `--hot` keeps one copy (kernel speed from cache).
 

@@ -11,10 +11,10 @@
 //! the Q8 quantizers guarantee (they never produce -128; a -128 would give a wrong sum, never
 //! undefined behaviour). Sums differ from the scalar reference only by float rounding.
 //!
-//! The symmetric formats with Q8_0 activations (Q4_0, Q5_0, Q8_0, IQ4_NL, MXFP4) share one register-tiled
-//! kernel, [`tile_sym_q8_0`]: several weight rows × several activation rows per call, with each
-//! element reduced exactly as the 1×1 dot, so matmul can use tiles for speed and stay batch
-//! invariant.
+//! The symmetric formats with Q8_0 activations (Q4_0, Q5_0, Q8_0, IQ4_NL, MXFP4) share one
+//! register-tiled kernel, [`tile_sym_q8_0`]: several weight rows × several activation rows per
+//! call, with each element reduced exactly as the 1×1 dot, so matmul can use tiles for speed and
+//! stay batch invariant.
 
 use std::arch::x86_64::*;
 use std::ptr::read_unaligned;
@@ -220,15 +220,22 @@ impl SymQ8_0 for Q4_0 {
     }
 }
 
+/// The 16 levels `table` of a non-linear 4-bit format (IQ4_NL, MXFP4), indexed by the 32
+/// nibbles of the 16 bytes at `p` (in value order, as [`nibbles`]) with a byte shuffle.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn table_nibbles(table: &[i8; 16], p: *const u8) -> __m256i {
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr().cast()));
+    _mm256_shuffle_epi8(table, nibbles(p))
+}
+
 impl SymQ8_0 for IQ4_NL {
     const DTYPE: DType = DType::IQ4_NL;
     const BYTES: usize = IQ4_NL_BYTES;
-    /// The nibbles index the 16 levels with a byte shuffle.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(x: *const u8) -> __m256i {
-        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()));
-        _mm256_shuffle_epi8(table, nibbles(x.add(2)))
+        table_nibbles(&KVALUES_IQ4NL, x.add(2))
     }
 }
 
@@ -246,12 +253,10 @@ static E8M0_HALF: [f32; 256] = {
 impl SymQ8_0 for MXFP4 {
     const DTYPE: DType = DType::MXFP4;
     const BYTES: usize = MXFP4_BYTES;
-    /// The nibbles index the doubled E2M1 values with a byte shuffle, as IQ4_NL's.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(x: *const u8) -> __m256i {
-        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_MXFP4.as_ptr().cast()));
-        _mm256_shuffle_epi8(table, nibbles(x.add(1)))
+        table_nibbles(&KVALUES_MXFP4, x.add(1))
     }
     /// The E8M0 byte, halved as ggml does, from a table: 256 floats are 16 cache lines (the
     /// f16 table [`broadcast_f16`] avoids was 256 KiB), and real scales use a few of them. One

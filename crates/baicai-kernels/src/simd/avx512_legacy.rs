@@ -1,5 +1,5 @@
-//! AVX-512 VNNI register tiles for the symmetric 32-value formats (Q4_0, Q5_0, Q8_0, IQ4_NL, MXFP4)
-//! against Q8_0 activations, used where the CPU has them: for prefill, for decode's two-row
+//! AVX-512 VNNI register tiles for the symmetric 32-value formats (Q4_0, Q5_0, Q8_0, IQ4_NL,
+//! MXFP4) against Q8_0 activations, used where the CPU has them: for prefill, for decode's two-row
 //! kernels, and as the Q4_0 and Q5_0 dot products (from cache, one thread: Q5_0 decode
 //! 12.5 GB/s with AVX2 dots, 14.1 with these, 16.9 with the two-row tile; Q8_0 29 -> 33.5).
 //!
