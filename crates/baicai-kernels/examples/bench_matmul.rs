@@ -2,9 +2,10 @@
 //! the memory-bound figure) and prefill (512 tokens: reports GFLOP/s), with 1 and 2 threads.
 //!
 //! ```text
-//! cargo run --release -p baicai-kernels --example bench_matmul -- [TYPE…] [--tokens 1,512] [--threads 1,2] [--hot] [--no-avx512]
+//! cargo run --release -p baicai-kernels --example bench_matmul -- [TYPE…] [--tokens 1,512] [--threads 1,2] [--shapes RxC,…] [--hot] [--no-avx512]
 //! ```
-//! TYPE defaults to `Q5_0 Q8_0`; any [`DType`] name works once its kernels exist. Decode cycles
+//! TYPE defaults to `Q5_0 Q8_0`; any [`DType`] name works once its kernels exist. `--shapes`
+//! replaces the FFN shapes (`4864x896,896x4864`) with others, e.g. `4096x4096`. Decode cycles
 //! through enough copies of the weights to exceed the last-level cache, so the figure is DRAM
 //! bandwidth, not cache bandwidth; `--hot` keeps one copy (kernel speed from cache).
 
@@ -23,6 +24,8 @@ struct Args {
     types: Vec<DType>,
     tokens: Vec<usize>,
     threads: Vec<usize>,
+    /// Weight shapes `(rows, cols)`.
+    shapes: Vec<(usize, usize)>,
     /// Decode on one copy of the weights (cache-resident for the small shapes): kernel speed
     /// rather than memory bandwidth.
     hot: bool,
@@ -34,11 +37,25 @@ fn parse_list(s: &str) -> Vec<usize> {
         .collect()
 }
 
+/// `ROWSxCOLS,…`.
+fn parse_shapes(s: &str) -> Vec<(usize, usize)> {
+    s.split(',')
+        .map(|v| {
+            let (r, c) = v.split_once('x').expect("a shape is ROWSxCOLS");
+            (
+                r.parse().expect("rows: a number"),
+                c.parse().expect("cols: a number"),
+            )
+        })
+        .collect()
+}
+
 fn parse_args() -> Args {
     let mut args = Args {
         types: Vec::new(),
         tokens: vec![1, 512],
         threads: vec![1, 2],
+        shapes: vec![(4864, 896), (896, 4864)],
         hot: false,
     };
     let mut it = std::env::args().skip(1);
@@ -46,6 +63,7 @@ fn parse_args() -> Args {
         match a.as_str() {
             "--tokens" => args.tokens = parse_list(&it.next().expect("--tokens LIST")),
             "--threads" => args.threads = parse_list(&it.next().expect("--threads LIST")),
+            "--shapes" => args.shapes = parse_shapes(&it.next().expect("--shapes LIST")),
             "--hot" => args.hot = true,
             "--no-avx512" => baicai_kernels::dispatch::disable_avx512(),
             name => {
@@ -64,7 +82,7 @@ fn parse_args() -> Args {
 }
 
 /// Pseudo-random bytes (xorshift), with every block's first f16 (the scale in legacy formats)
-/// set to a small normal value so sums stay finite.
+/// set to a small normal value so sums stay finite (MXFP4: its E8M0 scale byte to 2^-8).
 fn weight_bytes(dtype: DType, n: usize, seed: u64) -> Vec<u8> {
     let mut s = seed | 1;
     let mut bytes: Vec<u8> = (0..n)
@@ -75,7 +93,11 @@ fn weight_bytes(dtype: DType, n: usize, seed: u64) -> Vec<u8> {
             s as u8
         })
         .collect();
-    if dtype.block_len() > 1 {
+    if dtype == DType::MXFP4 {
+        for b in bytes.chunks_exact_mut(dtype.block_bytes()) {
+            b[0] = 120;
+        }
+    } else if dtype.block_len() > 1 {
         for b in bytes.chunks_exact_mut(dtype.block_bytes()) {
             b[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
         }
@@ -105,13 +127,12 @@ fn time(mut f: impl FnMut()) -> (f64, f64) {
 
 fn main() {
     let args = parse_args();
-    let shapes = [(4864, 896), (896, 4864)];
     println!(
         "{:<6} {:>11} {:>6} {:>7} {:>9} {:>14} {:>14}",
         "type", "rows×cols", "tokens", "threads", "best ms", "best rate", "mean rate"
     );
     for &dtype in &args.types {
-        for &(rows, cols) in &shapes {
+        for &(rows, cols) in &args.shapes {
             let Some(row_bytes) = dtype.row_bytes(cols) else {
                 continue;
             };

@@ -41,11 +41,13 @@ pub type QuantFn = fn(src: &[f32], dst: &mut [u8]);
 /// Dot product of `n` values: weights `w` of some type and activations `a` in its vec-dot type.
 pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 
+/// The float types and the 32-value block formats, which `legacy` dispatches (MXFP4's block and
+/// reference kernels live in `quant::mxfp4`; its SIMD paths are the symmetric legacy tiles').
 fn is_legacy(dtype: DType) -> bool {
     use DType::*;
     matches!(
         dtype,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4
     )
 }
 

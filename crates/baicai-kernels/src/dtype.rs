@@ -21,6 +21,8 @@ pub enum DType {
     Q8_K,
     IQ4_NL,
     IQ4_XS,
+    /// OCP microscaling FP4 (E2M1 values, one E8M0 scale per 32), as ggml's `block_mxfp4`.
+    MXFP4,
 }
 
 /// Values per super-block of the K-quants.
@@ -34,7 +36,7 @@ impl DType {
         use DType::*;
         match self {
             F32 | F16 | BF16 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL => QK,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => QK,
             Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_XS => QK_K,
         }
     }
@@ -52,6 +54,7 @@ impl DType {
             Q8_0 => 34,
             Q8_1 => 36,
             IQ4_NL => 18,
+            MXFP4 => 17,
             Q2_K => 84,
             Q3_K => 110,
             Q4_K => 144,
@@ -78,7 +81,7 @@ impl DType {
             F32 => F32,
             F16 => F16,
             BF16 => BF16,
-            Q4_0 | Q5_0 | Q8_0 | IQ4_NL => Q8_0,
+            Q4_0 | Q5_0 | Q8_0 | IQ4_NL | MXFP4 => Q8_0,
             Q4_1 | Q5_1 => Q8_1,
             Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS => Q8_K,
             Q8_1 => Q8_1,
@@ -107,11 +110,12 @@ impl DType {
             Q8_K => "Q8_K",
             IQ4_NL => "IQ4_NL",
             IQ4_XS => "IQ4_XS",
+            MXFP4 => "MXFP4",
         }
     }
 
     /// All types, for tests and listings.
-    pub const ALL: [DType; 17] = [
+    pub const ALL: [DType; 18] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -129,5 +133,6 @@ impl DType {
         DType::Q8_K,
         DType::IQ4_NL,
         DType::IQ4_XS,
+        DType::MXFP4,
     ];
 }

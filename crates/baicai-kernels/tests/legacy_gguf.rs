@@ -2,29 +2,11 @@
 //! blocks, and Q8_0/BF16/F16 quantization, bit for bit. Fixture: `tests/data/legacy_gguf.json`,
 //! made by `tools/fixtures_legacy.py`.
 
+mod fixture;
+
 use baicai_kernels::dispatch::{dequant_fn, quant_fn, Isa};
 use baicai_kernels::DType;
-use serde_json::Value;
-
-fn fixture() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/legacy_gguf.json");
-    let text = std::fs::read_to_string(path).expect("read legacy_gguf.json");
-    serde_json::from_str(&text).expect("parse legacy_gguf.json")
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
-fn f32s(s: &str) -> Vec<f32> {
-    hex(s)
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
+use fixture::{f32s, hex};
 
 fn dtype(name: &str) -> DType {
     *DType::ALL
@@ -43,7 +25,7 @@ fn isas() -> Vec<Isa> {
 
 #[test]
 fn dequantization_matches_gguf_py_bit_for_bit() {
-    let fx = fixture();
+    let fx = fixture::load("legacy_gguf.json");
     let cases = fx["dequantize"].as_array().unwrap();
     let mut real = 0;
     for case in cases {
@@ -75,7 +57,7 @@ fn dequantization_matches_gguf_py_bit_for_bit() {
 
 #[test]
 fn quantization_matches_gguf_py_bit_for_bit() {
-    let fx = fixture();
+    let fx = fixture::load("legacy_gguf.json");
     for case in fx["quantize"].as_array().unwrap() {
         let t = dtype(case["type"].as_str().unwrap());
         let x = f32s(case["input"].as_str().unwrap());

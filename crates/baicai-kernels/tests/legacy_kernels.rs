@@ -42,6 +42,10 @@ fn random_weights(rng: &mut StdRng, dtype: DType, n: usize) -> Vec<u8> {
                     let v = half::f16::from_f32(rng.gen_range(-0.05f32..0.05));
                     block[o..o + 2].copy_from_slice(&v.to_le_bytes());
                 }
+                if dtype == DType::MXFP4 {
+                    // An E8M0 scale of 2^-10 ..= 2^2 (extreme ones: tests/mxfp4.rs).
+                    block[0] = rng.gen_range(118..=130);
+                }
             }
             bytes
         }
@@ -345,7 +349,7 @@ fn dispatched_dots_and_avx2_pairs_equal_the_avx2_dots_bit_for_bit() {
         return;
     }
     let mut rng = StdRng::seed_from_u64(0x512);
-    let kernels: [(DType, baicai_kernels::dispatch::DotFn, PairFn); 4] = [
+    let kernels: [(DType, baicai_kernels::dispatch::DotFn, PairFn); 5] = [
         (
             DType::Q4_0,
             avx2::dot_q4_0_q8_0,
@@ -365,6 +369,11 @@ fn dispatched_dots_and_avx2_pairs_equal_the_avx2_dots_bit_for_bit() {
             DType::IQ4_NL,
             avx2::dot_iq4_nl_q8_0,
             avx2::tile_sym::<avx2::IQ4_NL, 2, 1>,
+        ),
+        (
+            DType::MXFP4,
+            avx2::dot_mxfp4_q8_0,
+            avx2::tile_sym::<avx2::MXFP4, 2, 1>,
         ),
     ];
     for (dtype, want, pair) in kernels {

@@ -281,6 +281,7 @@ fn matmul_is_independent_of_thread_count() {
         DType::F16,
         DType::Q4_K,
         DType::Q6_K,
+        DType::MXFP4,
     ] {
         let (data, x) = case(&mut rng, dtype, rows, cols, n_tokens);
         let w = Weight {

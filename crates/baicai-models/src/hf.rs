@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use baicai_kernels::quant::fp8;
 use baicai_kernels::DType;
 use serde::Deserialize;
 use serde_json::Value;
@@ -276,33 +277,6 @@ fn decode_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     }
 }
 
-fn fp8_e4m3_to_f32(b: u8) -> f32 {
-    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-    let e = ((b >> 3) & 0x0f) as i32;
-    let m = (b & 0x07) as f32;
-    if e == 0x0f && (b & 0x07) == 0x07 {
-        return f32::NAN;
-    }
-    if e == 0 {
-        sign * (m / 8.0) * 2f32.powi(-6)
-    } else {
-        sign * (1.0 + m / 8.0) * 2f32.powi(e - 7)
-    }
-}
-
-/// FP8 E4M3 `[rows, cols]` with `[ceil(rows/128), ceil(cols/128)]` f32 block scales → f32 bytes.
-fn dequant_fp8(w: &[u8], scales: &[f32], rows: usize, cols: usize) -> Vec<u8> {
-    let sc = cols.div_ceil(128);
-    let mut out = Vec::with_capacity(rows * cols * 4);
-    for r in 0..rows {
-        for c in 0..cols {
-            let v = fp8_e4m3_to_f32(w[r * cols + c]) * scales[(r / 128) * sc + c / 128];
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
-
 impl HfModel {
     /// Opens a checkpoint folder.
     ///
@@ -399,7 +373,16 @@ impl HfModel {
                     let w = &maps[t.file][t.start..t.end];
                     (
                         DType::F32,
-                        Bytes::owned(dequant_fp8(w, &scales, rows, cols)),
+                        Bytes::owned(
+                            fp8::dequant_e4m3_block_scaled(
+                                w,
+                                fp8::BlockScales::F32(&scales),
+                                fp8::BlockGrid::square(rows, cols, 128),
+                            )
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes())
+                            .collect(),
+                        ),
                         "FP8 E4M3 → F32 at load (128×128 block scales applied)",
                     )
                 }
@@ -1159,21 +1142,6 @@ fn first_dense_from_hf(path: &Path, h: &HfConfig) -> Result<usize, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Values from the OCP 8-bit floating point specification (E4M3: bias 7, no infinities,
-    /// S.1111.111 is NaN).
-    #[test]
-    fn fp8_e4m3_decodes_spec_values() {
-        assert_eq!(fp8_e4m3_to_f32(0x00), 0.0);
-        assert_eq!(fp8_e4m3_to_f32(0x01), 2f32.powi(-9)); // smallest subnormal
-        assert_eq!(fp8_e4m3_to_f32(0x07), 0.875 * 2f32.powi(-6)); // largest subnormal
-        assert_eq!(fp8_e4m3_to_f32(0x08), 2f32.powi(-6)); // smallest normal
-        assert_eq!(fp8_e4m3_to_f32(0x38), 1.0);
-        assert_eq!(fp8_e4m3_to_f32(0xB8), -1.0);
-        assert_eq!(fp8_e4m3_to_f32(0x7E), 448.0); // largest normal
-        assert!(fp8_e4m3_to_f32(0x7F).is_nan());
-        assert!(fp8_e4m3_to_f32(0xFF).is_nan());
-    }
 
     #[test]
     fn hostile_safetensors_headers_are_rejected() {

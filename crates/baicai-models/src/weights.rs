@@ -28,13 +28,14 @@ pub fn dtype_of(t: GgmlType) -> Option<DType> {
         GgmlType::Q6_K => DType::Q6_K,
         GgmlType::IQ4_NL => DType::IQ4_NL,
         GgmlType::IQ4_XS => DType::IQ4_XS,
+        GgmlType::MXFP4 => DType::MXFP4,
         _ => return None,
     })
 }
 
 /// Tensor types models can hold, for error messages.
 pub const SUPPORTED_TYPES: &str =
-    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4";
 
 /// What a tensor's bytes live in.
 #[derive(Clone)]

@@ -1,5 +1,6 @@
 //! The legacy ggml block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, IQ4_NL) and the float
-//! storage types (F32, F16, BF16): block structs, scalar reference kernels, and their dispatch.
+//! storage types (F32, F16, BF16): block structs, scalar reference kernels, and their dispatch,
+//! which also hands out the other 32-value format, MXFP4 ([`crate::quant::mxfp4`]).
 //!
 //! Every block struct is `#[repr(C)]` with only byte-array fields, so it has alignment 1, no
 //! padding, and any bit pattern is a valid value. That lets a block slice be viewed straight from
@@ -54,6 +55,7 @@ macro_rules! block {
         }
     };
 }
+pub(crate) use block;
 
 block!(
     /// Q4_0: 32 values `d * (q - 8)`, `q` a 4-bit code; value `j < 16` is the low nibble of
@@ -208,7 +210,7 @@ impl BlockIQ4_NL {
 
 /// The 32 unsigned 4-bit codes of a nibble-packed block, in value order.
 #[inline]
-fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
+pub(crate) fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
     let mut q = [0u8; 32];
     for j in 0..16 {
         q[j] = qs[j] & 0x0f;
@@ -456,7 +458,7 @@ fn dot_blocks<'a, W: Block, A: Block>(
 /// Sum over blocks of `sumi * dw * da`, with `sumi` the integer dot of signed codes (ggml's
 /// reference for the symmetric formats).
 #[inline]
-fn dot_sym<W: Block>(
+pub(crate) fn dot_sym<W: Block>(
     wt: DType,
     n: usize,
     w: &[u8],
@@ -630,7 +632,7 @@ pub struct TileFns {
 }
 
 /// The register-tiled kernels for weights of `dtype` on `isa`, where there are (AVX2: Q4_0, Q5_0,
-/// Q8_0, IQ4_NL). Otherwise use [`dot_fn`] per element.
+/// Q8_0, IQ4_NL, MXFP4). Otherwise use [`dot_fn`] per element.
 pub fn tile_fns(dtype: DType, isa: Isa) -> Option<TileFns> {
     #[cfg(target_arch = "x86_64")]
     if use_avx2(isa) {
@@ -669,6 +671,7 @@ pub fn dequant_fn(dtype: DType, isa: Isa) -> DequantFn {
         Q8_0 => dequant_q8_0,
         Q8_1 => dequant_q8_1,
         IQ4_NL => dequant_iq4_nl,
+        MXFP4 => crate::quant::mxfp4::dequant_mxfp4,
         _ => panic!("{} is not a legacy format", dtype.name()),
     }
 }
@@ -722,6 +725,7 @@ pub fn dot_fn(dtype: DType, isa: Isa) -> DotFn {
         Q8_0 => dot_q8_0_q8_0,
         Q8_1 => dot_q8_1_q8_1,
         IQ4_NL => dot_iq4_nl_q8_0,
+        MXFP4 => crate::quant::mxfp4::dot_mxfp4_q8_0,
         _ => panic!("{} is not a legacy format", dtype.name()),
     }
 }

@@ -3,8 +3,10 @@
 //! Every block type is a `#[repr(C)]` struct of byte arrays implementing [`Block`], so slices of a
 //! memory map at any offset can be viewed as blocks without copying ([`as_blocks`]).
 
+pub mod fp8;
 pub mod kquants;
 pub mod legacy;
+pub mod mxfp4;
 pub mod tables;
 
 use half::f16;
@@ -56,4 +58,32 @@ pub fn as_blocks_mut<T: Block>(bytes: &mut [u8]) -> &mut [T] {
 #[inline]
 pub fn f16_le(b: [u8; 2]) -> f32 {
     f16::from_bits(u16::from_le_bytes(b)).to_f32()
+}
+
+/// Decodes an E8M0 scale (OCP Microscaling spec v1.0 §5.4.1: an 8-bit biased exponent, no sign,
+/// no mantissa): `2^(e - 127)`. `e = 0` is `2^-127` (an f32 subnormal, exact); `e = 255` is the
+/// spec's NaN, as PyTorch's `float8_e8m0fnu` decodes it (DeepSeek-V4's `ue8m0` FP8 scales go
+/// through that type in llama.cpp's converter).
+#[inline]
+pub const fn e8m0_to_f32(e: u8) -> f32 {
+    match e {
+        0 => f32::from_bits(0x0040_0000),
+        255 => f32::NAN,
+        _ => f32::from_bits((e as u32) << 23),
+    }
+}
+
+/// Half an E8M0 scale, `2^(e - 128)`, exactly as ggml's `ggml_e8m0_to_fp32_half` (and gguf-py's
+/// `MXFP4.e8m0_to_fp32_half`): the MXFP4 scale that goes with the doubled
+/// [`tables::KVALUES_MXFP4`]. `e = 0` and `1` give the subnormals `2^-128` and `2^-127`; `e = 255`
+/// is not treated as NaN but gives `2^127`, as ggml does.
+#[inline]
+pub const fn e8m0_to_f32_half(e: u8) -> f32 {
+    let e = e as u32;
+    let bits = if e < 2 {
+        0x0020_0000 << e
+    } else {
+        (e - 1) << 23
+    };
+    f32::from_bits(bits)
 }

@@ -11,20 +11,21 @@
 //! the Q8 quantizers guarantee (they never produce -128; a -128 would give a wrong sum, never
 //! undefined behaviour). Sums differ from the scalar reference only by float rounding.
 //!
-//! The symmetric formats with Q8_0 activations (Q4_0, Q5_0, Q8_0, IQ4_NL) share one register-tiled
-//! kernel, [`tile_sym_q8_0`]: several weight rows × several activation rows per call, with each
-//! element reduced exactly as the 1×1 dot, so matmul can use tiles for speed and stay batch
-//! invariant.
+//! The symmetric formats with Q8_0 activations (Q4_0, Q5_0, Q8_0, IQ4_NL, MXFP4) share one
+//! register-tiled kernel, [`tile_sym_q8_0`]: several weight rows × several activation rows per
+//! call, with each element reduced exactly as the 1×1 dot, so matmul can use tiles for speed and
+//! stay batch invariant.
 
 use std::arch::x86_64::*;
 use std::ptr::read_unaligned;
 
 use crate::dispatch::{DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK};
+use crate::quant::e8m0_to_f32_half;
 use crate::quant::legacy::{
     f16_le_from, whole_blocks, whole_blocks_mut, TileFns, TileOut, TILE_ROWS, TILE_TOKENS,
 };
-use crate::quant::tables::KVALUES_IQ4NL;
+use crate::quant::tables::{KVALUES_IQ4NL, KVALUES_MXFP4};
 
 /// Asserts the CPU features the `_avx2` functions need (a cached check, negligible per row).
 #[inline]
@@ -121,9 +122,10 @@ const Q5_1_BYTES: usize = DType::Q5_1.block_bytes();
 const Q8_0_BYTES: usize = DType::Q8_0.block_bytes();
 const Q8_1_BYTES: usize = DType::Q8_1.block_bytes();
 const IQ4_NL_BYTES: usize = DType::IQ4_NL.block_bytes();
+const MXFP4_BYTES: usize = DType::MXFP4.block_bytes();
 
-/// A symmetric weight format (`d * signed code`, f16 `d` first in the block) whose dot product
-/// takes Q8_0 activations.
+/// A symmetric weight format (`d * signed code`, `d` an f16 first in the block unless the format
+/// says otherwise) whose dot product takes Q8_0 activations.
 pub trait SymQ8_0 {
     /// The storage type.
     const DTYPE: DType;
@@ -145,6 +147,15 @@ pub trait SymQ8_0 {
     unsafe fn codes_avx512(x: *const u8) -> __m256i {
         Self::codes(x)
     }
+    /// The block's scale at `x`, broadcast to 8 lanes: by default the f16 at its start.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `x` must point at a whole block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale(x: *const u8) -> __m256 {
+        broadcast_f16(x)
+    }
     /// 0 when [`SymQ8_0::codes`] returns signed codes; otherwise the codes are unsigned and the
     /// values are `code - OFFSET`, which saves the sign trick (see [`tile_sym_q8_0`]).
     const OFFSET: i8 = 0;
@@ -159,6 +170,8 @@ pub struct Q4_0;
 /// IQ4_NL weights.
 #[allow(non_camel_case_types)]
 pub struct IQ4_NL;
+/// MXFP4 weights.
+pub struct MXFP4;
 
 impl SymQ8_0 for Q8_0 {
     const DTYPE: DType = DType::Q8_0;
@@ -207,15 +220,52 @@ impl SymQ8_0 for Q4_0 {
     }
 }
 
+/// The 16 levels `table` of a non-linear 4-bit format (IQ4_NL, MXFP4), indexed by the 32
+/// nibbles of the 16 bytes at `p` (in value order, as [`nibbles`]) with a byte shuffle.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn table_nibbles(table: &[i8; 16], p: *const u8) -> __m256i {
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr().cast()));
+    _mm256_shuffle_epi8(table, nibbles(p))
+}
+
 impl SymQ8_0 for IQ4_NL {
     const DTYPE: DType = DType::IQ4_NL;
     const BYTES: usize = IQ4_NL_BYTES;
-    /// The nibbles index the 16 levels with a byte shuffle.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(x: *const u8) -> __m256i {
-        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()));
-        _mm256_shuffle_epi8(table, nibbles(x.add(2)))
+        table_nibbles(&KVALUES_IQ4NL, x.add(2))
+    }
+}
+
+/// [`e8m0_to_f32_half`] of every byte.
+static E8M0_HALF: [f32; 256] = {
+    let mut t = [0.0; 256];
+    let mut e = 0;
+    while e < 256 {
+        t[e] = e8m0_to_f32_half(e as u8);
+        e += 1;
+    }
+    t
+};
+
+impl SymQ8_0 for MXFP4 {
+    const DTYPE: DType = DType::MXFP4;
+    const BYTES: usize = MXFP4_BYTES;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(x: *const u8) -> __m256i {
+        table_nibbles(&KVALUES_MXFP4, x.add(1))
+    }
+    /// The E8M0 byte, halved as ggml does, from a table: 256 floats are 16 cache lines (the
+    /// f16 table [`broadcast_f16`] avoids was 256 KiB), and real scales use a few of them. One
+    /// broadcast load instead of the branch-free bit arithmetic: 4096 × 4096 decode, one thread,
+    /// 0.95 -> 0.87 ms (Q4_0 0.86).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale(x: *const u8) -> __m256 {
+        _mm256_broadcast_ss(&E8M0_HALF[*x as usize])
     }
 }
 
@@ -265,7 +315,7 @@ pub unsafe fn tile_sym_q8_0<F: SymQ8_0, const R: usize, const T: usize>(
             let x = w[r].add(b * F::BYTES);
             q[r] = F::codes(x);
             abs_q[r] = _mm256_sign_epi8(q[r], q[r]);
-            dw[r] = broadcast_f16(x);
+            dw[r] = F::scale(x);
         }
         for t in 0..T {
             let y = a[t].add(b * Q8_0_BYTES);
@@ -560,6 +610,13 @@ safe_dot!(
     blocks
 );
 safe_dot!(
+    dot_mxfp4_q8_0,
+    dot_sym_q8_0_avx2::<MXFP4>,
+    DType::MXFP4,
+    DType::Q8_0,
+    blocks
+);
+safe_dot!(
     dot_q4_1_q8_1,
     dot_q4_1_q8_1_avx2,
     DType::Q4_1,
@@ -736,6 +793,7 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
         Q5_0 => fns::<self::Q5_0>(),
         Q8_0 => fns::<self::Q8_0>(),
         IQ4_NL => fns::<self::IQ4_NL>(),
+        MXFP4 => fns::<self::MXFP4>(),
         _ => return None,
     })
 }
@@ -753,6 +811,7 @@ pub(crate) fn dot_fn(dtype: DType) -> Option<DotFn> {
         Q5_1 => dot_q5_1_q8_1,
         Q8_0 => dot_q8_0_q8_0,
         IQ4_NL => dot_iq4_nl_q8_0,
+        MXFP4 => dot_mxfp4_q8_0,
         _ => return None,
     })
 }

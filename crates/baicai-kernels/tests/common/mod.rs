@@ -37,7 +37,7 @@ pub fn case(
 }
 
 /// Random `rows × cols` weights of `dtype`: quantizable types get random code bytes with moderate
-/// f16 scales/minimums, float types random moderate values.
+/// f16 (MXFP4: E8M0) scales/minimums, float types random moderate values.
 pub fn random_weights(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
     let n = rows * cols;
     let mut bytes = vec![0u8; dtype.row_bytes(n).unwrap()];
@@ -54,6 +54,11 @@ pub fn random_weights(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) 
                 _ => &[0],
             };
             for block in bytes.chunks_exact_mut(dtype.block_bytes()) {
+                if dtype == DType::MXFP4 {
+                    // An E8M0 scale byte, 2^-10 ..= 2^-4, rather than an f16.
+                    block[0] = rng.gen_range(118..=124);
+                    continue;
+                }
                 for &o in fields {
                     let v = half::f16::from_f32(rng.gen_range(-0.05f32..0.05));
                     block[o..o + 2].copy_from_slice(&v.to_le_bytes());
