@@ -377,10 +377,12 @@ def chat_example(model_dir: Path):
     return {"messages": messages, "add_generation_prompt": True, "text": text, "ids": tok(text)["input_ids"]}
 
 
-def convert_to_gguf(llama_cpp: Path, model_dir: Path, outfile: Path):
+def convert_to_gguf(llama_cpp: Path, model_dir: Path, outfile: Path, python_path=()):
     """Runs llama.cpp's convert_hf_to_gguf.py unchanged, except that the BPE pre-tokenizer name is
     supplied: the converter recognises pre-tokenizers only by hashing a known model's tokens.
-    Works with the single-file converter of older trees and the `conversion/` package of newer ones."""
+    Works with the single-file converter of older trees and the `conversion/` package of newer ones.
+    `python_path`: folders put before gguf-py on the converter's PYTHONPATH (e.g. the transformers
+    release llama.cpp pins, when this script itself runs under another)."""
     script = llama_cpp / "convert_hf_to_gguf.py"
     code = (
         "import importlib.util, sys\n"
@@ -397,7 +399,7 @@ def convert_to_gguf(llama_cpp: Path, model_dir: Path, outfile: Path):
         f"Base.get_vocab_base_pre = lambda self, tokenizer: {GGUF_PRE_TOKENIZER!r}\n"
         "mod.main()\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(llama_cpp / "gguf-py"), NO_LOCAL_GGUF="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, python_path), str(llama_cpp / "gguf-py")]), NO_LOCAL_GGUF="1")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if res.returncode != 0:
         sys.stderr.write(res.stdout + res.stderr)

@@ -1,0 +1,636 @@
+#!/usr/bin/env python3
+"""Reference oracle for the DeepSeek-family fixtures that need transformers 5.x: DeepSeek-V3.2 (sparse
+attention with the lightning indexer) and Kimi K2 (DeepSeek-V3 layout with Moonshot's config). Per model
+it writes fixtures/moe/<name>/ as tools/moe_oracle.py does (whose helpers it reuses):
+
+- the checkpoint: config.json (the keys of the family's real config.json, written by this script and
+  checked to load back to the same model), generation_config.json, model.safetensors (F32),
+  tokenizer.json and tokenizer_config.json (the shared byte-level BPE);
+- model-f32.gguf and gguf-summary.txt: llama.cpp's convert_hf_to_gguf.py --outtype f32;
+- reference.json: logits at every prompt position, greedy continuations (full-prefix forwards, checked
+  against the KV-cached decode), the experts the routers picked, and for DeepSeek-V3.2 the key
+  positions the indexer selected at every layer and query position.
+
+Run by developers, not CI:
+
+    python3 -m venv /work/tf5-venv && /work/tf5-venv/bin/pip install -r tools/requirements-oracle-tf5.txt
+    /work/tf5-venv/bin/python tools/deepseek_oracle.py [--llama-cpp PATH/TO/llama.cpp] [--only NAME ...]
+
+See fixtures/moe/README.md for what each model exercises and fixtures/moe/deepseek-v32/SPEC.md for the
+indexer.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from moe_oracle import (  # noqa: E402
+    DEFAULT_LLAMA_CPP, GREEDY_STEPS, SPECIAL_TOKENS, build_tokenizer, chat_example, convert_to_gguf, gguf_summary,
+    select, to_json, write_tokenizer)
+from moe_oracle_models import COMMON, HIDDEN, MLA, VOCAB_SIZE  # noqa: E402
+
+# YaRN as DeepSeek-V3 and V3.2 ship it (factor 40 there; 4 here, as in the deepseek-v3 fixture).
+DEEPSEEK_YARN = {
+    "type": "yarn",
+    "factor": 4.0,
+    "original_max_position_embeddings": 4096,
+    "mscale": 1.0,
+    "mscale_all_dim": 1.0,
+    "beta_fast": 32,
+    "beta_slow": 1,
+}
+
+MODELS = {
+    # DeepSeek-V3.2: V3 (MLA with q LoRA, sigmoid noaux_tc router with groups, first layer dense, YaRN)
+    # plus the DSA lightning indexer in every layer. index_topk 4 with prompts up to 40 tokens, so that
+    # the selection is sparse for most query positions.
+    "deepseek-v32": {
+        "seed": 3212,
+        "prompt_lengths": (6, 13, 24, 40),
+        "indexer_prompt": 3,
+        "router_std": 3.0,
+        "bias_max": 0.4,
+        # llama.cpp's DeepseekV32 conversion asserts tokenizer.add_bos_token, which (under the
+        # transformers 4.57.6 it pins) only LlamaTokenizerFast exposes; the real V3.2
+        # tokenizer_config.json names that class and sets add_bos_token. add_prefix_space is dropped:
+        # with it LlamaTokenizerFast insists on converting from a sentencepiece model.
+        "tokenizer_config": {"add_bos_token": True, "tokenizer_class": "LlamaTokenizerFast"},
+        "tokenizer_config_drop": ["add_prefix_space"],
+        "config": {
+            **COMMON,
+            **MLA,
+            "architectures": ["DeepseekV32ForCausalLM"],
+            "model_type": "deepseek_v32",
+            "num_hidden_layers": 3,
+            "q_lora_rank": 24,
+            "intermediate_size": 64,
+            "moe_intermediate_size": 16,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 3,
+            "n_group": 4,
+            "topk_group": 2,
+            "topk_method": "noaux_tc",
+            "scoring_func": "sigmoid",
+            "norm_topk_prob": True,
+            "routed_scaling_factor": 2.5,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+            "moe_layer_freq": 1,
+            "ep_size": 1,
+            "index_n_heads": 4,
+            "index_head_dim": 16,
+            "index_topk": 4,
+            "max_position_embeddings": 16384,
+            "rope_scaling": DEEPSEEK_YARN,
+        },
+    },
+    # Kimi K2 (moonshotai/Kimi-K2-Instruct, July 2025 release): DeepSeek-V3 code with its own config:
+    # one expert group, many experts per token, routed_scaling_factor 2.827, YaRN factor 32 with
+    # beta_fast = beta_slow = 1, rope_theta 50000, model_type kimi_k2 (unregistered in transformers).
+    "kimi-k2": {
+        "seed": 2701,
+        "prompt_lengths": (5, 9, 13),
+        "router_std": 3.0,
+        "bias_max": 0.4,
+        "model_class": "DeepseekV3ForCausalLM",
+        "config": {
+            **COMMON,
+            **MLA,
+            "architectures": ["DeepseekV3ForCausalLM"],
+            "model_type": "kimi_k2",
+            "auto_map": {
+                "AutoConfig": "configuration_deepseek.DeepseekV3Config",
+                "AutoModel": "modeling_deepseek.DeepseekV3Model",
+                "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM",
+            },
+            "aux_loss_alpha": 0.001,
+            "seq_aux": True,
+            "ep_size": 1,
+            "moe_layer_freq": 1,
+            "pretraining_tp": 1,
+            "num_nextn_predict_layers": 0,
+            "num_hidden_layers": 3,
+            "q_lora_rank": 24,
+            "intermediate_size": 64,
+            "moe_intermediate_size": 8,
+            "n_routed_experts": 16,
+            "num_experts_per_tok": 8,
+            "n_group": 1,
+            "topk_group": 1,
+            "topk_method": "noaux_tc",
+            "scoring_func": "sigmoid",
+            "norm_topk_prob": True,
+            "routed_scaling_factor": 2.827,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+            "rope_theta": 50000.0,
+            "max_position_embeddings": 131072,
+            "rope_scaling": {
+                "type": "yarn",
+                "factor": 32.0,
+                "original_max_position_embeddings": 4096,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+                "beta_fast": 1.0,
+                "beta_slow": 1.0,
+            },
+        },
+    },
+}
+
+
+def init_weights(model, spec):
+    """Seeded weights at unit activation scale, as tools/moe_oracle.py makes them, with the fan-in read
+    from the last dimension so that transformers 5's stacked experts ([n_expert, out, in]) get the same
+    scale as per-expert matrices. LayerNorm biases (the indexer's k_norm) are small, not around 1."""
+    g = torch.Generator().manual_seed(spec["seed"])
+    router_std = spec["router_std"] / HIDDEN**0.5
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "norm" in name and name.endswith(".weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".gate.weight"):
+                p.copy_(router_std * torch.randn(p.shape, generator=g))
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(spec["bias_max"] * torch.rand(b.shape, generator=g))
+        for name, module in model.named_modules():
+            if type(module).__name__ == "DeepseekV32Indexer":
+                # Indexer head 1's query is head 0's negated: for every key one of the two has
+                # ReLU(q.k) > 0, so no key scores exactly 0. With independent heads, keys whose q.k is
+                # negative for all heads tie at 0.0 and the top-k often has to break such a tie, which
+                # transformers leaves to torch.topk (unspecified order) - see SPEC.md §2 step 9.
+                d = module.head_dim
+                module.wq_b.weight[d : 2 * d] = -module.wq_b.weight[:d]
+
+
+def prompts_for(spec):
+    g = torch.Generator().manual_seed(spec["seed"] + 1)
+    n_special = len(SPECIAL_TOKENS)
+    return [torch.randint(n_special, VOCAB_SIZE, (n,), generator=g).tolist() for n in spec["prompt_lengths"]]
+
+
+def _layer_of(name):
+    parts = name.split(".")
+    return int(parts[parts.index("layers") + 1])
+
+
+class RouterRecorder:
+    """Forward hooks on transformers 5's DeepSeek routers, which return (logits, weights, indices)."""
+
+    def __init__(self, model):
+        self.records, self.handles, self.config = {}, [], model.config
+        for name, module in model.named_modules():
+            if type(module).__name__.endswith("TopkRouter"):
+                self.handles.append(module.register_forward_hook(self._hook(_layer_of(name))))
+
+    def _hook(self, layer):
+        def hook(module, inputs, output):
+            _, w, idx = output
+            order = torch.argsort(w, dim=-1, descending=True, stable=True)
+            chosen = torch.gather(idx, 1, order)
+            rec = self.records.setdefault(layer, {})
+            rec["experts"] = chosen.tolist()
+            rec["weights"] = torch.gather(w, 1, order).tolist()
+            x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
+            scores = torch.nn.functional.linear(x, module.weight.float()).sigmoid()
+            bias = module.e_score_correction_bias
+            variants = {"without_e_score_correction_bias": select(scores, self.config, "top2_sum")}
+            if self.config.n_group > 1:
+                variants["without_group_limit"] = select(scores + bias, self.config, None)
+                variants["with_group_score_max"] = select(scores + bias, self.config, "max")
+            sets = [set(t.tolist()) for t in chosen]
+            rec["_ablations"] = {k: sum(set(t.tolist()) != c for t, c in zip(v, sets)) for k, v in variants.items()}
+
+        return hook
+
+    def take(self):
+        out, self.records = self.records, {}
+        return out
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def indexer_scores(module, hidden_states, q_resid, cos, sin, variant=None):
+    """index_score [S, T] recomputed from the indexer's inputs as DeepseekV32Indexer.forward does
+    (modeling_deepseek_v32.py l. 210-232), or under one misreading of it (`variant`)."""
+    m = sys.modules[type(module).__module__]
+    n_heads, d, r = module.n_heads, module.head_dim, module.qk_rope_head_dim
+    x = hidden_states[0]
+    q = module.wq_b(q_resid[0]).view(-1, n_heads, d)  # [S, H, D]
+    k = module.wk(x)  # [S, D]
+    if variant == "k_norm_as_rmsnorm":
+        k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + 1e-6) * module.k_norm.weight
+    else:
+        k = module.k_norm(k)
+    k = k.unsqueeze(1)  # [S, 1, D]
+    if variant == "rope_layout_nope_first":
+        q_pass, q_rot = torch.split(q, [d - r, r], dim=-1)
+        k_pass, k_rot = torch.split(k, [d - r, r], dim=-1)
+    else:
+        q_rot, q_pass = torch.split(q, [r, d - r], dim=-1)
+        k_rot, k_pass = torch.split(k, [r, d - r], dim=-1)
+    if variant == "rope_interleaved":
+        q_rot, k_rot = m.apply_rotary_pos_emb_interleave(q_rot, k_rot, cos[0], sin[0], unsqueeze_dim=1)
+    else:
+        q_rot, k_rot = m.apply_rotary_pos_emb(q_rot, k_rot, cos[0], sin[0], unsqueeze_dim=1)
+    q = torch.cat([q_rot, q_pass], dim=-1)  # [S, H, D]
+    k = torch.cat([k_rot, k_pass], dim=-1)[:, 0]  # [T, D]
+    s = torch.einsum("shd,td->sht", q.float(), k.float()) * module.softmax_scale
+    if variant != "without_relu":
+        s = torch.relu(s)
+    w = module.weights_proj(x).float() * n_heads**-0.5  # [S, H]
+    if variant == "uniform_head_weights":
+        w = torch.ones_like(w)
+    return torch.einsum("sh,sht->st", w, s), s, w
+
+
+INDEXER_VARIANTS = ["rope_interleaved", "rope_layout_nope_first", "without_relu", "k_norm_as_rmsnorm",
+                    "uniform_head_weights"]
+
+
+def causal_topk_sets(scores, topk):
+    """Per query position p: the sorted key positions among 0..p with the top-`topk` scores."""
+    out = []
+    for p in range(scores.shape[0]):
+        row = scores[p, : p + 1]
+        out.append(sorted(row.topk(min(topk, p + 1)).indices.tolist()))
+    return out
+
+
+class IndexerRecorder:
+    """Forward hooks on DeepseekV32Indexer: the key positions each query position selected, and checks
+    on the selection (boundary gap, how often it differs from the most recent keys, ablations)."""
+
+    def __init__(self, model):
+        self.records, self.handles = {}, []
+        for name, module in model.named_modules():
+            if type(module).__name__ == "DeepseekV32Indexer":
+                self.handles.append(module.register_forward_hook(self._hook(_layer_of(name)), with_kwargs=True))
+
+    def _hook(self, layer):
+        def hook(module, args, kwargs, output):
+            if kwargs.get("cache") is not None:
+                return  # cached decode (greedy_cached): the full-sequence forwards are what is recorded
+            hs, q_resid, (cos, sin) = args[0], args[1], args[2]
+            topk = module.index_topk
+            n = hs.shape[1]
+            # Causal keys only; future keys picked to fill top-k are masked in attention (SPEC.md §3).
+            selected = [sorted(i for i in output[0, p].tolist() if i <= p) for p in range(n)]
+            scores, s, w = indexer_scores(module, hs, q_resid, cos, sin)
+            mine = causal_topk_sets(scores, topk)
+            assert mine == selected, f"layer {layer}: recomputed selection differs: " + str(
+                [(p, a, b, scores[p, : p + 1].tolist()) for p, (a, b) in enumerate(zip(mine, selected)) if a != b])
+            sparse = [p for p in range(n) if p + 1 > topk]
+            gaps = []
+            for p in sparse:
+                top = scores[p, : p + 1].topk(topk + 1).values
+                gaps.append(float(top[topk - 1] - top[topk]))
+            recent = sum(selected[p] != list(range(p + 1 - topk, p + 1)) for p in sparse)
+            # per head: does each head on its own (w_h * s_h) pick the same set?
+            heads_disagree = 0
+            for p in sparse:
+                per_head = {tuple(sorted((w[p, h] * s[p, h, : p + 1]).topk(topk).indices.tolist()))
+                            for h in range(module.n_heads)}
+                heads_disagree += len(per_head) > 1
+            ablations = {}
+            for v in INDEXER_VARIANTS:
+                alt = causal_topk_sets(indexer_scores(module, hs, q_resid, cos, sin, v)[0], topk)
+                ablations[v] = sum(alt[p] != selected[p] for p in sparse)
+            self.records[layer] = {
+                "selected": selected,
+                "_stats": {
+                    "sparse_queries": len(sparse),
+                    "not_the_most_recent": recent,
+                    "heads_disagree": heads_disagree,
+                    "min_boundary_gap": min(gaps) if gaps else None,
+                    "ablations": ablations,
+                },
+            }
+
+        return hook
+
+    def take(self):
+        out, self.records = self.records, {}
+        return out
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def forward_logits(model, ids):
+    return model(torch.tensor([ids]), use_cache=False).logits[0].float()  # [n_tokens, vocab]
+
+
+def greedy(model, prompt):
+    """Each step a full forward over the prefix, no cache (as tools/moe_oracle.py)."""
+    ids, steps, step_logits, margins = list(prompt), [], [], []
+    for _ in range(GREEDY_STEPS):
+        last = forward_logits(model, ids)[-1]
+        top2 = torch.topk(last, 2)
+        steps.append(int(top2.indices[0]))
+        step_logits.append(last)
+        margins.append(float(top2.values[0] - top2.values[1]))
+        ids.append(steps[-1])
+    return steps, step_logits, margins
+
+
+def greedy_cached(model, prompt):
+    """The same continuation decoded one token at a time with transformers' DynamicCache."""
+    out = model(torch.tensor([prompt]), use_cache=True)
+    cache, last = out.cache, out.logits[0, -1].float()
+    steps, step_logits = [], []
+    for _ in range(GREEDY_STEPS):
+        steps.append(int(last.argmax()))
+        step_logits.append(last)
+        out = model(torch.tensor([[steps[-1]]]), cache=cache, use_cache=True)
+        cache, last = out.cache, out.logits[0, -1].float()
+    return steps, step_logits
+
+
+def compute_reference(model, spec, name):
+    routers, indexers = RouterRecorder(model), IndexerRecorder(model)
+    prompts, routes, selections, cached = [], [], [], []
+    for ids in prompts_for(spec):
+        routers.take()
+        indexers.take()
+        logits = forward_logits(model, ids)
+        routes.append(routers.take())
+        selections.append(indexers.take())
+        steps, step_logits, margins = greedy(model, ids)
+        c_steps, c_logits = greedy_cached(model, ids)
+        n_same = next((i for i, (a, b) in enumerate(zip(steps, c_steps)) if a != b), len(steps))
+        diff = max(float((a - b).abs().max()) for a, b in zip(step_logits[:n_same], c_logits[:n_same]))
+        cached.append({"same_tokens": c_steps == steps, "greedy": c_steps, "max_abs_logit_diff": diff})
+        prompts.append(
+            {"ids": ids, "logits": logits, "greedy": steps, "greedy_logits": step_logits, "greedy_margins": margins}
+        )
+    routers.remove()
+    indexers.remove()
+    first = routes[0]
+    ref = {
+        "model": name,
+        "architecture": spec["config"]["architectures"][0],
+        "generator": {
+            "script": "tools/deepseek_oracle.py",
+            "seed": spec["seed"],
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "dtype": "float32",
+            "attn_implementation": "eager",
+            "note": "logits from full forward passes without KV cache; greedy_logits[i] is the row "
+            "whose argmax is greedy[i]; greedy_margins[i] = top1 - top2 of that row; cached_greedy: "
+            "the same continuation decoded with transformers' DynamicCache, compared with the full-prefix one",
+        },
+        "vocab_size": VOCAB_SIZE,
+        "prompts": prompts,
+        "cached_greedy": cached,
+        "routing_prompt": 0,
+        "routing": [
+            {"layer": layer, **{k: v for k, v in first[layer].items() if not k.startswith("_")}}
+            for layer in sorted(first)
+        ],
+        "routing_stats": routing_stats(routes, spec["config"]["n_routed_experts"]),
+    }
+    if selections[0]:
+        p = spec["indexer_prompt"]
+        ref["indexer_prompt"] = p
+        ref["indexer_topk"] = {str(layer): rec["selected"] for layer, rec in sorted(selections[p].items())}
+        ref["indexer_stats"] = indexer_stats(selections)
+        ref["max_abs_logit_diff_if_dense"] = dense_logit_diff(model, prompts[p]["ids"], prompts[p]["logits"])
+    return ref
+
+
+def dense_logit_diff(model, ids, logits):
+    """How far the prompt's logits move when the indexer keeps every key: proof that the fixture's
+    logits depend on the sparse selection."""
+    indexers = [m for m in model.modules() if type(m).__name__ == "DeepseekV32Indexer"]
+    topk = [m.index_topk for m in indexers]
+    for m in indexers:
+        m.index_topk = len(ids)
+    dense = forward_logits(model, ids)
+    for m, k in zip(indexers, topk):
+        m.index_topk = k
+    return float((dense - logits).abs().max())
+
+
+def routing_stats(routes, n_experts):
+    per_layer = {}
+    for rec_by_layer in routes:
+        for layer, rec in rec_by_layer.items():
+            s = per_layer.setdefault(layer, {"sets": set(), "tokens": 0, "counts": [0] * n_experts, "abl": {}})
+            for k, n in rec["_ablations"].items():
+                s["abl"][k] = s["abl"].get(k, 0) + n
+            for experts in rec["experts"]:
+                s["sets"].add(tuple(sorted(experts)))
+                s["tokens"] += 1
+                for e in experts:
+                    s["counts"][e] += 1
+    return [
+        {
+            "layer": layer,
+            "tokens": s["tokens"],
+            "distinct_expert_sets": len(s["sets"]),
+            "expert_use": s["counts"],
+            "tokens_whose_selection_changes": s["abl"],
+        }
+        for layer, s in sorted(per_layer.items())
+    ]
+
+
+def indexer_stats(selections):
+    """Per layer over all prompts: query positions with more causal keys than index_topk, how many of
+    those select something other than the most recent keys, on how many the heads alone would
+    disagree, the smallest score gap at the top-k boundary, and how many selections change under
+    each misreading of the indexer."""
+    out = []
+    for layer in sorted(selections[0]):
+        st = [sel[layer]["_stats"] for sel in selections]
+        gaps = [s["min_boundary_gap"] for s in st if s["min_boundary_gap"] is not None]
+        out.append(
+            {
+                "layer": layer,
+                "sparse_queries": sum(s["sparse_queries"] for s in st),
+                "not_the_most_recent": sum(s["not_the_most_recent"] for s in st),
+                "heads_disagree": sum(s["heads_disagree"] for s in st),
+                "min_boundary_gap": min(gaps),
+                "queries_whose_selection_changes": {
+                    v: sum(s["ablations"][v] for s in st) for v in INDEXER_VARIANTS
+                },
+            }
+        )
+    return out
+
+
+def write_config(spec, path: Path):
+    """config.json with the keys of the family's real checkpoint (rope_scaling, not transformers 5's
+    rope_parameters; no derived head_dim/qk_head_dim/layer_types), for a loader to read as it would read
+    the real file. The caller checks that transformers loads it back to the same model."""
+    config = dict(spec["config"])
+    config["torch_dtype"] = config.pop("torch_dtype", "float32")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def chat_example_fast(model_dir: Path):
+    """moe_oracle.chat_example with the tokenizer class named instead of looked up through config.json."""
+    tok = transformers.PreTrainedTokenizerFast.from_pretrained(model_dir)
+    messages = [
+        {"role": "system", "content": "You route tokens."},
+        {"role": "user", "content": "Which experts? 12345, 3.14!"},
+    ]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return {"messages": messages, "add_generation_prompt": True, "text": text, "ids": tok(text)["input_ids"]}
+
+
+def model_class(spec):
+    return getattr(transformers, spec["model_class"]) if "model_class" in spec else transformers.AutoModelForCausalLM
+
+
+def make_model(spec):
+    cfg = {k: v for k, v in spec["config"].items() if k not in ("architectures", "auto_map")}
+    if "model_class" in spec:
+        cls = getattr(transformers, spec["model_class"])
+        cfg.pop("model_type")
+        config = cls.config_class(**cfg)
+        return cls._from_config(config, attn_implementation="eager", dtype=torch.float32)
+    config = transformers.AutoConfig.for_model(**cfg)
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+
+
+def gguf_convert(llama_cpp: Path, stage: Path, spec, notes, converter_path):
+    """llama.cpp's converter on the folder as written; if it refuses the config's model_type, on a copy
+    whose config says deepseek_v3 (recorded in notes)."""
+    try:
+        convert_to_gguf(llama_cpp, stage, stage / "model-f32.gguf", converter_path)
+        return
+    except RuntimeError:
+        if spec["config"]["model_type"] == "deepseek_v3" or "model_class" not in spec:
+            raise
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / stage.name
+        shutil.copytree(stage, copy)
+        config = json.loads((copy / "config.json").read_text())
+        config["model_type"] = "deepseek_v3"
+        config.pop("auto_map", None)
+        (copy / "config.json").write_text(json.dumps(config, indent=2))
+        convert_to_gguf(llama_cpp, copy, stage / "model-f32.gguf", converter_path)
+    notes.append("converted from a copy whose config.json says model_type deepseek_v3 without auto_map")
+
+
+def build(name, spec, out_root: Path, llama_cpp: Path, tok, converter_path):
+    out = out_root / name
+    print(f"== {name}")
+    notes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp) / name
+        torch.manual_seed(spec["seed"])
+        model = make_model(spec)
+        init_weights(model, spec)
+        model.eval()
+        model.save_pretrained(stage, safe_serialization=True)
+        write_config(spec, stage / "config.json")
+        write_tokenizer(tok, stage)
+        if spec.get("tokenizer_config"):
+            path = stage / "tokenizer_config.json"
+            config = {**json.loads(path.read_text()), **spec["tokenizer_config"]}
+            for k in spec.get("tokenizer_config_drop", []):
+                config.pop(k)
+            path.write_text(json.dumps(config, indent=2) + "\n")
+
+        # The reference comes from the checkpoint as written, loaded back the usual way; its logits must
+        # equal those of the model built in memory (so config.json says what the model is).
+        cls = model_class(spec)
+        model_type = spec["config"]["model_type"]
+        if "model_class" in spec and get_checkpoint_conversion_mapping(model_type) is None:
+            # transformers 5 fuses per-expert checkpoint weights into its stacked experts through a
+            # conversion table looked up by config.model_type; an unregistered type (kimi_k2) has none,
+            # and loading reports every expert weight missing. Give it the class's own table.
+            register_checkpoint_conversion_mapping(
+                model_type, get_checkpoint_conversion_mapping(cls.config_class.model_type)
+            )
+            notes.append(f"transformers {transformers.__version__} loads this folder only after "
+                         f"register_checkpoint_conversion_mapping({model_type!r}, <{cls.config_class.model_type}'s>)")
+        loaded, info = cls.from_pretrained(
+            stage, attn_implementation="eager", dtype=torch.float32, output_loading_info=True
+        )
+        bad = {k: v for k, v in info.items() if v}
+        assert not bad, f"{name}: loading the saved checkpoint reported {bad}"
+        loaded.eval()
+        with torch.no_grad():
+            probe = prompts_for(spec)[-1]
+            assert torch.equal(forward_logits(model, probe), forward_logits(loaded, probe)), f"{name}: reload differs"
+            ref = compute_reference(loaded, spec, name)
+        try:
+            ref["chat_example"] = chat_example(stage)
+        except AttributeError as e:
+            # AutoTokenizer reads config.json first; for an unregistered model_type it builds a bare
+            # PreTrainedConfig, whose RoPE standardisation then fails on rope_scaling.
+            notes.append(f"AutoTokenizer.from_pretrained fails on this folder under transformers "
+                         f"{transformers.__version__} ({e}); chat_example used PreTrainedTokenizerFast")
+            ref["chat_example"] = chat_example_fast(stage)
+        gguf_convert(llama_cpp, stage, spec, notes, converter_path)
+        if notes:
+            ref["notes"] = notes
+        (stage / "reference.json").write_text(to_json(ref) + "\n")
+        (stage / "gguf-summary.txt").write_text(gguf_summary(llama_cpp, stage / "model-f32.gguf"))
+
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(stage.iterdir()):
+            shutil.copy2(f, out / f.name)
+
+    sizes = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
+    print(f"  folder {sum(sizes.values()) / 1e6:.2f} MB: {sizes}")
+    for s in ref["routing_stats"]:
+        print(f"  moe layer {s['layer']}: {s['distinct_expert_sets']} sets / {s['tokens']} tokens, "
+              f"use {s['expert_use']}, {s['tokens_whose_selection_changes']}")
+    for s in ref.get("indexer_stats", []):
+        print(f"  indexer layer {s['layer']}: {s}")
+    for p, c in zip(ref["prompts"], ref["cached_greedy"]):
+        print(f"  prompt {len(p['ids'])} -> greedy {p['greedy']} (min margin {min(p['greedy_margins']):.3f}); "
+              f"cached same {c['same_tokens']}, max diff {c['max_abs_logit_diff']:.2e}")
+    for n in notes:
+        print(f"  note: {n}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--llama-cpp", type=Path, default=Path(DEFAULT_LLAMA_CPP), help="llama.cpp source tree")
+    ap.add_argument(
+        "--converter-path",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder put first on the converter's PYTHONPATH: transformers 4.57.6 as llama.cpp pins it "
+        "(pip install --target DIR --no-deps transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2); "
+        "under transformers 5 the DeepSeek-V3.2 converter's add_bos_token check cannot pass",
+    )
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "fixtures" / "moe")
+    ap.add_argument("--only", nargs="*", choices=sorted(MODELS), help="build only these models")
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    tok = build_tokenizer()
+    for name in args.only or MODELS:
+        build(name, MODELS[name], args.out, args.llama_cpp.resolve(), tok, args.converter_path)
+
+
+if __name__ == "__main__":
+    main()
