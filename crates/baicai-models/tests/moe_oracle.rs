@@ -191,6 +191,14 @@ fn deepseek_v32_indexer_selects_what_transformers_selects() {
     }
 }
 
+/// Kimi K2: the DeepSeek-V3 layout under `model_type: kimi_k2` (one expert group, 8 of many
+/// small experts, routed scale 2.827, YaRN ×32 with β 1/1), from the folder and llama.cpp's
+/// conversion, against transformers' DeepseekV3ForCausalLM.
+#[test]
+fn kimi_k2_matches_transformers() {
+    run("kimi-k2");
+}
+
 #[test]
 fn deepseek_v2_lite_matches_transformers() {
     run("deepseek-v2-lite");
