@@ -293,6 +293,53 @@ fn counts_and_widths_follow_their_rules() {
     assert!(e.starts_with("first_k_dense_replace = 3: "), "{e}");
 }
 
+/// DeepSeek-V3.2's indexer values, hostile or inconsistent, in GGUF metadata and config.json.
+#[test]
+fn sparse_attention_values_follow_their_rules() {
+    const V32: &str = "fixtures/moe/deepseek-v32/model-f32.gguf";
+    let k = |s: &str| format!("deepseek32.attention.indexer.{s}");
+    for (key, value, want) in [
+        ("top_k", 0, "deepseek32.attention.indexer.top_k = 0: must lie in 1..=16384 (deepseek32.context_length): more tokens than the context holds"),
+        ("top_k", 1 << 20, "deepseek32.attention.indexer.top_k = 1048576: must lie in 1..=16384 (deepseek32.context_length): more tokens than the context holds"),
+        ("head_count", 0, "deepseek32.attention.indexer.head_count = 0: must be at least 1"),
+        ("key_length", 4, "deepseek32.attention.indexer.key_length = 4: is less than deepseek32.rope.dimension_count = 8 (the indexer rotates that many of its values)"),
+        ("key_length", u32::MAX, "deepseek32.attention.indexer.key_length = 4294967295: more than the"),
+    ] {
+        let e = gguf_error(V32, &[(k(key).as_str(), Some(Value::U32(value)))]);
+        assert!(e.starts_with(want), "{key} = {value}:\n got  {e}\n want {want}");
+    }
+    let e = gguf_error(V32, &[(k("head_count").as_str(), None)]);
+    assert!(e.contains("deepseek32.attention.indexer.head_count"), "{e}");
+    let e = gguf_error(
+        V32,
+        &[("deepseek32.nextn_predict_layers", Some(Value::U32(9)))],
+    );
+    assert_eq!(
+        e,
+        "deepseek32.nextn_predict_layers = 9: exceeds deepseek32.block_count = 3"
+    );
+    let dir = "fixtures/moe/deepseek-v32";
+    let e = hf_error(dir, &[("index_topk", Some(json!(0)))]);
+    assert!(
+        e.starts_with("index_topk = 0: must lie in 1..=16384"),
+        "{e}"
+    );
+    let e = hf_error(dir, &[("index_n_heads", Some(json!(-3)))]);
+    assert!(e.contains("index_n_heads"), "{e}");
+    let e = hf_error(dir, &[("index_head_dim", None)]);
+    assert!(e.contains("'index_head_dim' missing"), "{e}");
+    let e = hf_error(dir, &[("q_lora_rank", None)]);
+    assert!(
+        e.contains("index_n_heads = 4: is set but q_lora_rank is not"),
+        "{e}"
+    );
+    let e = hf_error(
+        dir,
+        &[("mlp_layer_types", Some(json!(["dense", "sparse", "dense"])))],
+    );
+    assert!(e.contains("mlp_layer_types[2] is 'dense'"), "{e}");
+}
+
 #[test]
 fn checkpoint_values_of_the_wrong_type_name_their_key() {
     let e = hf_error(

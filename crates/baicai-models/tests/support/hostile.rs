@@ -153,6 +153,8 @@ pub const GGUF_FIXTURES: &[&str] = &[
     "fixtures/moe/mixtral/model-f32.gguf",
     "fixtures/moe/qwen2-moe/model-f32.gguf",
     "fixtures/moe/qwen3-moe/model-f32.gguf",
+    "fixtures/moe/deepseek-v32/model-f32.gguf",
+    "fixtures/moe/kimi-k2/model-f32.gguf",
 ];
 
 /// Checkpoint folder fixtures, relative to the repository root.
@@ -164,6 +166,8 @@ pub const HF_FIXTURES: &[&str] = &[
     "fixtures/moe/mixtral",
     "fixtures/moe/qwen2-moe",
     "fixtures/moe/qwen3-moe",
+    "fixtures/moe/deepseek-v32",
+    "fixtures/moe/kimi-k2",
 ];
 
 impl Corpus {
