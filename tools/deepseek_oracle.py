@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Reference oracle for the DeepSeek-family fixtures that need transformers 5.x: DeepSeek-V3.2 (sparse
-attention with the lightning indexer) and Kimi K2 (DeepSeek-V3 layout with Moonshot's config). Per model
+attention with the lightning indexer), Kimi K2 (DeepSeek-V3 layout with Moonshot's config) and
+DeepSeek-V4 (hyper-connections, sliding/CSA/HCA attention, hash and top-k MoE). Per model
 it writes fixtures/moe/<name>/ as tools/moe_oracle.py does (whose helpers it reuses):
 
 - the checkpoint: config.json (the keys of the family's real config.json, written by this script and
@@ -16,11 +17,12 @@ Run by developers, not CI:
     python3 -m venv /work/tf5-venv && /work/tf5-venv/bin/pip install -r tools/requirements-oracle-tf5.txt
     /work/tf5-venv/bin/python tools/deepseek_oracle.py [--llama-cpp PATH/TO/llama.cpp] [--only NAME ...]
 
-See fixtures/moe/README.md for what each model exercises and fixtures/moe/deepseek-v32/SPEC.md for the
-indexer.
+See fixtures/moe/README.md for what each model exercises, fixtures/moe/deepseek-v32/SPEC.md for the
+indexer and fixtures/moe/deepseek-v4/SPEC.md for DeepSeek-V4.
 """
 
 import argparse
+import copy
 import json
 import shutil
 import sys
@@ -142,6 +144,62 @@ MODELS = {
                 "beta_fast": 1.0,
                 "beta_slow": 1.0,
             },
+        },
+    },
+    # DeepSeek-V4: mHC residual streams, sliding-window MQA with sinks, CSA (overlapping compressed keys
+    # picked by a lightning indexer) and HCA (heavily compressed keys) layers, hash-routed and top-k
+    # routed MoE with clamped SwiGLU. CSA rate 4 because llama.cpp tells CSA from HCA by `ratio == 4`;
+    # HCA 8 (128 in the release). Routed expert weights are exactly representable in MXFP4, the format
+    # of the release's experts, which is what llama.cpp's converter takes. See deepseek-v4/SPEC.md.
+    "deepseek-v4": {
+        "seed": 4001,
+        "family": "deepseek_v4",
+        "prompt_lengths": (5, 9, 24, 40),
+        "indexer_prompt": 3,
+        "router_std": 3.0,
+        "bias_max": 0.3,
+        "config": {
+            **COMMON,
+            "architectures": ["DeepseekV4ForCausalLM"],
+            "model_type": "deepseek_v4",
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "qk_rope_head_dim": 8,
+            "q_lora_rank": 24,
+            "o_groups": 2,
+            "o_lora_rank": 16,
+            "sliding_window": 4,
+            # transformers' keys and the release's keys for the same schedule (transformers maps legacy
+            # compress_ratios only through {0, 4, 128}, so it needs layer_types + compress_rates here;
+            # llama.cpp's converter reads compress_ratios and num_hash_layers)
+            "layer_types": ["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention",
+                            "compressed_sparse_attention"],
+            "compress_rates": {"compressed_sparse_attention": 4, "heavily_compressed_attention": 8},
+            "compress_ratios": [0, 4, 8, 4],
+            "mlp_layer_types": ["hash_moe", "hash_moe", "moe", "moe"],
+            "num_hash_layers": 2,
+            "compress_rope_theta": 160000.0,
+            "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096,
+                             "beta_fast": 32, "beta_slow": 1},
+            "max_position_embeddings": 16384,
+            "hc_mult": 4,
+            "hc_sinkhorn_iters": 20,
+            "hc_eps": 1e-6,
+            "index_n_heads": 4,
+            "index_head_dim": 16,
+            "index_topk": 2,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_shared_experts": 1,
+            "moe_intermediate_size": 32,
+            "scoring_func": "sqrtsoftplus",
+            "topk_method": "noaux_tc",
+            "norm_topk_prob": True,
+            "routed_scaling_factor": 1.5,
+            "swiglu_limit": 1.5,
+            "num_nextn_predict_layers": 0,
         },
     },
 }
@@ -479,6 +537,432 @@ def indexer_stats(selections):
     return out
 
 
+# ---------------------------------------------------------------------------------------------------
+# DeepSeek-V4 (transformers' DeepseekV4ForCausalLM; fixtures/moe/deepseek-v4/SPEC.md)
+
+# E2M1 magnitudes in code order (codes 8-15 are the negatives), as in OCP MX and ggml's kvalues_mxfp4 / 2.
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def mxfp4_quantize(w):
+    """Nearest MXFP4 value of every element of w, in blocks of 32 along the last dimension: shared scale
+    2^(floor(log2 amax) - 2), E2M1 elements saturating at 6 (OCP MX v1.0). Returns (values as float32,
+    4-bit codes [..., cols] uint8, E8M0 scale bytes [..., cols/32] uint8)."""
+    blocks = w.reshape(*w.shape[:-1], -1, 32)
+    exp = torch.floor(torch.log2(blocks.abs().amax(-1, keepdim=True).clamp_min(2.0**-100))) - 2
+    idx = (blocks.abs().div(torch.exp2(exp)).unsqueeze(-1) - E2M1).abs().argmin(-1)
+    values = torch.where(blocks < 0, -E2M1[idx], E2M1[idx]) * torch.exp2(exp)
+    codes = torch.where((blocks < 0) & (idx > 0), idx + 8, idx).to(torch.uint8)
+    return values.reshape(w.shape), codes.reshape(w.shape), (exp + 127).squeeze(-1).to(torch.uint8)
+
+
+def init_weights_v4(model, spec):
+    """Seeded weights for DeepSeek-V4 at unit activation scale (as init_weights), plus: sinks N(0,1);
+    compressor position biases 0.5·N(0,1); hyper-connection scales 1 + 0.25·N(0,1) and biases
+    0.5·N(0,1), so the pre/post/comb mixes vary per token; routed expert weights rounded to MXFP4;
+    e_score_correction_bias uniform in ±bias_max; tid2eid rows of distinct random experts; indexer
+    heads in antithetic pairs (head 2i+1's query = −head 2i's: no key scores exactly 0, see init_weights)."""
+    g = torch.Generator().manual_seed(spec["seed"])
+    router_std = spec["router_std"] / HIDDEN**0.5
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "sinks":
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif leaf == "position_bias":
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            elif leaf in ("scale", "hc_scale"):
+                p.copy_(1.0 + 0.25 * torch.randn(p.shape, generator=g))
+            elif leaf in ("base", "hc_base"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1 and "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".gate.weight"):
+                p.copy_(router_std * torch.randn(p.shape, generator=g))
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif name.endswith(("experts.gate_up_proj", "experts.down_proj")) and "shared" not in name:
+                p.copy_(mxfp4_quantize(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)[0])
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(spec["bias_max"] * (2 * torch.rand(b.shape, generator=g) - 1))
+            elif name.endswith("tid2eid"):
+                n_experts = spec["config"]["n_routed_experts"]
+                b.copy_(torch.stack([torch.randperm(n_experts, generator=g)[: b.shape[1]] for _ in range(b.shape[0])]))
+        for module in model.modules():
+            if type(module).__name__ == "DeepseekV4Indexer":
+                d, w = module.head_dim, module.q_b_proj.weight
+                for h in range(0, module.num_heads - 1, 2):
+                    w[(h + 1) * d : (h + 2) * d] = -w[h * d : (h + 1) * d]
+
+
+def sqrtsoftplus(x):
+    return torch.nn.functional.softplus(x).sqrt()
+
+
+class V4RouterRecorder:
+    """Forward hooks on DeepseekV4TopKRouter and DeepseekV4HashRouter (both return (logits, weights,
+    indices)): the experts and weights per token, and how many tokens' expert sets change under a
+    misreading (bias ignored, sigmoid instead of sqrt-softplus, top-k instead of the hash table)."""
+
+    def __init__(self, model):
+        self.records, self.handles = {}, []
+        for name, module in model.named_modules():
+            kind = {"DeepseekV4TopKRouter": "topk", "DeepseekV4HashRouter": "hash"}.get(type(module).__name__)
+            if kind:
+                self.handles.append(module.register_forward_hook(self._hook(_layer_of(name), kind)))
+
+    def _hook(self, layer, kind):
+        def hook(module, inputs, output):
+            logits, w, idx = output
+            order = torch.argsort(w, dim=-1, descending=True, stable=True)
+            chosen = torch.gather(idx, 1, order)
+            sets = [set(t.tolist()) for t in chosen]
+            k = idx.shape[1]
+            s = sqrtsoftplus(logits.float())
+            if kind == "topk":
+                bias = module.e_score_correction_bias
+                variants = {
+                    "without_e_score_correction_bias": s.topk(k).indices,
+                    "sigmoid_instead_of_sqrtsoftplus": (logits.float().sigmoid() + bias).topk(k).indices,
+                }
+            else:
+                variants = {"topk_instead_of_tid2eid": s.topk(k).indices}
+            self.records[layer] = {
+                "router": kind,
+                "experts": chosen.tolist(),
+                "weights": torch.gather(w, 1, order).tolist(),
+                "_ablations": {n: sum(set(t.tolist()) != c for t, c in zip(v, sets)) for n, v in variants.items()},
+            }
+
+        return hook
+
+    def take(self):
+        out, self.records = self.records, {}
+        return out
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+class V4IndexerRecorder:
+    """Forward hooks on DeepseekV4Indexer (and its scorer, for the raw scores): per query position the
+    compressed-entry indices it kept (−1 sentinels dropped), checked against a recomputation from the
+    scores with the causal threshold (t+1)//m; the smallest score gap at the top-k boundary; how
+    often the selection is not simply the most recent entries. Cached decode calls are not recorded."""
+
+    def __init__(self, model):
+        self.records, self.handles, self.scores = {}, [], {}
+        for name, module in model.named_modules():
+            if type(module).__name__ == "DeepseekV4Indexer":
+                layer = _layer_of(name)
+                self.handles.append(module.register_forward_hook(self._hook(layer)))
+                self.handles.append(module.scorer.register_forward_hook(self._score_hook(layer)))
+
+    def _score_hook(self, layer):
+        def hook(module, inputs, output):
+            self.scores[layer] = output[0].detach()  # [S, T]
+
+        return hook
+
+    def _hook(self, layer):
+        def hook(module, args, output):
+            if args[3] is not None:
+                return  # cached decode
+            scores, m, k = self.scores.pop(layer), module.compress_rate, module.index_topk
+            n = scores.shape[0]
+            selected = [sorted(i for i in output[0, t].tolist() if i >= 0) for t in range(n)]
+            mine, gaps, recent, sparse = [], [], 0, 0
+            for t in range(n):
+                row = scores[t, : (t + 1) // m]
+                mine.append(sorted(row.topk(min(k, row.numel())).indices.tolist()))
+                if row.numel() > k:
+                    sparse += 1
+                    top = row.topk(k + 1).values
+                    gaps.append(float(top[k - 1] - top[k]))
+                    recent += selected[t] != list(range(row.numel() - k, row.numel()))
+            assert mine == selected, f"layer {layer}: recomputed indexer selection differs"
+            self.records[layer] = {
+                "selected": selected,
+                "_stats": {"entries": scores.shape[1], "sparse_queries": sparse, "not_the_most_recent": recent,
+                           "min_boundary_gap": min(gaps) if gaps else None},
+            }
+
+        return hook
+
+    def take(self):
+        out, self.records = self.records, {}
+        return out
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+class ClampCounter:
+    """Counts the SwiGLU inputs that swiglu_limit clamps (gate > limit; |up| > limit), routed experts
+    (DeepseekV4Experts._apply_gate) and shared experts (their gate_proj/up_proj outputs) per layer."""
+
+    def __init__(self, model):
+        self.counts, self.handles, self.patched = {}, [], []
+        self.limit = model.config.swiglu_limit
+        for name, module in model.named_modules():
+            kind = type(module).__name__
+            if kind == "DeepseekV4Experts":
+                self.patched.append(module)
+                module._apply_gate = self._wrap(module._apply_gate, _layer_of(name))
+            elif kind == "DeepseekV4MLP":
+                layer = _layer_of(name)
+                self.handles.append(module.gate_proj.register_forward_hook(self._hook(layer, "shared_gate", True)))
+                self.handles.append(module.up_proj.register_forward_hook(self._hook(layer, "shared_up", False)))
+
+    def _add(self, layer, key, x, one_sided):
+        over = (x > self.limit) if one_sided else (x.abs() > self.limit)
+        c = self.counts.setdefault(layer, {})
+        n, tot = c.get(key, (0, 0))
+        c[key] = (n + int(over.sum()), tot + x.numel())
+
+    def _wrap(self, fn, layer):
+        def apply_gate(gate_up):
+            gate, up = gate_up.chunk(2, dim=-1)
+            self._add(layer, "routed_gate", gate, True)
+            self._add(layer, "routed_up", up, False)
+            return fn(gate_up)
+
+        return apply_gate
+
+    def _hook(self, layer, key, one_sided):
+        def hook(module, inputs, output):
+            self._add(layer, key, output, one_sided)
+
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+        for module in self.patched:
+            del module._apply_gate
+
+
+class HyperConnectionRecorder:
+    """Forward hooks on every DeepseekV4HyperConnection (returns post, comb, collapsed): the range of
+    post and comb entries and how far comb's row and column sums are from 1 after Sinkhorn."""
+
+    def __init__(self, model):
+        self.records, self.handles = {}, []
+        for name, module in model.named_modules():
+            if type(module).__name__ == "DeepseekV4HyperConnection":
+                key = f"{_layer_of(name)}.{name.rsplit('.', 1)[-1]}"
+                self.handles.append(module.register_forward_hook(self._hook(key)))
+
+    def _hook(self, key):
+        def hook(module, inputs, output):
+            post, comb, _ = output
+            self.records[key] = {
+                "post_range": [float(post.min()), float(post.max())],
+                "comb_range": [float(comb.min()), float(comb.max())],
+                "max_abs_row_sum_minus_1": float((comb.sum(-1) - 1).abs().max()),
+                "max_abs_col_sum_minus_1": float((comb.sum(-2) - 1).abs().max()),
+                "comb_token0": comb[0, 0].tolist(),
+            }
+
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def v4_dense_logit_diff(model, ids, logits):
+    """How far the prompt's logits move when every CSA indexer keeps all causal entries."""
+    indexers = [m for m in model.modules() if type(m).__name__ == "DeepseekV4Indexer"]
+    topk = [m.index_topk for m in indexers]
+    for m in indexers:
+        m.index_topk = len(ids)
+    dense = forward_logits(model, ids)
+    for m, k in zip(indexers, topk):
+        m.index_topk = k
+    return float((dense - logits).abs().max())
+
+
+def compute_reference_v4(model, spec, name):
+    routers, indexers, clamps = V4RouterRecorder(model), V4IndexerRecorder(model), ClampCounter(model)
+    prompts, routes, selections, cached = [], [], [], []
+    for ids in prompts_for(spec):
+        routers.take()
+        indexers.take()
+        logits = forward_logits(model, ids)
+        routes.append(routers.take())
+        selections.append(indexers.take())
+        steps, step_logits, margins = greedy(model, ids)
+        c_steps, c_logits = greedy_cached(model, ids)
+        n_same = next((i for i, (a, b) in enumerate(zip(steps, c_steps)) if a != b), len(steps))
+        diff = max(float((a - b).abs().max()) for a, b in zip(step_logits[:n_same], c_logits[:n_same]))
+        cached.append({"same_tokens": c_steps == steps, "greedy": c_steps, "max_abs_logit_diff": diff})
+        prompts.append(
+            {"ids": ids, "logits": logits, "greedy": steps, "greedy_logits": step_logits, "greedy_margins": margins}
+        )
+    routers.remove()
+    indexers.remove()
+    clamps.remove()
+    p = spec["indexer_prompt"]
+    ids = prompts[p]["ids"]
+    hc = HyperConnectionRecorder(model)
+    out = model(torch.tensor([ids]), use_cache=False, output_attentions=True)
+    hc.remove()
+    sinks = {}
+    for layer, (attn, mod) in enumerate(zip(out.attentions, model.model.layers)):
+        mass = 1 - attn[0].sum(-1)  # [H, S]: the softmax mass the sink took
+        sinks[str(layer)] = {"sinks": mod.self_attn.sinks.tolist(),
+                             "sink_mass_range": [float(mass.min()), float(mass.max())],
+                             "sink_mass_mean": float(mass.mean())}
+    cfg = spec["config"]
+    first = routes[0]
+    ref = {
+        "model": name,
+        "architecture": cfg["architectures"][0],
+        "generator": {
+            "script": "tools/deepseek_oracle.py",
+            "seed": spec["seed"],
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "dtype": "float32",
+            "attn_implementation": "eager",
+            "note": "logits from full forward passes without cache; greedy_logits[i] is the row whose argmax "
+            "is greedy[i]; greedy_margins[i] = top1 - top2 of that row; cached_greedy: the same continuation "
+            "decoded with transformers' cache (DeepseekV4HCACache/CSACache per layer), compared with the "
+            "full-prefix one",
+        },
+        "vocab_size": VOCAB_SIZE,
+        "prompts": prompts,
+        "cached_greedy": cached,
+        "routing_prompt": 0,
+        "routing": [
+            {"layer": layer, **{k: v for k, v in first[layer].items() if not k.startswith("_")}}
+            for layer in sorted(first)
+        ],
+        "routing_stats": routing_stats(routes, cfg["n_routed_experts"]),
+        "indexer_prompt": p,
+        "indexer_topk": {str(layer): rec["selected"] for layer, rec in sorted(selections[p].items())},
+        "indexer_stats": [
+            {
+                "layer": layer,
+                **{k: sum(sel[layer]["_stats"][k] for sel in selections)
+                   for k in ("sparse_queries", "not_the_most_recent")},
+                "min_boundary_gap": min(g for sel in selections
+                                        if (g := sel[layer]["_stats"]["min_boundary_gap"]) is not None),
+            }
+            for layer in sorted(selections[0])
+        ],
+        "max_abs_logit_diff_if_dense": v4_dense_logit_diff(model, ids, prompts[p]["logits"]),
+        "clamp_stats": {
+            str(layer): {k: {"clamped": n, "of": tot} for k, (n, tot) in sorted(c.items())}
+            for layer, c in sorted(clamps.counts.items())
+        },
+        "sink_stats": sinks,
+        "hc_stats": hc.records,
+    }
+    return ref
+
+
+# transformers' module names -> the names of DeepSeek's release checkpoint, which llama.cpp's converter
+# reads (transformers' conversion_mapping.py "deepseek_v4" read backwards; its save_pretrained writes a
+# mix, see README)
+V4_RELEASE_ROOT = {
+    "model.embed_tokens.weight": "embed.weight",
+    "lm_head.weight": "head.weight",
+    "model.norm.weight": "norm.weight",
+    "model.hc_head.hc_fn": "hc_head_fn",
+    "model.hc_head.hc_base": "hc_head_base",
+    "model.hc_head.hc_scale": "hc_head_scale",
+}
+V4_RELEASE_LAYER = {
+    "self_attn.sinks": "attn.attn_sink",
+    "self_attn.q_a_proj.weight": "attn.wq_a.weight",
+    "self_attn.q_a_norm.weight": "attn.q_norm.weight",
+    "self_attn.q_b_proj.weight": "attn.wq_b.weight",
+    "self_attn.kv_proj.weight": "attn.wkv.weight",
+    "self_attn.kv_norm.weight": "attn.kv_norm.weight",
+    "self_attn.o_a_proj.weight": "attn.wo_a.weight",
+    "self_attn.o_b_proj.weight": "attn.wo_b.weight",
+    "self_attn.compressor.position_bias": "attn.compressor.ape",
+    "self_attn.compressor.kv_proj.weight": "attn.compressor.wkv.weight",
+    "self_attn.compressor.gate_proj.weight": "attn.compressor.wgate.weight",
+    "self_attn.compressor.kv_norm.weight": "attn.compressor.norm.weight",
+    "self_attn.compressor.indexer.position_bias": "attn.indexer.compressor.ape",
+    "self_attn.compressor.indexer.kv_proj.weight": "attn.indexer.compressor.wkv.weight",
+    "self_attn.compressor.indexer.gate_proj.weight": "attn.indexer.compressor.wgate.weight",
+    "self_attn.compressor.indexer.kv_norm.weight": "attn.indexer.compressor.norm.weight",
+    "self_attn.compressor.indexer.q_b_proj.weight": "attn.indexer.wq_b.weight",
+    "self_attn.compressor.indexer.scorer.weights_proj.weight": "attn.indexer.weights_proj.weight",
+    "mlp.gate.weight": "ffn.gate.weight",
+    "mlp.gate.e_score_correction_bias": "ffn.gate.bias",
+    "mlp.gate.tid2eid": "ffn.gate.tid2eid",
+    "mlp.shared_experts.gate_proj.weight": "ffn.shared_experts.w1.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn.shared_experts.w3.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn.shared_experts.w2.weight",
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "attn_hc.fn": "hc_attn_fn",
+    "attn_hc.base": "hc_attn_base",
+    "attn_hc.scale": "hc_attn_scale",
+    "ffn_hc.fn": "hc_ffn_fn",
+    "ffn_hc.base": "hc_ffn_base",
+    "ffn_hc.scale": "hc_ffn_scale",
+}
+
+
+def v4_release_tensors(model):
+    """The model's tensors under DeepSeek's release names and layout: routed experts one per
+    `layers.N.ffn.experts.E.w{1,2,3}` as MXFP4 (`.weight` uint8 [rows, cols/2], element 2i in the low
+    nibble; `.scale` uint8 E8M0 [rows, cols/32]), w1 = gate rows, w3 = up rows of gate_up_proj; all else
+    F32 (tid2eid int64) as transformers holds it."""
+    out = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().contiguous()
+        if name in V4_RELEASE_ROOT:
+            out[V4_RELEASE_ROOT[name]] = t
+            continue
+        layer = _layer_of(name)
+        suffix = name.split(f"layers.{layer}.", 1)[1]
+        if suffix in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):
+            for e in range(t.shape[0]):
+                half = t.shape[1] // 2
+                halves = {"w1": t[e, :half], "w3": t[e, half:]} if "gate_up" in suffix else {"w2": t[e]}
+                for w, mat in halves.items():
+                    values, codes, scale = mxfp4_quantize(mat)
+                    assert torch.equal(values, mat), f"{name}: expert {e} is not exactly MXFP4"
+                    base = f"layers.{layer}.ffn.experts.{e}.{w}"
+                    out[f"{base}.weight"] = (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
+                    out[f"{base}.scale"] = scale.contiguous()
+            continue
+        out[f"layers.{layer}.{V4_RELEASE_LAYER[suffix]}"] = t
+    return out
+
+
+def gguf_convert_v4(llama_cpp: Path, stage: Path, model, notes, converter_path):
+    """llama.cpp's DeepseekV4Model converter reads DeepSeek's release checkpoint (its names; experts in
+    MXFP4 with E8M0 scales, which it repacks into GGUF MXFP4), not what transformers writes: convert
+    a copy of the folder whose model.safetensors holds the release layout (v4_release_tensors)."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / stage.name
+        copy.mkdir()
+        for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+            shutil.copy2(stage / f, copy / f)
+        save_file(v4_release_tensors(model), copy / "model.safetensors", metadata={"format": "pt"})
+        convert_to_gguf(llama_cpp, copy, stage / "model-f32.gguf", converter_path)
+    notes.append("GGUF converted from a copy in DeepSeek's release layout (tensor names of the release, routed "
+                 "experts as MXFP4 weight + E8M0 scale), which is what llama.cpp's DeepseekV4Model converter reads; "
+                 "the expert weights are exactly MXFP4 values, so the GGUF's MXFP4 experts equal the F32 checkpoint")
+
+
 def write_config(spec, path: Path):
     """config.json with the keys of the family's real checkpoint (rope_scaling, not transformers 5's
     rope_parameters; no derived head_dim/qk_head_dim/layer_types), for a loader to read as it would read
@@ -505,6 +989,11 @@ def model_class(spec):
 
 def make_model(spec):
     cfg = {k: v for k, v in spec["config"].items() if k not in ("architectures", "auto_map")}
+    if spec.get("family") == "deepseek_v4":
+        # transformers adds rope_type and rope_theta to the rope_scaling dict it is handed; keep the spec's
+        # (written as config.json) as the release writes it. The older entries predate this and their
+        # config.json files carry the two added keys.
+        cfg = copy.deepcopy(cfg)
     if "model_class" in spec:
         cls = getattr(transformers, spec["model_class"])
         cfg.pop("model_type")
@@ -542,7 +1031,8 @@ def build(name, spec, out_root: Path, llama_cpp: Path, tok, converter_path):
         stage = Path(tmp) / name
         torch.manual_seed(spec["seed"])
         model = make_model(spec)
-        init_weights(model, spec)
+        v4 = spec.get("family") == "deepseek_v4"
+        (init_weights_v4 if v4 else init_weights)(model, spec)
         model.eval()
         model.save_pretrained(stage, safe_serialization=True)
         write_config(spec, stage / "config.json")
@@ -576,7 +1066,7 @@ def build(name, spec, out_root: Path, llama_cpp: Path, tok, converter_path):
         with torch.no_grad():
             probe = prompts_for(spec)[-1]
             assert torch.equal(forward_logits(model, probe), forward_logits(loaded, probe)), f"{name}: reload differs"
-            ref = compute_reference(loaded, spec, name)
+            ref = (compute_reference_v4 if v4 else compute_reference)(loaded, spec, name)
         try:
             ref["chat_example"] = chat_example(stage)
         except AttributeError as e:
@@ -585,7 +1075,10 @@ def build(name, spec, out_root: Path, llama_cpp: Path, tok, converter_path):
             notes.append(f"AutoTokenizer.from_pretrained fails on this folder under transformers "
                          f"{transformers.__version__} ({e}); chat_example used PreTrainedTokenizerFast")
             ref["chat_example"] = chat_example_fast(stage)
-        gguf_convert(llama_cpp, stage, spec, notes, converter_path)
+        if v4:
+            gguf_convert_v4(llama_cpp, stage, loaded, notes, converter_path)
+        else:
+            gguf_convert(llama_cpp, stage, spec, notes, converter_path)
         if notes:
             ref["notes"] = notes
         (stage / "reference.json").write_text(to_json(ref) + "\n")
