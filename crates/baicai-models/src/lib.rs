@@ -5,9 +5,11 @@
 //! the storage type inside `baicai-kernels`, so there are no `quantized_<arch>` twins and the
 //! weights are never copied. Small vectors (norm weights, biases) are decoded to f32 at load.
 //!
-//! Each architecture file (`llama.rs` for Llama, Mistral, Qwen2 and Qwen3, `gemma3.rs`, …) reads top to bottom like its
-//! paper; the shared pieces (norms, RoPE, attention, feed-forward) live in [`layers`].
+//! Each architecture file (`llama.rs` for the Llama family, dense and MoE, `gemma3.rs`, …) reads
+//! top to bottom like its paper; the shared pieces (attention, feed-forward, MoE, norms, RoPE)
+//! live in [`blocks`].
 
+pub mod blocks;
 pub mod config;
 mod decoder;
 pub mod deepseek2;
@@ -17,9 +19,9 @@ pub mod hf;
 pub mod kv;
 pub mod layers;
 pub mod llama;
-pub mod moe;
-pub mod sparse;
 pub mod weights;
+
+pub use blocks::moe;
 
 use std::sync::Arc;
 
@@ -135,15 +137,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
 /// each named.
 pub fn load(gguf: Arc<Gguf>) -> Result<Box<dyn CausalLm>, ModelError> {
     let cfg = ModelConfig::from_gguf(&gguf)?;
-    let store = weights::WeightStore::new(gguf);
-    Ok(match cfg.arch {
-        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Box::new(llama::Llama::load(store, cfg)?),
-        Arch::Gemma3 => Box::new(gemma3::Gemma3::load(store, cfg)?),
-        Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(store, cfg)?),
-        Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
-            Box::new(sparse::SparseMoe::load(store, cfg)?)
-        }
-    })
+    build(weights::WeightStore::new(gguf), cfg)
 }
 
 /// Loads a Hugging Face checkpoint folder (`config.json` + safetensors).
@@ -156,14 +150,40 @@ pub fn load_hf(dir: &std::path::Path) -> Result<(Box<dyn CausalLm>, hf::HfModel)
         &mut m.store,
         weights::WeightStore::from_entries(Default::default()),
     );
-    let cfg = m.config.clone();
-    let model: Box<dyn CausalLm> = match cfg.arch {
-        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Box::new(llama::Llama::load(store, cfg)?),
-        Arch::Gemma3 => Box::new(gemma3::Gemma3::load(store, cfg)?),
-        Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(store, cfg)?),
-        Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
-            Box::new(sparse::SparseMoe::load(store, cfg)?)
-        }
-    };
+    let model = build(store, m.config.clone())?;
     Ok((model, m))
+}
+
+/// Builds the model of `cfg.arch` from tensors under canonical names, whichever file they came
+/// from.
+///
+/// # Errors
+/// A missing tensor, a wrong shape or an unsupported tensor type, each named.
+pub fn build(
+    store: weights::WeightStore,
+    cfg: ModelConfig,
+) -> Result<Box<dyn CausalLm>, ModelError> {
+    use blocks::attention::{GqaTensors, Presence::*};
+    let family = |bias, qk_norm, moe| llama::Family {
+        attn: GqaTensors {
+            bias,
+            qk_norm,
+            sinks: Absent,
+        },
+        moe,
+        kv_f16: !moe,
+    };
+    let llama = |store, cfg, f| -> Result<Box<dyn CausalLm>, ModelError> {
+        Ok(Box::new(llama::Llama::load(store, cfg, f)?))
+    };
+    match cfg.arch {
+        Arch::Llama => llama(store, cfg, family(Optional, Optional, false)),
+        Arch::Qwen2 => llama(store, cfg, family(Required, Optional, false)),
+        Arch::Qwen3 => llama(store, cfg, family(Optional, Required, false)),
+        Arch::Qwen2Moe => llama(store, cfg, family(Required, Absent, true)),
+        Arch::Qwen3Moe => llama(store, cfg, family(Absent, Required, true)),
+        Arch::Mixtral => llama(store, cfg, family(Absent, Absent, true)),
+        Arch::Gemma3 => Ok(Box::new(gemma3::Gemma3::load(store, cfg)?)),
+        Arch::Deepseek2 => Ok(Box::new(deepseek2::Deepseek2::load(store, cfg)?)),
+    }
 }
