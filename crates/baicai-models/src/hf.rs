@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{
-    self, Arch, Field, FileTensors, KeySource, MlaConfig, ModelConfig, MoeConfig, RopeStyle, Yarn,
+    self, Arch, Field, FileTensors, KeySource, MlaConfig, ModelConfig, MoeConfig, Yarn,
 };
 use crate::error::ModelError;
 use crate::moe::{GroupScore, RouterConfig, Scoring};
@@ -709,24 +709,18 @@ fn config_from_json(path: &Path, v: &Value) -> Result<(ModelConfig, HfExtra), Mo
             _ => err(path, format!("{key}: {}", e.into_inner())),
         }
     })?;
-    let arch = match h.model_type.as_str() {
-        "llama" | "mistral" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
-        "qwen3" => Arch::Qwen3,
-        "gemma3" | "gemma3_text" => Arch::Gemma3,
-        "deepseek_v2" | "deepseek_v3" => Arch::Deepseek2,
-        "qwen2_moe" => Arch::Qwen2Moe,
-        "qwen3_moe" => Arch::Qwen3Moe,
-        "mixtral" => Arch::Mixtral,
-        other => {
-            return Err(ModelError::UnsupportedArch {
-                found: other.to_string(),
-                supported: "llama, mistral, qwen2, qwen3, gemma3_text, deepseek_v2, \
-                            deepseek_v3, qwen2_moe, qwen3_moe, mixtral"
-                    .into(),
-            })
-        }
+    let Some(spec) = crate::spec_by_hf(&h.model_type) else {
+        let supported: Vec<&str> = crate::ARCHITECTURES
+            .iter()
+            .flat_map(|s| s.hf)
+            .copied()
+            .collect();
+        return Err(ModelError::UnsupportedArch {
+            found: h.model_type.clone(),
+            supported: supported.join(", "),
+        });
     };
+    let arch = spec.arch;
     let d = defaults(arch, &h.model_type);
     let keys = KeySource::Hf(v);
     check_unsupported(arch, &h)?;
@@ -769,13 +763,7 @@ fn config_from_json(path: &Path, v: &Value) -> Result<(ModelConfig, HfExtra), Mo
         rope_base: rope.base,
         rope_base_swa: rope.base_swa,
         rope_linear_factor: rope.linear_factor,
-        // DeepSeek's HF code de-interleaves before rotate_half, i.e. rotates adjacent pairs;
-        // the others rotate halves of the unpermuted HF weights.
-        rope_style: if arch == Arch::Deepseek2 {
-            RopeStyle::Interleaved
-        } else {
-            RopeStyle::Neox
-        },
+        rope_style: spec.rope_hf,
         sliding_window,
         swa_period,
         mla,

@@ -5,20 +5,21 @@
 //! the storage type inside `baicai-kernels`, so there are no `quantized_<arch>` twins and the
 //! weights are never copied. Small vectors (norm weights, biases) are decoded to f32 at load.
 //!
-//! Each architecture file (`llama.rs` for the Llama family, dense and MoE, `gemma3.rs`, …) reads
-//! top to bottom like its paper; the shared pieces (attention, feed-forward, MoE, norms, RoPE)
-//! live in [`blocks`].
+//! Each architecture is one file under [`models`] (`llama.rs`, `qwen2.rs`, `gemma3.rs`, …) that
+//! owns its names, tensors and forward pass and reads top to bottom like its paper; the shared
+//! pieces (attention, feed-forward, MoE, norms, RoPE) live in [`blocks`]. One registry,
+//! [`ARCHITECTURES`], serves both loaders: [`load`] (GGUF) and [`load_hf`] (checkpoint folders)
+//! end in the same [`build`].
 
 pub mod blocks;
 pub mod config;
 mod decoder;
 pub mod deepseek2;
 pub mod error;
-pub mod gemma3;
 pub mod hf;
 pub mod kv;
 pub mod layers;
-pub mod llama;
+pub mod models;
 pub mod weights;
 
 pub use blocks::moe;
@@ -30,6 +31,7 @@ use baicai_gguf::Gguf;
 pub use config::{Arch, ModelConfig};
 pub use error::ModelError;
 pub use kv::KvCache;
+pub use models::ArchSpec;
 
 /// Which positions of a forward pass produce logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,16 +121,59 @@ pub trait CausalLm: Send + Sync {
     fn weight_bytes_per_token(&self) -> u64;
 }
 
-/// Architectures this crate can run (`general.architecture` values).
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
-    "llama",
-    "qwen2",
-    "qwen3",
-    "gemma3",
-    "deepseek2",
-    "qwen2moe",
-    "qwen3moe",
+/// Every architecture this crate can run, one line each.
+pub const ARCHITECTURES: &[ArchSpec] = &[
+    models::llama::SPEC,
+    models::qwen2::SPEC,
+    models::qwen3::SPEC,
+    models::gemma3::SPEC,
+    models::DEEPSEEK2,
+    models::qwen2moe::SPEC,
+    models::qwen3moe::SPEC,
+    models::mixtral::SPEC,
 ];
+
+const N_GGUF_NAMES: usize = models::n_gguf_names(ARCHITECTURES);
+
+/// Architectures this crate can run (`general.architecture` values).
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &models::gguf_names::<N_GGUF_NAMES>(ARCHITECTURES);
+
+/// The registered spec of `arch`.
+///
+/// # Panics
+/// If `arch` has no line in [`ARCHITECTURES`] (a bug: every [`Arch`] has one).
+pub fn spec(arch: Arch) -> &'static ArchSpec {
+    ARCHITECTURES
+        .iter()
+        .find(|s| s.arch == arch)
+        .expect("every architecture is registered")
+}
+
+/// The architecture of a GGUF file whose `general.architecture` is `name`; `has_experts` is
+/// asked only where two architectures share the name.
+///
+/// # Errors
+/// As `has_experts`.
+pub(crate) fn spec_by_gguf(
+    name: &str,
+    has_experts: impl FnOnce() -> Result<bool, ModelError>,
+) -> Result<Option<&'static ArchSpec>, ModelError> {
+    let named: Vec<&ArchSpec> = ARCHITECTURES.iter().filter(|s| s.gguf == name).collect();
+    if named.len() < 2 {
+        return Ok(named.first().copied());
+    }
+    let moe = has_experts()?;
+    Ok(named
+        .iter()
+        .find(|s| s.moe == moe)
+        .or(named.first())
+        .copied())
+}
+
+/// The architecture of a `config.json` whose `model_type` is `model_type`.
+pub(crate) fn spec_by_hf(model_type: &str) -> Option<&'static ArchSpec> {
+    ARCHITECTURES.iter().find(|s| s.hf.contains(&model_type))
+}
 
 /// Loads the model in `gguf`, choosing the architecture from `general.architecture`.
 ///
@@ -163,27 +208,5 @@ pub fn build(
     store: weights::WeightStore,
     cfg: ModelConfig,
 ) -> Result<Box<dyn CausalLm>, ModelError> {
-    use blocks::attention::{GqaTensors, Presence::*};
-    let family = |bias, qk_norm, moe| llama::Family {
-        attn: GqaTensors {
-            bias,
-            qk_norm,
-            sinks: Absent,
-        },
-        moe,
-        kv_f16: !moe,
-    };
-    let llama = |store, cfg, f| -> Result<Box<dyn CausalLm>, ModelError> {
-        Ok(Box::new(llama::Llama::load(store, cfg, f)?))
-    };
-    match cfg.arch {
-        Arch::Llama => llama(store, cfg, family(Optional, Optional, false)),
-        Arch::Qwen2 => llama(store, cfg, family(Required, Optional, false)),
-        Arch::Qwen3 => llama(store, cfg, family(Optional, Required, false)),
-        Arch::Qwen2Moe => llama(store, cfg, family(Required, Absent, true)),
-        Arch::Qwen3Moe => llama(store, cfg, family(Absent, Required, true)),
-        Arch::Mixtral => llama(store, cfg, family(Absent, Absent, true)),
-        Arch::Gemma3 => Ok(Box::new(gemma3::Gemma3::load(store, cfg)?)),
-        Arch::Deepseek2 => Ok(Box::new(deepseek2::Deepseek2::load(store, cfg)?)),
-    }
+    (spec(cfg.arch).build)(store, cfg)
 }

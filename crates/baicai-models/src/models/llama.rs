@@ -1,23 +1,46 @@
-//! The Llama family: pre-norm grouped-query attention with RoPE and a pre-norm SwiGLU block,
-//! dense or a Mixture of Experts. Llama 2/3 and Mistral (`llama`), Qwen2/2.5 (`qwen2`: q/k/v
-//! biases, NeoX RoPE), Qwen3 (`qwen3`: per-head QK-norm), Mixtral (`llama` with experts),
-//! Qwen1.5/Qwen2-MoE (`qwen2moe`: biases, a sigmoid-gated shared expert) and Qwen3-MoE
-//! (`qwen3moe`: QK-norm) differ only in the options of these blocks — llama.cpp's `llama.cpp`,
-//! `qwen2.cpp`, `qwen3.cpp`, `qwen2moe.cpp`, `qwen3moe.cpp` graphs.
+//! Llama 2/3 (incl. llama3 RoPE scaling via `rope_freqs.weight`) and Mistral (`llama`), and the
+//! graph the whole Llama family shares: pre-norm grouped-query attention with RoPE, then a
+//! pre-norm SwiGLU block, dense or a Mixture of Experts (llama.cpp's `llama.cpp` graph). The
+//! members ([`super::qwen2`], [`super::qwen3`], [`super::mixtral`], [`super::qwen2moe`],
+//! [`super::qwen3moe`]) differ only in the options of these blocks, their [`Family`].
 
 use std::sync::Mutex;
 
+use super::ArchSpec;
+use crate::blocks::attention::Presence;
 use crate::blocks::attention::{Gqa, GqaStep, GqaTensors};
 use crate::blocks::ffn::{Activation, Ffn, GatedFfn};
 use crate::blocks::moe::{ExpertLoad, MoeFfn};
 use crate::blocks::norm::rms_norm;
 use crate::blocks::rope::{Rope, RopeParams};
-use crate::config::ModelConfig;
+use crate::config::{Arch, ModelConfig, RopeStyle};
 use crate::decoder::{self, Blocks, Ends, Seg, Tracer};
 use crate::error::ModelError;
 use crate::kv::KvCache;
 use crate::weights::WeightStore;
 use crate::{CausalLm, SeqInput, Trace};
+
+pub(crate) const SPEC: ArchSpec = ArchSpec {
+    arch: Arch::Llama,
+    gguf: "llama",
+    hf: &["llama", "mistral"],
+    moe: false,
+    rope_gguf: RopeStyle::Interleaved,
+    rope_hf: RopeStyle::Neox,
+    gguf_norm_topk_prob: None,
+    build: |s, cfg| Ok(Box::new(Llama::load(s, cfg, FAMILY)?)),
+};
+
+/// Llama and Mistral take q/k/v biases and QK-norm where a file has them.
+const FAMILY: Family = Family {
+    attn: GqaTensors {
+        bias: Presence::Optional,
+        qk_norm: Presence::Optional,
+        sinks: Presence::Absent,
+    },
+    moe: false,
+    kv_f16: true,
+};
 
 /// What distinguishes one member of the family.
 #[derive(Debug, Clone, Copy)]

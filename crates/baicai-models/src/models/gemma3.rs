@@ -4,16 +4,28 @@
 //! Gemma's `1 + w` offset (the converter adds it; the checkpoint-folder loader adds it too), so the
 //! norm is a plain RMSNorm here.
 
+use super::ArchSpec;
 use crate::blocks::attention::{Gqa, GqaStep, GqaTensors, Presence};
 use crate::blocks::ffn::{Activation, GatedFfn};
 use crate::blocks::norm::rms_norm;
 use crate::blocks::rope::{Rope, RopeParams};
-use crate::config::ModelConfig;
+use crate::config::{Arch, ModelConfig, RopeStyle};
 use crate::decoder::{self, Blocks, Ends, Seg, Tracer};
 use crate::error::ModelError;
 use crate::kv::KvCache;
 use crate::weights::WeightStore;
 use crate::{CausalLm, SeqInput, Trace};
+
+pub(crate) const SPEC: ArchSpec = ArchSpec {
+    arch: Arch::Gemma3,
+    gguf: "gemma3",
+    hf: &["gemma3", "gemma3_text"],
+    moe: false,
+    rope_gguf: RopeStyle::Neox,
+    rope_hf: RopeStyle::Neox,
+    gguf_norm_topk_prob: None,
+    build: |s, cfg| Ok(Box::new(Gemma3::load(s, cfg)?)),
+};
 
 /// Gemma 3's attention: QK-norm, no biases.
 const ATTN: GqaTensors = GqaTensors {
