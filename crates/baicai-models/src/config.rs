@@ -147,24 +147,18 @@ impl ModelConfig {
     /// Unsupported architecture, missing or ill-typed keys, inconsistent values.
     pub fn from_gguf(g: &Gguf) -> Result<ModelConfig, ModelError> {
         let arch_name = g.require_str("general.architecture")?.to_string();
-        let arch = match arch_name.as_str() {
-            // Mixtral ships as `llama` with expert tensors.
-            "llama" if g.get_u64("llama.expert_count")?.unwrap_or(0) > 0 => Arch::Mixtral,
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            "qwen3" => Arch::Qwen3,
-            "gemma3" => Arch::Gemma3,
-            // DeepSeek-V3.2 is V3 plus the sparse-attention indexer.
-            "deepseek2" | "deepseek32" => Arch::Deepseek2,
-            "qwen2moe" => Arch::Qwen2Moe,
-            "qwen3moe" => Arch::Qwen3Moe,
-            other => {
-                return Err(ModelError::UnsupportedArch {
-                    found: other.to_string(),
-                    supported: SUPPORTED_ARCHITECTURES.join(", "),
-                })
-            }
+        let experts = || {
+            Ok(g.get_u64(&format!("{arch_name}.expert_count"))?
+                .unwrap_or(0)
+                > 0)
         };
+        let Some(spec) = crate::spec_by_gguf(&arch_name, experts)? else {
+            return Err(ModelError::UnsupportedArch {
+                found: arch_name,
+                supported: SUPPORTED_ARCHITECTURES.join(", "),
+            });
+        };
+        let arch = spec.arch;
         let key = |k: &str| format!("{arch_name}.{k}");
         let u = |k: &str| -> Result<usize, ModelError> { Ok(g.require_u64(&key(k))? as usize) };
         let n_embd = u("embedding_length")?;
@@ -233,12 +227,7 @@ impl ModelConfig {
             rope_base,
             rope_base_swa,
             rope_linear_factor,
-            rope_style: match arch {
-                Arch::Llama | Arch::Deepseek2 | Arch::Mixtral => RopeStyle::Interleaved,
-                Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 | Arch::Qwen2Moe | Arch::Qwen3Moe => {
-                    RopeStyle::Neox
-                }
-            },
+            rope_style: spec.rope_gguf,
             sliding_window,
             swa_period,
             mla: if arch == Arch::Deepseek2 {
@@ -246,11 +235,10 @@ impl ModelConfig {
             } else {
                 None
             },
-            moe: match arch {
-                Arch::Deepseek2 | Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
-                    Some(moe_from_gguf(g, &arch_name, arch)?)
-                }
-                _ => None,
+            moe: if spec.moe {
+                Some(moe_from_gguf(g, &arch_name, spec.gguf_norm_topk_prob)?)
+            } else {
+                None
             },
             arch_name,
         };
@@ -367,7 +355,12 @@ fn mla_from_gguf(g: &Gguf, arch: &str) -> Result<MlaConfig, ModelError> {
     })
 }
 
-fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelError> {
+/// `norm_topk_prob`: what the architecture's graph fixes, if it does.
+fn moe_from_gguf(
+    g: &Gguf,
+    arch: &str,
+    norm_topk_prob: Option<bool>,
+) -> Result<MoeConfig, ModelError> {
     use crate::moe::{GroupScore, RouterConfig, Scoring};
     let key = |k: &str| format!("{arch}.{k}");
     let u = |k: &str| -> Result<usize, ModelError> { Ok(g.require_u64(&key(k))? as usize) };
@@ -394,10 +387,9 @@ fn moe_from_gguf(g: &Gguf, arch: &str, kind: Arch) -> Result<MoeConfig, ModelErr
         scoring,
         // Qwen3-MoE and Mixtral renormalize over the top-k; Qwen2-MoE does not (llama.cpp's
         // graphs hard-code these; DeepSeek files say it in `expert_weights_norm`).
-        norm_topk_prob: match kind {
-            Arch::Qwen3Moe | Arch::Mixtral => true,
-            Arch::Qwen2Moe => false,
-            _ => g.get_bool(&key("expert_weights_norm"))?.unwrap_or(false),
+        norm_topk_prob: match norm_topk_prob {
+            Some(fixed) => fixed,
+            None => g.get_bool(&key("expert_weights_norm"))?.unwrap_or(false),
         },
         scaling: g.get_f32(&key("expert_weights_scale"))?.unwrap_or(1.0),
         n_group,

@@ -3,11 +3,12 @@
 
 use std::ops::Range;
 
+use crate::blocks::norm::rms_norm;
+use crate::blocks::ops::add_inplace;
 use crate::config::ModelConfig;
 use crate::kv::KvCache;
-use crate::layers;
 use crate::weights::{Linear, WeightStore};
-use crate::{Logits, ModelError, SeqInput};
+use crate::{Logits, ModelError, SeqInput, Trace};
 
 /// One sequence's rows in a batched forward pass: rows `rows` of the activations are its tokens,
 /// at positions `pos0..pos0 + rows.len()`, and their keys and values go to `cache`.
@@ -21,6 +22,24 @@ impl Seg<'_> {
     /// Tokens of this sequence in the batch.
     pub fn len(&self) -> usize {
         self.rows.len()
+    }
+}
+
+/// The installed [`Trace`], if any: named trace points cost one branch without one.
+#[derive(Default)]
+pub(crate) struct Tracer(Option<Trace>);
+
+impl Tracer {
+    /// Installs (or with `None` removes) the trace.
+    pub fn set(&mut self, trace: Option<Trace>) {
+        self.0 = trace;
+    }
+
+    /// Trace point `name` of layer `il`.
+    pub fn at(&self, name: &str, il: usize, x: &[f32]) {
+        if let Some(t) = &self.0 {
+            t(name, il, x);
+        }
     }
 }
 
@@ -95,10 +114,10 @@ pub(crate) fn forward(
     let mut tmp = vec![0.0; x.len()]; // [n, n_embd]
     for il in 0..cfg.n_layer {
         blocks.attention(il, &x, &mut segs, &mut tmp);
-        layers::add_inplace(&mut x, &tmp);
+        add_inplace(&mut x, &tmp);
         blocks.trace("ffn_inp", il, &x);
         blocks.ffn(il, &x, &mut tmp);
-        layers::add_inplace(&mut x, &tmp);
+        add_inplace(&mut x, &tmp);
         blocks.trace("l_out", il, &x);
     }
     let wanted: Vec<(Range<usize>, Logits)> = segs
@@ -201,7 +220,7 @@ pub(crate) fn head(
         sel.extend_from_slice(&x[r.start * d..r.end * d]);
     }
     let mut h = vec![0.0; sel.len()]; // [n, n_embd]
-    layers::rms_norm(&sel, norm, eps, &mut h);
+    rms_norm(&sel, norm, eps, &mut h);
     let v = output.rows;
     let mut out = vec![0.0; n * v]; // [n, n_vocab]
     store.matmul(output, &h, n, &mut out);

@@ -230,7 +230,7 @@ mod tests {
         layer_norm(&mut x, &[1.0, 2.0, 1.0, 1.0], &[0.0, 0.0, 0.5, 0.0]);
         // mean 3, variance 3.5
         let s = (3.5f64 + 1e-6).sqrt();
-        let want = [-2.0 / s, 2.0 * -1.0 / s, 0.5, 3.0 / s];
+        let want = [-2.0 / s, -2.0 / s, 0.5, 3.0 / s];
         for (a, b) in x.iter().zip(want) {
             assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
         }

@@ -5,22 +5,25 @@
 //! the storage type inside `baicai-kernels`, so there are no `quantized_<arch>` twins and the
 //! weights are never copied. Small vectors (norm weights, biases) are decoded to f32 at load.
 //!
-//! Each architecture file (`llama.rs` for Llama, Mistral, Qwen2 and Qwen3, `gemma3.rs`, …) reads top to bottom like its
-//! paper; the shared pieces (norms, RoPE, attention, feed-forward) live in [`layers`].
+//! Each architecture is one file under [`models`] (`llama.rs`, `qwen2.rs`, `gemma3.rs`, …) that
+//! owns its names, tensors and forward pass and reads top to bottom like its paper; the shared
+//! pieces (attention, feed-forward, MoE, norms, RoPE) live in [`blocks`]. One registry,
+//! [`ARCHITECTURES`], serves both loaders: [`load`] (GGUF) and [`load_hf`] (checkpoint folders)
+//! end in the same [`build`].
 
+pub mod blocks;
 pub mod config;
 mod decoder;
 pub mod deepseek2;
 pub mod error;
-pub mod gemma3;
 pub mod hf;
 mod indexer;
 pub mod kv;
 pub mod layers;
-pub mod llama;
-pub mod moe;
-pub mod sparse;
+pub mod models;
 pub mod weights;
+
+pub use blocks::moe;
 
 use std::sync::Arc;
 
@@ -29,6 +32,7 @@ use baicai_gguf::Gguf;
 pub use config::{Arch, ModelConfig};
 pub use error::ModelError;
 pub use kv::KvCache;
+pub use models::ArchSpec;
 
 /// Which positions of a forward pass produce logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,17 +122,60 @@ pub trait CausalLm: Send + Sync {
     fn weight_bytes_per_token(&self) -> u64;
 }
 
-/// Architectures this crate can run (`general.architecture` values).
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
-    "llama",
-    "qwen2",
-    "qwen3",
-    "gemma3",
-    "deepseek2",
-    "deepseek32",
-    "qwen2moe",
-    "qwen3moe",
+/// Every architecture this crate can run, one line each.
+pub const ARCHITECTURES: &[ArchSpec] = &[
+    models::llama::SPEC,
+    models::qwen2::SPEC,
+    models::qwen3::SPEC,
+    models::gemma3::SPEC,
+    models::DEEPSEEK2,
+    models::DEEPSEEK32,
+    models::qwen2moe::SPEC,
+    models::qwen3moe::SPEC,
+    models::mixtral::SPEC,
 ];
+
+const N_GGUF_NAMES: usize = models::n_gguf_names(ARCHITECTURES);
+
+/// Architectures this crate can run (`general.architecture` values).
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &models::gguf_names::<N_GGUF_NAMES>(ARCHITECTURES);
+
+/// The registered spec of `arch`.
+///
+/// # Panics
+/// If `arch` has no line in [`ARCHITECTURES`] (a bug: every [`Arch`] has one).
+pub fn spec(arch: Arch) -> &'static ArchSpec {
+    ARCHITECTURES
+        .iter()
+        .find(|s| s.arch == arch)
+        .expect("every architecture is registered")
+}
+
+/// The architecture of a GGUF file whose `general.architecture` is `name`; `has_experts` is
+/// asked only where two architectures share the name.
+///
+/// # Errors
+/// As `has_experts`.
+pub(crate) fn spec_by_gguf(
+    name: &str,
+    has_experts: impl FnOnce() -> Result<bool, ModelError>,
+) -> Result<Option<&'static ArchSpec>, ModelError> {
+    let named: Vec<&ArchSpec> = ARCHITECTURES.iter().filter(|s| s.gguf == name).collect();
+    if named.len() < 2 {
+        return Ok(named.first().copied());
+    }
+    let moe = has_experts()?;
+    Ok(named
+        .iter()
+        .find(|s| s.moe == moe)
+        .or(named.first())
+        .copied())
+}
+
+/// The architecture of a `config.json` whose `model_type` is `model_type`.
+pub(crate) fn spec_by_hf(model_type: &str) -> Option<&'static ArchSpec> {
+    ARCHITECTURES.iter().find(|s| s.hf.contains(&model_type))
+}
 
 /// Loads the model in `gguf`, choosing the architecture from `general.architecture`.
 ///
@@ -137,15 +184,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
 /// each named.
 pub fn load(gguf: Arc<Gguf>) -> Result<Box<dyn CausalLm>, ModelError> {
     let cfg = ModelConfig::from_gguf(&gguf)?;
-    let store = weights::WeightStore::new(gguf);
-    Ok(match cfg.arch {
-        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Box::new(llama::Llama::load(store, cfg)?),
-        Arch::Gemma3 => Box::new(gemma3::Gemma3::load(store, cfg)?),
-        Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(store, cfg)?),
-        Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
-            Box::new(sparse::SparseMoe::load(store, cfg)?)
-        }
-    })
+    build(weights::WeightStore::new(gguf), cfg)
 }
 
 /// Loads a Hugging Face checkpoint folder (`config.json` + safetensors).
@@ -158,14 +197,18 @@ pub fn load_hf(dir: &std::path::Path) -> Result<(Box<dyn CausalLm>, hf::HfModel)
         &mut m.store,
         weights::WeightStore::from_entries(Default::default()),
     );
-    let cfg = m.config.clone();
-    let model: Box<dyn CausalLm> = match cfg.arch {
-        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Box::new(llama::Llama::load(store, cfg)?),
-        Arch::Gemma3 => Box::new(gemma3::Gemma3::load(store, cfg)?),
-        Arch::Deepseek2 => Box::new(deepseek2::Deepseek2::load(store, cfg)?),
-        Arch::Qwen2Moe | Arch::Qwen3Moe | Arch::Mixtral => {
-            Box::new(sparse::SparseMoe::load(store, cfg)?)
-        }
-    };
+    let model = build(store, m.config.clone())?;
     Ok((model, m))
+}
+
+/// Builds the model of `cfg.arch` from tensors under canonical names, whichever file they came
+/// from.
+///
+/// # Errors
+/// A missing tensor, a wrong shape or an unsupported tensor type, each named.
+pub fn build(
+    store: weights::WeightStore,
+    cfg: ModelConfig,
+) -> Result<Box<dyn CausalLm>, ModelError> {
+    (spec(cfg.arch).build)(store, cfg)
 }

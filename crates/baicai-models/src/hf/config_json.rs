@@ -1,445 +1,19 @@
-//! Hugging Face checkpoint folders: `config.json` + `model.safetensors` (or sharded
-//! `model-*.safetensors` with `model.safetensors.index.json`). Tensors are memory-mapped and
-//! renamed onto the canonical (GGUF) names; F32, F16 and BF16 stay in the file, FP8 E4M3 with
-//! 128×128 block scales (`weight_scale_inv`, as the official DeepSeek-V3/R1 checkpoints ship)
-//! is dequantized to F32 at load, which [`HfModel::held_in_memory`] reports.
-//!
-//! `config.json` is read as transformers 4.x (`rope_theta`, `rope_scaling`) and 5.x
-//! (`rope_parameters`) write it. A key that changes the math and is absent takes the default of
-//! transformers' configuration class for the `model_type` (`defaults`; the table is in the
-//! README's "Supported" section); a value the model code cannot honour is an error naming the key.
+//! `config.json` into a [`ModelConfig`]: the keys transformers 4.x and 5.x write, the reference
+//! defaults per `model_type` for keys left out, and refusals naming each key whose value the
+//! model code cannot honour.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use baicai_kernels::quant::fp8;
-use baicai_kernels::DType;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::err;
 use crate::config::{
     self, Arch, Field, FileTensors, IndexerConfig, KeySource, MlaConfig, ModelConfig, MoeConfig,
-    RopeStyle, Yarn,
+    Yarn,
 };
 use crate::error::ModelError;
 use crate::moe::{GroupScore, RouterConfig, Scoring};
-use crate::weights::{Bytes, TensorEntry, WeightStore};
-
-/// A loaded checkpoint folder: config and tensors under canonical names.
-pub struct HfModel {
-    pub config: ModelConfig,
-    pub store: WeightStore,
-    /// How many tensors of each source type were loaded, and how they are held.
-    pub held_in_memory: Vec<String>,
-    /// Bytes of all shards.
-    pub file_size: u64,
-}
-
-fn err(path: &Path, what: impl std::fmt::Display) -> ModelError {
-    ModelError::Config(format!("{}: {what}", path.display()))
-}
-
-/// One tensor as a safetensors header describes it.
-#[derive(Debug)]
-struct RawTensor {
-    name: String,
-    dtype: String,
-    shape: Vec<u64>,
-    start: usize,
-    end: usize,
-    file: usize,
-}
-
-/// Parses a safetensors header: u64 little-endian length, then that many bytes of JSON.
-fn parse_header(path: &Path, bytes: &[u8], file: usize) -> Result<Vec<RawTensor>, ModelError> {
-    if bytes.len() < 8 {
-        return Err(err(
-            path,
-            "file shorter than the 8-byte safetensors header length",
-        ));
-    }
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    if n > (bytes.len() - 8) as u64 || n > 100 << 20 {
-        return Err(err(
-            path,
-            format!("header length {n} exceeds the file ({} bytes)", bytes.len()),
-        ));
-    }
-    let header: Value = serde_json::from_slice(&bytes[8..8 + n as usize])
-        .map_err(|e| err(path, format!("header is not JSON: {e}")))?;
-    let obj = header
-        .as_object()
-        .ok_or_else(|| err(path, "header is not a JSON object"))?;
-    let data_start = 8 + n as usize;
-    let data_len = bytes.len() - data_start;
-    let mut out = Vec::new();
-    for (name, t) in obj {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = t["dtype"]
-            .as_str()
-            .ok_or_else(|| err(path, format!("tensor '{name}': no dtype")))?;
-        let shape: Vec<u64> = t["shape"]
-            .as_array()
-            .ok_or_else(|| err(path, format!("tensor '{name}': no shape")))?
-            .iter()
-            .map(|v| {
-                v.as_u64()
-                    .ok_or_else(|| err(path, format!("tensor '{name}': bad shape")))
-            })
-            .collect::<Result<_, _>>()?;
-        let offs = t["data_offsets"].as_array().filter(|a| a.len() == 2);
-        let offs = offs.ok_or_else(|| err(path, format!("tensor '{name}': no data_offsets")))?;
-        let (s, e) = (
-            offs[0].as_u64().unwrap_or(u64::MAX),
-            offs[1].as_u64().unwrap_or(u64::MAX),
-        );
-        if s > e || e > data_len as u64 {
-            return Err(err(
-                path,
-                format!("tensor '{name}': data {s}..{e} outside the {data_len} data bytes"),
-            ));
-        }
-        let elem = match dtype {
-            "F32" => 4,
-            "F16" | "BF16" => 2,
-            "F8_E4M3" | "U8" | "I8" => 1,
-            _ => 0,
-        };
-        let count = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-        if elem > 0 && count.and_then(|c| c.checked_mul(elem)) != Some(e - s) {
-            return Err(err(
-                path,
-                format!(
-                    "tensor '{name}': {} bytes do not hold shape {shape:?} of {dtype}",
-                    e - s
-                ),
-            ));
-        }
-        out.push(RawTensor {
-            name: name.clone(),
-            dtype: dtype.to_string(),
-            shape,
-            start: data_start + s as usize,
-            end: data_start + e as usize,
-            file,
-        });
-    }
-    Ok(out)
-}
-
-/// The shard files of a folder.
-fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&index).map_err(|e| {
-        err(
-            dir,
-            format!("no model.safetensors and no readable index ({e})"),
-        )
-    })?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| err(&index, e))?;
-    let map = v["weight_map"]
-        .as_object()
-        .ok_or_else(|| err(&index, "no weight_map"))?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(|f| f.as_str().map(String::from))
-        .collect();
-    files.sort();
-    files.dedup();
-    for f in &files {
-        if f.contains('/') || f.contains("..") {
-            return Err(err(
-                &index,
-                format!("shard name '{f}' is not a plain file name"),
-            ));
-        }
-    }
-    Ok(files.into_iter().map(|f| dir.join(f)).collect())
-}
-
-/// HF name → canonical name. `None` for tensors the engine does not use. The text model of a
-/// multimodal checkpoint (`model.language_model.…` as transformers 5.x saves it,
-/// `language_model.model.…` as 4.x did) is read as a text-only one; its vision tower is unused.
-fn canonical_name(arch: Arch, name: &str) -> Option<String> {
-    let name = match name
-        .strip_prefix("model.language_model.")
-        .or_else(|| name.strip_prefix("language_model.model."))
-    {
-        Some(rest) => format!("model.{rest}"),
-        None => name
-            .strip_prefix("language_model.")
-            .unwrap_or(name)
-            .to_string(),
-    };
-    let name = name.as_str();
-    let fixed = match name {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (il, rest) = rest.split_once('.')?;
-    let il: usize = il.parse().ok()?;
-    let map = |s: &str| Some(format!("blk.{il}.{s}"));
-    if let Some(r) = rest
-        .strip_prefix("mlp.experts.")
-        .or_else(|| rest.strip_prefix("block_sparse_moe.experts."))
-    {
-        // Experts keep their index: blk.N.ffn_{gate,up,down}_exps.E.weight
-        let (e, w) = r.split_once('.')?;
-        let kind = match w {
-            "gate_proj.weight" | "w1.weight" => "gate",
-            "up_proj.weight" | "w3.weight" => "up",
-            "down_proj.weight" | "w2.weight" => "down",
-            "gate_proj.weight_scale_inv" => return map(&format!("ffn_gate_exps.{e}.scale_inv")),
-            "up_proj.weight_scale_inv" => return map(&format!("ffn_up_exps.{e}.scale_inv")),
-            "down_proj.weight_scale_inv" => return map(&format!("ffn_down_exps.{e}.scale_inv")),
-            _ => return None,
-        };
-        return map(&format!("ffn_{kind}_exps.{e}.weight"));
-    }
-    let (base, suffix) = match rest.strip_suffix(".weight_scale_inv") {
-        Some(b) => (b, "scale_inv"),
-        None => match rest.rsplit_once('.') {
-            Some((b, s)) => (b, s),
-            None => return None,
-        },
-    };
-    let canon = match base {
-        "input_layernorm" => "attn_norm",
-        // Gemma normalizes the attention's output with it, and the feed-forward block's input
-        // with `pre_feedforward_layernorm`; the others normalize the feed-forward input with it.
-        "post_attention_layernorm" if arch == Arch::Gemma3 => "post_attention_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "pre_feedforward_layernorm" => "ffn_norm",
-        "post_feedforward_layernorm" => "post_ffw_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "self_attn.q_a_proj" => "attn_q_a",
-        "self_attn.q_a_layernorm" => "attn_q_a_norm",
-        "self_attn.q_b_proj" => "attn_q_b",
-        "self_attn.kv_a_proj_with_mqa" => "attn_kv_a_mqa",
-        "self_attn.kv_a_layernorm" => "attn_kv_a_norm",
-        "self_attn.kv_b_proj" => "attn_kv_b",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        "mlp.gate" | "block_sparse_moe.gate" => {
-            if suffix == "e_score_correction_bias" {
-                return map("exp_probs_b.bias");
-            }
-            "ffn_gate_inp"
-        }
-        "mlp.shared_experts.gate_proj" | "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
-        "mlp.shared_experts.up_proj" | "mlp.shared_expert.up_proj" => "ffn_up_shexp",
-        "mlp.shared_experts.down_proj" | "mlp.shared_expert.down_proj" => "ffn_down_shexp",
-        "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
-        // DeepSeek-V3.2's lightning indexer (llama.cpp's names).
-        "self_attn.indexer.wq_b" => "indexer.attn_q_b",
-        "self_attn.indexer.wk" => "indexer.attn_k",
-        "self_attn.indexer.k_norm" => "indexer.k_norm",
-        "self_attn.indexer.weights_proj" => "indexer.proj",
-        _ => return None,
-    };
-    map(&format!("{canon}.{suffix}"))
-}
-
-/// Little-endian F32, F16 or BF16 values as f32.
-fn decode_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    match dtype {
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect(),
-    }
-}
-
-impl HfModel {
-    /// Opens a checkpoint folder.
-    ///
-    /// # Errors
-    /// Missing or malformed files, unsupported `model_type` or dtypes, each named.
-    pub fn open(dir: &Path) -> Result<HfModel, ModelError> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(&cfg_path, e))?;
-        let json = read_config_json(&cfg_path, &text)?;
-        let (config, extra) = config_from_json(&cfg_path, &json)?;
-        let mut maps = Vec::new();
-        let mut raw = Vec::new();
-        let mut file_size = 0;
-        for (i, p) in shard_paths(dir)?.iter().enumerate() {
-            let f = std::fs::File::open(p).map_err(|e| err(p, e))?;
-            // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on it not
-            // being truncated while the model runs.
-            let m = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| err(p, e))?;
-            // 2 MiB mappings where the page cache allows, as for GGUF files (a refused hint
-            // changes nothing).
-            #[cfg(target_os = "linux")]
-            let _ = m.advise(memmap2::Advice::HugePage);
-            file_size += m.len() as u64;
-            raw.extend(parse_header(p, &m, i)?);
-            maps.push(Arc::new(m));
-        }
-        // The configuration is checked against the tensors' names and shapes before anything is
-        // sized from it (or FP8 weights are converted).
-        let canonical: Vec<(String, Vec<u64>)> = raw
-            .iter()
-            .filter_map(|t| {
-                let shape = t.shape.iter().rev().copied().collect();
-                canonical_name(config.arch, &t.name).map(|n| (n, shape))
-            })
-            .collect();
-        let file = FileTensors::new(canonical.iter().map(|(n, s)| (n.as_str(), s.as_slice())));
-        config.validate(&KeySource::Hf(text_config(&json)), &file)?;
-        if !extra.tie_embeddings && !canonical.iter().any(|(n, _)| n == "output.weight") {
-            return Err(err(
-                dir,
-                "no lm_head.weight, and tie_word_embeddings is false (the head is not the embedding)",
-            ));
-        }
-        let by_name: HashMap<String, &RawTensor> =
-            raw.iter().map(|t| (t.name.clone(), t)).collect();
-        let mut tensors = HashMap::new();
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for t in &raw {
-            let Some(canon) = canonical_name(config.arch, &t.name) else {
-                continue;
-            };
-            // Tied embeddings: transformers uses the embedding as the head even where the file
-            // also holds `lm_head.weight`.
-            if canon.ends_with(".scale_inv") || (extra.tie_embeddings && canon == "output.weight") {
-                continue;
-            }
-            // ggml order: innermost dimension first.
-            let shape: Vec<u64> = t.shape.iter().rev().copied().collect();
-            let bytes = Bytes::mapped(maps[t.file].clone(), t.start, t.end - t.start);
-            let (dtype, bytes, held) = match t.dtype.as_str() {
-                "F32" => (DType::F32, bytes, "F32, mapped from the file"),
-                "F16" => (DType::F16, bytes, "F16, mapped from the file"),
-                "BF16" => (DType::BF16, bytes, "BF16, mapped from the file"),
-                "F8_E4M3" => {
-                    let scale_name = t.name.replace(".weight", ".weight_scale_inv");
-                    let s = by_name.get(&scale_name).ok_or_else(|| {
-                        err(
-                            dir,
-                            format!("FP8 tensor '{}' has no '{scale_name}'", t.name),
-                        )
-                    })?;
-                    if t.shape.len() != 2 || s.dtype != "F32" {
-                        return Err(err(
-                            dir,
-                            format!("FP8 tensor '{}' must be 2-D with F32 scales", t.name),
-                        ));
-                    }
-                    let (rows, cols) = (t.shape[0] as usize, t.shape[1] as usize);
-                    let need = rows.div_ceil(128) * cols.div_ceil(128);
-                    let sb = &maps[s.file][s.start..s.end];
-                    if sb.len() != need * 4 {
-                        return Err(err(
-                            dir,
-                            format!(
-                                "'{scale_name}' has {} values, expected {need}",
-                                sb.len() / 4
-                            ),
-                        ));
-                    }
-                    let scales: Vec<f32> = sb
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-                        .collect();
-                    let w = &maps[t.file][t.start..t.end];
-                    (
-                        DType::F32,
-                        Bytes::owned(
-                            fp8::dequant_e4m3_block_scaled(
-                                w,
-                                fp8::BlockScales::F32(&scales),
-                                fp8::BlockGrid::square(rows, cols, 128),
-                            )
-                            .iter()
-                            .flat_map(|v| v.to_le_bytes())
-                            .collect(),
-                        ),
-                        "FP8 E4M3 → F32 at load (128×128 block scales applied)",
-                    )
-                }
-                other => {
-                    return Err(err(
-                        dir,
-                        format!(
-                            "tensor '{}' has dtype {other}; supported: F32, F16, BF16, F8_E4M3",
-                            t.name
-                        ),
-                    ))
-                }
-            };
-            *counts.entry(held.to_string()).or_default() += 1;
-            // Gemma's RMSNorm multiplies by `1 + w` (Gemma3RMSNorm); the GGUF converter stores
-            // `1 + w`, which the model code expects.
-            let (dtype, bytes) = if config.arch == Arch::Gemma3 && canon.ends_with("norm.weight") {
-                let w = decode_f32(dtype, bytes.as_slice());
-                let plus_one: Vec<u8> = w.iter().flat_map(|v| (1.0 + v).to_le_bytes()).collect();
-                (DType::F32, Bytes::owned(plus_one))
-            } else {
-                (dtype, bytes)
-            };
-            tensors.insert(
-                canon,
-                TensorEntry {
-                    shape,
-                    dtype,
-                    bytes,
-                },
-            );
-        }
-        if let Some(l) = extra.llama3 {
-            let factors = l.freq_factors(config.rope_base, config.head_dim_k);
-            // Llama 3's RoPE scaling as llama.cpp's converter writes it: one divisor per frequency.
-            tensors.insert(
-                "rope_freqs.weight".into(),
-                TensorEntry {
-                    shape: vec![factors.len() as u64],
-                    dtype: DType::F32,
-                    bytes: Bytes::owned(factors.iter().flat_map(|v| v.to_le_bytes()).collect()),
-                },
-            );
-        }
-        let mut held_in_memory: Vec<String> = counts
-            .into_iter()
-            .map(|(k, v)| format!("{v} tensors: {k}"))
-            .collect();
-        held_in_memory.sort();
-        Ok(HfModel {
-            config,
-            store: WeightStore::from_entries(tensors),
-            held_in_memory,
-            file_size,
-        })
-    }
-}
 
 /// `config.json` as Hugging Face writes it, for the keys the engine reads (others, such as
 /// `dtype` / `torch_dtype`, are ignored: tensors are held as the shards store them). Counts are
@@ -541,7 +115,7 @@ impl HfRope {
 /// Llama 3's RoPE scaling (`rope_type: llama3`), applied as llama.cpp's converter writes it: a
 /// divisor per frequency (`rope_freqs.weight`).
 #[derive(Debug, Clone, Copy)]
-struct Llama3Rope {
+pub(super) struct Llama3Rope {
     factor: f64,
     low_freq_factor: f64,
     high_freq_factor: f64,
@@ -552,7 +126,7 @@ impl Llama3Rope {
     /// The divisor of each of the `head_dim / 2` frequencies of base `base`, as
     /// `_compute_llama3_parameters` of transformers scales them: long wavelengths by `factor`,
     /// short ones not at all, and a smooth blend between.
-    fn freq_factors(&self, base: f32, head_dim: usize) -> Vec<f32> {
+    pub(super) fn freq_factors(&self, base: f32, head_dim: usize) -> Vec<f32> {
         let low_wavelen = self.original_context / self.low_freq_factor;
         let high_wavelen = self.original_context / self.high_freq_factor;
         (0..head_dim / 2)
@@ -575,11 +149,11 @@ impl Llama3Rope {
 }
 
 /// What `config.json` says beyond [`ModelConfig`], for loading the tensors.
-struct HfExtra {
+pub(super) struct HfExtra {
     /// `tie_word_embeddings`: the head is the token embedding.
-    tie_embeddings: bool,
+    pub(super) tie_embeddings: bool,
     /// Llama 3 RoPE scaling, turned into `rope_freqs.weight` once the configuration is checked.
-    llama3: Option<Llama3Rope>,
+    pub(super) llama3: Option<Llama3Rope>,
 }
 
 /// The reference implementation's default for a value `config.json` may leave out, per
@@ -674,13 +248,13 @@ pub fn parse_config(text: &str) -> Result<ModelConfig, ModelError> {
 }
 
 /// The JSON of a `config.json`.
-fn read_config_json(path: &Path, text: &str) -> Result<Value, ModelError> {
+pub(super) fn read_config_json(path: &Path, text: &str) -> Result<Value, ModelError> {
     serde_json::from_str(text).map_err(|e| err(path, e))
 }
 
 /// The text model's part of a `config.json`: its `text_config` where it has one (multimodal
 /// checkpoints such as `Gemma3ForConditionalGeneration`), else all of it.
-fn text_config(v: &Value) -> &Value {
+pub(super) fn text_config(v: &Value) -> &Value {
     v.get("text_config").filter(|t| t.is_object()).unwrap_or(v)
 }
 
@@ -695,7 +269,10 @@ fn cannot_honour(key: impl Into<String>, value: impl std::fmt::Display, rule: &s
 
 /// Reads `config.json` into a [`ModelConfig`] through [`HfConfig`]; a key of the wrong type is
 /// named (`num_hidden_layers: invalid type: string "x", expected usize`).
-fn config_from_json(path: &Path, v: &Value) -> Result<(ModelConfig, HfExtra), ModelError> {
+pub(super) fn config_from_json(
+    path: &Path,
+    v: &Value,
+) -> Result<(ModelConfig, HfExtra), ModelError> {
     let v = text_config(v);
     let h: HfConfig = serde_path_to_error::deserialize(v).map_err(|e| {
         let key = e.path().to_string();
@@ -704,26 +281,18 @@ fn config_from_json(path: &Path, v: &Value) -> Result<(ModelConfig, HfExtra), Mo
             _ => err(path, format!("{key}: {}", e.into_inner())),
         }
     })?;
-    let arch = match h.model_type.as_str() {
-        "llama" | "mistral" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
-        "qwen3" => Arch::Qwen3,
-        "gemma3" | "gemma3_text" => Arch::Gemma3,
-        // Kimi K2 ships the DeepSeek-V3 architecture under its own model_type; V3.2 adds the
-        // sparse-attention indexer.
-        "deepseek_v2" | "deepseek_v3" | "kimi_k2" | "deepseek_v32" => Arch::Deepseek2,
-        "qwen2_moe" => Arch::Qwen2Moe,
-        "qwen3_moe" => Arch::Qwen3Moe,
-        "mixtral" => Arch::Mixtral,
-        other => {
-            return Err(ModelError::UnsupportedArch {
-                found: other.to_string(),
-                supported: "llama, mistral, qwen2, qwen3, gemma3_text, deepseek_v2, \
-                            deepseek_v3, deepseek_v32, kimi_k2, qwen2_moe, qwen3_moe, mixtral"
-                    .into(),
-            })
-        }
+    let Some(spec) = crate::spec_by_hf(&h.model_type) else {
+        let supported: Vec<&str> = crate::ARCHITECTURES
+            .iter()
+            .flat_map(|s| s.hf)
+            .copied()
+            .collect();
+        return Err(ModelError::UnsupportedArch {
+            found: h.model_type.clone(),
+            supported: supported.join(", "),
+        });
     };
+    let arch = spec.arch;
     let d = defaults(arch, &h.model_type);
     let keys = KeySource::Hf(v);
     check_unsupported(arch, &h)?;
@@ -766,13 +335,7 @@ fn config_from_json(path: &Path, v: &Value) -> Result<(ModelConfig, HfExtra), Mo
         rope_base: rope.base,
         rope_base_swa: rope.base_swa,
         rope_linear_factor: rope.linear_factor,
-        // DeepSeek's HF code de-interleaves before rotate_half, i.e. rotates adjacent pairs;
-        // the others rotate halves of the unpermuted HF weights.
-        rope_style: if arch == Arch::Deepseek2 {
-            RopeStyle::Interleaved
-        } else {
-            RopeStyle::Neox
-        },
+        rope_style: spec.rope_hf,
         sliding_window,
         swa_period,
         mla,
@@ -1142,97 +705,6 @@ fn first_dense_from_hf(path: &Path, h: &HfConfig) -> Result<usize, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hostile_safetensors_headers_are_rejected() {
-        let p = Path::new("x.safetensors");
-        assert!(parse_header(p, &[1, 2, 3], 0).is_err());
-        let mut huge = u64::MAX.to_le_bytes().to_vec();
-        huge.extend_from_slice(b"{}");
-        assert!(parse_header(p, &huge, 0)
-            .unwrap_err()
-            .to_string()
-            .contains("header length"));
-        let mk = |json: &str, data: usize| {
-            let mut v = (json.len() as u64).to_le_bytes().to_vec();
-            v.extend_from_slice(json.as_bytes());
-            v.extend(std::iter::repeat_n(0u8, data));
-            v
-        };
-        let out_of_range = mk(
-            r#"{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}}"#,
-            8,
-        );
-        assert!(parse_header(p, &out_of_range, 0)
-            .unwrap_err()
-            .to_string()
-            .contains("outside"));
-        let wrong_size = mk(
-            r#"{"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}"#,
-            8,
-        );
-        assert!(parse_header(p, &wrong_size, 0)
-            .unwrap_err()
-            .to_string()
-            .contains("do not hold"));
-        let overflow = mk(
-            r#"{"w": {"dtype": "F32", "shape": [4294967296, 4294967296, 4294967296], "data_offsets": [0, 8]}}"#,
-            8,
-        );
-        assert!(parse_header(p, &overflow, 0).is_err());
-        let ok = mk(
-            r#"{"__metadata__": {}, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}"#,
-            8,
-        );
-        assert_eq!(parse_header(p, &ok, 0).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn checkpoint_names_map_onto_gguf_names() {
-        let m = |s: &str| canonical_name(Arch::Deepseek2, s);
-        assert_eq!(
-            m("model.layers.3.self_attn.kv_a_proj_with_mqa.weight").as_deref(),
-            Some("blk.3.attn_kv_a_mqa.weight")
-        );
-        assert_eq!(
-            m("model.layers.1.mlp.experts.7.down_proj.weight").as_deref(),
-            Some("blk.1.ffn_down_exps.7.weight")
-        );
-        assert_eq!(
-            m("model.layers.1.block_sparse_moe.experts.2.w3.weight").as_deref(),
-            Some("blk.1.ffn_up_exps.2.weight")
-        );
-        assert_eq!(
-            m("model.layers.2.mlp.gate.e_score_correction_bias").as_deref(),
-            Some("blk.2.exp_probs_b.bias")
-        );
-        assert_eq!(
-            m("model.layers.0.mlp.shared_expert_gate.weight").as_deref(),
-            Some("blk.0.ffn_gate_inp_shexp.weight")
-        );
-        assert_eq!(m("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
-        let g = |s: &str| canonical_name(Arch::Gemma3, s);
-        assert_eq!(
-            g("model.layers.0.post_attention_layernorm.weight").as_deref(),
-            Some("blk.0.post_attention_norm.weight")
-        );
-        assert_eq!(
-            g("model.language_model.layers.1.pre_feedforward_layernorm.weight").as_deref(),
-            Some("blk.1.ffn_norm.weight")
-        );
-        assert_eq!(
-            g("language_model.model.norm.weight").as_deref(),
-            Some("output_norm.weight")
-        );
-        assert_eq!(
-            g("language_model.lm_head.weight").as_deref(),
-            Some("output.weight")
-        );
-        assert_eq!(
-            g("model.vision_tower.vision_model.post_layernorm.weight"),
-            None
-        );
-    }
 
     /// Llama 3.1's published scaling (factor 8, low 1, high 4, original context 8192, base
     /// 500 000, head_dim 128) against the values llama.cpp's converter writes into

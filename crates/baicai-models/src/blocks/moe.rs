@@ -4,8 +4,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::layers;
+use super::ffn::GatedFfn;
+use super::ops::swiglu;
+use crate::config::MoeConfig;
 use crate::weights::{Linear, WeightStore};
+use crate::ModelError;
 use baicai_kernels::{matmul_batch, MatJob};
 
 /// See [`set_expert_readahead`].
@@ -145,7 +148,7 @@ impl Experts {
         n_expert: usize,
         d: usize,
         ff: usize,
-    ) -> Result<Experts, crate::ModelError> {
+    ) -> Result<Experts, ModelError> {
         if store.has(&format!("{prefix}.ffn_gate_exps.weight")) {
             return Self::from_stacked(store, prefix, n_expert, d, ff);
         }
@@ -157,7 +160,7 @@ impl Experts {
                     store.linear(&format!("{prefix}.ffn_down_exps.{e}.weight"), d, ff)?,
                 ))
             })
-            .collect::<Result<Vec<_>, crate::ModelError>>()?;
+            .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(Experts { experts })
     }
 
@@ -171,7 +174,7 @@ impl Experts {
         n_expert: usize,
         d: usize,
         ff: usize,
-    ) -> Result<Experts, crate::ModelError> {
+    ) -> Result<Experts, ModelError> {
         let gate = store.stacked(&format!("{prefix}.ffn_gate_exps.weight"), n_expert, ff, d)?;
         let up = store.stacked(&format!("{prefix}.ffn_up_exps.weight"), n_expert, ff, d)?;
         let down = store.stacked(&format!("{prefix}.ffn_down_exps.weight"), n_expert, d, ff)?;
@@ -280,7 +283,7 @@ impl Experts {
         let mut ups = gates.clone();
         let mut shared_out = shared.map(|_| vec![0.0; n * d]);
         if shared.is_some() {
-            layers::swiglu(&mut sg, &su);
+            swiglu(&mut sg, &su);
         }
         {
             let mut jobs = Vec::with_capacity(2 * active.len() + 1);
@@ -313,7 +316,7 @@ impl Experts {
 
         // (3) Each active expert's down.
         for (g, u) in gates.iter_mut().zip(&ups) {
-            layers::swiglu(g, u);
+            swiglu(g, u);
         }
         let mut outs: Vec<Vec<f32>> = active
             .iter()
@@ -341,5 +344,118 @@ impl Experts {
             }
         }
         shared_out
+    }
+}
+
+/// A shared expert run on every token, its output optionally scaled by `sigmoid(gate_inp · x)`
+/// (Qwen2-MoE's `shared_expert_gate`).
+pub struct SharedExpert {
+    pub ffn: GatedFfn,
+    /// `[d]`.
+    pub gate_inp: Option<Vec<f32>>,
+}
+
+/// One layer's Mixture-of-Experts feed-forward block: router, routed experts, and an optional
+/// shared expert.
+pub struct MoeFfn {
+    /// How tokens choose experts.
+    pub routing: RouterConfig,
+    /// `[n_expert, d]`.
+    pub router: Linear,
+    /// `e_score_correction_bias` (`[n_expert]`, DeepSeek-V3): changes which experts are
+    /// selected, never their weights.
+    pub selection_bias: Option<Vec<f32>>,
+    pub experts: Experts,
+    pub shared: Option<SharedExpert>,
+}
+
+/// A `[n]` vector stored either 1-D (GGUF) or as a one-row matrix (checkpoints).
+fn gate_vector(s: &WeightStore, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+    match s.vector(name, n) {
+        Ok(v) => Ok(v),
+        Err(ModelError::BadShape { .. }) => {
+            let lin = s.linear(name, 1, n)?;
+            let mut v = vec![0.0; n];
+            s.row(&lin, 0, &mut v);
+            Ok(v)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl MoeFfn {
+    /// Loads layer `il`'s router (`ffn_gate_inp`), selection bias where the file has one
+    /// (`exp_probs_b.bias`), experts (`ffn_{gate,up,down}_exps`) and, when `moe` has one, the
+    /// shared expert (`ffn_{gate,up,down}_shexp`, `ffn_gate_inp_shexp` where present).
+    ///
+    /// # Errors
+    /// Missing tensors, wrong shapes, unsupported types.
+    pub fn load(
+        s: &WeightStore,
+        il: usize,
+        d: usize,
+        moe: &MoeConfig,
+    ) -> Result<MoeFfn, ModelError> {
+        let n = |t: &str| format!("blk.{il}.{t}");
+        let ne = moe.router.n_expert;
+        let router = s.linear(&n("ffn_gate_inp.weight"), ne, d)?;
+        let selection_bias = s.vector_opt(&n("exp_probs_b.bias"), ne)?;
+        let experts = Experts::load(s, &format!("blk.{il}"), ne, d, moe.n_ff_expert)?;
+        let shared = if moe.n_ff_shared > 0 {
+            let gate_inp = n("ffn_gate_inp_shexp.weight");
+            Some(SharedExpert {
+                ffn: GatedFfn::load(s, il, "_shexp", d, moe.n_ff_shared)?,
+                gate_inp: if s.has(&gate_inp) {
+                    Some(gate_vector(s, &gate_inp, d)?)
+                } else {
+                    None
+                },
+            })
+        } else {
+            None
+        };
+        Ok(MoeFfn {
+            routing: moe.router.clone(),
+            router,
+            selection_bias,
+            experts,
+            shared,
+        })
+    }
+
+    /// Bytes read per token: the router, `n_used` experts, the shared expert.
+    pub fn bytes_per_token(&self) -> u64 {
+        let n_used = self.routing.n_used;
+        let shared = self.shared.as_ref().map_or(0, |sh| {
+            sh.ffn.weights().iter().map(|l| l.n_bytes()).sum::<u64>()
+        });
+        self.router.n_bytes() + self.experts.bytes_per_expert() * n_used as u64 + shared
+    }
+
+    /// The block on the normalized rows `h` (`[n, d]`) into `out` (`[n, d]`): the routed experts'
+    /// weighted sum first, then the shared expert added (scaled by its gate where it has one),
+    /// as the references add them. Counts routed tokens into `load`.
+    pub fn forward(&self, h: &[f32], out: &mut [f32], load: Option<&mut ExpertLoad>) {
+        let d = self.router.cols;
+        let route = |l: &[f32]| route(l, &self.routing, self.selection_bias.as_deref());
+        let shared = self.shared.as_ref().map(|sh| sh.ffn.weights());
+        let shared_out = self
+            .experts
+            .forward(h, &self.router, route, shared, out, load);
+        let (Some(sh), Some(so)) = (&self.shared, shared_out) else {
+            return;
+        };
+        for (t, (o, so)) in out.chunks_exact_mut(d).zip(so.chunks_exact(d)).enumerate() {
+            // Qwen2-MoE: `sigmoid(gate_inp · x)` scales the shared expert's output.
+            let gate = sh.gate_inp.as_ref().map_or(1.0, |gi| {
+                let z: f32 = gi
+                    .iter()
+                    .zip(&h[t * d..(t + 1) * d])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                1.0 / (1.0 + (-z).exp())
+            });
+            o.iter_mut().zip(so).for_each(|(o, s)| *o += gate * s);
+        }
     }
 }
