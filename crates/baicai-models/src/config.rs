@@ -31,6 +31,9 @@ pub enum Arch {
     Qwen3Moe,
     /// Mixtral: Llama attention, softmax over the top-k router logits.
     Mixtral,
+    /// DeepSeek-V4: hyper-connections, sliding-window attention with compressed (CSA/HCA)
+    /// entries, hash and sqrt-softplus routed MoE ([`crate::models::deepseek4`]).
+    Deepseek4,
 }
 
 /// YaRN RoPE scaling (Peng et al. 2023), as DeepSeek-V2/V3 configure it.
@@ -138,6 +141,8 @@ pub struct ModelConfig {
     pub mla: Option<MlaConfig>,
     /// Mixture-of-Experts feed-forward blocks.
     pub moe: Option<MoeConfig>,
+    /// DeepSeek-V4's own hyper-parameters.
+    pub v4: Option<Box<crate::models::deepseek4::V4Config>>,
 }
 
 impl ModelConfig {
@@ -188,7 +193,9 @@ impl ModelConfig {
             Some(other) => {
                 // llama3-style scaling is carried by the `rope_freqs.weight` tensor instead;
                 // YaRN is read into `MlaConfig::yarn`.
-                if other == "llama3" || (other == "yarn" && arch == Arch::Deepseek2) {
+                if other == "llama3"
+                    || (other == "yarn" && matches!(arch, Arch::Deepseek2 | Arch::Deepseek4))
+                {
                     1.0
                 } else {
                     return Err(ModelError::BadValue {
@@ -218,7 +225,12 @@ impl ModelConfig {
             n_head_kv,
             head_dim_k,
             head_dim_v,
-            n_ff: u("feed_forward_length")?,
+            // DeepSeek-V4 has no dense feed-forward blocks, hence no `feed_forward_length`.
+            n_ff: match g.get_u64(&key("feed_forward_length"))? {
+                Some(v) => v as usize,
+                None if arch == Arch::Deepseek4 => u("expert_feed_forward_length")?,
+                None => u("feed_forward_length")?,
+            },
             n_vocab,
             n_ctx_train: u("context_length")?,
             rms_eps: g
@@ -237,6 +249,13 @@ impl ModelConfig {
             },
             moe: if spec.moe {
                 Some(moe_from_gguf(g, &arch_name, spec.gguf_norm_topk_prob)?)
+            } else {
+                None
+            },
+            v4: if arch == Arch::Deepseek4 {
+                Some(Box::new(crate::models::deepseek4::V4Config::from_gguf(
+                    g, &arch_name,
+                )?))
             } else {
                 None
             },
@@ -368,11 +387,12 @@ fn moe_from_gguf(
     let scoring = match g.get_u64(&key("expert_gating_func"))?.unwrap_or(1) {
         1 => Scoring::Softmax,
         2 => Scoring::Sigmoid,
+        4 => Scoring::SqrtSoftplus,
         other => {
             return Err(KeySource::Gguf { gguf: g, arch }.error(
                 Field::GatingFunc,
                 other,
-                "not supported (1 = softmax, 2 = sigmoid)",
+                "not supported (1 = softmax, 2 = sigmoid, 4 = sqrt-softplus)",
             ))
         }
     };
@@ -855,6 +875,9 @@ impl ModelConfig {
         }
         if let Some(moe) = &self.moe {
             self.validate_moe(&c, moe)?;
+        }
+        if let Some(v4) = &self.v4 {
+            v4.validate(self, keys)?;
         }
         Ok(())
     }

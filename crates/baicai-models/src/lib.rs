@@ -130,6 +130,7 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
     models::gemma3::SPEC,
     models::DEEPSEEK2,
     models::DEEPSEEK32,
+    models::deepseek4::SPEC,
     models::qwen2moe::SPEC,
     models::qwen3moe::SPEC,
     models::mixtral::SPEC,

@@ -185,6 +185,24 @@ impl WeightStore {
         let mut tensors = HashMap::new();
         let mut unsupported = HashMap::new();
         for info in gguf.tensors() {
+            // Integer tables (DeepSeek-V4's `ffn_gate_tid2eid`, I32) are held as f32; the model
+            // checks every value.
+            if info.ggml_type == GgmlType::I32 {
+                let vals: Vec<u8> = gguf
+                    .tensor_data(info)
+                    .chunks_exact(4)
+                    .flat_map(|c| {
+                        (i32::from_le_bytes(c.try_into().expect("4")) as f32).to_le_bytes()
+                    })
+                    .collect();
+                let entry = TensorEntry {
+                    shape: info.shape.clone(),
+                    dtype: DType::F32,
+                    bytes: Bytes::owned(vals),
+                };
+                tensors.insert(info.name.clone(), entry);
+                continue;
+            }
             // Types without kernels are only named when a model asks for them (see `entry`).
             let Some(dtype) = dtype_of(info.ggml_type) else {
                 unsupported.insert(info.name.clone(), info.ggml_type.name().to_string());

@@ -199,6 +199,97 @@ fn kimi_k2_matches_transformers() {
     run("kimi-k2");
 }
 
+/// DeepSeek-V4: hyper-connections, sliding-window attention with sinks, CSA (indexer top-2 of
+/// overlapping compressed windows) and HCA layers, hash and sqrt-softplus top-k MoE with clamped
+/// SwiGLU; prompts of 5 to 40 tokens past the window (4) and several compress windows (4, 8).
+#[test]
+fn deepseek_v4_matches_transformers() {
+    let dir = fixtures().join("deepseek-v4");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let (hf, _) = baicai_models::load_hf(&dir).unwrap();
+    check(hf.as_ref(), &reference, "deepseek-v4 (safetensors)");
+}
+
+/// llama.cpp's converter writes V4's routed experts as MXFP4 (the release's format; the fixture's
+/// expert weights are exact MXFP4 values, so the file holds the checkpoint exactly). With the
+/// experts dequantized to F32 the GGUF loader matches transformers as the folder does; the
+/// MXFP4 file itself, whose kernels quantize activations to Q8_0 as llama.cpp's do, keeps
+/// every greedy continuation (a Q8_0 rounding can flip a near-tied expert or indexer choice,
+/// which moves some logits by more).
+#[test]
+fn deepseek_v4_gguf_matches_transformers() {
+    use baicai_gguf::{GgmlType, TensorSpec};
+    let dir = fixtures().join("deepseek-v4");
+    let g = baicai_gguf::Gguf::open(&dir.join("model-f32.gguf")).unwrap();
+    let metadata: Vec<(String, baicai_gguf::Value)> = g
+        .metadata_keys_in_file_order()
+        .iter()
+        .map(|k| (k.clone(), g.metadata()[k].clone()))
+        .collect();
+    let mut mxfp4 = 0;
+    let tensors: Vec<(TensorSpec, Vec<u8>)> = g
+        .tensors()
+        .iter()
+        .map(|t| {
+            let data = g.tensor_data(t);
+            if t.ggml_type == GgmlType::MXFP4 {
+                mxfp4 += 1;
+                let n: u64 = t.shape.iter().product();
+                let mut f = vec![0f32; n as usize];
+                baicai_kernels::dequantize_row(baicai_kernels::DType::MXFP4, data, &mut f);
+                let bytes = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (
+                    TensorSpec::new(t.name.clone(), &t.shape, GgmlType::F32),
+                    bytes,
+                )
+            } else {
+                (
+                    TensorSpec::new(t.name.clone(), &t.shape, t.ggml_type),
+                    data.to_vec(),
+                )
+            }
+        })
+        .collect();
+    assert_eq!(mxfp4, 12, "the converter's MXFP4 experts");
+    let specs: Vec<(TensorSpec, &[u8])> = tensors
+        .iter()
+        .map(|(s, d)| (s.clone(), d.as_slice()))
+        .collect();
+    let bytes = baicai_gguf::write_to_vec(&metadata, &specs).unwrap();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let f32_model =
+        baicai_models::load(Arc::new(baicai_gguf::Gguf::from_bytes(bytes).unwrap())).unwrap();
+    check(
+        f32_model.as_ref(),
+        &reference,
+        "deepseek-v4 (GGUF, experts as F32)",
+    );
+    let mx = baicai_models::load(Arc::new(g)).unwrap();
+    let vocab = reference["vocab_size"].as_u64().unwrap() as usize;
+    for (pi, p) in reference["prompts"].as_array().unwrap().iter().enumerate() {
+        let ids: Vec<u32> = common::u32s(&p["ids"]);
+        let mut cache = mx.new_cache(64);
+        let logits = mx.forward(&ids, &mut cache, Logits::All).unwrap();
+        let worst = common::worst_logit(&logits, &p["logits"], vocab).0;
+        let expected: Vec<u32> = common::u32s(&p["greedy"]);
+        let mut next = argmax(&logits[(ids.len() - 1) * vocab..]);
+        let mut got = Vec::new();
+        for _ in 0..expected.len() {
+            got.push(next);
+            next = argmax(&mx.forward(&[next], &mut cache, Logits::Last).unwrap());
+        }
+        eprintln!("deepseek-v4 (MXFP4 GGUF) prompt {pi}: max |Δlogit| {worst:.2e}");
+        assert_eq!(
+            got, expected,
+            "MXFP4 GGUF prompt {pi}: greedy differs from transformers"
+        );
+    }
+}
+
 #[test]
 fn deepseek_v2_lite_matches_transformers() {
     run("deepseek-v2-lite");

@@ -30,6 +30,15 @@ pub enum Scoring {
     Softmax,
     /// Independent sigmoids (DeepSeek-V3).
     Sigmoid,
+    /// Independent `sqrt(softplus(x))` (DeepSeek-V4).
+    SqrtSoftplus,
+}
+
+/// `sqrt(softplus(x))` (DeepSeek-V4's router), with torch's softplus threshold: `x` itself above
+/// 20, where `ln(1 + e^x)` rounds to it.
+pub fn sqrt_softplus(x: f32) -> f32 {
+    let sp = if x > 20.0 { x } else { x.exp().ln_1p() };
+    sp.sqrt()
 }
 
 /// How a group of experts is scored for group-limited routing.
@@ -81,6 +90,7 @@ pub fn route(logits: &[f32], cfg: &RouterConfig, bias: Option<&[f32]>) -> Vec<(u
             e.iter().map(|x| x / s).collect()
         }
         Scoring::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+        Scoring::SqrtSoftplus => logits.iter().map(|&x| sqrt_softplus(x)).collect(),
     };
     let mut choice: Vec<f32> = match bias {
         Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),

@@ -89,6 +89,25 @@ impl Rope {
         }
     }
 
+    /// Rotates one slice `x` (`[head_dim]`) for position `pos`; with `inverse`, by `-pos`
+    /// (DeepSeek-V4 undoes the rotation its values carried on the attention output).
+    pub fn rotate(&self, x: &mut [f32], pos: usize, inverse: bool) {
+        let d = self.inv_freq.len() * 2;
+        let p = pos as f64 * self.pos_scale;
+        for (i, &f) in self.inv_freq.iter().enumerate() {
+            let (s, c) = (p * f).sin_cos();
+            let (c, s) = (c as f32 * self.mscale, s as f32 * self.mscale);
+            let s = if inverse { -s } else { s };
+            let (a, b) = match self.style {
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                RopeStyle::Neox => (i, i + d / 2),
+            };
+            let (x0, x1) = (x[a], x[b]);
+            x[a] = x0 * c - x1 * s;
+            x[b] = x0 * s + x1 * c;
+        }
+    }
+
     /// Rotates every head of `x` (`[n_tokens, n_heads, head_dim]`), token `t` at `pos0 + t`.
     pub fn apply(&self, x: &mut [f32], n_tokens: usize, pos0: usize) {
         let d = self.inv_freq.len() * 2;

@@ -274,6 +274,15 @@ pub(super) fn config_from_json(
     v: &Value,
 ) -> Result<(ModelConfig, HfExtra), ModelError> {
     let v = text_config(v);
+    // DeepSeek-V4 reads its own keys (per-layer attention kinds, compress rates, two RoPEs).
+    if v.get("model_type").and_then(Value::as_str) == Some("deepseek_v4") {
+        let cfg = crate::models::deepseek4::config_from_json(path, v)?;
+        let extra = HfExtra {
+            tie_embeddings: false,
+            llama3: None,
+        };
+        return Ok((cfg, extra));
+    }
     let h: HfConfig = serde_path_to_error::deserialize(v).map_err(|e| {
         let key = e.path().to_string();
         match key.as_str() {
@@ -340,6 +349,7 @@ pub(super) fn config_from_json(
         swa_period,
         mla,
         moe,
+        v4: None,
     };
     let extra = HfExtra {
         tie_embeddings: h.tie_word_embeddings.unwrap_or(d.tie_word_embeddings),

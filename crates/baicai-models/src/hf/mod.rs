@@ -155,11 +155,31 @@ impl HfModel {
                         "FP8 E4M3 → F32 at load (128×128 block scales applied)",
                     )
                 }
+                // Integer tables (DeepSeek-V4's hash routing `tid2eid`), held as f32: the model
+                // checks every value is a whole number in range.
+                "I32" | "I64" => {
+                    let raw = &maps[t.file][t.start..t.end];
+                    let vals: Vec<f32> = match t.dtype.as_str() {
+                        "I32" => raw
+                            .chunks_exact(4)
+                            .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as f32)
+                            .collect(),
+                        _ => raw
+                            .chunks_exact(8)
+                            .map(|c| i64::from_le_bytes(c.try_into().expect("8")) as f32)
+                            .collect(),
+                    };
+                    (
+                        DType::F32,
+                        Bytes::owned(vals.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                        "integers → F32 at load",
+                    )
+                }
                 other => {
                     return Err(err(
                         dir,
                         format!(
-                            "tensor '{}' has dtype {other}; supported: F32, F16, BF16, F8_E4M3",
+                            "tensor '{}' has dtype {other}; supported: F32, F16, BF16, F8_E4M3, I32, I64",
                             t.name
                         ),
                     ))

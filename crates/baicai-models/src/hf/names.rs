@@ -6,6 +6,9 @@ use crate::config::Arch;
 /// multimodal checkpoint (`model.language_model.…` as transformers 5.x saves it,
 /// `language_model.model.…` as 4.x did) is read as a text-only one; its vision tower is unused.
 pub(super) fn canonical_name(arch: Arch, name: &str) -> Option<String> {
+    if arch == Arch::Deepseek4 {
+        return crate::models::deepseek4::canonical_name(name);
+    }
     let name = match name
         .strip_prefix("model.language_model.")
         .or_else(|| name.strip_prefix("language_model.model."))

@@ -80,6 +80,8 @@ pub(super) fn parse_header(
             "F32" => 4,
             "F16" | "BF16" => 2,
             "F8_E4M3" | "U8" | "I8" => 1,
+            "I32" => 4,
+            "I64" => 8,
             _ => 0,
         };
         let count = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));

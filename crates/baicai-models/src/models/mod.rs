@@ -6,6 +6,7 @@
 //!
 //! `deepseek2.rs` stays at the crate root until it moves onto the blocks; its spec is here.
 
+pub mod deepseek4;
 pub mod gemma3;
 pub mod llama;
 pub mod mixtral;
