@@ -108,6 +108,14 @@ fn batched_sequences_match_alone_bit_for_bit_on_fixture_models() {
     }
     let (m, _) = baicai_models::load_hf(&root().join("fixtures/moe/deepseek-v3")).unwrap();
     check(m.as_ref(), "deepseek-v3 (safetensors)");
+    // DeepSeek-V4: hyper-connections, window + compressed entries, hash and top-k MoE; its GGUF
+    // has MXFP4 experts.
+    let (m, _) = baicai_models::load_hf(&root().join("fixtures/moe/deepseek-v4")).unwrap();
+    check(m.as_ref(), "deepseek-v4 (safetensors)");
+    check(
+        gguf(&root().join("fixtures/moe/deepseek-v4/model-f32.gguf")).as_ref(),
+        "deepseek-v4 (gguf, MXFP4 experts)",
+    );
 }
 
 #[test]

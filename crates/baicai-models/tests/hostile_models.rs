@@ -340,6 +340,102 @@ fn sparse_attention_values_follow_their_rules() {
     assert!(e.contains("mlp_layer_types[2] is 'dense'"), "{e}");
 }
 
+/// DeepSeek-V4's values, hostile or inconsistent: compress rates of 0, no hyper-connection
+/// streams, output groups that do not divide the heads, an indexer top-k of 0, a RoPE slice wider
+/// than a head, hash tables naming experts that do not exist.
+#[test]
+fn deepseek_v4_values_follow_their_rules() {
+    const V4: &str = "fixtures/moe/deepseek-v4/model-f32.gguf";
+    let arr = |v: &[u32]| Value::Array(v.iter().map(|&x| Value::U32(x)).collect());
+    for (changes, want) in [
+        (
+            vec![("deepseek4.attention.compress_ratios", Some(arr(&[0, 0, 8, 4])))],
+            "deepseek4.attention.compress_ratios = 0: must be at least 1",
+        ),
+        (
+            vec![("deepseek4.attention.compress_ratios", Some(arr(&[0, 4, 8])))],
+            "deepseek4.attention.compress_ratios = 3: has 3 entries for 4 layers",
+        ),
+        (
+            vec![("deepseek4.hyper_connection.count", Some(Value::U32(0)))],
+            "deepseek4.hyper_connection.count = 0: must be at least 1",
+        ),
+        (
+            vec![("deepseek4.attention.output_group_count", Some(Value::U32(3)))],
+            "deepseek4.attention.output_group_count = 3: does not divide the 4 heads into equal groups",
+        ),
+        (
+            vec![("deepseek4.attention.indexer.top_k", Some(Value::U32(0)))],
+            "deepseek4.attention.indexer.top_k = 0: must be at least 1",
+        ),
+        (
+            vec![("deepseek4.rope.dimension_count", Some(Value::U32(64)))],
+            "deepseek4.rope.dimension_count = 64: must be even, at least 2 and at most the head dim 32",
+        ),
+        (
+            vec![("deepseek4.hyper_connection.sinkhorn_iterations", Some(Value::U32(0)))],
+            "deepseek4.hyper_connection.sinkhorn_iterations = 0: must be at least 1",
+        ),
+    ] {
+        let e = gguf_error(V4, &changes);
+        assert_eq!(e, want, "{changes:?}");
+    }
+    let e = hf_error(
+        "fixtures/moe/deepseek-v4",
+        &[(
+            "compress_rates",
+            Some(json!({"compressed_sparse_attention": 0, "heavily_compressed_attention": 8})),
+        )],
+    );
+    assert_eq!(
+        e,
+        "compress_rates.compressed_sparse_attention = 0: must be at least 1"
+    );
+    let e = hf_error("fixtures/moe/deepseek-v4", &[("hc_mult", Some(json!(0)))]);
+    assert_eq!(e, "hc_mult = 0: must be at least 1");
+    let e = hf_error(
+        "fixtures/moe/deepseek-v4",
+        &[(
+            "layer_types",
+            Some(json!([
+                "sliding_attention",
+                "bogus",
+                "sliding_attention",
+                "sliding_attention"
+            ])),
+        )],
+    );
+    assert!(e.contains("layer_types[1] is \"bogus\""), "{e}");
+    // A hash table that routes a token to expert 8 of 8.
+    let seed = hostile::Seed::gguf("", &root().join(V4));
+    let hostile::Seed::Gguf {
+        metadata,
+        mut tensors,
+        ..
+    } = seed
+    else {
+        unreachable!()
+    };
+    let (_, data) = tensors
+        .iter_mut()
+        .find(|(s, _)| s.name == "blk.0.ffn_gate_tid2eid.weight")
+        .unwrap();
+    data[8..12].copy_from_slice(&8i32.to_le_bytes());
+    let specs: Vec<(baicai_gguf::TensorSpec, &[u8])> = tensors
+        .iter()
+        .map(|(s, d)| (s.clone(), d.as_slice()))
+        .collect();
+    let bytes = baicai_gguf::write_to_vec(&metadata, &specs).unwrap();
+    let e = baicai_models::load(Arc::new(Gguf::from_bytes(bytes).unwrap()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        e,
+        "invalid model configuration: tensor 'blk.0.ffn_gate_tid2eid.weight': token 1 routes to expert 8, outside 0..8"
+    );
+}
+
 #[test]
 fn checkpoint_values_of_the_wrong_type_name_their_key() {
     let e = hf_error(

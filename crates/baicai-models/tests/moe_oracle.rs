@@ -210,6 +210,16 @@ fn deepseek_v4_matches_transformers() {
             .unwrap();
     let (hf, _) = baicai_models::load_hf(&dir).unwrap();
     check(hf.as_ref(), &reference, "deepseek-v4 (safetensors)");
+    // The f16 cache quantized models get: only the rounding of what it holds differs.
+    let c = hf.config();
+    let width = hf.new_cache(1).bytes_per_token() / (4 * c.n_layer);
+    let p = &reference["prompts"][3];
+    let ids: Vec<u32> = common::u32s(&p["ids"]);
+    let mut cache = baicai_models::KvCache::new_f16(c.n_layer, 64, width, 0);
+    let logits = hf.forward(&ids, &mut cache, Logits::All).unwrap();
+    let worst = common::worst_logit(&logits, &p["logits"], c.n_vocab).0;
+    eprintln!("deepseek-v4 f16 cache: max |Δlogit| {worst:.2e}");
+    assert!(worst < 5e-2, "f16 cache moved a logit by {worst}");
 }
 
 /// llama.cpp's converter writes V4's routed experts as MXFP4 (the release's format; the fixture's
@@ -440,6 +450,44 @@ fn deepseek_v3_batch_and_stepwise_logits_are_bit_identical() {
 #[test]
 fn deepseek_v32_batch_and_stepwise_logits_are_bit_identical() {
     batch_and_stepwise_bit_identical("deepseek-v32");
+}
+
+/// DeepSeek-V4: a 23-token prompt (past the window of 4, closing CSA windows of 4 and HCA
+/// windows of 8) run as one batch and token by token gives bit-identical logits, with the f32
+/// cache and with an f16 one: a window's entry is the same whichever step closes it.
+#[test]
+fn deepseek_v4_batch_and_stepwise_logits_are_bit_identical() {
+    let (m, _) = baicai_models::load_hf(&fixtures().join("deepseek-v4")).unwrap();
+    let c = m.config();
+    let vocab = c.n_vocab;
+    let width = m.new_cache(1).bytes_per_token() / (4 * c.n_layer);
+    let ids: Vec<u32> = (0..23).map(|i| (i * 37 % 300 + 3) as u32).collect();
+    for half in [false, true] {
+        let new = || match half {
+            true => baicai_models::KvCache::new_f16(c.n_layer, 32, width, 0),
+            false => m.new_cache(32),
+        };
+        let mut batch_cache = new();
+        let batch = m.forward(&ids, &mut batch_cache, Logits::All).unwrap();
+        let mut step_cache = new();
+        for (t, &id) in ids.iter().enumerate() {
+            let step = m.forward(&[id], &mut step_cache, Logits::Last).unwrap();
+            assert!(
+                step == batch[t * vocab..(t + 1) * vocab],
+                "f16 cache {half}: position {t} differs between batch and stepwise"
+            );
+        }
+        // Chunks of 5 (windows closing inside and across chunks) agree too.
+        let mut chunk_cache = new();
+        for (ci, chunk) in ids.chunks(5).enumerate() {
+            let l = m.forward(chunk, &mut chunk_cache, Logits::All).unwrap();
+            let t0 = ci * 5;
+            assert!(
+                l == batch[t0 * vocab..(t0 + chunk.len()) * vocab],
+                "f16 cache {half}: chunk {ci} differs"
+            );
+        }
+    }
 }
 
 fn batch_and_stepwise_bit_identical(name: &str) {

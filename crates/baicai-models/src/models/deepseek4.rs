@@ -101,8 +101,9 @@ fn bad(keys: &KeySource, gguf: &str, hf: &str, value: impl ToString, rule: &str)
 }
 
 impl V4Config {
-    /// Reads the `deepseek4.*` keys llama.cpp's converter writes; a layer is CSA when it has
-    /// indexer tensors (llama.cpp: compress ratio 4), HCA when it has another nonzero ratio.
+    /// Reads the `deepseek4.*` keys llama.cpp's converter writes; a layer compresses when its
+    /// ratio is nonzero or it has compressor tensors, and is CSA when it has indexer tensors
+    /// (llama.cpp: ratio 4), HCA otherwise.
     ///
     /// # Errors
     /// Missing or ill-typed keys.
@@ -117,13 +118,14 @@ impl V4Config {
             .iter()
             .enumerate()
             .map(|(il, &r)| {
-                let csa = g
-                    .tensor(&format!("blk.{il}.indexer.attn_q_b.weight"))
-                    .is_some();
-                let kind = match (r, csa) {
-                    (0, _) => AttnKind::Sliding,
-                    (_, true) => AttnKind::Csa,
-                    (_, false) => AttnKind::Hca,
+                // A layer with compressor tensors compresses, whatever its ratio says (a ratio
+                // of 0 there is then refused by `validate`).
+                let has = |t: &str| g.tensor(&format!("blk.{il}.{t}")).is_some();
+                let compresses = r != 0 || has("attn_compressor_kv.weight");
+                let kind = match (compresses, has("indexer.attn_q_b.weight")) {
+                    (false, _) => AttnKind::Sliding,
+                    (true, true) => AttnKind::Csa,
+                    (true, false) => AttnKind::Hca,
                 };
                 (kind, r as usize)
             })
@@ -1061,6 +1063,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
+/// Rounds values to f16 precision in place.
+fn round_f16(x: &mut [f32]) {
+    x.iter_mut()
+        .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+}
+
 /// A sequence's cache rows of one layer as f32, `[positions, row width]`.
 fn cache_rows(cache: &KvCache, il: usize, end: usize) -> Vec<f32> {
     if cache.is_f16() {
@@ -1213,6 +1221,12 @@ impl Deepseek4 {
                 row[lay.iraw + ipw..lay.iraw + 2 * ipw]
                     .copy_from_slice(&ig[t * ipw..(t + 1) * ipw]);
             }
+            // An f16 cache: this step's rows are used as the cache will return them, so a
+            // token's result does not depend on which step wrote the rows it reads.
+            let half = seg.cache.is_f16();
+            if half {
+                round_f16(&mut new);
+            }
             if let Some(cp) = &a.comp {
                 let mut entries = Vec::new();
                 {
@@ -1257,6 +1271,9 @@ impl Deepseek4 {
                         row[lay.ientry..lay.ientry + ic].copy_from_slice(&ie);
                     }
                 }
+            }
+            if half {
+                round_f16(&mut new);
             }
             seg.cache.store(il, &new, &[]);
             let mut all = old;

@@ -135,6 +135,7 @@ mod tests {
             "gemma3",
             "deepseek2",
             "deepseek32",
+            "deepseek4",
             "qwen2moe",
             "qwen3moe",
         ];

@@ -155,6 +155,7 @@ pub const GGUF_FIXTURES: &[&str] = &[
     "fixtures/moe/qwen3-moe/model-f32.gguf",
     "fixtures/moe/deepseek-v32/model-f32.gguf",
     "fixtures/moe/kimi-k2/model-f32.gguf",
+    "fixtures/moe/deepseek-v4/model-f32.gguf",
 ];
 
 /// Checkpoint folder fixtures, relative to the repository root.
@@ -168,6 +169,7 @@ pub const HF_FIXTURES: &[&str] = &[
     "fixtures/moe/qwen3-moe",
     "fixtures/moe/deepseek-v32",
     "fixtures/moe/kimi-k2",
+    "fixtures/moe/deepseek-v4",
 ];
 
 impl Corpus {
