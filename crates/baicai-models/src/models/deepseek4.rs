@@ -1069,32 +1069,57 @@ fn round_f16(x: &mut [f32]) {
         .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
 }
 
-/// A sequence's cache rows of one layer as f32, `[positions, row width]`.
-fn cache_rows(cache: &KvCache, il: usize, end: usize) -> Vec<f32> {
-    if cache.is_f16() {
-        let k = cache.layer_f16(il, end).0;
-        let mut out = vec![0.0; k.len()];
-        k.convert_to_f32_slice(&mut out);
-        out
-    } else {
-        cache.layer(il, end).0.to_vec()
+/// A sequence's cache rows of one layer, `[positions, row width]`, read part by part (an f16
+/// cache converts only what is read).
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    F32(&'a [f32], usize),
+    F16(&'a [half::f16], usize),
+}
+
+impl<'a> Rows<'a> {
+    fn of(cache: &'a KvCache, il: usize, end: usize, width: usize) -> Rows<'a> {
+        match cache.is_f16() {
+            true => Rows::F16(cache.layer_f16(il, end).0, width),
+            false => Rows::F32(cache.layer(il, end).0, width),
+        }
+    }
+
+    /// Values `off..off + len` of row `pos`.
+    fn read(&self, pos: usize, off: usize, len: usize) -> Vec<f32> {
+        match *self {
+            Rows::F32(r, w) => r[pos * w + off..pos * w + off + len].to_vec(),
+            Rows::F16(r, w) => {
+                let mut out = vec![0.0; len];
+                r[pos * w + off..pos * w + off + len].convert_to_f32_slice(&mut out);
+                out
+            }
+        }
     }
 }
 
 impl Compressor {
     /// The entry of window `w` (rate `m`) from the raw rows: `raw(pos)` gives token `pos`'s
-    /// `(kv, gate)` projections (`[proj width]` each, gate without the position bias).
-    fn entry<'a>(
+    /// kv then gate projections (`[2 · proj width]`, the gate without the position bias).
+    fn entry(
         &self,
         w: usize,
         m: usize,
-        raw: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+        raw: impl Fn(usize) -> Vec<f32>,
         eps: f32,
         rope: &Rope,
         rope_dim: usize,
     ) -> Vec<f32> {
         let cw = self.width;
         let pw = if self.overlap { 2 * cw } else { cw };
+        // Rows of window w (and for CSA of window w−1, whose Ca halves join).
+        let first = if self.overlap && w > 0 {
+            (w - 1) * m
+        } else {
+            w * m
+        };
+        let rows: Vec<Vec<f32>> = (first..(w + 1) * m).map(raw).collect();
+        let row = |pos: usize| &rows[pos - first];
         // Slots: (kv value, gate logit) per channel; for CSA, Ca of window w−1 then Cb of w.
         let mut out = vec![0.0; cw];
         let mut logits = Vec::with_capacity(2 * m);
@@ -1108,21 +1133,21 @@ impl Compressor {
                         logits.push(f32::NEG_INFINITY);
                         vals.push(0.0);
                     } else {
-                        let (kv, g) = raw((w - 1) * m + j);
-                        logits.push(g[ch] + self.ape[j * pw + ch]);
-                        vals.push(kv[ch]);
+                        let r = row((w - 1) * m + j);
+                        logits.push(r[pw + ch] + self.ape[j * pw + ch]);
+                        vals.push(r[ch]);
                     }
                 }
                 for j in 0..m {
-                    let (kv, g) = raw(w * m + j);
-                    logits.push(g[cw + ch] + self.ape[j * pw + cw + ch]);
-                    vals.push(kv[cw + ch]);
+                    let r = row(w * m + j);
+                    logits.push(r[pw + cw + ch] + self.ape[j * pw + cw + ch]);
+                    vals.push(r[cw + ch]);
                 }
             } else {
                 for j in 0..m {
-                    let (kv, g) = raw(w * m + j);
-                    logits.push(g[ch] + self.ape[j * pw + ch]);
-                    vals.push(kv[ch]);
+                    let r = row(w * m + j);
+                    logits.push(r[pw + ch] + self.ape[j * pw + ch]);
+                    vals.push(r[ch]);
                 }
             }
             softmax(&mut logits);
@@ -1210,7 +1235,6 @@ impl Deepseek4 {
         let mut o = vec![0.0; n * nh * hd]; // [n, n_head, head_dim]
         for seg in segs.iter_mut() {
             let (rows, p0) = (seg.rows.clone(), seg.pos0);
-            let old = cache_rows(&*seg.cache, il, p0); // [p0, width]
             let mut new = vec![0.0; rows.len() * lay.width]; // [len, width]
             for (i, t) in rows.clone().enumerate() {
                 let row = &mut new[i * lay.width..(i + 1) * lay.width];
@@ -1228,41 +1252,36 @@ impl Deepseek4 {
                 round_f16(&mut new);
             }
             if let Some(cp) = &a.comp {
-                let mut entries = Vec::new();
-                {
-                    let row_of = |pos: usize| -> &[f32] {
-                        if pos < p0 {
-                            &old[pos * lay.width..(pos + 1) * lay.width]
-                        } else {
-                            &new[(pos - p0) * lay.width..(pos - p0 + 1) * lay.width]
-                        }
-                    };
-                    for i in 0..rows.len() {
-                        let p = p0 + i;
-                        if (p + 1) % m != 0 {
-                            continue;
-                        }
-                        let w = (p + 1) / m - 1;
-                        let raw = |pos: usize| {
-                            let row = row_of(pos);
-                            (
-                                &row[lay.raw..lay.raw + pw],
-                                &row[lay.raw + pw..lay.raw + 2 * pw],
-                            )
-                        };
-                        let e = cp.entry(w, m, raw, c.rms_eps, &self.rope_compress, r);
-                        let ie = ix.map(|x| {
-                            let iraw = |pos: usize| {
-                                let row = row_of(pos);
-                                (
-                                    &row[lay.iraw..lay.iraw + ipw],
-                                    &row[lay.iraw + ipw..lay.iraw + 2 * ipw],
-                                )
-                            };
-                            x.comp.entry(w, m, iraw, c.rms_eps, &self.rope_compress, r)
-                        });
-                        entries.push((i, e, ie));
+                let old = Rows::of(seg.cache, il, p0, lay.width);
+                // Token `pos`'s values `off..off + len` of its row, from the cache or this step.
+                let part = |pos: usize, off: usize, len: usize| -> Vec<f32> {
+                    if pos < p0 {
+                        old.read(pos, off, len)
+                    } else {
+                        let r0 = (pos - p0) * lay.width + off;
+                        new[r0..r0 + len].to_vec()
                     }
+                };
+                let mut entries = Vec::new();
+                for i in 0..rows.len() {
+                    let p = p0 + i;
+                    if (p + 1) % m != 0 {
+                        continue;
+                    }
+                    let w = (p + 1) / m - 1;
+                    let e = cp.entry(
+                        w,
+                        m,
+                        |pos| part(pos, lay.raw, 2 * pw),
+                        c.rms_eps,
+                        &self.rope_compress,
+                        r,
+                    );
+                    let ie = ix.map(|x| {
+                        let raw = |pos| part(pos, lay.iraw, 2 * ipw);
+                        x.comp.entry(w, m, raw, c.rms_eps, &self.rope_compress, r)
+                    });
+                    entries.push((i, e, ie));
                 }
                 for (i, e, ie) in entries {
                     let row = &mut new[i * lay.width..(i + 1) * lay.width];
@@ -1271,30 +1290,27 @@ impl Deepseek4 {
                         row[lay.ientry..lay.ientry + ic].copy_from_slice(&ie);
                     }
                 }
-            }
-            if half {
-                round_f16(&mut new);
+                if half {
+                    round_f16(&mut new);
+                }
             }
             seg.cache.store(il, &new, &[]);
-            let mut all = old;
-            all.extend_from_slice(&new);
             drop(new);
-            // Attention of each of this sequence's tokens.
+            let all = Rows::of(seg.cache, il, p0 + rows.len(), lay.width);
+            // Attention of each of this sequence's tokens: its window, then its entries.
             let ot = &mut o[rows.start * nh * hd..rows.end * nh * hd];
             baicai_kernels::for_each_chunk_mut(ot, nh * hd, |i, oi| {
                 let t = rows.start + i;
                 let p = p0 + i;
-                let mut keys: Vec<&[f32]> = ((p + 1).saturating_sub(v.window)..=p)
-                    .map(|j| &all[j * lay.width + lay.kv..j * lay.width + lay.kv + hd])
-                    .collect();
+                let mut keys = Vec::new(); // [n_keys, head_dim]
+                for j in (p + 1).saturating_sub(v.window)..=p {
+                    keys.extend(all.read(j, lay.kv, hd));
+                }
                 if kind != AttnKind::Sliding {
                     let closed = (p + 1) / m;
-                    let entry = |w: usize| {
-                        let j = (w + 1) * m - 1;
-                        &all[j * lay.width + lay.entry..j * lay.width + lay.entry + hd]
-                    };
-                    match ix {
-                        None => keys.extend((0..closed).map(entry)),
+                    let row_of = |w: usize| (w + 1) * m - 1;
+                    let chosen: Vec<usize> = match ix {
+                        None => (0..closed).collect(),
                         Some(_) => {
                             let qi = &iq[t * ih * ic..(t + 1) * ih * ic];
                             let wi = &iw[t * ih..(t + 1) * ih];
@@ -1302,12 +1318,10 @@ impl Deepseek4 {
                             let s_scale = (ic as f32).powf(-0.5);
                             let scores: Vec<f32> = (0..closed)
                                 .map(|w| {
-                                    let j = (w + 1) * m - 1;
-                                    let k = &all[j * lay.width + lay.ientry
-                                        ..j * lay.width + lay.ientry + ic];
+                                    let k = all.read(row_of(w), lay.ientry, ic);
                                     (0..ih)
                                         .map(|hh| {
-                                            dot(&qi[hh * ic..(hh + 1) * ic], k).max(0.0)
+                                            dot(&qi[hh * ic..(hh + 1) * ic], &k).max(0.0)
                                                 * s_scale
                                                 * (wi[hh] * w_scale)
                                         })
@@ -1316,23 +1330,27 @@ impl Deepseek4 {
                                 .collect();
                             let mut sel = top_k(&scores, v.index.top_k.min(closed));
                             sel.sort_unstable();
-                            keys.extend(sel.into_iter().map(entry));
+                            sel
                         }
+                    };
+                    for w in chosen {
+                        keys.extend(all.read(row_of(w), lay.entry, hd));
                     }
                 }
+                let n_keys = keys.len() / hd;
                 let qt = &q[t * nh * hd..(t + 1) * nh * hd];
                 let scale = (hd as f32).powf(-0.5);
-                let mut logits = vec![0.0; keys.len() + 1];
+                let mut logits = vec![0.0; n_keys + 1];
                 for (hh, oh) in oi.chunks_exact_mut(hd).enumerate() {
                     let qh = &qt[hh * hd..(hh + 1) * hd];
-                    for (l, k) in logits.iter_mut().zip(&keys) {
+                    for (l, k) in logits.iter_mut().zip(keys.chunks_exact(hd)) {
                         *l = dot(qh, k) * scale;
                     }
-                    logits[keys.len()] = a.sinks[hh];
+                    logits[n_keys] = a.sinks[hh];
                     softmax(&mut logits);
                     oh.fill(0.0);
-                    for (k, &pj) in keys.iter().zip(&logits) {
-                        for (od, &kd) in oh.iter_mut().zip(k.iter()) {
+                    for (k, &pj) in keys.chunks_exact(hd).zip(&logits) {
+                        for (od, &kd) in oh.iter_mut().zip(k) {
                             *od += pj * kd;
                         }
                     }
