@@ -207,6 +207,25 @@ fn greedy_outputs_under_load_equal_alone_dense_and_moe() {
     }
 }
 
+/// Today's DeepSeek under the serving engine: V3.2 (sparse attention over the latent cache and
+/// the indexer keys beside it) and V4 (hyper-connections, window + compressed entries whose
+/// windows close across prefill chunks and decode steps, MXFP4 experts): 16 concurrent greedy
+/// requests give each one's tokens alone.
+#[test]
+fn greedy_outputs_under_load_equal_alone_deepseek_v32_and_v4() {
+    let cfg = EngineConfig {
+        max_seqs: 16,
+        kv_cache_bytes: 64 << 20,
+        n_ctx: 256,
+        max_batch_tokens: 64,
+        ..EngineConfig::default()
+    };
+    for name in ["deepseek-v32", "deepseek-v4"] {
+        let path = root().join("fixtures/moe").join(name).join("model-f32.gguf");
+        check_invariance(&path, 16, 12, cfg.clone());
+    }
+}
+
 #[test]
 fn preemption_when_blocks_run_out_keeps_outputs() {
     // Room for about two sequences' blocks: the others wait or are preempted and recomputed.
