@@ -12,6 +12,10 @@ it writes fixtures/moe/<name>/ as tools/moe_oracle.py does (whose helpers it reu
   against the KV-cached decode), the experts the routers picked, and for DeepSeek-V3.2 the key
   positions the indexer selected at every layer and query position.
 
+It also writes fixtures/moe/deepseek-v4-release/: DeepSeek-V4's model in DeepSeek's release layout (FP8
+with E8M0 block scales, MXFP4 experts, BF16 compressor projections) with a reference computed from the
+values that file decodes to (build_v4_release).
+
 Run by developers, not CI:
 
     python3 -m venv /work/tf5-venv && /work/tf5-venv/bin/pip install -r tools/requirements-oracle-tf5.txt
@@ -963,6 +967,172 @@ def gguf_convert_v4(llama_cpp: Path, stage: Path, model, notes, converter_path):
                  "the expert weights are exactly MXFP4 values, so the GGUF's MXFP4 experts equal the F32 checkpoint")
 
 
+# ---------------------------------------------------------------------------------------------------
+# DeepSeek-V4 in DeepSeek's release layout (fixtures/moe/deepseek-v4-release): the deepseek-v4 model
+# stored as the release stores its weights, with a reference from the values the file decodes to.
+
+# Release names of the matrices the release stores as FP8 E4M3 with 128x128 E8M0 block scales
+# (`.scale`). The compressor and indexer-compressor projections and the indexer's weights_proj
+# ship in BF16 instead (transformers' DeepseekV4PreTrainedModel._keep_in_fp32_modules says so:
+# "DeepSeek-V4-Flash checkpoints mix FP8 and BF16 in the attention compressor / indexer branch").
+V4_RELEASE_FP8 = ("attn.wq_a.weight", "attn.wq_b.weight", "attn.wkv.weight", "attn.wo_a.weight", "attn.wo_b.weight",
+                  "attn.indexer.wq_b.weight", "ffn.shared_experts.w1.weight", "ffn.shared_experts.w2.weight",
+                  "ffn.shared_experts.w3.weight")
+V4_RELEASE_BF16 = ("attn.compressor.wkv.weight", "attn.compressor.wgate.weight", "attn.indexer.compressor.wkv.weight",
+                   "attn.indexer.compressor.wgate.weight", "attn.indexer.weights_proj.weight")
+# As in DeepSeek-V3's release config.json, plus V4's power-of-two scales.
+V4_RELEASE_QUANT = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "scale_fmt": "ue8m0",
+                    "weight_block_size": [128, 128]}
+RELEASE = "deepseek-v4-release"
+V4_RELEASE_PROMPTS = (1, 3)  # of prompts_for(deepseek-v4): 9 and 40 tokens, to keep reference.json small
+
+
+def fp8_e8m0_quantize(w, block=128):
+    """[rows, cols] f32 -> (E4M3 [rows, cols], E8M0 scales [ceil(rows/block), ceil(cols/block)]): per tile the
+    power-of-two scale 2^ceil(log2(amax / 448)), so that every value / scale fits E4M3's range (DeepSeek's
+    ue8m0 scale format); values / scale rounded to nearest by torch's float8_e4m3fn cast."""
+    rows, cols = w.shape
+    tiles = torch.nn.functional.pad(w, (0, -cols % block, 0, -rows % block))
+    tiles = tiles.reshape(tiles.shape[0] // block, block, tiles.shape[1] // block, block)
+    amax = tiles.abs().amax(dim=(1, 3)).clamp_min(2.0**-100)
+    exp = torch.ceil(torch.log2(amax / 448.0))
+    s = torch.exp2(exp).repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
+    return (w / s).to(torch.float8_e4m3fn), (exp + 127).to(torch.uint8).view(torch.float8_e8m0fnu)
+
+
+def fp8_dequantize(q, scale, block=128):
+    rows, cols = q.shape
+    s = scale.float().repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
+    return q.float() * s
+
+
+def mxfp4_dequantize(packed, scale):
+    """The checkpoint's packed MXFP4 (element 2i low nibble) with E8M0 bytes, to f32 [rows, cols]."""
+    codes = torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(packed.shape[0], -1).long()
+    values = torch.where(codes >= 8, -E2M1[codes & 7], E2M1[codes & 7])
+    return values * torch.exp2(scale.float() - 127).repeat_interleave(32, 1)
+
+
+def v4_release_quantized(model):
+    """v4_release_tensors with the release's dtypes: V4_RELEASE_FP8 as E4M3 + `.scale` (F8_E8M0 in the
+    safetensors header), V4_RELEASE_BF16 as BF16; routed experts MXFP4 (U8 weight and scale); the rest F32."""
+    out = {}
+    for name, t in v4_release_tensors(model).items():
+        leaf = name.split(".", 2)[2] if name.startswith("layers.") else name
+        if leaf in V4_RELEASE_FP8:
+            out[name], out[name.removesuffix(".weight") + ".scale"] = fp8_e8m0_quantize(t)
+        elif leaf in V4_RELEASE_BF16:
+            out[name] = t.to(torch.bfloat16)
+        else:
+            out[name] = t
+    return out
+
+
+def v4_release_decoded(tensors):
+    """What a loader must make of the release file: every tensor as f32 under its release name, FP8 weights
+    times their block scales, MXFP4 experts decoded, BF16 widened; `.scale` companions consumed."""
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(".scale"):
+            continue
+        scale = tensors.get(name.removesuffix(".weight") + ".scale")
+        if t.dtype == torch.float8_e4m3fn:
+            out[name] = fp8_dequantize(t, scale)
+        elif t.dtype == torch.uint8:
+            out[name] = mxfp4_dequantize(t, scale)
+        elif t.dtype == torch.bfloat16:
+            out[name] = t.float()
+        else:
+            out[name] = t
+    return out
+
+
+def compute_reference_release(model, spec, name, counts):
+    """The reference of the release folder, kept small: logits at every position and the greedy continuation
+    (checked against the cached decode) for two of deepseek-v4's prompts."""
+    prompts, all_prompts = [], prompts_for(spec)
+    for i in V4_RELEASE_PROMPTS:
+        ids = all_prompts[i]
+        steps, _, margins = greedy(model, ids)
+        c_steps, _ = greedy_cached(model, ids)
+        assert c_steps == steps, f"{name}: prompt {i}: cached greedy {c_steps} differs from {steps}"
+        prompts.append({"ids": ids, "logits": forward_logits(model, ids), "greedy": steps, "greedy_margins": margins})
+    return {
+        "model": name,
+        "architecture": spec["config"]["architectures"][0],
+        "generator": {
+            "script": "tools/deepseek_oracle.py",
+            "source": "the deepseek-v4 fixture's model (same seed), stored in DeepSeek's release layout",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "dtype": "float32",
+            "attn_implementation": "eager",
+            "tensors_by_stored_dtype": counts,
+            "note": "transformers in float32 on the values the release file decodes to (FP8 x E8M0 block scale, "
+            "MXFP4 codes x E8M0 scale, BF16 widened), loaded by from_pretrained under the release names; "
+            "logits from full forward passes; greedy equal to the cached decode's; greedy_margins[i] = top1 - "
+            "top2 of the row whose argmax is greedy[i]",
+        },
+        "vocab_size": VOCAB_SIZE,
+        "prompts": prompts,
+    }
+
+
+def build_v4_release(spec, out_root: Path, tok, name):
+    """fixtures/moe/deepseek-v4-release: config.json with the release's keys (compress_ratios, num_hash_layers,
+    qk_rope_head_dim, rope_scaling, quantization_config; plus layer_types and compress_rates, without which
+    transformers cannot express the HCA rate 8), model.safetensors as v4_release_quantized writes it, and
+    reference.json from transformers on the decoded values (compute_reference_release)."""
+    from safetensors.torch import save_file
+
+    out = out_root / name
+    print(f"== {name}")
+    torch.manual_seed(spec["seed"])
+    model = make_model(spec)
+    init_weights_v4(model, spec)
+    tensors = v4_release_quantized(model)
+    counts = {}
+    for t in tensors.values():
+        counts[str(t.dtype).removeprefix("torch.")] = counts.get(str(t.dtype).removeprefix("torch."), 0) + 1
+    config = {k: v for k, v in spec["config"].items() if k != "mlp_layer_types"}
+    config["quantization_config"] = V4_RELEASE_QUANT
+    config["torch_dtype"] = "bfloat16"
+    with tempfile.TemporaryDirectory() as tmp:
+        stage, decoded = Path(tmp) / name, Path(tmp) / "decoded"
+        stage.mkdir()
+        decoded.mkdir()
+        (stage / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        model.generation_config.save_pretrained(stage)
+        write_tokenizer(tok, stage)
+        save_file(tensors, stage / "model.safetensors", metadata={"format": "pt"})
+        # transformers reads the release names itself (conversion_mapping "deepseek_v4"); it gets the decoded
+        # values in F32 and a config without quantization_config, from which it would quantize the model.
+        from safetensors.torch import load_file
+        save_file(v4_release_decoded(load_file(stage / "model.safetensors")), decoded / "model.safetensors")
+        plain = {k: v for k, v in config.items() if k != "quantization_config"}
+        (decoded / "config.json").write_text(json.dumps({**plain, "torch_dtype": "float32"}))
+        loaded, info = transformers.AutoModelForCausalLM.from_pretrained(
+            decoded, attn_implementation="eager", dtype=torch.float32, output_loading_info=True)
+        bad = {k: v for k, v in info.items() if v}
+        assert not bad, f"{name}: loading the decoded release tensors reported {bad}"
+        for k in ("layer_types", "mlp_layer_types", "compress_rates", "partial_rotary_factor"):
+            assert getattr(loaded.config, k) == getattr(model.config, k), f"{name}: config.{k} differs"
+        loaded.eval()
+        with torch.no_grad():
+            ref = compute_reference_release(loaded, spec, name, counts)
+            ref["max_abs_logit_diff_from_f32_checkpoint"] = max(
+                float((forward_logits(model, p["ids"]) - p["logits"]).abs().max()) for p in ref["prompts"])
+        (stage / "reference.json").write_text(to_json(ref) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(stage, out)
+    sizes = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
+    print(f"  folder {sum(sizes.values()) / 1e6:.2f} MB: {sizes}; stored dtypes {counts}")
+    for p in ref["prompts"]:
+        print(f"  prompt {len(p['ids'])} -> greedy {p['greedy']} (min margin {min(p['greedy_margins']):.3f})")
+    print(f"  max |logit - F32 checkpoint's| {ref['max_abs_logit_diff_from_f32_checkpoint']:.3f}")
+
+
 def write_config(spec, path: Path):
     """config.json with the keys of the family's real checkpoint (rope_scaling, not transformers 5's
     rope_parameters; no derived head_dim/qk_head_dim/layer_types), for a loader to read as it would read
@@ -1115,14 +1285,17 @@ def main():
         "under transformers 5 the DeepSeek-V3.2 converter's add_bos_token check cannot pass",
     )
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "fixtures" / "moe")
-    ap.add_argument("--only", nargs="*", choices=sorted(MODELS), help="build only these models")
+    ap.add_argument("--only", nargs="*", choices=sorted(MODELS) + [RELEASE], help="build only these models")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     tok = build_tokenizer()
-    for name in args.only or MODELS:
-        build(name, MODELS[name], args.out, args.llama_cpp.resolve(), tok, args.converter_path)
+    for name in args.only or [*MODELS, RELEASE]:
+        if name == RELEASE:
+            build_v4_release(MODELS["deepseek-v4"], args.out, tok, name)
+        else:
+            build(name, MODELS[name], args.out, args.llama_cpp.resolve(), tok, args.converter_path)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,13 @@ impl WeightStore {
         }
     }
 
+    /// The tensors under their canonical names, for a caller that re-encodes some (a test that
+    /// dequantizes a loaded checkpoint's MXFP4 experts) and builds a store again with
+    /// [`WeightStore::from_entries`]. GGUF tensors of types without kernels are left out.
+    pub fn into_entries(self) -> HashMap<String, TensorEntry> {
+        self.tensors
+    }
+
     fn entry(&self, name: &str) -> Result<&TensorEntry, ModelError> {
         if let Some(ty) = self.unsupported.get(name) {
             return Err(ModelError::UnsupportedType {

@@ -1,8 +1,10 @@
 //! Hugging Face checkpoint folders: `config.json` + `model.safetensors` (or sharded
 //! `model-*.safetensors` with `model.safetensors.index.json`). Tensors are memory-mapped and
-//! renamed onto the canonical (GGUF) names; F32, F16 and BF16 stay in the file, FP8 E4M3 with
-//! 128×128 block scales (`weight_scale_inv`, as the official DeepSeek-V3/R1 checkpoints ship)
-//! is dequantized to F32 at load, which [`HfModel::held_in_memory`] reports.
+//! renamed onto the canonical (GGUF) names; F32, F16 and BF16 stay in the file. Quantized weights
+//! come with a scale tensor ([`quant`]): FP8 E4M3 with 128×128 block scales (F32
+//! `weight_scale_inv` as DeepSeek-V3/R1 ship them, E8M0 `scale` as DeepSeek-V4 does) is
+//! dequantized to F32 at load; DeepSeek-V4's packed MXFP4 experts become GGUF MXFP4 blocks.
+//! [`HfModel::held_in_memory`] reports both.
 //!
 //! `config.json` is read as transformers 4.x (`rope_theta`, `rope_scaling`) and 5.x
 //! (`rope_parameters`) write it. A key that changes the math and is absent takes the default of
@@ -10,17 +12,18 @@
 //! README's "Supported" section); a value the model code cannot honour is an error naming the key.
 //!
 //! [`safetensors`] reads the shards, [`names`] maps tensor names onto the canonical ones,
-//! [`config_json`] translates `config.json`; [`HfModel::open`] puts them together.
+//! [`quant`] decodes or repacks quantized weights, [`config_json`] translates `config.json`;
+//! [`HfModel::open`] puts them together.
 
 mod config_json;
 mod names;
+mod quant;
 mod safetensors;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use baicai_kernels::quant::fp8;
 use baicai_kernels::DType;
 
 pub use config_json::parse_config;
@@ -103,56 +106,32 @@ impl HfModel {
                 continue;
             }
             // ggml order: innermost dimension first.
-            let shape: Vec<u64> = t.shape.iter().rev().copied().collect();
+            let mut shape: Vec<u64> = t.shape.iter().rev().copied().collect();
             let bytes = Bytes::mapped(maps[t.file].clone(), t.start, t.end - t.start);
             let (dtype, bytes, held) = match t.dtype.as_str() {
                 "F32" => (DType::F32, bytes, "F32, mapped from the file"),
                 "F16" => (DType::F16, bytes, "F16, mapped from the file"),
                 "BF16" => (DType::BF16, bytes, "BF16, mapped from the file"),
                 "F8_E4M3" => {
-                    let scale_name = t.name.replace(".weight", ".weight_scale_inv");
-                    let s = by_name.get(&scale_name).ok_or_else(|| {
-                        err(
-                            dir,
-                            format!("FP8 tensor '{}' has no '{scale_name}'", t.name),
-                        )
-                    })?;
-                    if t.shape.len() != 2 || s.dtype != "F32" {
-                        return Err(err(
-                            dir,
-                            format!("FP8 tensor '{}' must be 2-D with F32 scales", t.name),
-                        ));
-                    }
-                    let (rows, cols) = (t.shape[0] as usize, t.shape[1] as usize);
-                    let need = rows.div_ceil(128) * cols.div_ceil(128);
-                    let sb = &maps[s.file][s.start..s.end];
-                    if sb.len() != need * 4 {
-                        return Err(err(
-                            dir,
-                            format!(
-                                "'{scale_name}' has {} values, expected {need}",
-                                sb.len() / 4
-                            ),
-                        ));
-                    }
-                    let scales: Vec<f32> = sb
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-                        .collect();
-                    let w = &maps[t.file][t.start..t.end];
+                    let s = quant::scale_of(dir, t, quant::FP8_SCALES, &by_name)?;
+                    let q = quant::Scaled::new(t, s, &maps);
                     (
                         DType::F32,
-                        Bytes::owned(
-                            fp8::dequant_e4m3_block_scaled(
-                                w,
-                                fp8::BlockScales::F32(&scales),
-                                fp8::BlockGrid::square(rows, cols, 128),
-                            )
-                            .iter()
-                            .flat_map(|v| v.to_le_bytes())
-                            .collect(),
-                        ),
+                        Bytes::owned(quant::fp8_to_f32(dir, &q)?),
                         "FP8 E4M3 → F32 at load (128×128 block scales applied)",
+                    )
+                }
+                // Bytes with a scale companion: MXFP4 in the checkpoints' packing (DeepSeek-V4's
+                // routed experts); the ggml shape counts values, two a byte.
+                "U8" | "I8" => {
+                    let s = quant::scale_of(dir, t, quant::MXFP4_SCALES, &by_name)?;
+                    let q = quant::Scaled::new(t, s, &maps);
+                    let (mx_shape, blocks) = quant::mxfp4_to_gguf(dir, &q)?;
+                    shape = mx_shape;
+                    (
+                        DType::MXFP4,
+                        Bytes::owned(blocks),
+                        "MXFP4 (checkpoint packing) → GGUF MXFP4 blocks at load",
                     )
                 }
                 // Integer tables (DeepSeek-V4's hash routing `tid2eid`), held as f32: the model
@@ -179,7 +158,7 @@ impl HfModel {
                     return Err(err(
                         dir,
                         format!(
-                            "tensor '{}' has dtype {other}; supported: F32, F16, BF16, F8_E4M3, I32, I64",
+                            "tensor '{}' has dtype {other}; supported: F32, F16, BF16, F8_E4M3 and U8/I8 (packed MXFP4) with scales, I32, I64",
                             t.name
                         ),
                     ))

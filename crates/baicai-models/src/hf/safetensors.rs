@@ -79,7 +79,7 @@ pub(super) fn parse_header(
         let elem = match dtype {
             "F32" => 4,
             "F16" | "BF16" => 2,
-            "F8_E4M3" | "U8" | "I8" => 1,
+            "F8_E4M3" | "F8_E8M0" | "U8" | "I8" => 1,
             "I32" => 4,
             "I64" => 8,
             _ => 0,

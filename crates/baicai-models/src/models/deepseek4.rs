@@ -603,8 +603,13 @@ pub(crate) fn config_from_json(
 /// Checkpoint name → canonical (llama.cpp's GGUF) name, for what transformers' `save_pretrained`
 /// writes (`model.layers.N.attn.wq_a.weight`, `head.weight`, …) and DeepSeek's release names
 /// (`layers.N.…`, `embed.weight`, `hc_head_fn`); SPEC.md §8 has the table. `None`: unused
-/// (the MTP layer, `mtp.*`).
+/// (the MTP layer, `mtp.*`), and the release's `….scale` companions of FP8 and MXFP4 weights,
+/// which the loader consumes with their weight (`hf::quant`).
 pub(crate) fn canonical_name(name: &str) -> Option<String> {
+    // `.scale`, not the hyper-connections' `hc_*_scale`.
+    if name.ends_with(".scale") {
+        return None;
+    }
     let fixed = match name {
         "model.embed_tokens.weight" | "embed.weight" => "token_embd.weight",
         "head.weight" | "lm_head.weight" => "output.weight",
