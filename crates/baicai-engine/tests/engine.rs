@@ -221,7 +221,10 @@ fn greedy_outputs_under_load_equal_alone_deepseek_v32_and_v4() {
         ..EngineConfig::default()
     };
     for name in ["deepseek-v32", "deepseek-v4"] {
-        let path = root().join("fixtures/moe").join(name).join("model-f32.gguf");
+        let path = root()
+            .join("fixtures/moe")
+            .join(name)
+            .join("model-f32.gguf");
         check_invariance(&path, 16, 12, cfg.clone());
     }
 }

@@ -170,6 +170,7 @@ pub const HF_FIXTURES: &[&str] = &[
     "fixtures/moe/deepseek-v32",
     "fixtures/moe/kimi-k2",
     "fixtures/moe/deepseek-v4",
+    "fixtures/moe/deepseek-v4-release",
 ];
 
 impl Corpus {
