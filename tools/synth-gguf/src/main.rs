@@ -8,8 +8,12 @@
 //! RSS. Each tensor draws from its own seeded stream ([`fill::Rng::for_stream`]), so the output
 //! is a pure function of `--seed`.
 
+mod deepseek;
 mod deepseek_v2_lite;
+mod deepseek_v32;
 mod fill;
+mod llama_quant;
+mod tokenizer;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -20,7 +24,7 @@ use anyhow::{Context, Result};
 use baicai_gguf::GgufWriter;
 use clap::{Parser, Subcommand};
 
-use deepseek_v2_lite::{Hparams, PlannedTensor};
+use deepseek::{Hparams, PlannedTensor};
 use fill::{Filler, Rng};
 
 /// Bytes generated per write.
@@ -39,6 +43,15 @@ struct Cli {
 enum Model {
     /// DeepSeek-V2-Lite (15.7B total, 2.4B active; MLA + 64-expert MoE) quantized like Q4_K_M.
     DeepseekV2Lite(Args),
+    /// DeepSeek-V3.2 (MLA + lightning indexer + 256-expert MoE) at full width but few layers,
+    /// quantized like Q4_K_M.
+    DeepseekV32 {
+        #[command(flatten)]
+        args: Args,
+        /// Layers to write: the first dense, the rest MoE (the full model has 61).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=61))]
+        layers: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -55,9 +68,12 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let Model::DeepseekV2Lite(args) = Cli::parse().model;
-    let h = &deepseek_v2_lite::HPARAMS;
-    let tensors = deepseek_v2_lite::tensors(h);
+    let (args, h) = match Cli::parse().model {
+        Model::DeepseekV2Lite(args) => (args, deepseek_v2_lite::hparams()),
+        Model::DeepseekV32 { args, layers } => (args, deepseek_v32::hparams(layers)),
+    };
+    let h = &h;
+    let tensors = deepseek::tensors(h);
     let mut out = std::io::stdout().lock();
     let printed = if args.plan {
         print_plan(&mut out, &tensors).and_then(|()| print_summary(&mut out, h, &tensors))
@@ -67,7 +83,7 @@ fn main() -> Result<()> {
             .as_deref()
             .expect("clap requires -o without --plan");
         let started = Instant::now();
-        write(path, &deepseek_v2_lite::metadata(h), &tensors, args.seed)?;
+        write(path, &deepseek::metadata(h), &tensors, args.seed)?;
         let secs = started.elapsed().as_secs_f64();
         let size = std::fs::metadata(path)
             .with_context(|| format!("reading the size of {}", path.display()))?
@@ -136,10 +152,6 @@ fn tensor_bytes(spec: &baicai_gguf::TensorSpec) -> u64 {
         .expect("the plan has only whole-block rows")
 }
 
-fn n_elements(t: &PlannedTensor) -> u64 {
-    t.spec.shape.iter().product()
-}
-
 fn print_plan(out: &mut impl Write, tensors: &[PlannedTensor]) -> std::io::Result<()> {
     writeln!(
         out,
@@ -170,7 +182,7 @@ fn print_summary(
     for t in tensors {
         let e = by_type.entry(t.spec.ggml_type.name()).or_default();
         e.0 += 1;
-        e.1 += n_elements(t);
+        e.1 += t.n_elements();
         e.2 += tensor_bytes(&t.spec);
     }
     writeln!(out, "{} tensors:", tensors.len())?;
@@ -182,8 +194,12 @@ fn print_summary(
             *bytes as f64 / GIB
         )?;
     }
-    let total: u64 = tensors.iter().map(n_elements).sum();
-    let routed: u64 = tensors.iter().filter(|t| t.routed).map(n_elements).sum();
+    let total: u64 = tensors.iter().map(PlannedTensor::n_elements).sum();
+    let routed: u64 = tensors
+        .iter()
+        .filter(|t| t.routed)
+        .map(PlannedTensor::n_elements)
+        .sum();
     let active = total - routed + routed / h.n_expert * h.n_expert_used;
     let embd = h.n_embd * h.n_vocab;
     writeln!(
