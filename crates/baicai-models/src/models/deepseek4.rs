@@ -1090,15 +1090,106 @@ impl<'a> Rows<'a> {
         }
     }
 
-    /// Values `off..off + len` of row `pos`.
-    fn read(&self, pos: usize, off: usize, len: usize) -> Vec<f32> {
+    /// Values `off..off + out.len()` of row `pos` into `out`.
+    fn read_into(&self, pos: usize, off: usize, out: &mut [f32]) {
         match *self {
-            Rows::F32(r, w) => r[pos * w + off..pos * w + off + len].to_vec(),
+            Rows::F32(r, w) => out.copy_from_slice(&r[pos * w + off..pos * w + off + out.len()]),
             Rows::F16(r, w) => {
-                let mut out = vec![0.0; len];
-                r[pos * w + off..pos * w + off + len].convert_to_f32_slice(&mut out);
-                out
+                r[pos * w + off..pos * w + off + out.len()].convert_to_f32_slice(out)
             }
+        }
+    }
+}
+
+/// What one sequence's tokens attend over in one layer: its cache rows (this step's stored),
+/// the queries of every token of the step, and the indexer's queries and head weights.
+struct SeqAttention<'a> {
+    rows: Rows<'a>,
+    lay: RowLayout,
+    v: &'a V4Config,
+    kind: AttnKind,
+    /// Compress rate (0 for sliding layers).
+    m: usize,
+    /// `[n, n_head, head_dim]`, normalized and rotated.
+    q: &'a [f32],
+    nh: usize,
+    /// The indexer's queries `[n, heads, head_dim]`, head weights `[n, heads]` and head count.
+    indexer: Option<(&'a [f32], &'a [f32], usize)>,
+    sinks: &'a [f32],
+    rope: &'a Rope,
+}
+
+impl SeqAttention<'_> {
+    /// Token `t` (at position `p`)'s keys, `[n_keys, head_dim]`: the window `p − W < s ≤ p`,
+    /// then the compressed entries it sees (HCA: every closed window; CSA: the indexer's top-k
+    /// of them, in window order).
+    fn keys(&self, t: usize, p: usize) -> Vec<f32> {
+        let (v, lay, hd, m) = (self.v, self.lay, self.v.head_dim, self.m);
+        let window = (p + 1).saturating_sub(v.window)..=p;
+        let mut keys = vec![0.0; (window.end() + 1 - window.start()) * hd];
+        for (j, k) in window.zip(keys.chunks_exact_mut(hd)) {
+            self.rows.read_into(j, lay.kv, k);
+        }
+        if self.kind == AttnKind::Sliding {
+            return keys;
+        }
+        let closed = (p + 1) / m;
+        let row_of = |w: usize| (w + 1) * m - 1;
+        let chosen: Vec<usize> = match self.indexer {
+            None => (0..closed).collect(),
+            Some((iq, iw, ih)) => {
+                let ic = v.index.head_dim;
+                let qi = &iq[t * ih * ic..(t + 1) * ih * ic];
+                let wi = &iw[t * ih..(t + 1) * ih];
+                let (w_scale, s_scale) = ((ih as f32).powf(-0.5), (ic as f32).powf(-0.5));
+                let mut k = vec![0.0; ic];
+                let scores: Vec<f32> = (0..closed)
+                    .map(|w| {
+                        self.rows.read_into(row_of(w), lay.ientry, &mut k);
+                        (0..ih)
+                            .map(|hh| {
+                                dot(&qi[hh * ic..(hh + 1) * ic], &k).max(0.0)
+                                    * s_scale
+                                    * (wi[hh] * w_scale)
+                            })
+                            .sum()
+                    })
+                    .collect();
+                let mut sel = top_k(&scores, v.index.top_k.min(closed));
+                sel.sort_unstable();
+                sel
+            }
+        };
+        let n0 = keys.len();
+        keys.resize(n0 + chosen.len() * hd, 0.0);
+        for (w, k) in chosen.into_iter().zip(keys[n0..].chunks_exact_mut(hd)) {
+            self.rows.read_into(row_of(w), lay.entry, k);
+        }
+        keys
+    }
+
+    /// Heads `h0..` of token `t` over `keys` (K = V) with their sinks, the output's RoPE slice
+    /// rotated back by `p`; `out`: `[heads, head_dim]`.
+    fn attend(&self, t: usize, p: usize, keys: &[f32], h0: usize, out: &mut [f32]) {
+        let (hd, r) = (self.v.head_dim, self.v.rope_dim);
+        let n_keys = keys.len() / hd;
+        let qt = &self.q[t * self.nh * hd..(t + 1) * self.nh * hd];
+        let scale = (hd as f32).powf(-0.5);
+        let mut logits = vec![0.0; n_keys + 1];
+        for (hh, oh) in (h0..).zip(out.chunks_exact_mut(hd)) {
+            let qh = &qt[hh * hd..(hh + 1) * hd];
+            for (l, k) in logits.iter_mut().zip(keys.chunks_exact(hd)) {
+                *l = dot(qh, k) * scale;
+            }
+            logits[n_keys] = self.sinks[hh];
+            softmax(&mut logits);
+            oh.fill(0.0);
+            for (k, &pj) in keys.chunks_exact(hd).zip(&logits) {
+                for (od, &kd) in oh.iter_mut().zip(k) {
+                    *od += pj * kd;
+                }
+            }
+            self.rope.rotate(&mut oh[hd - r..], p, true);
         }
     }
 }
@@ -1261,7 +1352,9 @@ impl Deepseek4 {
                 // Token `pos`'s values `off..off + len` of its row, from the cache or this step.
                 let part = |pos: usize, off: usize, len: usize| -> Vec<f32> {
                     if pos < p0 {
-                        old.read(pos, off, len)
+                        let mut v = vec![0.0; len];
+                        old.read_into(pos, off, &mut v);
+                        v
                     } else {
                         let r0 = (pos - p0) * lay.width + off;
                         new[r0..r0 + len].to_vec()
@@ -1301,67 +1394,37 @@ impl Deepseek4 {
             }
             seg.cache.store(il, &new, &[]);
             drop(new);
-            let all = Rows::of(seg.cache, il, p0 + rows.len(), lay.width);
-            // Attention of each of this sequence's tokens: its window, then its entries.
+            let sa = SeqAttention {
+                rows: Rows::of(seg.cache, il, p0 + rows.len(), lay.width),
+                lay,
+                v,
+                kind,
+                m,
+                q: &q,
+                nh,
+                indexer: ix.map(|_| (&iq[..], &iw[..], ih)),
+                sinks: &a.sinks,
+                rope,
+            };
+            // Attention of each of this sequence's tokens: its window, then its entries. A lone
+            // token (decode) splits its heads over the threads; several run in parallel.
             let ot = &mut o[rows.start * nh * hd..rows.end * nh * hd];
-            baicai_kernels::for_each_chunk_mut(ot, nh * hd, |i, oi| {
-                let t = rows.start + i;
-                let p = p0 + i;
-                let mut keys = Vec::new(); // [n_keys, head_dim]
-                for j in (p + 1).saturating_sub(v.window)..=p {
-                    keys.extend(all.read(j, lay.kv, hd));
+            let threads = rayon::current_num_threads();
+            if rows.len() < threads {
+                let group = nh.div_ceil(threads).max(1);
+                for (i, oi) in ot.chunks_exact_mut(nh * hd).enumerate() {
+                    let (t, p) = (rows.start + i, p0 + i);
+                    let keys = sa.keys(t, p);
+                    baicai_kernels::for_each_chunk_mut(oi, group * hd, |g, o| {
+                        sa.attend(t, p, &keys, g * group, o)
+                    });
                 }
-                if kind != AttnKind::Sliding {
-                    let closed = (p + 1) / m;
-                    let row_of = |w: usize| (w + 1) * m - 1;
-                    let chosen: Vec<usize> = match ix {
-                        None => (0..closed).collect(),
-                        Some(_) => {
-                            let qi = &iq[t * ih * ic..(t + 1) * ih * ic];
-                            let wi = &iw[t * ih..(t + 1) * ih];
-                            let w_scale = (ih as f32).powf(-0.5);
-                            let s_scale = (ic as f32).powf(-0.5);
-                            let scores: Vec<f32> = (0..closed)
-                                .map(|w| {
-                                    let k = all.read(row_of(w), lay.ientry, ic);
-                                    (0..ih)
-                                        .map(|hh| {
-                                            dot(&qi[hh * ic..(hh + 1) * ic], &k).max(0.0)
-                                                * s_scale
-                                                * (wi[hh] * w_scale)
-                                        })
-                                        .sum()
-                                })
-                                .collect();
-                            let mut sel = top_k(&scores, v.index.top_k.min(closed));
-                            sel.sort_unstable();
-                            sel
-                        }
-                    };
-                    for w in chosen {
-                        keys.extend(all.read(row_of(w), lay.entry, hd));
-                    }
-                }
-                let n_keys = keys.len() / hd;
-                let qt = &q[t * nh * hd..(t + 1) * nh * hd];
-                let scale = (hd as f32).powf(-0.5);
-                let mut logits = vec![0.0; n_keys + 1];
-                for (hh, oh) in oi.chunks_exact_mut(hd).enumerate() {
-                    let qh = &qt[hh * hd..(hh + 1) * hd];
-                    for (l, k) in logits.iter_mut().zip(keys.chunks_exact(hd)) {
-                        *l = dot(qh, k) * scale;
-                    }
-                    logits[n_keys] = a.sinks[hh];
-                    softmax(&mut logits);
-                    oh.fill(0.0);
-                    for (k, &pj) in keys.chunks_exact(hd).zip(&logits) {
-                        for (od, &kd) in oh.iter_mut().zip(k) {
-                            *od += pj * kd;
-                        }
-                    }
-                    rope.rotate(&mut oh[hd - r..], p, true);
-                }
-            });
+            } else {
+                baicai_kernels::for_each_chunk_mut(ot, nh * hd, |i, oi| {
+                    let (t, p) = (rows.start + i, p0 + i);
+                    sa.attend(t, p, &sa.keys(t, p), 0, oi)
+                });
+            }
         }
         // Grouped output projection: each group of heads to o_lora_rank, then o_b.
         let g = v.o_groups;
@@ -1410,7 +1473,6 @@ impl Deepseek4 {
         let d = c.n_embd;
         let n = h.len() / d;
         let ne = rc.n_expert;
-        let limit = self.v4.swiglu_limit;
         let mut logits = vec![0.0; n * ne]; // [n, n_expert]
         s.matmul(&mo.router, h, n, &mut logits);
         let score = |l: f32| match rc.scoring {
@@ -1449,6 +1511,16 @@ impl Deepseek4 {
                 l.tokens[e] += toks.len() as u64;
             }
         }
+        self.run_experts(mo, h, &by_expert, out);
+    }
+
+    /// The routed experts (tokens grouped by expert, each expert read once) and the shared
+    /// expert on `h` (`[n, D]`), in two parallel regions: every gate/up, then every down.
+    /// `out[t] = Σ_e w_{t,e} · expert_e(h_t)` (experts in index order) `+ shared(h_t)`.
+    fn run_experts(&self, mo: &Moe, h: &[f32], by_expert: &[Vec<(usize, f32)>], out: &mut [f32]) {
+        let d = self.cfg.n_embd;
+        let n = h.len() / d;
+        let limit = self.v4.swiglu_limit;
         // Clamped SwiGLU (the routed experts and the shared expert alike).
         let act = |g: &mut [f32], u: &[f32]| {
             for (gv, &uv) in g.iter_mut().zip(u) {
@@ -1457,37 +1529,92 @@ impl Deepseek4 {
                 *gv = gc / (1.0 + (-gc).exp()) * uc;
             }
         };
+        let active: Vec<usize> = (0..by_expert.len())
+            .filter(|&e| !by_expert[e].is_empty())
+            .collect();
+        // Each active expert's input rows (the whole input when it has every token).
+        let inputs: Vec<Option<Vec<f32>>> = active
+            .iter()
+            .map(|&e| {
+                let toks = &by_expert[e];
+                (toks.len() < n).then(|| {
+                    let mut xe = vec![0.0; toks.len() * d]; // [tokens, D]
+                    for (row, &(t, _)) in xe.chunks_exact_mut(d).zip(toks) {
+                        row.copy_from_slice(&h[t * d..(t + 1) * d]);
+                    }
+                    xe
+                })
+            })
+            .collect();
+        let [sg, su, sd] = &mo.shared;
+        let ff = sg.rows;
+        let mut gates: Vec<Vec<f32>> = active
+            .iter()
+            .map(|&e| vec![0.0; by_expert[e].len() * mo.experts.experts[e].0.rows])
+            .chain(std::iter::once(vec![0.0; n * ff]))
+            .collect(); // [tokens, ff] per active expert, then the shared expert's [n, ff]
+        let mut ups = gates.clone();
+        {
+            let mut jobs = Vec::with_capacity(2 * gates.len());
+            // (gate, up, input, tokens) per active expert, then the shared expert's.
+            let all = active
+                .iter()
+                .zip(&inputs)
+                .map(|(&e, x)| {
+                    let (gate, up, _) = &mo.experts.experts[e];
+                    (gate, up, x.as_deref().unwrap_or(h), by_expert[e].len())
+                })
+                .chain(std::iter::once((sg, su, h, n)));
+            for (((gate, up, x, nt), g), u) in all.zip(&mut gates).zip(&mut ups) {
+                jobs.push(MatJob {
+                    w: gate.weight(),
+                    x,
+                    n_tokens: nt,
+                    out: g,
+                });
+                jobs.push(MatJob {
+                    w: up.weight(),
+                    x,
+                    n_tokens: nt,
+                    out: u,
+                });
+            }
+            matmul_batch(&mut jobs);
+        }
+        for (g, u) in gates.iter_mut().zip(&ups) {
+            act(g, u);
+        }
+        let downs = active
+            .iter()
+            .map(|&e| (&mo.experts.experts[e].2, by_expert[e].len()));
+        let mut ys: Vec<Vec<f32>> = downs
+            .clone()
+            .map(|(_, nt)| vec![0.0; nt * d])
+            .chain(std::iter::once(vec![0.0; n * d]))
+            .collect(); // [tokens, D] per active expert, then the shared expert's [n, D]
+        let mut jobs: Vec<MatJob> = downs
+            .chain(std::iter::once((sd, n)))
+            .zip(&gates)
+            .zip(&mut ys)
+            .map(|(((w, nt), g), y)| MatJob {
+                w: w.weight(),
+                x: g,
+                n_tokens: nt,
+                out: y,
+            })
+            .collect();
+        matmul_batch(&mut jobs);
+        drop(jobs);
         out.fill(0.0);
-        for (e, toks) in by_expert.iter().enumerate() {
-            if toks.is_empty() {
-                continue;
-            }
-            let (gate, up, down) = &mo.experts.experts[e];
-            let nt = toks.len();
-            let mut xe = vec![0.0; nt * d]; // [tokens, D]
-            for (row, &(t, _)) in xe.chunks_exact_mut(d).zip(toks) {
-                row.copy_from_slice(&h[t * d..(t + 1) * d]);
-            }
-            let ff = gate.rows;
-            let (mut g, mut u) = (vec![0.0; nt * ff], vec![0.0; nt * ff]); // [tokens, ff]
-            s.matmul_many(&[gate, up], &xe, nt, &mut [&mut g, &mut u]);
-            act(&mut g, &u);
-            let mut y = vec![0.0; nt * d]; // [tokens, D]
-            s.matmul(down, &g, nt, &mut y);
-            for (row, &(t, w)) in y.chunks_exact(d).zip(toks) {
-                for (acc, vv) in out[t * d..(t + 1) * d].iter_mut().zip(row) {
-                    *acc += vv * w;
+        for (&e, y) in active.iter().zip(&ys) {
+            for (row, &(t, w)) in y.chunks_exact(d).zip(&by_expert[e]) {
+                for (acc, v) in out[t * d..(t + 1) * d].iter_mut().zip(row) {
+                    *acc += v * w;
                 }
             }
         }
-        let [sg, su, sd] = &mo.shared;
-        let ff = sg.rows;
-        let (mut g, mut u) = (vec![0.0; n * ff], vec![0.0; n * ff]); // [n, ff]
-        s.matmul_many(&[sg, su], h, n, &mut [&mut g, &mut u]);
-        act(&mut g, &u);
-        let mut y = vec![0.0; n * d]; // [n, D]
-        s.matmul(sd, &g, n, &mut y);
-        out.iter_mut().zip(&y).for_each(|(o, v)| *o += v);
+        let shared = ys.last().expect("the shared expert's output");
+        out.iter_mut().zip(shared).for_each(|(o, v)| *o += v);
     }
 }
 
