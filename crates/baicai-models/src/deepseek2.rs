@@ -12,6 +12,7 @@ use baicai_kernels::{attention, matmul_batch, DType, MatJob};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::blocks::ops::dot;
 use crate::config::{MlaConfig, ModelConfig, MoeConfig, Yarn};
 use crate::decoder::{self, Blocks, Ends, Seg};
 use crate::error::ModelError;
@@ -140,19 +141,6 @@ impl RopeYarn {
             x[i + half] = a * s + b * c;
         }
     }
-}
-
-/// Dot product with eight independent partial sums, so the compiler vectorizes it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
 /// The cached latents of one layer, `[pos, kv_lora_rank | qk_rope]`.

@@ -14,6 +14,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::blocks::ops::dot;
 use crate::config::IndexerConfig;
 use crate::error::ModelError;
 use crate::weights::{Linear, WeightStore};
@@ -179,19 +180,6 @@ fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32]) {
     for ((v, &w), &b) in x.iter_mut().zip(w).zip(b) {
         *v = ((*v as f64 - mean) * inv) as f32 * w + b;
     }
-}
-
-/// Dot product with eight independent partial sums, so the compiler vectorizes it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
 #[cfg(test)]

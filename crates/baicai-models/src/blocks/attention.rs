@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::norm::rms_norm_inplace;
 use super::ops::add_bias;
+use super::ops::dot;
 use super::rope::Rope;
 use crate::config::ModelConfig;
 use crate::decoder::{Seg, Tracer};
@@ -44,22 +45,6 @@ impl AttnParams {
             window: None,
         }
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent partial sums so the compiler vectorizes the loop.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for j in 0..8 {
-            acc[j] += a[c * 8 + j] * b[c * 8 + j];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for j in chunks * 8..a.len() {
-        s += a[j] * b[j];
-    }
-    s
 }
 
 /// Causal multi-head attention with grouped KV heads.

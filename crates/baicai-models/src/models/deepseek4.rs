@@ -22,6 +22,7 @@
 use std::sync::Mutex;
 
 use baicai_gguf::Gguf;
+use baicai_kernels::attention::softmax_inplace as softmax;
 use baicai_kernels::{matmul_batch, DType, MatJob};
 use half::slice::HalfFloatSliceExt;
 use serde_json::Value;
@@ -29,6 +30,7 @@ use serde_json::Value;
 use super::ArchSpec;
 use crate::blocks::moe::{sqrt_softplus, top_k, ExpertLoad, Experts};
 use crate::blocks::norm::rms_norm;
+use crate::blocks::ops::dot;
 use crate::blocks::rope::{Rope, RopeParams};
 use crate::config::{Arch, IndexerConfig, KeySource, ModelConfig, MoeConfig, RopeStyle, Yarn};
 use crate::decoder::{self, Seg};
@@ -1042,30 +1044,6 @@ impl Deepseek4 {
             }
         }
     }
-}
-
-/// In-place softmax (max subtracted).
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut s = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        s += *v;
-    }
-    x.iter_mut().for_each(|v| *v /= s);
-}
-
-/// Dot product with eight independent partial sums, so the compiler vectorizes it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
 /// Rounds values to f16 precision in place.
