@@ -13,7 +13,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::blocks::ops::dot;
-use crate::config::{MlaConfig, ModelConfig, MoeConfig, Yarn};
+use crate::blocks::rope::{yarn_mscale, Rope, RopeParams};
+use crate::config::{MlaConfig, ModelConfig, MoeConfig, RopeStyle, Yarn};
 use crate::decoder::{self, Blocks, Ends, Seg};
 use crate::error::ModelError;
 use crate::indexer::{IndexKeys, Indexer};
@@ -66,81 +67,16 @@ struct Block {
     ffn: Ffn,
 }
 
-/// YaRN-scaled RoPE over the rope slice only (interleaved pairs).
-struct RopeYarn {
-    /// Per pair: the angle per position.
-    theta: Vec<f64>,
-    /// cos/sin magnitude (`yarn_mscale(mscale) / yarn_mscale(mscale_all_dim)`, usually 1).
-    mscale: f32,
-}
-
-fn yarn_mscale(factor: f32, m: f32) -> f32 {
-    if factor <= 1.0 {
-        1.0
-    } else {
-        0.1 * m * factor.ln() + 1.0
-    }
-}
-
-impl RopeYarn {
-    fn new(dim: usize, base: f32, yarn: Option<&Yarn>) -> RopeYarn {
-        let half = dim / 2;
-        let extrap: Vec<f64> = (0..half)
-            .map(|i| (base as f64).powf(-2.0 * i as f64 / dim as f64))
-            .collect();
-        let Some(y) = yarn else {
-            return RopeYarn {
-                theta: extrap,
-                mscale: 1.0,
-            };
-        };
-        // Correction range of YaRN §A.2: dimensions rotating faster than beta_fast turns over
-        // the original context keep their frequency, slower than beta_slow are interpolated.
-        let corr = |rot: f32| {
-            dim as f64
-                * ((y.original_context as f64) / (rot as f64 * 2.0 * std::f64::consts::PI)).ln()
-                / (2.0 * (base as f64).ln())
-        };
-        let low = corr(y.beta_fast).floor().max(0.0);
-        let high = corr(y.beta_slow).ceil().min(dim as f64 - 1.0);
-        let theta = extrap
-            .iter()
-            .enumerate()
-            .map(|(i, &e)| {
-                let ramp = ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
-                let keep = 1.0 - ramp; // 1: extrapolate (original frequency)
-                e / y.factor as f64 * (1.0 - keep) + e * keep
-            })
-            .collect();
-        RopeYarn {
-            theta,
-            mscale: yarn_mscale(y.factor, y.mscale) / yarn_mscale(y.factor, y.mscale_all_dim),
-        }
-    }
-
-    /// Rotates `x` (`[dim]`) for position `pos`.
-    fn apply(&self, x: &mut [f32], pos: usize) {
-        for (i, &th) in self.theta.iter().enumerate() {
-            let (s, c) = (pos as f64 * th).sin_cos();
-            let (c, s) = (c as f32 * self.mscale, s as f32 * self.mscale);
-            let (a, b) = (x[2 * i], x[2 * i + 1]);
-            x[2 * i] = a * c - b * s;
-            x[2 * i + 1] = a * s + b * c;
-        }
-    }
-
-    /// Rotates `x` (`[dim]`) for position `pos`, pairing halves `(i, i + dim/2)` instead of
-    /// neighbours: DeepSeek-V3.2's indexer uses the same frequencies in the NeoX layout.
-    fn apply_neox(&self, x: &mut [f32], pos: usize) {
-        let half = self.theta.len();
-        for (i, &th) in self.theta.iter().enumerate() {
-            let (s, c) = (pos as f64 * th).sin_cos();
-            let (c, s) = (c as f32 * self.mscale, s as f32 * self.mscale);
-            let (a, b) = (x[i], x[i + half]);
-            x[i] = a * c - b * s;
-            x[i + half] = a * s + b * c;
-        }
-    }
+/// YaRN-scaled RoPE over the `dim` values of the rope slice.
+fn mla_rope(dim: usize, base: f32, yarn: Option<&Yarn>, style: RopeStyle) -> Rope {
+    Rope::new(RopeParams {
+        head_dim: dim,
+        base,
+        linear_factor: 1.0,
+        style,
+        freq_factors: None,
+        yarn,
+    })
 }
 
 /// The cached latents of one layer, `[pos, kv_lora_rank | qk_rope]`.
@@ -288,7 +224,10 @@ pub struct Deepseek2 {
     moe: MoeConfig,
     ends: Ends,
     blocks: Vec<Block>,
-    rope: RopeYarn,
+    /// RoPE of the MLA's rope slice (interleaved pairs, YaRN).
+    rope: Rope,
+    /// The same frequencies in NeoX pairs, for DeepSeek-V3.2's indexer.
+    rope_neox: Rope,
     kq_scale: f32,
     load: Mutex<Vec<ExpertLoad>>,
     trace: Option<Trace>,
@@ -403,7 +342,13 @@ impl Deepseek2 {
             .map_or(1.0, |y| yarn_mscale(y.factor, y.mscale_all_dim));
         let kq_scale = mscale * mscale / (qd as f32).sqrt();
         Ok(Deepseek2 {
-            rope: RopeYarn::new(rope, cfg.rope_base, mla.yarn.as_ref()),
+            rope: mla_rope(
+                rope,
+                cfg.rope_base,
+                mla.yarn.as_ref(),
+                RopeStyle::Interleaved,
+            ),
+            rope_neox: mla_rope(rope, cfg.rope_base, mla.yarn.as_ref(), RopeStyle::Neox),
             load: Mutex::new(vec![ExpertLoad::default(); cfg.n_layer]),
             trace: None,
             store: s,
@@ -477,10 +422,14 @@ impl Blocks for Deepseek2 {
             // likewise per head.
             ix.norm_keys(&mut ix_k);
             for t in 0..n {
-                self.rope.apply_neox(&mut ix_k[t * ix_d..][..rope], pos[t]);
+                self.rope_neox
+                    .rotate(&mut ix_k[t * ix_d..][..rope], pos[t], false);
                 for hh in 0..ix_h {
-                    self.rope
-                        .apply_neox(&mut ix_q[(t * ix_h + hh) * ix_d..][..rope], pos[t]);
+                    self.rope_neox.rotate(
+                        &mut ix_q[(t * ix_h + hh) * ix_d..][..rope],
+                        pos[t],
+                        false,
+                    );
                 }
             }
         }
@@ -489,7 +438,7 @@ impl Blocks for Deepseek2 {
             let (src, dst) = (&kv[t * w..(t + 1) * w], &mut latent[t * w..(t + 1) * w]);
             layers::rms_norm(&src[..lora], &b.kv_a_norm, c.rms_eps, &mut dst[..lora]);
             dst[lora..].copy_from_slice(&src[lora..]);
-            self.rope.apply(&mut dst[lora..], pos[t]);
+            self.rope.rotate(&mut dst[lora..], pos[t], false);
         }
         for seg in segs.iter_mut() {
             let rows = seg.rows.clone();
@@ -504,7 +453,7 @@ impl Blocks for Deepseek2 {
         for t in 0..n {
             for hh in 0..nh {
                 let qh = &mut q[(t * nh + hh) * qd..][..qd];
-                self.rope.apply(&mut qh[nope..], pos[t]);
+                self.rope.rotate(&mut qh[nope..], pos[t], false);
                 qa[(t * nh + hh) * w + lora..][..rope].copy_from_slice(&qh[nope..]);
             }
         }
