@@ -93,6 +93,41 @@ fn describe_model(model: &dyn baicai_models::CausalLm, file_size: u64, ctx: usiz
             m.cache_width()
         );
     }
+    if let Some(ix) = c.mla.as_ref().and_then(|m| m.indexer) {
+        println!(
+            "sparse attention (DeepSeek-V3.2): the indexer ({} heads of {}) picks {} cached tokens per query; its key adds {} values per token and layer",
+            ix.n_head, ix.head_dim, ix.top_k, ix.head_dim
+        );
+    }
+    if let Some(v4) = &c.v4 {
+        let kinds: Vec<String> = v4
+            .kinds
+            .iter()
+            .map(|(k, m)| match k {
+                baicai_models::models::deepseek4::AttnKind::Sliding => "sliding".to_string(),
+                baicai_models::models::deepseek4::AttnKind::Csa => format!("CSA/{m}"),
+                baicai_models::models::deepseek4::AttnKind::Hca => format!("HCA/{m}"),
+            })
+            .collect();
+        println!(
+            "attention (DeepSeek-V4): window {}, head dim {} (RoPE {}), per layer {}; indexer {} heads of {}, top {}; {} hyper-connection streams; {} hash-routed layers",
+            v4.window,
+            v4.head_dim,
+            v4.rope_dim,
+            kinds.join(" "),
+            v4.index.n_head,
+            v4.index.head_dim,
+            v4.index.top_k,
+            v4.hc_mult,
+            v4.hash.iter().filter(|&&h| h).count()
+        );
+    }
+    if model.mtp_layers() > 0 {
+        println!(
+            "multi-token prediction: {} layer(s) kept (not run by generation yet)",
+            model.mtp_layers()
+        );
+    }
     if let Some(moe) = &c.moe {
         println!(
             "experts: {} routed ({} per token), shared width {}, expert width {}, first {} layers dense",

@@ -67,6 +67,20 @@ struct Block {
     ffn: Ffn,
 }
 
+/// A multi-token-prediction layer, kept for speculative decoding (issue 19 runs it); the
+/// forward pass does not, hence no field is read yet.
+#[allow(dead_code)]
+struct Mtp {
+    /// `[n_embd, 2·n_embd]`: projects `[enorm(embedding) | hnorm(hidden)]`.
+    eh_proj: Linear,
+    enorm: Vec<f32>,
+    hnorm: Vec<f32>,
+    /// Its own final norm and head, where the file has them (else the trunk's).
+    head_norm: Option<Vec<f32>>,
+    head: Option<Linear>,
+    block: Block,
+}
+
 /// YaRN-scaled RoPE over the `dim` values of the rope slice.
 fn mla_rope(dim: usize, base: f32, yarn: Option<&Yarn>, style: RopeStyle) -> Rope {
     Rope::new(RopeParams {
@@ -224,6 +238,8 @@ pub struct Deepseek2 {
     moe: MoeConfig,
     ends: Ends,
     blocks: Vec<Block>,
+    /// Multi-token-prediction layers, as the file carries them.
+    mtp: Vec<Mtp>,
     /// RoPE of the MLA's rope slice (interleaved pairs, YaRN).
     rope: Rope,
     /// The same frequencies in NeoX pairs, for DeepSeek-V3.2's indexer.
@@ -247,108 +263,26 @@ impl Deepseek2 {
             .moe
             .clone()
             .ok_or_else(|| ModelError::Config("deepseek2 without MoE sizes".into()))?;
-        let d = cfg.n_embd;
-        let nh = cfg.n_head;
-        let (nope, rope, vd, lora) = (
-            mla.qk_nope_head_dim,
-            mla.qk_rope_head_dim,
-            mla.v_head_dim,
-            mla.kv_lora_rank,
-        );
-        let qd = mla.q_head_dim();
         let ends = Ends::load(&s, &cfg)?;
-        let mut blocks = Vec::with_capacity(cfg.n_layer);
-        for il in 0..cfg.n_layer {
-            let n = |t: &str| format!("blk.{il}.{t}");
-            let (q_a, q) = match mla.q_lora_rank {
-                Some(r) => (
-                    Some((
-                        s.linear(&n("attn_q_a.weight"), r, d)?,
-                        s.vector(&n("attn_q_a_norm.weight"), r)?,
-                    )),
-                    s.linear(&n("attn_q_b.weight"), nh * qd, r)?,
-                ),
-                None => (None, s.linear(&n("attn_q.weight"), nh * qd, d)?),
-            };
-            let (k_absorb, v_b) = if s.has(&n("attn_k_b.weight")) {
-                (
-                    KAbsorb::Split(s.stacked(&n("attn_k_b.weight"), nh, lora, nope)?),
-                    s.stacked(&n("attn_v_b.weight"), nh, vd, lora)?,
-                )
-            } else {
-                let kv_b = s.linear(&n("attn_kv_b.weight"), nh * (nope + vd), lora)?;
-                let mut dense = vec![0.0; nh * nope * lora];
-                for h in 0..nh {
-                    for i in 0..nope {
-                        let r = h * (nope + vd) + i;
-                        s.row(&kv_b, r, &mut dense[(h * nope + i) * lora..][..lora]);
-                    }
-                }
-                let v_b = (0..nh)
-                    .map(|h| kv_b.rows_slice(h * (nope + vd) + nope, vd))
-                    .collect();
-                (KAbsorb::Dense(dense), v_b)
-            };
-            let attn = Attn {
-                q_a,
-                q,
-                kv_a: s.linear(&n("attn_kv_a_mqa.weight"), lora + rope, d)?,
-                kv_a_norm: s.vector(&n("attn_kv_a_norm.weight"), lora)?,
-                k_absorb,
-                v_b,
-                wo: s.linear(&n("attn_output.weight"), d, nh * vd)?,
-                indexer: match (mla.indexer, mla.q_lora_rank) {
-                    (Some(ix), Some(r)) => Some(Indexer::load(&s, il, ix, d, r)?),
-                    // `validate` refuses an indexer without a compressed query.
-                    _ => None,
-                },
-            };
-            let ffn = if il < moe.first_dense {
-                Ffn::Dense {
-                    gate: s.linear(&n("ffn_gate.weight"), cfg.n_ff, d)?,
-                    up: s.linear(&n("ffn_up.weight"), cfg.n_ff, d)?,
-                    down: s.linear(&n("ffn_down.weight"), d, cfg.n_ff)?,
-                }
-            } else {
-                let ne = moe.router.n_expert;
-                let ff = moe.n_ff_expert;
-                let shared = if moe.n_ff_shared > 0 {
-                    let w = moe.n_ff_shared;
-                    Some((
-                        s.linear(&n("ffn_gate_shexp.weight"), w, d)?,
-                        s.linear(&n("ffn_up_shexp.weight"), w, d)?,
-                        s.linear(&n("ffn_down_shexp.weight"), d, w)?,
-                    ))
-                } else {
-                    None
-                };
-                Ffn::Moe {
-                    router: s.linear(&n("ffn_gate_inp.weight"), ne, d)?,
-                    bias: s.vector_opt(&n("exp_probs_b.bias"), ne)?,
-                    experts: Experts::load(&s, &format!("blk.{il}"), ne, d, ff)?,
-                    shared,
-                }
-            };
-            blocks.push(Block {
-                attn_norm: s.vector(&n("attn_norm.weight"), d)?,
-                attn,
-                ffn_norm: s.vector(&n("ffn_norm.weight"), d)?,
-                ffn,
-            });
-        }
+        let blocks = (0..cfg.n_layer)
+            .map(|il| Block::load(&s, &cfg, &mla, &moe, il))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The multi-token-prediction layers llama.cpp's converter appends (`blk.N.nextn.*` past
+        // the trunk): loaded and kept for speculative decoding; the forward pass does not run
+        // them.
+        let mtp = (cfg.n_layer..)
+            .take_while(|il| s.has(&format!("blk.{il}.nextn.eh_proj.weight")))
+            .map(|il| Mtp::load(&s, &cfg, &mla, &moe, il))
+            .collect::<Result<Vec<_>, _>>()?;
         let mscale = mla
             .yarn
             .as_ref()
             .map_or(1.0, |y| yarn_mscale(y.factor, y.mscale_all_dim));
-        let kq_scale = mscale * mscale / (qd as f32).sqrt();
+        let kq_scale = mscale * mscale / (mla.q_head_dim() as f32).sqrt();
+        let (rope, base, yarn) = (mla.qk_rope_head_dim, cfg.rope_base, mla.yarn.as_ref());
         Ok(Deepseek2 {
-            rope: mla_rope(
-                rope,
-                cfg.rope_base,
-                mla.yarn.as_ref(),
-                RopeStyle::Interleaved,
-            ),
-            rope_neox: mla_rope(rope, cfg.rope_base, mla.yarn.as_ref(), RopeStyle::Neox),
+            rope: mla_rope(rope, base, yarn, RopeStyle::Interleaved),
+            rope_neox: mla_rope(rope, base, yarn, RopeStyle::Neox),
             load: Mutex::new(vec![ExpertLoad::default(); cfg.n_layer]),
             trace: None,
             store: s,
@@ -358,6 +292,153 @@ impl Deepseek2 {
             moe,
             ends,
             blocks,
+            mtp,
+        })
+    }
+}
+
+impl Block {
+    /// Loads layer `il`'s tensors (`blk.{il}.*`).
+    fn load(
+        s: &WeightStore,
+        cfg: &ModelConfig,
+        mla: &MlaConfig,
+        moe: &MoeConfig,
+        il: usize,
+    ) -> Result<Block, ModelError> {
+        let n = |t: &str| format!("blk.{il}.{t}");
+        let d = cfg.n_embd;
+        Ok(Block {
+            attn_norm: s.vector(&n("attn_norm.weight"), d)?,
+            attn: Attn::load(s, cfg, mla, il)?,
+            ffn_norm: s.vector(&n("ffn_norm.weight"), d)?,
+            ffn: Ffn::load(s, cfg, moe, il)?,
+        })
+    }
+}
+
+impl Attn {
+    /// Loads layer `il`'s Multi-head Latent Attention (and V3.2's indexer).
+    fn load(
+        s: &WeightStore,
+        cfg: &ModelConfig,
+        mla: &MlaConfig,
+        il: usize,
+    ) -> Result<Attn, ModelError> {
+        let n = |t: &str| format!("blk.{il}.{t}");
+        let (d, nh, qd) = (cfg.n_embd, cfg.n_head, mla.q_head_dim());
+        let (nope, rope, vd, lora) = (
+            mla.qk_nope_head_dim,
+            mla.qk_rope_head_dim,
+            mla.v_head_dim,
+            mla.kv_lora_rank,
+        );
+        let (q_a, q) = match mla.q_lora_rank {
+            Some(r) => (
+                Some((
+                    s.linear(&n("attn_q_a.weight"), r, d)?,
+                    s.vector(&n("attn_q_a_norm.weight"), r)?,
+                )),
+                s.linear(&n("attn_q_b.weight"), nh * qd, r)?,
+            ),
+            None => (None, s.linear(&n("attn_q.weight"), nh * qd, d)?),
+        };
+        let (k_absorb, v_b) = if s.has(&n("attn_k_b.weight")) {
+            (
+                KAbsorb::Split(s.stacked(&n("attn_k_b.weight"), nh, lora, nope)?),
+                s.stacked(&n("attn_v_b.weight"), nh, vd, lora)?,
+            )
+        } else {
+            let kv_b = s.linear(&n("attn_kv_b.weight"), nh * (nope + vd), lora)?;
+            let mut dense = vec![0.0; nh * nope * lora]; // [n_head, qk_nope, kv_lora_rank]
+            for h in 0..nh {
+                for i in 0..nope {
+                    let r = h * (nope + vd) + i;
+                    s.row(&kv_b, r, &mut dense[(h * nope + i) * lora..][..lora]);
+                }
+            }
+            let v_b = (0..nh)
+                .map(|h| kv_b.rows_slice(h * (nope + vd) + nope, vd))
+                .collect();
+            (KAbsorb::Dense(dense), v_b)
+        };
+        Ok(Attn {
+            q_a,
+            q,
+            kv_a: s.linear(&n("attn_kv_a_mqa.weight"), lora + rope, d)?,
+            kv_a_norm: s.vector(&n("attn_kv_a_norm.weight"), lora)?,
+            k_absorb,
+            v_b,
+            wo: s.linear(&n("attn_output.weight"), d, nh * vd)?,
+            indexer: match (mla.indexer, mla.q_lora_rank) {
+                (Some(ix), Some(r)) => Some(Indexer::load(s, il, ix, d, r)?),
+                // `validate` refuses an indexer without a compressed query.
+                _ => None,
+            },
+        })
+    }
+}
+
+impl Ffn {
+    /// Loads layer `il`'s feed-forward block: dense for the leading layers, else DeepSeekMoE.
+    fn load(
+        s: &WeightStore,
+        cfg: &ModelConfig,
+        moe: &MoeConfig,
+        il: usize,
+    ) -> Result<Ffn, ModelError> {
+        let n = |t: &str| format!("blk.{il}.{t}");
+        let d = cfg.n_embd;
+        if il < moe.first_dense {
+            return Ok(Ffn::Dense {
+                gate: s.linear(&n("ffn_gate.weight"), cfg.n_ff, d)?,
+                up: s.linear(&n("ffn_up.weight"), cfg.n_ff, d)?,
+                down: s.linear(&n("ffn_down.weight"), d, cfg.n_ff)?,
+            });
+        }
+        let (ne, ff, w) = (moe.router.n_expert, moe.n_ff_expert, moe.n_ff_shared);
+        let shared = if w > 0 {
+            Some((
+                s.linear(&n("ffn_gate_shexp.weight"), w, d)?,
+                s.linear(&n("ffn_up_shexp.weight"), w, d)?,
+                s.linear(&n("ffn_down_shexp.weight"), d, w)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Ffn::Moe {
+            router: s.linear(&n("ffn_gate_inp.weight"), ne, d)?,
+            bias: s.vector_opt(&n("exp_probs_b.bias"), ne)?,
+            experts: Experts::load(s, &format!("blk.{il}"), ne, d, ff)?,
+            shared,
+        })
+    }
+}
+
+impl Mtp {
+    /// Loads the multi-token-prediction layer at `blk.{il}` (DeepSeek-V3 §2.2: the next
+    /// token's embedding and the trunk's last hidden state, each normalized, concatenated and
+    /// projected by `eh_proj`, then one full decoder layer and the shared head).
+    fn load(
+        s: &WeightStore,
+        cfg: &ModelConfig,
+        mla: &MlaConfig,
+        moe: &MoeConfig,
+        il: usize,
+    ) -> Result<Mtp, ModelError> {
+        let n = |t: &str| format!("blk.{il}.nextn.{t}");
+        let d = cfg.n_embd;
+        let head = match s.has(&n("shared_head_head.weight")) {
+            true => Some(s.linear(&n("shared_head_head.weight"), cfg.n_vocab, d)?),
+            false => None,
+        };
+        Ok(Mtp {
+            eh_proj: s.linear(&n("eh_proj.weight"), d, 2 * d)?,
+            enorm: s.vector(&n("enorm.weight"), d)?,
+            hnorm: s.vector(&n("hnorm.weight"), d)?,
+            head_norm: s.vector_opt(&n("shared_head_norm.weight"), d)?,
+            head,
+            block: Block::load(s, cfg, mla, moe, il)?,
         })
     }
 }
@@ -666,6 +747,10 @@ impl CausalLm for Deepseek2 {
 
     fn set_trace(&mut self, trace: Option<Trace>) {
         self.trace = trace;
+    }
+
+    fn mtp_layers(&self) -> usize {
+        self.mtp.len()
     }
 
     fn new_cache(&self, n_ctx: usize) -> KvCache {

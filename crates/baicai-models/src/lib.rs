@@ -108,6 +108,12 @@ pub trait CausalLm: Send + Sync {
         )
     }
 
+    /// Multi-token-prediction layers the model file carries and the model keeps (for
+    /// speculative decoding); the forward pass does not run them.
+    fn mtp_layers(&self) -> usize {
+        0
+    }
+
     /// Tokens routed to each expert of each layer so far (MoE models only).
     fn expert_load(&self) -> Option<Vec<moe::ExpertLoad>> {
         None

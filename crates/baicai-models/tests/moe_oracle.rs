@@ -300,6 +300,84 @@ fn deepseek_v4_gguf_matches_transformers() {
     }
 }
 
+/// A DeepSeek-V3.2 GGUF that carries a multi-token-prediction layer (as llama.cpp's converter
+/// appends it: `nextn_predict_layers` 1, `blk.3.nextn.*` and a full layer `blk.3.*` after the
+/// three trunk layers) loads, keeps it, and runs the trunk exactly as without it.
+#[test]
+fn deepseek_v32_keeps_its_mtp_layer_and_runs_the_trunk_unchanged() {
+    use baicai_gguf::{TensorSpec, Value as GValue};
+    let dir = fixtures().join("deepseek-v32");
+    let g = baicai_gguf::Gguf::open(&dir.join("model-f32.gguf")).unwrap();
+    let mut metadata: Vec<(String, GValue)> = g
+        .metadata_keys_in_file_order()
+        .iter()
+        .map(|k| (k.clone(), g.metadata()[k].clone()))
+        .collect();
+    for (k, v) in &mut metadata {
+        if k == "deepseek32.block_count" {
+            *v = GValue::U32(4);
+        }
+    }
+    metadata.push(("deepseek32.nextn_predict_layers".into(), GValue::U32(1)));
+    let mut tensors: Vec<(TensorSpec, Vec<u8>)> = g
+        .tensors()
+        .iter()
+        .map(|t| {
+            (
+                TensorSpec::new(t.name.clone(), &t.shape, t.ggml_type),
+                g.tensor_data(t).to_vec(),
+            )
+        })
+        .collect();
+    // The MTP layer's decoder layer: layer 2's tensors under blk.3; its own tensors, F32.
+    let layer2: Vec<(TensorSpec, Vec<u8>)> = tensors
+        .iter()
+        .filter(|(s, _)| s.name.starts_with("blk.2."))
+        .map(|(s, d)| {
+            let name = s.name.replacen("blk.2.", "blk.3.", 1);
+            (TensorSpec::new(name, &s.shape, s.ggml_type), d.clone())
+        })
+        .collect();
+    tensors.extend(layer2);
+    let d = 64u64;
+    let f32s = |n: u64, v: f32| {
+        (0..n)
+            .flat_map(|i| (v + i as f32 * 1e-3).to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    for (name, shape) in [
+        ("blk.3.nextn.eh_proj.weight", vec![2 * d, d]),
+        ("blk.3.nextn.enorm.weight", vec![d]),
+        ("blk.3.nextn.hnorm.weight", vec![d]),
+        ("blk.3.nextn.shared_head_norm.weight", vec![d]),
+    ] {
+        let n = shape.iter().product();
+        tensors.push((
+            TensorSpec::new(name, &shape, baicai_gguf::GgmlType::F32),
+            f32s(n, 0.5),
+        ));
+    }
+    let specs: Vec<(TensorSpec, &[u8])> = tensors
+        .iter()
+        .map(|(s, d)| (s.clone(), d.as_slice()))
+        .collect();
+    let bytes = baicai_gguf::write_to_vec(&metadata, &specs).unwrap();
+    let with =
+        baicai_models::load(Arc::new(baicai_gguf::Gguf::from_bytes(bytes).unwrap())).unwrap();
+    let without = baicai_models::load(Arc::new(g)).unwrap();
+    assert_eq!(with.config().n_layer, 3, "the trunk excludes the MTP layer");
+    assert_eq!((with.mtp_layers(), without.mtp_layers()), (1, 0));
+    let ids: Vec<u32> = (0..11).map(|i| (i * 29 % 300 + 3) as u32).collect();
+    let run = |m: &dyn CausalLm| {
+        let mut c = m.new_cache(32);
+        m.forward(&ids, &mut c, Logits::All).unwrap()
+    };
+    assert!(
+        run(with.as_ref()) == run(without.as_ref()),
+        "the MTP layer changed the trunk's logits"
+    );
+}
+
 #[test]
 fn deepseek_v2_lite_matches_transformers() {
     run("deepseek-v2-lite");

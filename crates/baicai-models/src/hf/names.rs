@@ -90,6 +90,13 @@ pub(super) fn canonical_name(arch: Arch, name: &str) -> Option<String> {
         "mlp.shared_experts.up_proj" | "mlp.shared_expert.up_proj" => "ffn_up_shexp",
         "mlp.shared_experts.down_proj" | "mlp.shared_expert.down_proj" => "ffn_down_shexp",
         "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
+        // DeepSeek-V3/V3.2's multi-token-prediction layer (past the trunk; llama.cpp's names).
+        "eh_proj" => "nextn.eh_proj",
+        "enorm" => "nextn.enorm",
+        "hnorm" => "nextn.hnorm",
+        "shared_head.norm" => "nextn.shared_head_norm",
+        "shared_head.head" => "nextn.shared_head_head",
+        "embed_tokens" => "nextn.embed_tokens",
         // DeepSeek-V3.2's lightning indexer (llama.cpp's names).
         "self_attn.indexer.wq_b" => "indexer.attn_q_b",
         "self_attn.indexer.wk" => "indexer.attn_k",
