@@ -231,8 +231,19 @@ fn greedy_outputs_under_load_equal_alone_deepseek_v32_and_v4() {
 
 #[test]
 fn preemption_when_blocks_run_out_keeps_outputs() {
+    preempted_outputs_equal_alone("fixtures/moe/qwen2-moe/model-f32.gguf");
+}
+
+/// DeepSeek-V4 preempted and recomputed (its cache rows hold the window keys, the compressed
+/// entries and the compressors' pending projections) gives the same tokens.
+#[test]
+fn preemption_keeps_deepseek_v4_outputs() {
+    preempted_outputs_equal_alone("fixtures/moe/deepseek-v4/model-f32.gguf");
+}
+
+fn preempted_outputs_equal_alone(model: &str) {
     // Room for about two sequences' blocks: the others wait or are preempted and recomputed.
-    let path = root().join("fixtures/moe/qwen2-moe/model-f32.gguf");
+    let path = root().join(model);
     let probe = start(&path, EngineConfig::default());
     let blocks_per_mib = probe.info().kv_blocks_total as f64 / 1024.0;
     probe.shutdown_and_wait();

@@ -23,6 +23,11 @@ pub fn set_expert_readahead(on: bool) {
     EXPERT_READAHEAD.store(on, Ordering::Relaxed);
 }
 
+/// Whether selected experts are read ahead (see [`set_expert_readahead`]).
+pub fn expert_readahead() -> bool {
+    EXPERT_READAHEAD.load(Ordering::Relaxed)
+}
+
 /// How router logits become expert scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scoring {
@@ -262,7 +267,7 @@ impl Experts {
         let active: Vec<usize> = (0..n_expert)
             .filter(|&e| !by_expert[e].is_empty())
             .collect();
-        if EXPERT_READAHEAD.load(Ordering::Relaxed) {
+        if expert_readahead() {
             for &e in &active {
                 let (gate, up, down) = &self.experts[e];
                 for w in [gate, up, down] {

@@ -1524,6 +1524,16 @@ impl Deepseek4 {
                 })
             })
             .collect();
+        // Experts larger than memory: ask the OS for each selected expert as soon as it is
+        // routed, as the other MoE models do.
+        if crate::blocks::moe::expert_readahead() {
+            for &e in &active {
+                let (gate, up, down) = &mo.experts.experts[e];
+                for w in [gate, up, down] {
+                    baicai_gguf::will_need(w.weight().data);
+                }
+            }
+        }
         let [sg, su, sd] = &mo.shared;
         let ff = sg.rows;
         let mut gates: Vec<Vec<f32>> = active
