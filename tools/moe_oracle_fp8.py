@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""FP8 variant of the DeepSeek-V3 oracle fixture: takes fixtures/moe/deepseek-v3, stores every
+"""FP8 variant of a DeepSeek oracle fixture: takes fixtures/moe/<model> (deepseek-v3, or deepseek-v32
+under transformers 5.x), stores every
 linear weight of the attention and MLP blocks (experts included; embeddings, norms, router and
 lm_head stay F32, as in the official checkpoints) as FP8 E4M3 with 128x128 block scales
 (`weight_scale_inv` = block amax / 448, the official DeepSeek-V3/R1 layout), and writes
@@ -7,10 +8,15 @@ fixtures/moe/deepseek-v3-fp8/ with reference logits computed by transformers in 
 dequantized weights (fp8 value x scale), i.e. what a loader must reproduce exactly.
 
     /tmp/oracle/bin/python tools/moe_oracle_fp8.py      (venv of tools/requirements-oracle.txt)
+    /work/tf5-venv/bin/python tools/moe_oracle_fp8.py deepseek-v32   (tools/requirements-oracle-tf5.txt)
+
+DeepSeek-V3.2's indexer projections (`wq_b`, `wk`) become FP8 like the attention's; its
+`weights_proj` stays F32 (transformers keeps it in float32) and `k_norm` is a vector.
 """
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -18,10 +24,11 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = ROOT / "fixtures/moe/deepseek-v3"
-DST = ROOT / "fixtures/moe/deepseek-v3-fp8"
+MODEL = sys.argv[1] if len(sys.argv) > 1 else "deepseek-v3"
+SRC = ROOT / "fixtures/moe" / MODEL
+DST = ROOT / "fixtures/moe" / f"{MODEL}-fp8"
 FP8_PARTS = ("self_attn.", "mlp.")
-KEEP_F32 = ("mlp.gate.weight", "layernorm", "e_score_correction_bias")
+KEEP_F32 = ("mlp.gate.weight", "layernorm", "e_score_correction_bias", "indexer.weights_proj")
 
 
 def quantize(w):
@@ -70,10 +77,14 @@ def main():
                                   "weight_block_size": [128, 128]}
     (DST / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     save_file(out, str(DST / "model.safetensors"))
-    # Reference: the F32 model with the dequantized weights.
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(SRC), torch_dtype=torch.float32,
-                                                              attn_implementation="eager")
-    model.load_state_dict(deq, strict=False)
+    # Reference: the F32 model with the dequantized weights, loaded as a checkpoint (so
+    # transformers 5.x fuses per-expert weights as it does for any checkpoint).
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in ("config.json", "generation_config.json"):
+            shutil.copy(SRC / f, Path(tmp) / f)
+        save_file({k: v.contiguous() for k, v in deq.items()}, str(Path(tmp) / "model.safetensors"))
+        model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32,
+                                                                  attn_implementation="eager")
     model.eval()
     ref = json.loads((SRC / "reference.json").read_text())
     prompts = []
@@ -90,8 +101,8 @@ def main():
                             "greedy": greedy})
     n_fp8 = sum(1 for v in out.values() if v.dtype == torch.float8_e4m3fn)
     (DST / "reference.json").write_text(json.dumps({
-        "model": "deepseek-v3-fp8", "vocab_size": ref["vocab_size"],
-        "generator": {"script": "tools/moe_oracle_fp8.py", "source": "fixtures/moe/deepseek-v3",
+        "model": f"{MODEL}-fp8", "vocab_size": ref["vocab_size"],
+        "generator": {"script": "tools/moe_oracle_fp8.py", "source": f"fixtures/moe/{MODEL}",
                       "torch": torch.__version__, "transformers": transformers.__version__,
                       "fp8_tensors": n_fp8,
                       "note": "logits of the F32 model whose FP8 weights are dequantized as fp8 * scale_inv"},

@@ -419,6 +419,14 @@ fn deepseek_v3_fp8_block_scaled_matches_transformers() {
     );
 }
 
+/// DeepSeek-V3.2 as DeepSeek publishes it: FP8 E4M3 weights with 128×128 block scales, the
+/// indexer's projections included (its `weights_proj` in F32), made from the V3.2 fixture by
+/// tools/moe_oracle_fp8.py; the reference is transformers on the dequantized weights.
+#[test]
+fn deepseek_v32_fp8_block_scaled_matches_transformers() {
+    run("deepseek-v32-fp8");
+}
+
 /// The f16 latent cache (what quantized DeepSeek models get) stays close to transformers: only
 /// the rounding of q, the latents and the probabilities to f16 separates it from the f32 path.
 #[test]
