@@ -171,6 +171,7 @@ pub const HF_FIXTURES: &[&str] = &[
     "fixtures/moe/kimi-k2",
     "fixtures/moe/deepseek-v4",
     "fixtures/moe/deepseek-v4-release",
+    "fixtures/moe/deepseek-v32-fp8",
 ];
 
 impl Corpus {
