@@ -22,6 +22,8 @@ pub(super) struct RowLayout {
 }
 
 impl RowLayout {
+    /// The row for `v`'s head widths; the raw parts have room for CSA's overlapping (`2w`)
+    /// projections.
     pub(super) fn new(v: &V4Config) -> RowLayout {
         let (d, c) = (v.head_dim, v.index.head_dim);
         let kv = 0;
@@ -50,7 +52,9 @@ fn round_f16(x: &mut [f32]) {
 /// cache converts only what is read).
 #[derive(Clone, Copy)]
 pub(super) enum Rows<'a> {
+    /// The rows and the row width.
     F32(&'a [f32], usize),
+    /// The rows and the row width, converted as read.
     F16(&'a [half::f16], usize),
 }
 
