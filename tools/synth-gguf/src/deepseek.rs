@@ -306,6 +306,45 @@ pub mod testing {
             .ggml_type
     }
 
+    /// Every tensor of `names` has type `ty`.
+    pub fn assert_types(ts: &[PlannedTensor], names: &[&str], ty: GgmlType) {
+        for name in names {
+            assert_eq!(type_of(ts, name), ty, "{name}");
+        }
+    }
+
+    /// The shape of tensor `name` in `ts`.
+    ///
+    /// # Panics
+    /// When `ts` has no tensor `name`.
+    pub fn shape_of<'a>(ts: &'a [PlannedTensor], name: &str) -> &'a [u64] {
+        &ts.iter()
+            .find(|t| t.spec.name == name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+            .spec
+            .shape
+    }
+
+    /// The value of metadata key `key`.
+    ///
+    /// # Panics
+    /// When `m` has no key `key`.
+    pub fn value_of(m: &[(String, Value)], key: &str) -> Value {
+        m.iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("no {key}"))
+            .1
+            .clone()
+    }
+
+    /// No metadata key repeats.
+    pub fn assert_keys_unique(m: &[(String, Value)]) {
+        let mut keys: Vec<_> = m.iter().map(|(k, _)| k).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), m.len(), "a key repeats");
+    }
+
     /// Every row is whole blocks of its type, and no name repeats.
     pub fn assert_consistent(ts: &[PlannedTensor]) {
         let mut names = std::collections::HashSet::new();

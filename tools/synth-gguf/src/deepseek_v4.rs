@@ -270,7 +270,9 @@ pub fn plan(h: &Hparams) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deepseek::testing::{assert_consistent, type_of};
+    use crate::deepseek::testing::{
+        assert_consistent, assert_keys_unique, assert_types, shape_of, type_of, value_of,
+    };
     use crate::deepseek::PlannedTensor;
 
     /// Attention common to every layer: sinks, q_a, q_a_norm, q_b, kv, kv_norm, o_a, o_b, and
@@ -334,13 +336,7 @@ mod tests {
     fn tensor_list_has_each_layer_kind_as_llama_cpp_loads_it() {
         let ts = tensors(&hparams(3)).0;
         assert_consistent(&ts);
-        let shape = |name: &str| {
-            &ts.iter()
-                .find(|t| t.spec.name == name)
-                .unwrap_or_else(|| panic!("no {name}"))
-                .spec
-                .shape
-        };
+        let shape = |name: &str| shape_of(&ts, name);
         let has = |name: &str| ts.iter().any(|t| t.spec.name == name);
         // Hash tables and experts first, as the converter writes them.
         assert_eq!(ts[0].spec.name, "blk.0.ffn_gate_tid2eid.weight");
@@ -390,7 +386,7 @@ mod tests {
         // `use_more_bits` on 3 layers marks layer 2 only.
         assert_eq!(ty("blk.1.ffn_down_shexp.weight"), GgmlType::Q4_K);
         assert_eq!(ty("blk.2.ffn_down_shexp.weight"), GgmlType::Q6_K);
-        for q4k in [
+        let q4k = [
             "token_embd.weight",
             "blk.1.hc_attn_fn.weight",
             "blk.1.attn_compressor_ape.weight",
@@ -398,31 +394,23 @@ mod tests {
             "blk.1.indexer.proj.weight",
             "blk.1.attn_output_a.weight",
             "output_hc_fn.weight",
-        ] {
-            assert_eq!(ty(q4k), GgmlType::Q4_K, "{q4k}");
-        }
-        for f32 in [
+        ];
+        assert_types(&ts, &q4k, GgmlType::Q4_K);
+        let f32 = [
             "blk.1.ffn_gate_inp.weight",
             "blk.1.attn_sinks.weight",
             "blk.1.hc_attn_base.weight",
             "blk.1.attn_compressor_norm.weight",
             "output_hc_scale.weight",
-        ] {
-            assert_eq!(ty(f32), GgmlType::F32, "{f32}");
-        }
+        ];
+        assert_types(&ts, &f32, GgmlType::F32);
         assert_eq!(ty("output.weight"), GgmlType::Q6_K);
     }
 
     #[test]
     fn metadata_has_the_deepseek4_keys_llama_cpp_reads() {
         let m = metadata(&hparams(3));
-        let get = |k: &str| {
-            m.iter()
-                .find(|(key, _)| key == k)
-                .unwrap_or_else(|| panic!("no {k}"))
-                .1
-                .clone()
-        };
+        let get = |k: &str| value_of(&m, k);
         let u = |k: &str| get(&format!("deepseek4.{k}")).to_u64().unwrap();
         assert_eq!(get("general.architecture").as_str(), Some("deepseek4"));
         assert_eq!(u("block_count"), 3);
@@ -446,10 +434,7 @@ mod tests {
             get("deepseek4.attention.compress_rope_freq_base"),
             Value::F32(160_000.0)
         );
-        let mut keys: Vec<_> = m.iter().map(|(k, _)| k).collect();
-        keys.sort();
-        keys.dedup();
-        assert_eq!(keys.len(), m.len(), "a key repeats");
+        assert_keys_unique(&m);
         // V2/V3 keys that deepseek4 files do not carry.
         for absent in [
             "leading_dense_block_count",

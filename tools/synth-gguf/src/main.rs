@@ -100,10 +100,10 @@ fn main() -> Result<()> {
             (args, deepseek_v4::plan(&deepseek_v4::hparams(layers)))
         }
     };
-    let (h, tensors) = (&plan, &plan.tensors);
+    let tensors = &plan.tensors;
     let mut out = std::io::stdout().lock();
     let printed = if args.plan {
-        print_plan(&mut out, tensors).and_then(|()| print_summary(&mut out, h))
+        print_plan(&mut out, tensors).and_then(|()| print_summary(&mut out, &plan))
     } else {
         let path = args
             .output
@@ -115,7 +115,7 @@ fn main() -> Result<()> {
         let size = std::fs::metadata(path)
             .with_context(|| format!("reading the size of {}", path.display()))?
             .len();
-        print_summary(&mut out, h).and_then(|()| {
+        print_summary(&mut out, &plan).and_then(|()| {
             writeln!(out, "wrote {}", path.display())?;
             writeln!(
                 out,
@@ -200,8 +200,8 @@ fn print_plan(out: &mut impl Write, tensors: &[PlannedTensor]) -> std::io::Resul
 }
 
 /// Tensor and parameter counts per type, total and active per token.
-fn print_summary(out: &mut impl Write, h: &Plan) -> std::io::Result<()> {
-    let tensors = &h.tensors;
+fn print_summary(out: &mut impl Write, plan: &Plan) -> std::io::Result<()> {
+    let tensors = &plan.tensors;
     let mut by_type: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
     for t in tensors.iter() {
         let e = by_type.entry(t.spec.ggml_type.name()).or_default();
@@ -224,8 +224,8 @@ fn print_summary(out: &mut impl Write, h: &Plan) -> std::io::Result<()> {
         .filter(|t| t.routed)
         .map(PlannedTensor::n_elements)
         .sum();
-    let active = total - routed + routed / h.n_expert * h.n_expert_used;
-    let embd = h.embd_params;
+    let active = total - routed + routed / plan.n_expert * plan.n_expert_used;
+    let embd = plan.embd_params;
     writeln!(
         out,
         "parameters: {total} total ({:.2} B)",
