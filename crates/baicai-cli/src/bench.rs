@@ -1,5 +1,5 @@
 //! `baicai bench`: prompt processing (ppN) and generation (tgN) speed with the same meaning as
-//! llama-bench's pp512/tg128, peak RSS, the fraction of the memory-bandwidth roofline reached
+//! llama-bench's pp512/tg128 (and, with `--depth D`, its `pp512 @ dD` / `tg128 @ dD`), peak RSS, the fraction of the memory-bandwidth roofline reached
 //! in generation, and the energy and cost of a token (measured by RAPL or estimated, labelled).
 
 use std::time::{Instant, SystemTime};
@@ -23,6 +23,12 @@ pub struct BenchArgs {
     /// Tokens generated one at a time (0 skips the test).
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     pub n_gen: usize,
+    /// Tokens of context already in the cache when each test starts, as llama-bench's `-d`:
+    /// before every prompt and generation test a fresh cache is filled with this many tokens
+    /// (timed apart and reported as the fill rate), so `-p 0 -n 16 -d 4096` measures decode
+    /// at 4096 tokens of context.
+    #[arg(short = 'd', long = "depth", default_value_t = 0)]
+    pub depth: usize,
     /// Repetitions; the mean is reported.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub repetitions: usize,
@@ -100,6 +106,24 @@ fn tokens(n: usize, n_vocab: usize) -> Vec<u32> {
         .collect()
 }
 
+/// A fresh cache with room for `depth + room` tokens, holding `depth` tokens of context, and
+/// the seconds the fill took (in prefill chunks, as a served prompt is).
+fn cache_at_depth(
+    model: &dyn baicai_models::CausalLm,
+    depth: usize,
+    room: usize,
+) -> Result<(baicai_models::KvCache, f64)> {
+    let mut cache = model.new_cache(depth + room);
+    let t = Instant::now();
+    for chunk in tokens(depth, model.config().n_vocab).chunks(baicai_engine::session::PREFILL_CHUNK)
+    {
+        model
+            .forward(chunk, &mut cache, Logits::Last)
+            .with_context(|| format!("filling the cache to --depth {depth}"))?;
+    }
+    Ok((cache, t.elapsed().as_secs_f64()))
+}
+
 /// `baicai bench`.
 pub fn bench(a: BenchArgs) -> Result<()> {
     if a.repetitions == 0 {
@@ -118,6 +142,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let n_ctx = a.n_prompt.max(a.n_gen).max(1);
     let mut pp = Vec::new();
     let mut tg = Vec::new();
+    // Seconds of each fill to `--depth`.
+    let mut fills = Vec::new();
     // A warm-up pass pages the weights in and maps them, as llama-bench's warm-up run does. It
     // is a batch of tokens, not one: a single token touches only the experts it is routed to,
     // and the first touch of every other expert (mapping its pages) then fell inside the timed
@@ -134,7 +160,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     for _ in 0..a.repetitions {
         if a.n_prompt > 0 {
-            let mut cache = model.new_cache(n_ctx);
+            let (mut cache, fill) = cache_at_depth(model.as_ref(), a.depth, n_ctx)?;
+            fills.push(fill);
             let prompt = tokens(a.n_prompt, cfg.n_vocab);
             let mark = meter.start();
             let t = Instant::now();
@@ -150,7 +177,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             pp_j.push(e.joules / a.n_prompt as f64);
         }
         if a.n_gen > 0 {
-            let mut cache = model.new_cache(n_ctx);
+            let (mut cache, fill) = cache_at_depth(model.as_ref(), a.depth, n_ctx)?;
+            fills.push(fill);
             let mut tok = tokens(1, cfg.n_vocab)[0];
             let mark = meter.start();
             let t = Instant::now();
@@ -187,6 +215,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         0.0
     };
     let file = loaded.file_size;
+    let fill_rate = if a.depth > 0 {
+        a.depth as f64 / mean(&fills)
+    } else {
+        0.0
+    };
+    let at_depth = if a.depth > 0 {
+        format!(" @ d{}", a.depth)
+    } else {
+        String::new()
+    };
     if a.json {
         let j = serde_json::json!({
             "model": a.model.model.display().to_string(),
@@ -194,6 +232,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "threads": threads,
             "n_prompt": a.n_prompt,
             "n_gen": a.n_gen,
+            "depth": a.depth,
+            "depth_fill_s": mean(&fills),
+            "depth_fill_tokens_per_s": fill_rate,
             "repetitions": a.repetitions,
             "pp_tokens_per_s": mean(&pp),
             "pp_stddev": stddev(&pp),
@@ -231,18 +272,26 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 huge_pages as f64 / 1048576.0
             );
         }
+        if a.depth > 0 {
+            println!(
+                "depth {}: each of {} fills took {:.2} s ({fill_rate:.2} tok/s)",
+                a.depth,
+                fills.len(),
+                mean(&fills)
+            );
+        }
         if a.n_prompt > 0 {
             println!(
-                "pp{:<6} {:>8.2} ± {:.2} tok/s",
-                a.n_prompt,
+                "{:<8} {:>8.2} ± {:.2} tok/s",
+                format!("pp{}{at_depth}", a.n_prompt),
                 mean(&pp),
                 stddev(&pp)
             );
         }
         if a.n_gen > 0 {
             println!(
-                "tg{:<6} {:>8.2} ± {:.2} tok/s",
-                a.n_gen,
+                "{:<8} {:>8.2} ± {:.2} tok/s",
+                format!("tg{}{at_depth}", a.n_gen),
                 tg_mean,
                 stddev(&tg)
             );

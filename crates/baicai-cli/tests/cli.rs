@@ -85,6 +85,35 @@ fn tokenize_prints_llamacpps_ids_as_json() {
     }
 }
 
+/// `--depth 8` on the tiny DeepSeek-V4 (window 4, compress rates 4 and 8): the fill crosses
+/// the window and closes compressed entries before the timed tokens, and the JSON says so.
+#[test]
+fn bench_depth_fills_the_cache_before_the_timed_tests() {
+    let m = root().join("fixtures/moe/deepseek-v4/model-f32.gguf");
+    let m = m.to_str().unwrap();
+    let o = baicai(&[
+        "bench", "-m", m, "-d", "8", "-p", "4", "-n", "4", "-r", "1", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(j["depth"], json!(8));
+    for key in [
+        "depth_fill_s",
+        "depth_fill_tokens_per_s",
+        "pp_tokens_per_s",
+        "tg_tokens_per_s",
+    ] {
+        assert!(j[key].as_f64().unwrap() > 0.0, "{key}: {}", j[key]);
+    }
+    let table = baicai(&[
+        "bench", "-m", m, "--depth", "8", "-p", "0", "-n", "2", "-r", "1",
+    ]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let out = stdout(&table);
+    assert!(out.contains("tg2 @ d8"), "{out}");
+    assert!(out.contains("depth 8: each of 1 fills took"), "{out}");
+}
+
 #[test]
 fn bench_json_has_the_documented_fields_in_both_load_modes() {
     let Some(m) = model(QWEN) else { return };

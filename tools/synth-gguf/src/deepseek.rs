@@ -11,6 +11,7 @@ use baicai_gguf::{GgmlType, TensorSpec, Value};
 use crate::fill::Init;
 use crate::llama_quant::{ffn_down_type, fit_rows, FTYPE_MOSTLY_Q4_K_M};
 use crate::tokenizer::tokenizer;
+use crate::Plan;
 
 /// Hyper-parameters, named after the model's `config.json`.
 pub struct Hparams {
@@ -66,6 +67,8 @@ pub enum Gating {
     Softmax = 1,
     /// V3: sigmoid, experts picked by score + `exp_probs_b` (`e_score_correction_bias`).
     Sigmoid = 2,
+    /// V4: `sqrt(softplus(x))`, picked like V3 (`scoring_func = "sqrtsoftplus"`).
+    SqrtSoftplus = 4,
 }
 
 impl Hparams {
@@ -94,77 +97,116 @@ impl PlannedTensor {
 /// sets it), with a synthetic byte-level tokenizer (see [`tokenizer`]) so that servers can take
 /// text and chat requests.
 pub fn metadata(h: &Hparams) -> Vec<(String, Value)> {
-    let u = |x: u64| Value::U32(x as u32);
-    let s = |x: &str| Value::String(x.into());
-    let a = |k: &str| format!("{}.{k}", h.arch);
-    let mut m = vec![
-        ("general.architecture".into(), s(h.arch)),
-        ("general.type".into(), s("model")),
-        ("general.name".into(), s(&h.name)),
-        ("general.file_type".into(), Value::U32(FTYPE_MOSTLY_Q4_K_M)),
-        ("general.quantization_version".into(), Value::U32(2)),
-        (a("block_count"), u(h.n_layer)),
-        (a("context_length"), u(h.n_ctx_train)),
-        (a("embedding_length"), u(h.n_embd)),
-        (a("feed_forward_length"), u(h.n_ff)),
-        (a("attention.head_count"), u(h.n_head)),
-        // MLA runs as multi-query attention over the latent: one KV head.
-        (a("attention.head_count_kv"), u(1)),
-        (a("rope.freq_base"), Value::F32(10_000.0)),
-        (a("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
-        (a("expert_count"), u(h.n_expert)),
-        (a("expert_used_count"), u(h.n_expert_used)),
-    ];
+    let mut m = Meta::new(h.arch, &h.name);
+    m.u("block_count", h.n_layer);
+    m.u("context_length", h.n_ctx_train);
+    m.u("embedding_length", h.n_embd);
+    m.u("feed_forward_length", h.n_ff);
+    m.u("attention.head_count", h.n_head);
+    // MLA runs as multi-query attention over the latent: one KV head.
+    m.u("attention.head_count_kv", 1);
+    m.f("rope.freq_base", 10_000.0);
+    m.f("attention.layer_norm_rms_epsilon", 1e-6);
+    m.u("expert_count", h.n_expert);
+    m.u("expert_used_count", h.n_expert_used);
     if let Some((n_group, topk_group)) = h.expert_groups {
-        m.push((a("expert_group_count"), u(n_group)));
-        m.push((a("expert_group_used_count"), u(topk_group)));
+        m.u("expert_group_count", n_group);
+        m.u("expert_group_used_count", topk_group);
     }
-    m.push((a("expert_gating_func"), Value::U32(h.gating as u32)));
-    m.push((a("leading_dense_block_count"), u(h.n_dense_lead)));
-    m.push((a("vocab_size"), u(h.n_vocab)));
+    m.u("expert_gating_func", h.gating as u64);
+    m.u("leading_dense_block_count", h.n_dense_lead);
+    m.u("vocab_size", h.n_vocab);
     if let Some(q_lora_rank) = h.q_lora_rank {
-        m.push((a("attention.q_lora_rank"), u(q_lora_rank)));
+        m.u("attention.q_lora_rank", q_lora_rank);
     }
-    m.extend([
-        (a("attention.kv_lora_rank"), u(h.kv_lora_rank)),
-        // Absorbed MLA: keys are latent + RoPE part, values are the latent.
-        (a("attention.key_length"), u(h.kv_lora_rank + h.qk_rope)),
-        (a("attention.value_length"), u(h.kv_lora_rank)),
-        (a("attention.key_length_mla"), u(h.qk_head())),
-        (a("attention.value_length_mla"), u(h.v_head)),
-        (a("expert_feed_forward_length"), u(h.n_ff_exp)),
-        (a("expert_shared_count"), u(h.n_expert_shared)),
-        (
-            a("expert_weights_scale"),
-            Value::F32(h.expert_weights_scale),
-        ),
-        (a("expert_weights_norm"), Value::Bool(h.expert_weights_norm)),
-        (a("rope.dimension_count"), u(h.qk_rope)),
-        (a("rope.scaling.type"), s("yarn")),
-        (a("rope.scaling.factor"), Value::F32(40.0)),
-        (a("rope.scaling.original_context_length"), u(4096)),
-        (a("rope.scaling.yarn_beta_fast"), Value::F32(32.0)),
-        (a("rope.scaling.yarn_beta_slow"), Value::F32(1.0)),
-        // The converter writes 0.1 · mscale_all_dim; llama.cpp divides the 0.1 back out.
-        (
-            a("rope.scaling.yarn_log_multiplier"),
-            Value::F32(0.1 * h.mscale_all_dim),
-        ),
-    ]);
+    m.u("attention.kv_lora_rank", h.kv_lora_rank);
+    // Absorbed MLA: keys are latent + RoPE part, values are the latent.
+    m.u("attention.key_length", h.kv_lora_rank + h.qk_rope);
+    m.u("attention.value_length", h.kv_lora_rank);
+    m.u("attention.key_length_mla", h.qk_head());
+    m.u("attention.value_length_mla", h.v_head);
+    m.u("expert_feed_forward_length", h.n_ff_exp);
+    m.u("expert_shared_count", h.n_expert_shared);
+    m.f("expert_weights_scale", h.expert_weights_scale);
+    m.put("expert_weights_norm", Value::Bool(h.expert_weights_norm));
+    m.u("rope.dimension_count", h.qk_rope);
+    m.yarn(40.0, 4096);
+    // The converter writes 0.1 · mscale_all_dim; llama.cpp divides the 0.1 back out.
+    m.f("rope.scaling.yarn_log_multiplier", 0.1 * h.mscale_all_dim);
     if let Some(ix) = &h.indexer {
-        m.push((a("attention.indexer.head_count"), u(ix.n_head)));
-        m.push((a("attention.indexer.key_length"), u(ix.head_dim)));
-        m.push((a("attention.indexer.top_k"), u(ix.top_k)));
+        m.indexer(ix);
     }
-    m.extend(tokenizer(h.n_vocab));
-    m
+    m.finish(h.n_vocab)
+}
+
+/// Metadata under construction: the `general.*` keys, then keys under the architecture's
+/// prefix in the order they are added, then the tokenizer.
+pub struct Meta {
+    arch: &'static str,
+    kv: Vec<(String, Value)>,
+}
+
+impl Meta {
+    /// The `general.*` keys of a Q4_K_M file (`general.file_type` as llama-quantize sets it).
+    pub fn new(arch: &'static str, name: &str) -> Meta {
+        let s = |x: &str| Value::String(x.into());
+        Meta {
+            arch,
+            kv: vec![
+                ("general.architecture".into(), s(arch)),
+                ("general.type".into(), s("model")),
+                ("general.name".into(), s(name)),
+                ("general.file_type".into(), Value::U32(FTYPE_MOSTLY_Q4_K_M)),
+                ("general.quantization_version".into(), Value::U32(2)),
+            ],
+        }
+    }
+
+    /// `{arch}.{key}` = `value`.
+    pub fn put(&mut self, key: &str, value: Value) {
+        self.kv.push((format!("{}.{key}", self.arch), value));
+    }
+
+    /// An unsigned key, which gguf-py writes as u32.
+    pub fn u(&mut self, key: &str, x: u64) {
+        self.put(key, Value::U32(x as u32));
+    }
+
+    /// A float key (f32).
+    pub fn f(&mut self, key: &str, x: f32) {
+        self.put(key, Value::F32(x));
+    }
+
+    /// YaRN as `rope_scaling` gives it (`beta_fast` 32, `beta_slow` 1 in every model here).
+    pub fn yarn(&mut self, factor: f32, original_context: u64) {
+        self.put("rope.scaling.type", Value::String("yarn".into()));
+        self.f("rope.scaling.factor", factor);
+        self.u("rope.scaling.original_context_length", original_context);
+        self.f("rope.scaling.yarn_beta_fast", 32.0);
+        self.f("rope.scaling.yarn_beta_slow", 1.0);
+    }
+
+    /// The lightning indexer's `index_n_heads`, `index_head_dim`, `index_topk`.
+    pub fn indexer(&mut self, ix: &IndexerHparams) {
+        self.u("attention.indexer.head_count", ix.n_head);
+        self.u("attention.indexer.key_length", ix.head_dim);
+        self.u("attention.indexer.top_k", ix.top_k);
+    }
+
+    /// All keys, the tokenizer's last.
+    pub fn finish(mut self, n_vocab: u64) -> Vec<(String, Value)> {
+        self.kv.extend(tokenizer(n_vocab));
+        self.kv
+    }
 }
 
 /// Appends tensors to a plan, applying llama-quantize's row fallback to each type.
-struct Planner(Vec<PlannedTensor>);
+#[derive(Default)]
+pub struct Planner(pub Vec<PlannedTensor>);
 
 impl Planner {
-    fn add(&mut self, name: String, shape: &[u64], ty: GgmlType, init: Init) {
+    /// Appends tensor `name` of `shape` (ggml order) as type `ty`, or its row fallback.
+    pub fn add(&mut self, name: String, shape: &[u64], ty: GgmlType, init: Init) {
         self.0.push(PlannedTensor {
             routed: name.ends_with("_exps.weight"),
             spec: TensorSpec::new(name, shape, fit_rows(ty, shape[0])),
@@ -182,7 +224,7 @@ impl Planner {
 /// quantized like any other 2-D weight (llama-quantize exempts it only for glm5-next).
 pub fn tensors(h: &Hparams) -> Vec<PlannedTensor> {
     use GgmlType::{F32, Q4_K, Q6_K};
-    let mut p = Planner(Vec::new());
+    let mut p = Planner::default();
     let (e, r, one) = (h.n_embd, Init::Random, Init::NearOne);
     p.add("token_embd.weight".into(), &[e, h.n_vocab], Q4_K, r);
     for il in 0..h.n_layer {
@@ -236,6 +278,17 @@ pub fn tensors(h: &Hparams) -> Vec<PlannedTensor> {
     p.0
 }
 
+/// The plan `main` writes.
+pub fn plan(h: &Hparams) -> Plan {
+    Plan {
+        metadata: metadata(h),
+        tensors: tensors(h),
+        embd_params: h.n_embd * h.n_vocab,
+        n_expert: h.n_expert,
+        n_expert_used: h.n_expert_used,
+    }
+}
+
 /// Test helpers shared by the models' tests.
 #[cfg(test)]
 pub mod testing {
@@ -251,6 +304,45 @@ pub mod testing {
             .unwrap_or_else(|| panic!("no tensor {name}"))
             .spec
             .ggml_type
+    }
+
+    /// Every tensor of `names` has type `ty`.
+    pub fn assert_types(ts: &[PlannedTensor], names: &[&str], ty: GgmlType) {
+        for name in names {
+            assert_eq!(type_of(ts, name), ty, "{name}");
+        }
+    }
+
+    /// The shape of tensor `name` in `ts`.
+    ///
+    /// # Panics
+    /// When `ts` has no tensor `name`.
+    pub fn shape_of<'a>(ts: &'a [PlannedTensor], name: &str) -> &'a [u64] {
+        &ts.iter()
+            .find(|t| t.spec.name == name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+            .spec
+            .shape
+    }
+
+    /// The value of metadata key `key`.
+    ///
+    /// # Panics
+    /// When `m` has no key `key`.
+    pub fn value_of(m: &[(String, Value)], key: &str) -> Value {
+        m.iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("no {key}"))
+            .1
+            .clone()
+    }
+
+    /// No metadata key repeats.
+    pub fn assert_keys_unique(m: &[(String, Value)]) {
+        let mut keys: Vec<_> = m.iter().map(|(k, _)| k).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), m.len(), "a key repeats");
     }
 
     /// Every row is whole blocks of its type, and no name repeats.

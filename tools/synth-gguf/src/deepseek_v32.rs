@@ -51,7 +51,9 @@ pub fn hparams(n_layer: u64) -> Hparams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deepseek::testing::{assert_consistent, type_of};
+    use crate::deepseek::testing::{
+        assert_consistent, assert_keys_unique, assert_types, shape_of, type_of, value_of,
+    };
     use crate::deepseek::{metadata, tensors, PlannedTensor};
     use baicai_gguf::{GgmlType, Value};
 
@@ -105,7 +107,7 @@ mod tests {
         // output_norm, output.
         assert_eq!(ts.len(), 1 + 3 * 15 + 3 + 2 * 8 + 2);
         assert_consistent(&ts);
-        let shape = |name: &str| &ts.iter().find(|t| t.spec.name == name).unwrap().spec.shape;
+        let shape = |name: &str| shape_of(&ts, name);
         assert_eq!(shape("blk.1.indexer.attn_q_b.weight"), &[1536, 8192]);
         assert_eq!(shape("blk.1.indexer.attn_k.weight"), &[7168, 128]);
         assert_eq!(shape("blk.1.indexer.proj.weight"), &[7168, 64]);
@@ -129,28 +131,21 @@ mod tests {
         assert_eq!(ty("blk.1.ffn_down_shexp.weight"), GgmlType::Q6_K);
         assert_eq!(ty("blk.1.indexer.proj.weight"), GgmlType::Q4_K);
         assert_eq!(ty("blk.1.indexer.attn_k.weight"), GgmlType::Q4_K);
-        for small in [
+        let small = [
             "blk.1.ffn_gate_inp.weight",
             "blk.1.exp_probs_b.bias",
             "blk.1.indexer.k_norm.weight",
             "blk.1.indexer.k_norm.bias",
             "blk.1.attn_q_a_norm.weight",
-        ] {
-            assert_eq!(ty(small), GgmlType::F32, "{small}");
-        }
+        ];
+        assert_types(&ts, &small, GgmlType::F32);
         assert_eq!(ty("output.weight"), GgmlType::Q6_K);
     }
 
     #[test]
     fn metadata_has_the_deepseek32_keys_llama_cpp_reads() {
         let m = metadata(&hparams(2));
-        let get = |k: &str| {
-            m.iter()
-                .find(|(key, _)| key == k)
-                .unwrap_or_else(|| panic!("no {k}"))
-                .1
-                .clone()
-        };
+        let get = |k: &str| value_of(&m, k);
         let u = |k: &str| get(k).to_u64().unwrap();
         assert_eq!(get("general.architecture").as_str(), Some("deepseek32"));
         assert_eq!(u("deepseek32.block_count"), 2);
@@ -171,9 +166,6 @@ mod tests {
             Value::F32(x) if x == 0.1
         ));
         assert!(matches!(get("deepseek32.expert_weights_scale"), Value::F32(x) if x == 2.5));
-        let mut keys: Vec<_> = m.iter().map(|(k, _)| k).collect();
-        keys.sort();
-        keys.dedup();
-        assert_eq!(keys.len(), m.len(), "a key repeats");
+        assert_keys_unique(&m);
     }
 }

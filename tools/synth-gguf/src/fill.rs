@@ -23,6 +23,11 @@ const Q6K_SCALES: (u32, u32) = (4, 12);
 /// Legacy 32-blocks (Q8_0, Q5_0) take their scale from 16 values spread over this factor range
 /// around the base scale, half of them negative, indexed by a random nibble.
 const LEGACY_SCALE_SPREAD: (f32, f32) = (0.75, 1.25);
+/// MXFP4 scales are powers of two, `2^(e − 128)` with the doubled E2M1 table (rms 5.85 over
+/// uniform codes): [`MXFP4_E_HIGH`] in this many of 16 blocks and one less elsewhere gives
+/// std 0.02 (11/16 · 2^-16 + 5/16 · 2^-18 = 0.0004 / 34.25).
+const MXFP4_HIGH_OF_16: u64 = 11;
+const MXFP4_E_HIGH: u8 = 120;
 
 /// xorshift64* (Vigna 2016): fast, seedable, good enough for filler weights.
 pub struct Rng(u64);
@@ -97,6 +102,9 @@ pub enum Init {
     NearOne,
     /// Weights with mean ≈ 0 and standard deviation ≈ [`WEIGHT_STD`].
     Random,
+    /// I32 rows of `per_token` distinct expert ids below `n_expert` (DeepSeek-V4's
+    /// `ffn_gate_tid2eid`: a token's experts in a hash-routed layer).
+    ExpertIds { n_expert: u32, per_token: u32 },
 }
 
 /// Writes random blocks of one storage type; built once per tensor.
@@ -113,30 +121,43 @@ pub struct Filler {
 
 impl Filler {
     /// Types [`Filler`] can write.
-    pub const SUPPORTED: [GgmlType; 5] = [
+    pub const SUPPORTED: [GgmlType; 7] = [
         GgmlType::F32,
         GgmlType::Q4_K,
         GgmlType::Q6_K,
         GgmlType::Q8_0,
         GgmlType::Q5_0,
+        GgmlType::MXFP4,
+        GgmlType::I32,
     ];
 
     /// A filler for tensors of type `ty` holding `init`.
     ///
     /// # Panics
-    /// When `ty` is not in [`Filler::SUPPORTED`], or `init` is [`Init::NearOne`] for a
-    /// quantized type.
+    /// When `ty` is not in [`Filler::SUPPORTED`], `init` is [`Init::NearOne`] for a quantized
+    /// type, or I32 goes with anything but [`Init::ExpertIds`] (of at most `n_expert` ids).
     pub fn new(ty: GgmlType, init: Init) -> Filler {
         assert!(
             Self::SUPPORTED.contains(&ty),
             "synth-gguf cannot write {} tensors",
             ty.name()
         );
-        assert!(
-            ty == GgmlType::F32 || init == Init::Random,
-            "norm weights must be F32, not {}",
-            ty.name()
-        );
+        match init {
+            Init::NearOne => assert!(
+                ty == GgmlType::F32,
+                "norm weights must be F32, not {}",
+                ty.name()
+            ),
+            Init::Random => assert!(ty != GgmlType::I32, "I32 tensors hold expert ids"),
+            Init::ExpertIds {
+                n_expert,
+                per_token,
+            } => assert!(
+                ty == GgmlType::I32 && per_token >= 1 && per_token <= n_expert,
+                "expert ids: {per_token} of {n_expert} as {}",
+                ty.name()
+            ),
+        }
         let half = |x: f32| f16::from_f32(x).to_le_bytes();
         let sc_rms = |(lo, hi): (u32, u32)| uniform_rms((lo as i32, hi as i32), 0.0);
         let mut f = Filler {
@@ -178,20 +199,35 @@ impl Filler {
         f
     }
 
-    /// Fills `out`, a whole number of blocks of this filler's type, with random blocks.
+    /// Bytes [`Filler::fill`] writes at a time: a block, or for expert ids a token's row.
+    pub fn unit_bytes(&self) -> usize {
+        match self.init {
+            Init::ExpertIds { per_token, .. } => 4 * per_token as usize,
+            _ => self.ty.block_bytes() as usize,
+        }
+    }
+
+    /// Fills `out`, a whole number of units ([`Filler::unit_bytes`]), with random blocks.
     ///
     /// # Panics
-    /// When `out.len()` is not a multiple of the type's block size.
+    /// When `out.len()` is not a multiple of the unit.
     pub fn fill(&self, rng: &mut Rng, out: &mut [u8]) {
-        let bb = self.ty.block_bytes() as usize;
-        assert_eq!(out.len() % bb, 0, "{} bytes is not whole blocks", out.len());
-        for b in out.chunks_exact_mut(bb) {
+        let unit = self.unit_bytes();
+        assert_eq!(
+            out.len() % unit,
+            0,
+            "{} bytes is not whole blocks",
+            out.len()
+        );
+        for b in out.chunks_exact_mut(unit) {
             match self.ty {
                 GgmlType::F32 => self.f32_value(rng, b),
                 GgmlType::Q4_K => self.q4k_block(rng, b),
                 GgmlType::Q6_K => self.q6k_block(rng, b),
                 GgmlType::Q8_0 => self.q8_0_block(rng, b),
                 GgmlType::Q5_0 => self.q5_0_block(rng, b),
+                GgmlType::MXFP4 => mxfp4_block(rng, b),
+                GgmlType::I32 => self.expert_ids(rng, b),
                 _ => unreachable!("checked in Filler::new"),
             }
         }
@@ -202,6 +238,7 @@ impl Filler {
         let x = match self.init {
             Init::NearOne => 1.0 + NORM_NOISE * u,
             Init::Random => WEIGHT_STD * 3f32.sqrt() * u,
+            Init::ExpertIds { .. } => unreachable!("checked in Filler::new"),
         };
         b.copy_from_slice(&x.to_le_bytes());
     }
@@ -241,6 +278,34 @@ impl Filler {
     fn q5_0_block(&self, rng: &mut Rng, b: &mut [u8]) {
         b[0..2].copy_from_slice(&self.legacy_d[(rng.next_u64() & 15) as usize]);
         rng.fill_bytes(&mut b[2..22]);
+    }
+}
+
+/// `block_mxfp4`: the E8M0 scale byte, 16 bytes of E2M1 codes. Uniform codes are symmetric
+/// (code `8 + c` is `−value(c)`), so the weights are centred at any scale.
+fn mxfp4_block(rng: &mut Rng, b: &mut [u8]) {
+    let high = rng.next_u64() % 16 < MXFP4_HIGH_OF_16;
+    b[0] = if high { MXFP4_E_HIGH } else { MXFP4_E_HIGH - 1 };
+    rng.fill_bytes(&mut b[1..17]);
+}
+
+impl Filler {
+    /// One token's row of `per_token` distinct expert ids (rejection sampling: a few draws).
+    fn expert_ids(&self, rng: &mut Rng, b: &mut [u8]) {
+        let Init::ExpertIds { n_expert, .. } = self.init else {
+            unreachable!("checked in Filler::new")
+        };
+        let mut filled = 0;
+        while filled < b.len() {
+            let id = (rng.next_u64() % u64::from(n_expert)) as i32;
+            let taken = b[..filled]
+                .chunks_exact(4)
+                .any(|x| i32::from_le_bytes(x.try_into().unwrap()) == id);
+            if !taken {
+                b[filled..filled + 4].copy_from_slice(&id.to_le_bytes());
+                filled += 4;
+            }
+        }
     }
 }
 
@@ -290,6 +355,7 @@ mod tests {
             (GgmlType::Q6_K, DType::Q6_K),
             (GgmlType::Q8_0, DType::Q8_0),
             (GgmlType::Q5_0, DType::Q5_0),
+            (GgmlType::MXFP4, DType::MXFP4),
             (GgmlType::F32, DType::F32),
         ];
         for (ty, dtype) in cases {
@@ -334,6 +400,34 @@ mod tests {
             };
             assert_eq!((d, m), (sc[j], mn[j]), "sub-block {j}");
         }
+    }
+
+    #[test]
+    fn expert_ids_are_distinct_per_token_and_in_range() {
+        let init = Init::ExpertIds {
+            n_expert: 8,
+            per_token: 6,
+        };
+        let filler = Filler::new(GgmlType::I32, init);
+        assert_eq!(filler.unit_bytes(), 24);
+        let mut bytes = vec![0u8; 24 * 1000];
+        filler.fill(&mut Rng::new(3), &mut bytes);
+        let mut counts = [0u32; 8];
+        for row in bytes.chunks_exact(24) {
+            let mut ids: Vec<i32> = row
+                .chunks_exact(4)
+                .map(|x| i32::from_le_bytes(x.try_into().unwrap()))
+                .collect();
+            ids.iter().for_each(|&i| counts[i as usize] += 1);
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), 6, "{ids:?}");
+        }
+        // Every expert is used, about 6000 / 8 times.
+        assert!(
+            counts.iter().all(|&c| (600..900).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]

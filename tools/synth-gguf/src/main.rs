@@ -11,6 +11,7 @@
 mod deepseek;
 mod deepseek_v2_lite;
 mod deepseek_v32;
+mod deepseek_v4;
 mod fill;
 mod llama_quant;
 mod tokenizer;
@@ -24,7 +25,8 @@ use anyhow::{Context, Result};
 use baicai_gguf::GgufWriter;
 use clap::{Parser, Subcommand};
 
-use deepseek::{Hparams, PlannedTensor};
+use baicai_gguf::Value;
+use deepseek::PlannedTensor;
 use fill::{Filler, Rng};
 
 /// Bytes generated per write.
@@ -52,6 +54,27 @@ enum Model {
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=61))]
         layers: u64,
     },
+    /// DeepSeek-V4-Flash (hyper-connections, sliding window + CSA/HCA compressed attention,
+    /// 256-expert MoE with MXFP4 experts) at full width but few layers; other tensors quantized
+    /// like Q4_K_M.
+    DeepseekV4 {
+        #[command(flatten)]
+        args: Args,
+        /// Layers to write: window-only first, then CSA and HCA alternating (the full model has
+        /// 43; the default 3 holds one of each kind, the first hash-routed).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=43))]
+        layers: u64,
+    },
+}
+
+/// What to write: metadata, tensors, and what the summary needs to count active parameters.
+pub struct Plan {
+    pub metadata: Vec<(String, Value)>,
+    pub tensors: Vec<PlannedTensor>,
+    /// Weights of `token_embd` (a row lookup per token, not a matmul).
+    pub embd_params: u64,
+    pub n_expert: u64,
+    pub n_expert_used: u64,
 }
 
 #[derive(clap::Args)]
@@ -68,27 +91,31 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let (args, h) = match Cli::parse().model {
-        Model::DeepseekV2Lite(args) => (args, deepseek_v2_lite::hparams()),
-        Model::DeepseekV32 { args, layers } => (args, deepseek_v32::hparams(layers)),
+    let (args, plan) = match Cli::parse().model {
+        Model::DeepseekV2Lite(args) => (args, deepseek::plan(&deepseek_v2_lite::hparams())),
+        Model::DeepseekV32 { args, layers } => {
+            (args, deepseek::plan(&deepseek_v32::hparams(layers)))
+        }
+        Model::DeepseekV4 { args, layers } => {
+            (args, deepseek_v4::plan(&deepseek_v4::hparams(layers)))
+        }
     };
-    let h = &h;
-    let tensors = deepseek::tensors(h);
+    let tensors = &plan.tensors;
     let mut out = std::io::stdout().lock();
     let printed = if args.plan {
-        print_plan(&mut out, &tensors).and_then(|()| print_summary(&mut out, h, &tensors))
+        print_plan(&mut out, tensors).and_then(|()| print_summary(&mut out, &plan))
     } else {
         let path = args
             .output
             .as_deref()
             .expect("clap requires -o without --plan");
         let started = Instant::now();
-        write(path, &deepseek::metadata(h), &tensors, args.seed)?;
+        write(path, &plan.metadata, tensors, args.seed)?;
         let secs = started.elapsed().as_secs_f64();
         let size = std::fs::metadata(path)
             .with_context(|| format!("reading the size of {}", path.display()))?
             .len();
-        print_summary(&mut out, h, &tensors).and_then(|()| {
+        print_summary(&mut out, &plan).and_then(|()| {
             writeln!(out, "wrote {}", path.display())?;
             writeln!(
                 out,
@@ -123,10 +150,10 @@ fn write(
         let ty = t.spec.ggml_type;
         let filler = Filler::new(ty, t.init);
         let mut rng = Rng::for_stream(seed, i as u64);
-        let block = ty.block_bytes() as usize;
+        let unit = filler.unit_bytes();
         let mut left = tensor_bytes(&t.spec);
         while left > 0 {
-            let n = (left.min((CHUNK_BYTES / block * block) as u64)) as usize;
+            let n = (left.min((CHUNK_BYTES / unit * unit) as u64)) as usize;
             filler.fill(&mut rng, &mut buf[..n]);
             w.write_tensor_data(&t.spec.name, &buf[..n])?;
             left -= n as u64;
@@ -173,13 +200,10 @@ fn print_plan(out: &mut impl Write, tensors: &[PlannedTensor]) -> std::io::Resul
 }
 
 /// Tensor and parameter counts per type, total and active per token.
-fn print_summary(
-    out: &mut impl Write,
-    h: &Hparams,
-    tensors: &[PlannedTensor],
-) -> std::io::Result<()> {
+fn print_summary(out: &mut impl Write, plan: &Plan) -> std::io::Result<()> {
+    let tensors = &plan.tensors;
     let mut by_type: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
-    for t in tensors {
+    for t in tensors.iter() {
         let e = by_type.entry(t.spec.ggml_type.name()).or_default();
         e.0 += 1;
         e.1 += t.n_elements();
@@ -200,8 +224,8 @@ fn print_summary(
         .filter(|t| t.routed)
         .map(PlannedTensor::n_elements)
         .sum();
-    let active = total - routed + routed / h.n_expert * h.n_expert_used;
-    let embd = h.n_embd * h.n_vocab;
+    let active = total - routed + routed / plan.n_expert * plan.n_expert_used;
+    let embd = plan.embd_params;
     writeln!(
         out,
         "parameters: {total} total ({:.2} B)",
