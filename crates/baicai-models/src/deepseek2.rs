@@ -264,15 +264,21 @@ impl Deepseek2 {
             .clone()
             .ok_or_else(|| ModelError::Config("deepseek2 without MoE sizes".into()))?;
         let ends = Ends::load(&s, &cfg)?;
+        let loader = Loader {
+            s: &s,
+            cfg: &cfg,
+            mla: &mla,
+            moe: &moe,
+        };
         let blocks = (0..cfg.n_layer)
-            .map(|il| Block::load(&s, &cfg, &mla, &moe, il))
+            .map(|il| loader.block(il))
             .collect::<Result<Vec<_>, _>>()?;
         // The multi-token-prediction layers llama.cpp's converter appends (`blk.N.nextn.*` past
         // the trunk): loaded and kept for speculative decoding; the forward pass does not run
         // them.
         let mtp = (cfg.n_layer..)
             .take_while(|il| s.has(&format!("blk.{il}.nextn.eh_proj.weight")))
-            .map(|il| Mtp::load(&s, &cfg, &mla, &moe, il))
+            .map(|il| loader.mtp(il))
             .collect::<Result<Vec<_>, _>>()?;
         let mscale = mla
             .yarn
@@ -297,34 +303,31 @@ impl Deepseek2 {
     }
 }
 
-impl Block {
-    /// Loads layer `il`'s tensors (`blk.{il}.*`).
-    fn load(
-        s: &WeightStore,
-        cfg: &ModelConfig,
-        mla: &MlaConfig,
-        moe: &MoeConfig,
-        il: usize,
-    ) -> Result<Block, ModelError> {
+/// What loading a layer needs: the tensors and the configuration.
+struct Loader<'a> {
+    s: &'a WeightStore,
+    cfg: &'a ModelConfig,
+    mla: &'a MlaConfig,
+    moe: &'a MoeConfig,
+}
+
+impl Loader<'_> {
+    /// Layer `il`'s tensors (`blk.{il}.*`).
+    fn block(&self, il: usize) -> Result<Block, ModelError> {
+        let (s, cfg) = (self.s, self.cfg);
         let n = |t: &str| format!("blk.{il}.{t}");
         let d = cfg.n_embd;
         Ok(Block {
             attn_norm: s.vector(&n("attn_norm.weight"), d)?,
-            attn: Attn::load(s, cfg, mla, il)?,
+            attn: self.attn(il)?,
             ffn_norm: s.vector(&n("ffn_norm.weight"), d)?,
-            ffn: Ffn::load(s, cfg, moe, il)?,
+            ffn: self.ffn(il)?,
         })
     }
-}
 
-impl Attn {
-    /// Loads layer `il`'s Multi-head Latent Attention (and V3.2's indexer).
-    fn load(
-        s: &WeightStore,
-        cfg: &ModelConfig,
-        mla: &MlaConfig,
-        il: usize,
-    ) -> Result<Attn, ModelError> {
+    /// Layer `il`'s Multi-head Latent Attention (and V3.2's indexer).
+    fn attn(&self, il: usize) -> Result<Attn, ModelError> {
+        let (s, cfg, mla) = (self.s, self.cfg, self.mla);
         let n = |t: &str| format!("blk.{il}.{t}");
         let (d, nh, qd) = (cfg.n_embd, cfg.n_head, mla.q_head_dim());
         let (nope, rope, vd, lora) = (
@@ -377,16 +380,10 @@ impl Attn {
             },
         })
     }
-}
 
-impl Ffn {
-    /// Loads layer `il`'s feed-forward block: dense for the leading layers, else DeepSeekMoE.
-    fn load(
-        s: &WeightStore,
-        cfg: &ModelConfig,
-        moe: &MoeConfig,
-        il: usize,
-    ) -> Result<Ffn, ModelError> {
+    /// Layer `il`'s feed-forward block: dense for the leading layers, else DeepSeekMoE.
+    fn ffn(&self, il: usize) -> Result<Ffn, ModelError> {
+        let (s, cfg, moe) = (self.s, self.cfg, self.moe);
         let n = |t: &str| format!("blk.{il}.{t}");
         let d = cfg.n_embd;
         if il < moe.first_dense {
@@ -413,19 +410,12 @@ impl Ffn {
             shared,
         })
     }
-}
 
-impl Mtp {
-    /// Loads the multi-token-prediction layer at `blk.{il}` (DeepSeek-V3 §2.2: the next
-    /// token's embedding and the trunk's last hidden state, each normalized, concatenated and
-    /// projected by `eh_proj`, then one full decoder layer and the shared head).
-    fn load(
-        s: &WeightStore,
-        cfg: &ModelConfig,
-        mla: &MlaConfig,
-        moe: &MoeConfig,
-        il: usize,
-    ) -> Result<Mtp, ModelError> {
+    /// The multi-token-prediction layer at `blk.{il}` (DeepSeek-V3 §2.2: the next token's
+    /// embedding and the trunk's last hidden state, each normalized, concatenated and projected
+    /// by `eh_proj`, then one full decoder layer and the shared head).
+    fn mtp(&self, il: usize) -> Result<Mtp, ModelError> {
+        let (s, cfg) = (self.s, self.cfg);
         let n = |t: &str| format!("blk.{il}.nextn.{t}");
         let d = cfg.n_embd;
         let head = match s.has(&n("shared_head_head.weight")) {
@@ -438,7 +428,7 @@ impl Mtp {
             hnorm: s.vector(&n("hnorm.weight"), d)?,
             head_norm: s.vector_opt(&n("shared_head_norm.weight"), d)?,
             head,
-            block: Block::load(s, cfg, mla, moe, il)?,
+            block: self.block(il)?,
         })
     }
 }
