@@ -288,62 +288,64 @@ fn deepseek_v4_gguf_matches_transformers() {
     check_within(mx.as_ref(), &reference, "deepseek-v4 (MXFP4 GGUF)", None);
 }
 
-/// A DeepSeek-V3.2 GGUF that carries a multi-token-prediction layer (as llama.cpp's converter
-/// appends it: `nextn_predict_layers` 1, `blk.3.nextn.*` and a full layer `blk.3.*` after the
-/// three trunk layers) loads, keeps it, and runs the trunk exactly as without it.
-#[test]
-fn deepseek_v32_keeps_its_mtp_layer_and_runs_the_trunk_unchanged() {
+/// A GGUF that carries a multi-token-prediction layer, as llama.cpp's converter appends it
+/// (`nextn_predict_layers` 1, `blk.N.nextn.*` and a full layer `blk.N.*` after the trunk's N):
+/// it loads, keeps it, and runs the trunk exactly as without it. `extra` adds metadata the
+/// architecture lists per layer (V4's compress ratios).
+fn keeps_mtp_layer(name: &str, arch: &str, extra: &[(&str, baicai_gguf::Value)]) {
     use baicai_gguf::{TensorSpec, Value as GValue};
-    let dir = fixtures().join("deepseek-v32");
+    let dir = fixtures().join(name);
     let g = baicai_gguf::Gguf::open(&dir.join("model-f32.gguf")).unwrap();
+    let n = g.get_u64(&format!("{arch}.block_count")).unwrap().unwrap();
     let mut metadata: Vec<(String, GValue)> = g
         .metadata_keys_in_file_order()
         .iter()
+        .filter(|k| !extra.iter().any(|(e, _)| e == k))
         .map(|k| (k.clone(), g.metadata()[k].clone()))
         .collect();
     for (k, v) in &mut metadata {
-        if k == "deepseek32.block_count" {
-            *v = GValue::U32(4);
+        if *k == format!("{arch}.block_count") {
+            *v = GValue::U32(n as u32 + 1);
         }
     }
-    metadata.push(("deepseek32.nextn_predict_layers".into(), GValue::U32(1)));
+    metadata.push((format!("{arch}.nextn_predict_layers"), GValue::U32(1)));
+    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let mut tensors: Vec<(TensorSpec, Vec<u8>)> = g
         .tensors()
         .iter()
         .map(|t| {
-            (
-                TensorSpec::new(t.name.clone(), &t.shape, t.ggml_type),
-                g.tensor_data(t).to_vec(),
-            )
+            let spec = TensorSpec::new(t.name.clone(), &t.shape, t.ggml_type);
+            (spec, g.tensor_data(t).to_vec())
         })
         .collect();
-    // The MTP layer's decoder layer: layer 2's tensors under blk.3; its own tensors, F32.
-    let layer2: Vec<(TensorSpec, Vec<u8>)> = tensors
+    // The MTP layer's decoder layer: the last trunk layer's tensors under blk.N; its own, F32.
+    let (last, mtp) = (format!("blk.{}.", n - 1), format!("blk.{n}."));
+    let copied: Vec<(TensorSpec, Vec<u8>)> = tensors
         .iter()
-        .filter(|(s, _)| s.name.starts_with("blk.2."))
+        .filter(|(s, _)| s.name.starts_with(&last))
         .map(|(s, d)| {
-            let name = s.name.replacen("blk.2.", "blk.3.", 1);
+            let name = s.name.replacen(&last, &mtp, 1);
             (TensorSpec::new(name, &s.shape, s.ggml_type), d.clone())
         })
         .collect();
-    tensors.extend(layer2);
-    let d = 64u64;
-    let f32s = |n: u64, v: f32| {
+    tensors.extend(copied);
+    let d = g
+        .get_u64(&format!("{arch}.embedding_length"))
+        .unwrap()
+        .unwrap();
+    let f32s = |n: u64| {
         (0..n)
-            .flat_map(|i| (v + i as f32 * 1e-3).to_le_bytes())
+            .flat_map(|i| (0.5 + i as f32 * 1e-3).to_le_bytes())
             .collect::<Vec<u8>>()
     };
-    for (name, shape) in [
-        ("blk.3.nextn.eh_proj.weight", vec![2 * d, d]),
-        ("blk.3.nextn.enorm.weight", vec![d]),
-        ("blk.3.nextn.hnorm.weight", vec![d]),
-        ("blk.3.nextn.shared_head_norm.weight", vec![d]),
+    for (t, shape) in [
+        ("nextn.eh_proj.weight", vec![2 * d, d]),
+        ("nextn.enorm.weight", vec![d]),
+        ("nextn.hnorm.weight", vec![d]),
+        ("nextn.shared_head_norm.weight", vec![d]),
     ] {
-        let n = shape.iter().product();
-        tensors.push((
-            TensorSpec::new(name, &shape, baicai_gguf::GgmlType::F32),
-            f32s(n, 0.5),
-        ));
+        let spec = TensorSpec::new(format!("{mtp}{t}"), &shape, baicai_gguf::GgmlType::F32);
+        tensors.push((spec, f32s(shape.iter().product())));
     }
     let specs: Vec<(TensorSpec, &[u8])> = tensors
         .iter()
@@ -353,8 +355,12 @@ fn deepseek_v32_keeps_its_mtp_layer_and_runs_the_trunk_unchanged() {
     let with =
         baicai_models::load(Arc::new(baicai_gguf::Gguf::from_bytes(bytes).unwrap())).unwrap();
     let without = baicai_models::load(Arc::new(g)).unwrap();
-    assert_eq!(with.config().n_layer, 3, "the trunk excludes the MTP layer");
-    assert_eq!((with.mtp_layers(), without.mtp_layers()), (1, 0));
+    assert_eq!(
+        with.config().n_layer,
+        n as usize,
+        "{name}: the trunk excludes the MTP layer"
+    );
+    assert_eq!((with.mtp_layers(), without.mtp_layers()), (1, 0), "{name}");
     let ids: Vec<u32> = (0..11).map(|i| (i * 29 % 300 + 3) as u32).collect();
     let run = |m: &dyn CausalLm| {
         let mut c = m.new_cache(32);
@@ -362,7 +368,26 @@ fn deepseek_v32_keeps_its_mtp_layer_and_runs_the_trunk_unchanged() {
     };
     assert!(
         run(with.as_ref()) == run(without.as_ref()),
-        "the MTP layer changed the trunk's logits"
+        "{name}: the MTP layer changed the trunk's logits"
+    );
+}
+
+#[test]
+fn deepseek_v32_keeps_its_mtp_layer_and_runs_the_trunk_unchanged() {
+    keeps_mtp_layer("deepseek-v32", "deepseek32", &[]);
+}
+
+/// V4: the MTP layer is a full V4 block (here a CSA layer, ratio 4) after the trunk.
+#[test]
+fn deepseek_v4_keeps_its_mtp_layer_and_runs_the_trunk_unchanged() {
+    let ratios = [0u32, 4, 8, 4, 4].map(baicai_gguf::Value::U32).to_vec();
+    keeps_mtp_layer(
+        "deepseek-v4",
+        "deepseek4",
+        &[(
+            "deepseek4.attention.compress_ratios",
+            baicai_gguf::Value::Array(ratios),
+        )],
     );
 }
 

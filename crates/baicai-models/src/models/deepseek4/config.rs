@@ -149,12 +149,12 @@ impl V4Config {
         }
     }
 
-    /// One entry per layer in `layer_types`; compressing layers with a rate of 1 up to the
-    /// context length.
+    /// One entry per layer in `layer_types` (GGUF files list the MTP layers after the trunk's
+    /// too); compressing layers with a rate of 1 up to the context length.
     fn layer_rules(&self, c: &ModelConfig) -> Vec<Rule> {
         let n = self.kinds.len();
         let mut rules = vec![Rule::new(
-            n != c.n_layer || self.hash.len() != c.n_layer,
+            n < c.n_layer || self.hash.len() != n,
             ("attention.compress_ratios", "layer_types"),
             n,
             format!("has {n} entries for {} layers", c.n_layer),

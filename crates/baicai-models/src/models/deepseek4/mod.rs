@@ -85,9 +85,25 @@ pub struct Deepseek4 {
     /// `hc_head`: `fn` `[N, N·D]`, `base` `[N]`, `scale`.
     head_hc: (Linear, Vec<f32>, f32),
     layers: Vec<Layer>,
+    /// Multi-token-prediction layers, as the file carries them (kept for speculative decoding;
+    /// the forward pass does not run them).
+    mtp: Vec<Mtp>,
     rope_main: Rope,
     rope_compress: Rope,
     load: Mutex<Vec<ExpertLoad>>,
+}
+
+/// A multi-token-prediction layer (llama.cpp's `blk.N.nextn.*` past the trunk): the next
+/// token's embedding and the trunk's hidden state, normalized and projected by `eh_proj`, then a
+/// full V4 block and the shared head. Kept, not run yet (no field is read).
+#[allow(dead_code)]
+struct Mtp {
+    /// `[D, 2·D]`.
+    eh_proj: Linear,
+    enorm: Vec<f32>,
+    hnorm: Vec<f32>,
+    head_norm: Option<Vec<f32>>,
+    layer: Layer,
 }
 
 /// What loading layer `il` reads: the store, the sizes, and tensor names `blk.{il}.…`.
@@ -151,6 +167,26 @@ impl Deepseek4 {
                 .layer()
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mtp = (cfg.n_layer..v4.kinds.len())
+            .take_while(|il| s.has(&format!("blk.{il}.nextn.eh_proj.weight")))
+            .map(|il| {
+                let (s, cfg, v4, moe) = (&s, &cfg, &v4, &moe);
+                let l = LayerLoader {
+                    s,
+                    cfg,
+                    v4,
+                    moe,
+                    il,
+                };
+                Ok(Mtp {
+                    eh_proj: s.linear(&l.name("nextn.eh_proj.weight"), dm, 2 * dm)?,
+                    enorm: s.vector(&l.name("nextn.enorm.weight"), dm)?,
+                    hnorm: s.vector(&l.name("nextn.hnorm.weight"), dm)?,
+                    head_norm: s.vector_opt(&l.name("nextn.shared_head_norm.weight"), dm)?,
+                    layer: l.layer()?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
         let tok_embd = s.linear("token_embd.weight", cfg.n_vocab, dm)?;
         let output = s.linear("output.weight", cfg.n_vocab, dm)?;
         let head_hc = (
@@ -177,6 +213,7 @@ impl Deepseek4 {
             output,
             head_hc,
             layers,
+            mtp,
             store: s,
             cfg,
             v4,
@@ -265,6 +302,10 @@ impl CausalLm for Deepseek4 {
             &self.output,
             &wanted,
         ))
+    }
+
+    fn mtp_layers(&self) -> usize {
+        self.mtp.len()
     }
 
     fn expert_load(&self) -> Option<Vec<ExpertLoad>> {
