@@ -15,6 +15,23 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/moe")
 }
 
+/// A fixture folder's `reference.json`.
+fn reference(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
+}
+
+/// Max |Δlogit| against the reference of prompt `pi` run with an f16 cache of `width` values per
+/// token and layer (what quantized models get).
+fn f16_cache_worst(m: &dyn CausalLm, reference: &Value, pi: usize, width: usize) -> f32 {
+    let c = m.config();
+    let p = &reference["prompts"][pi];
+    let ids: Vec<u32> = common::u32s(&p["ids"]);
+    let mut cache = baicai_models::KvCache::new_f16(c.n_layer, 64, width, 0);
+    assert!(cache.is_f16());
+    let logits = m.forward(&ids, &mut cache, Logits::All).unwrap();
+    common::worst_logit(&logits, &p["logits"], c.n_vocab).0
+}
+
 fn check(model: &dyn CausalLm, reference: &Value, label: &str) {
     check_within(model, reference, label, Some(1e-3));
 }
@@ -59,9 +76,7 @@ fn run(name: &str) {
     if !dir.exists() {
         panic!("fixture {} missing", dir.display());
     }
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
+    let reference = reference(&dir);
     let (hf, _) = baicai_models::load_hf(&dir).unwrap();
     check(hf.as_ref(), &reference, &format!("{name} (safetensors)"));
     for gguf in ["model-f32.gguf", "model-f32-kv_b.gguf"] {
@@ -136,9 +151,7 @@ fn deepseek_v32_matches_transformers() {
 #[test]
 fn deepseek_v32_indexer_selects_what_transformers_selects() {
     let dir = fixtures().join("deepseek-v32");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
+    let reference = reference(&dir);
     let p = reference["indexer_prompt"].as_u64().unwrap() as usize;
     let ids = common::u32s(&reference["prompts"][p]["ids"]);
     let (hf, _) = baicai_models::load_hf(&dir).unwrap();
@@ -211,19 +224,12 @@ fn kimi_k2_matches_transformers() {
 #[test]
 fn deepseek_v4_matches_transformers() {
     let dir = fixtures().join("deepseek-v4");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
+    let reference = reference(&dir);
     let (hf, _) = baicai_models::load_hf(&dir).unwrap();
     check(hf.as_ref(), &reference, "deepseek-v4 (safetensors)");
     // The f16 cache quantized models get: only the rounding of what it holds differs.
-    let c = hf.config();
-    let width = hf.new_cache(1).bytes_per_token() / (4 * c.n_layer);
-    let p = &reference["prompts"][3];
-    let ids: Vec<u32> = common::u32s(&p["ids"]);
-    let mut cache = baicai_models::KvCache::new_f16(c.n_layer, 64, width, 0);
-    let logits = hf.forward(&ids, &mut cache, Logits::All).unwrap();
-    let worst = common::worst_logit(&logits, &p["logits"], c.n_vocab).0;
+    let width = hf.new_cache(1).bytes_per_token() / (4 * hf.config().n_layer);
+    let worst = f16_cache_worst(hf.as_ref(), &reference, 3, width);
     eprintln!("deepseek-v4 f16 cache: max |Δlogit| {worst:.2e}");
     assert!(worst < 5e-2, "f16 cache moved a logit by {worst}");
 }
@@ -274,9 +280,7 @@ fn deepseek_v4_gguf_matches_transformers() {
         .map(|(s, d)| (s.clone(), d.as_slice()))
         .collect();
     let bytes = baicai_gguf::write_to_vec(&metadata, &specs).unwrap();
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
+    let reference = reference(&dir);
     let f32_model =
         baicai_models::load(Arc::new(baicai_gguf::Gguf::from_bytes(bytes).unwrap())).unwrap();
     check(
@@ -445,19 +449,10 @@ fn deepseek_v32_fp8_block_scaled_matches_transformers() {
 #[test]
 fn deepseek_v3_f16_latent_cache_stays_close() {
     let dir = fixtures().join("deepseek-v3");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
+    let reference = reference(&dir);
     let (m, _) = baicai_models::load_hf(&dir).unwrap();
-    let c = m.config();
-    let width = c.mla.as_ref().unwrap().cache_width();
-    let vocab = c.n_vocab;
-    let p = &reference["prompts"][2];
-    let ids: Vec<u32> = common::u32s(&p["ids"]);
-    let mut cache = baicai_models::KvCache::new_f16(c.n_layer, 64, width, 0);
-    assert!(cache.is_f16());
-    let logits = m.forward(&ids, &mut cache, Logits::All).unwrap();
-    let worst = common::worst_logit(&logits, &p["logits"], vocab).0;
+    let width = m.config().mla.as_ref().unwrap().cache_width();
+    let worst = f16_cache_worst(m.as_ref(), &reference, 2, width);
     eprintln!("f16 latent cache: max |Δlogit| {worst:.2e}");
     assert!(worst < 2e-2, "f16 latent cache moved a logit by {worst}");
 }
@@ -507,9 +502,7 @@ type Conversion = (&'static str, fn(f32) -> [u8; 2], f32);
 #[test]
 fn deepseek_v3_half_precision_checkpoints_stay_close() {
     let src = fixtures().join("deepseek-v3");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("reference.json")).unwrap())
-            .unwrap();
+    let reference = reference(&src);
     let vocab = reference["vocab_size"].as_u64().unwrap() as usize;
     let cases: [Conversion; 2] = [
         ("F16", |x| half::f16::from_f32(x).to_le_bytes(), 2e-2),
