@@ -427,8 +427,10 @@ def greedy_cached(model, prompt):
     return steps, step_logits
 
 
-def compute_reference(model, spec, name):
-    routers, indexers = RouterRecorder(model), IndexerRecorder(model)
+def run_prompts(model, spec, routers, indexers):
+    """Every prompt of `spec`: logits of a full forward, the greedy continuation computed by
+    full-prefix forwards and with transformers' cache (and whether they agree), and what the
+    recorders saw during the full forward."""
     prompts, routes, selections, cached = [], [], [], []
     for ids in prompts_for(spec):
         routers.take()
@@ -444,6 +446,12 @@ def compute_reference(model, spec, name):
         prompts.append(
             {"ids": ids, "logits": logits, "greedy": steps, "greedy_logits": step_logits, "greedy_margins": margins}
         )
+    return prompts, routes, selections, cached
+
+
+def compute_reference(model, spec, name):
+    routers, indexers = RouterRecorder(model), IndexerRecorder(model)
+    prompts, routes, selections, cached = run_prompts(model, spec, routers, indexers)
     routers.remove()
     indexers.remove()
     first = routes[0]
@@ -796,21 +804,7 @@ def v4_dense_logit_diff(model, ids, logits):
 
 def compute_reference_v4(model, spec, name):
     routers, indexers, clamps = V4RouterRecorder(model), V4IndexerRecorder(model), ClampCounter(model)
-    prompts, routes, selections, cached = [], [], [], []
-    for ids in prompts_for(spec):
-        routers.take()
-        indexers.take()
-        logits = forward_logits(model, ids)
-        routes.append(routers.take())
-        selections.append(indexers.take())
-        steps, step_logits, margins = greedy(model, ids)
-        c_steps, c_logits = greedy_cached(model, ids)
-        n_same = next((i for i, (a, b) in enumerate(zip(steps, c_steps)) if a != b), len(steps))
-        diff = max(float((a - b).abs().max()) for a, b in zip(step_logits[:n_same], c_logits[:n_same]))
-        cached.append({"same_tokens": c_steps == steps, "greedy": c_steps, "max_abs_logit_diff": diff})
-        prompts.append(
-            {"ids": ids, "logits": logits, "greedy": steps, "greedy_logits": step_logits, "greedy_margins": margins}
-        )
+    prompts, routes, selections, cached = run_prompts(model, spec, routers, indexers)
     routers.remove()
     indexers.remove()
     clamps.remove()
