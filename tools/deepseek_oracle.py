@@ -1136,17 +1136,6 @@ def write_config(spec, path: Path):
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def chat_example_fast(model_dir: Path):
-    """moe_oracle.chat_example with the tokenizer class named instead of looked up through config.json."""
-    tok = transformers.PreTrainedTokenizerFast.from_pretrained(model_dir)
-    messages = [
-        {"role": "system", "content": "You route tokens."},
-        {"role": "user", "content": "Which experts? 12345, 3.14!"},
-    ]
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return {"messages": messages, "add_generation_prompt": True, "text": text, "ids": tok(text)["input_ids"]}
-
-
 def model_class(spec):
     return getattr(transformers, spec["model_class"]) if "model_class" in spec else transformers.AutoModelForCausalLM
 
@@ -1238,7 +1227,7 @@ def build(name, spec, out_root: Path, llama_cpp: Path, tok, converter_path):
             # PreTrainedConfig, whose RoPE standardisation then fails on rope_scaling.
             notes.append(f"AutoTokenizer.from_pretrained fails on this folder under transformers "
                          f"{transformers.__version__} ({e}); chat_example used PreTrainedTokenizerFast")
-            ref["chat_example"] = chat_example_fast(stage)
+            ref["chat_example"] = chat_example(stage, transformers.PreTrainedTokenizerFast)
         if v4:
             gguf_convert_v4(llama_cpp, stage, loaded, notes, converter_path)
         else:

@@ -366,9 +366,10 @@ def to_json(obj, indent=0):
     return pad + json.dumps(obj)
 
 
-def chat_example(model_dir: Path):
-    """The tokenizer and chat template as transformers applies them, for tests of the same folder."""
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+def chat_example(model_dir: Path, tokenizer_class=None):
+    """The tokenizer and chat template as transformers applies them, for tests of the same folder
+    (`tokenizer_class`: a class to load it with where AutoTokenizer cannot find it)."""
+    tok = (tokenizer_class or transformers.AutoTokenizer).from_pretrained(model_dir)
     messages = [
         {"role": "system", "content": "You route tokens."},
         {"role": "user", "content": "Which experts? 12345, 3.14!"},

@@ -120,14 +120,7 @@ pub(crate) fn forward(
         add_inplace(&mut x, &tmp);
         blocks.trace("l_out", il, &x);
     }
-    let wanted: Vec<(Range<usize>, Logits)> = segs
-        .iter()
-        .zip(kinds)
-        .map(|(s, k)| (s.rows.clone(), k))
-        .collect();
-    for s in &mut segs {
-        s.cache.advance(s.len());
-    }
+    let wanted = finish_step(&mut segs, kinds);
     Ok(head(
         store,
         &x,
@@ -136,6 +129,18 @@ pub(crate) fn forward(
         &ends.output,
         &wanted,
     ))
+}
+
+/// Ends a pass: every sequence's cache counts its new tokens; returns each sequence's rows with
+/// the logits it asked for, for [`head`].
+pub(crate) fn finish_step(segs: &mut [Seg], kinds: Vec<Logits>) -> Vec<(Range<usize>, Logits)> {
+    for s in segs.iter_mut() {
+        s.cache.advance(s.len());
+    }
+    segs.iter()
+        .zip(kinds)
+        .map(|(s, k)| (s.rows.clone(), k))
+        .collect()
 }
 
 /// The tokens of all sequences, concatenated, after checking each sequence has tokens and room

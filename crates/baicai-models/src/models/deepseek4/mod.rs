@@ -286,14 +286,7 @@ impl CausalLm for Deepseek4 {
             self.block(il, &mut x, &tokens, &pos, &mut segs);
         }
         let h = self.head_collapse(&x); // [n, D]
-        let wanted: Vec<(std::ops::Range<usize>, crate::Logits)> = segs
-            .iter()
-            .zip(kinds)
-            .map(|(s, k)| (s.rows.clone(), k))
-            .collect();
-        for s in &mut segs {
-            s.cache.advance(s.len());
-        }
+        let wanted = decoder::finish_step(&mut segs, kinds);
         Ok(decoder::head(
             &self.store,
             &h,
