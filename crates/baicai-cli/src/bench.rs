@@ -45,7 +45,7 @@ pub struct BenchArgs {
 }
 
 /// Decode steps timed per batch size in [`decode_batch_rate`].
-const DECODE_BATCH_STEPS: usize = 16;
+const DECODE_BATCH_STEPS: usize = 64;
 /// Context each sequence of [`decode_batch_rate`] has before its timed steps (the serving
 /// benchmark's prompts are ~100 tokens).
 const DECODE_BATCH_CONTEXT: usize = 96;

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use crate::dispatch::{active_isa, dot_fn, quant_fn, tile_fns, DotFn, QuantFn};
 use crate::dtype::DType;
 use crate::pool;
-use crate::quant::legacy::{TileFns, TILE_ROWS, TILE_TOKENS};
+use crate::quant::legacy::{ColsFn, TileFns, COLS_MAX, TILE_ROWS, TILE_TOKENS};
 
 /// A weight matrix `[rows, cols]` (row-major, each row `cols` values of `dtype`), borrowed from
 /// wherever it lives (usually a memory map).
@@ -67,6 +67,7 @@ impl Weight<'_> {
 /// tokens. Cut into prefill's small tasks, a batch of 2 or 4 streamed the weights at a third of
 /// decode's rate (Qwen2.5-0.5B: a step of 2 one-token sequences took 3x a step of 1).
 const DECODE_TOKENS: usize = 8;
+const _: () = assert!(DECODE_TOKENS <= COLS_MAX);
 
 /// Bytes of weights a decode task should at least stream, so scheduling stays a small fraction.
 const MIN_TASK_BYTES: usize = 32 * 1024;
@@ -218,6 +219,18 @@ pub fn matmul_batch(jobs: &mut [MatJob]) {
             // cover disjoint row ranges inside it, so this slice aliases no other task's.
             let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
             m.rows(r.start, 0, out);
+        } else if let Some(cols) = m.small_batch() {
+            m.cols(cols, task.rows.clone(), |t, r, vals| {
+                assert!(t < n_tokens && r + vals.len() <= rows);
+                // SAFETY: as for `block` below: (t, r) belongs to this task only, inside `out`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        vals.as_ptr(),
+                        out.get().add(t * rows + r),
+                        vals.len(),
+                    );
+                }
+            });
         } else {
             m.block(task.rows.clone(), task.tokens.clone(), |t, r, vals| {
                 assert!(t < n_tokens && r + vals.len() <= rows);
@@ -354,6 +367,49 @@ impl Mat<'_> {
         }
         for (i, o) in out.iter_mut().enumerate() {
             *o = self.element(r0 + i, t);
+        }
+    }
+
+    /// The small-batch kernel, where the format has one and this matmul is a decode batch of
+    /// 2 to [`DECODE_TOKENS`] tokens.
+    fn small_batch(&self) -> Option<ColsFn> {
+        let cols = self.tiles.and_then(|t| t.cols)?;
+        (2..=DECODE_TOKENS).contains(&self.n_tokens).then_some(cols)
+    }
+
+    /// Calls `put(t, r, values)` with runs of `values` for rows `r..` of token `t`, covering rows
+    /// `rows` × all tokens through the small-batch kernel `cols`: each weight row is read once
+    /// for every token. The rows go in two halves, two long sequential streams as in
+    /// [`Mat::rows`] (adjacent rows side by side streamed the 151936-row Q8_0 output head at
+    /// 2 tokens 30% slower), [`TASK_ROWS`] rows of each half per call.
+    fn cols(&self, cols: ColsFn, rows: Range<usize>, mut put: impl FnMut(usize, usize, &[f32])) {
+        let half = rows.len().div_ceil(2);
+        let starts = [rows.start, rows.start + half];
+        let mut buf = [[[0.0f32; COLS_MAX]; TASK_ROWS]; 2];
+        let mut vals = [0.0f32; TASK_ROWS];
+        for i in (0..half).step_by(TASK_ROWS) {
+            let n0 = TASK_ROWS.min(half - i);
+            let n1 = TASK_ROWS.min((rows.len() - half).saturating_sub(i));
+            let [b0, b1] = &mut buf;
+            let w = starts.map(|s| &self.w[(s + i) * self.w_row..]);
+            let out = [&mut b0[..n0], &mut b1[..n1]];
+            cols(
+                self.cols,
+                w,
+                self.w_row,
+                self.acts,
+                self.a_row,
+                self.n_tokens,
+                out,
+            );
+            for (s, b) in starts.iter().zip([&b0[..n0], &b1[..n1]]) {
+                for t in 0..self.n_tokens {
+                    for (v, o) in vals.iter_mut().zip(b) {
+                        *v = o[t];
+                    }
+                    put(t, s + i, &vals[..b.len()]);
+                }
+            }
         }
     }
 

@@ -168,7 +168,7 @@ fn avx2_dot_products_match_scalar_references() {
 #[test]
 fn register_tiles_equal_the_dot_product_bit_for_bit() {
     use baicai_kernels::dispatch::tile_fns;
-    use baicai_kernels::quant::legacy::{TILE_ROWS, TILE_TOKENS};
+    use baicai_kernels::quant::legacy::{COLS_MAX, TILE_ROWS};
     if !avx2() {
         return;
     }
@@ -179,11 +179,12 @@ fn register_tiles_equal_the_dot_product_bit_for_bit() {
         };
         let dot = dot_fn(dtype, Isa::Avx2);
         for n in LENGTHS {
-            let w: Vec<Vec<u8>> = (0..TILE_ROWS)
+            // More rows and tokens than a tile takes, for the small-batch kernels.
+            let w: Vec<Vec<u8>> = (0..TILE_ROWS + 3)
                 .map(|_| random_weights(&mut rng, dtype, n))
                 .collect();
             // Raw activations too: -128 must not saturate differently in a tile.
-            let a: Vec<Vec<u8>> = (0..TILE_TOKENS)
+            let a: Vec<Vec<u8>> = (0..COLS_MAX)
                 .map(|t| match t % 2 {
                     0 => quantize_q8k(&random_activations(&mut rng, n)),
                     _ => raw_q8k(&mut rng, n),

@@ -319,7 +319,7 @@ fn short_weight_slice_panics() {
 
 #[test]
 fn register_tiles_equal_the_dot_product_bit_for_bit() {
-    use baicai_kernels::quant::legacy::{tile_fns, TILE_ROWS, TILE_TOKENS};
+    use baicai_kernels::quant::legacy::{tile_fns, COLS_MAX, TILE_ROWS};
     let mut rng = StdRng::seed_from_u64(0x711e);
     for dtype in weight_types() {
         let Some(tiles) = tile_fns(dtype, Isa::detect()) else {
@@ -327,10 +327,11 @@ fn register_tiles_equal_the_dot_product_bit_for_bit() {
         };
         let dot = dot_fn(dtype, Isa::detect());
         for n in [32, 64, 96, 896] {
-            let w: Vec<Vec<u8>> = (0..TILE_ROWS)
+            // More rows and tokens than a tile takes, for the small-batch kernels.
+            let w: Vec<Vec<u8>> = (0..TILE_ROWS + 3)
                 .map(|_| random_weights(&mut rng, dtype, n))
                 .collect();
-            let a: Vec<Vec<u8>> = (0..TILE_TOKENS)
+            let a: Vec<Vec<u8>> = (0..COLS_MAX)
                 .map(|_| random_activations(&mut rng, dtype, n))
                 .collect();
             tile_check::check_tiles(tiles, dot, n, &w, &a, 0, &format!("{} n={n}", dtype.name()));

@@ -613,6 +613,107 @@ pub type TileOut = [[f32; TILE_TOKENS]; TILE_ROWS];
 pub type StripFn = fn(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, out: &mut [TileOut]);
 /// Two weight rows with one activation row: a 2 × 1 register tile.
 pub type PairFn = fn(n: usize, w: [&[u8]; 2], a: [&[u8]; 1]) -> [[f32; 1]; 2];
+/// Most activation rows a [`ColsFn`] takes: the largest batch matmul schedules as decode.
+pub const COLS_MAX: usize = 8;
+/// A small batch (decode of several sequences, a speculative step): two sets of weight rows,
+/// `w[s]` holding `out[s].len()` rows `w_row` bytes apart, each row with the `n_tok` (1 to
+/// [`COLS_MAX`]) activation rows `a_row` bytes apart in `a`: `out[s][k][t]` for row `k` of set
+/// `s` and token `t`. Each weight block is loaded and decoded once for all the tokens (whose
+/// blocks stay in L1), so a step of a few tokens costs little more than one token's. The two sets
+/// are two sequential streams (the hardware prefetcher follows long streams; matmul gives each
+/// thread's range in two halves); `out[1]` has as many rows as `out[0]` or one fewer.
+pub type ColsFn = fn(
+    n: usize,
+    w: [&[u8]; 2],
+    w_row: usize,
+    a: &[u8],
+    a_row: usize,
+    n_tok: usize,
+    out: [&mut [[f32; COLS_MAX]]; 2],
+);
+
+/// Runs `$body` with `$T` a `const usize` equal to `$n` (1 to [`COLS_MAX`]), so a run-time count
+/// of tokens picks a const-generic tile.
+///
+/// # Panics
+/// If `$n` is not in `1..=COLS_MAX`.
+macro_rules! for_tokens {
+    ($n:expr, $T:ident => $body:expr) => {
+        match $n {
+            1 => {
+                const $T: usize = 1;
+                $body
+            }
+            2 => {
+                const $T: usize = 2;
+                $body
+            }
+            3 => {
+                const $T: usize = 3;
+                $body
+            }
+            4 => {
+                const $T: usize = 4;
+                $body
+            }
+            5 => {
+                const $T: usize = 5;
+                $body
+            }
+            6 => {
+                const $T: usize = 6;
+                $body
+            }
+            7 => {
+                const $T: usize = 7;
+                $body
+            }
+            8 => {
+                const $T: usize = 8;
+                $body
+            }
+            n => panic!(
+                "a small batch has 1 to {} tokens, not {n}",
+                $crate::quant::legacy::COLS_MAX
+            ),
+        }
+    };
+}
+pub(crate) use for_tokens;
+
+/// Checks a [`ColsFn`]'s operands: `rows[s]` weight rows of `n` values of `w_dtype` (whole
+/// blocks) `w_row` bytes apart in `w[s]` (`rows[1]` equal to `rows[0]` or one fewer), and `n_tok`
+/// activation rows of `a_dtype` `a_row` bytes apart in `a`.
+///
+/// # Panics
+/// If a row is too short, a stride is shorter than a row, the sets' sizes do not match, or
+/// `n_tok` is not 1 to [`COLS_MAX`].
+pub(crate) fn check_cols(
+    (w_dtype, a_dtype): (DType, DType),
+    n: usize,
+    (w, w_row, rows): ([&[u8]; 2], usize, [usize; 2]),
+    (a, a_row, n_tok): (&[u8], usize, usize),
+) {
+    assert!(
+        (1..=COLS_MAX).contains(&n_tok),
+        "a small batch has 1 to {COLS_MAX} tokens, not {n_tok}"
+    );
+    assert!(
+        rows[1] == rows[0] || rows[1] + 1 == rows[0],
+        "the second set of rows has as many as the first or one fewer, not {} and {}",
+        rows[0],
+        rows[1]
+    );
+    let wb = w_dtype.row_bytes(n).expect("whole weight blocks");
+    let ab = a_dtype.row_bytes(n).expect("whole activation blocks");
+    assert!(w_row >= wb && a_row >= ab, "row strides shorter than a row");
+    for (w, rows) in w.into_iter().zip(rows) {
+        if rows > 0 {
+            whole_blocks(w_dtype, n, &w[(rows - 1) * w_row..]);
+        }
+    }
+    whole_blocks(a_dtype, n, &a[(n_tok - 1) * a_row..]);
+}
 
 /// Dot products of several weight rows with several activation rows at once, decoding each weight
 /// block once for all tokens and loading each activation block once for all rows. Each element is
@@ -629,6 +730,8 @@ pub struct TileFns {
     /// formats (a block of 32 values is little other work) the chain's latency bounds the dot;
     /// two rows run two chains (and share the activation's loads).
     pub pair: Option<PairFn>,
+    /// Decode of a small batch: each weight row with every token of the step.
+    pub cols: Option<ColsFn>,
 }
 
 /// The register-tiled kernels for weights of `dtype` on `isa`, where there are (AVX2: Q4_0, Q5_0,

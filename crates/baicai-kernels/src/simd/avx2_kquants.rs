@@ -19,7 +19,9 @@ use crate::quant::kquants::{
     finish_q8k, q8k_dst, row_blocks, scales_mins_k4, scales_q3k, BlockIq4Xs, BlockQ2K, BlockQ3K,
     BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
 };
-use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
+use crate::quant::legacy::{
+    check_cols, for_tokens, TileFns, TileOut, COLS_MAX, TILE_ROWS, TILE_TOKENS,
+};
 use crate::quant::tables::KVALUES_IQ4NL;
 
 /// Loads 32 bytes from the start of `s`.
@@ -661,6 +663,76 @@ safe_strip!(
     "avx2,fma,f16c"
 );
 
+/// Defines `$name`, the safe [`crate::quant::legacy::ColsFn`] over the SIMD tile `$kernel`, and
+/// `$inner`, its loop compiled with the kernel's `$features` so the tiles inline: one weight row
+/// at a time with all the step's tokens (a super-block is 256 values, so accumulators that do not
+/// fit the registers cost a spill per 256 values, not per 32). Only to be handed out (by
+/// `kquants::tile_fns`) on CPUs with those features.
+macro_rules! safe_cols {
+    ($name:ident, $inner:ident, $kernel:ident, $block:ty, $dtype:expr, $features:literal) => {
+        fn $name(
+            n: usize,
+            w: [&[u8]; 2],
+            w_row: usize,
+            a: &[u8],
+            a_row: usize,
+            n_tok: usize,
+            out: [&mut [[f32; COLS_MAX]]; 2],
+        ) {
+            let rows = [out[0].len(), out[1].len()];
+            check_cols(($dtype, DType::Q8_K), n, (w, w_row, rows), (a, a_row, n_tok));
+            // SAFETY: `kquants::tile_fns` returns this function only after checking that the
+            // CPU supports the kernel's features.
+            unsafe { $inner(n, (w, w_row), (a, a_row, n_tok), out) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn $inner(
+            n: usize,
+            (w, w_row): ([&[u8]; 2], usize),
+            (a, a_row, n_tok): (&[u8], usize, usize),
+            out: [&mut [[f32; COLS_MAX]]; 2],
+        ) {
+            for_tokens!(n_tok, T => {
+                let mut ys: [&[BlockQ8K]; T] = [&[]; T];
+                for (t, y) in ys.iter_mut().enumerate() {
+                    *y = row_blocks(&a[t * a_row..], n);
+                }
+                let [lo, hi] = out;
+                for k in 0..lo.len() {
+                    for (s, o) in [&mut *lo, &mut *hi].into_iter().enumerate() {
+                        if let Some(o) = o.get_mut(k) {
+                            let x: &[$block] = row_blocks(&w[s][k * w_row..], n);
+                            // SAFETY: this function only runs with the features enabled (its
+                            // attribute).
+                            let v = unsafe { $kernel::<1, T>([x], ys) };
+                            o[..T].copy_from_slice(&v[0]);
+                        }
+                    }
+                }
+            })
+        }
+    };
+}
+pub(super) use safe_cols;
+
+safe_cols!(
+    cols_q4k,
+    cols_q4k_avx2,
+    tile_q4k_q8k_avx2,
+    BlockQ4K,
+    DType::Q4_K,
+    "avx2,fma,f16c"
+);
+safe_cols!(
+    cols_q6k,
+    cols_q6k_avx2,
+    tile_q6k_q8k_avx2,
+    BlockQ6K,
+    DType::Q6_K,
+    "avx2,fma,f16c"
+);
+
 /// The register-tiled kernels for K-quant weights of `dtype`, where there are (Q4_K, Q6_K).
 pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
     Some(match dtype {
@@ -670,11 +742,13 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
             // The 2 × 1 tiles were no faster than two dots here (Q4_K 23 -> 22, Q6_K 26 -> 22
             // GB/s from cache).
             pair: None,
+            cols: Some(cols_q4k),
         },
         DType::Q6_K => TileFns {
             tile: tile_q6k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q6k,
             pair: None,
+            cols: Some(cols_q6k),
         },
         _ => return None,
     })

@@ -23,7 +23,8 @@ use crate::dispatch::{DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK};
 use crate::quant::e8m0_to_f32_half;
 use crate::quant::legacy::{
-    f16_le_from, whole_blocks, whole_blocks_mut, TileFns, TileOut, TILE_ROWS, TILE_TOKENS,
+    check_cols, f16_le_from, for_tokens, whole_blocks, whole_blocks_mut, TileFns, TileOut,
+    COLS_MAX, TILE_ROWS, TILE_TOKENS,
 };
 use crate::quant::tables::{KVALUES_IQ4NL, KVALUES_MXFP4};
 
@@ -778,6 +779,65 @@ unsafe fn strip_sym_avx2<F: SymQ8_0>(
     }
 }
 
+/// Safe [`crate::quant::legacy::ColsFn`] over [`tile_sym_q8_0`]: checks the rows once, then
+/// runs the tiles inline.
+///
+/// # Panics
+/// As [`check_cols`], or if the CPU lacks AVX2/FMA/F16C.
+fn cols_sym<F: SymQ8_0>(
+    n: usize,
+    w: [&[u8]; 2],
+    w_row: usize,
+    a: &[u8],
+    a_row: usize,
+    n_tok: usize,
+    out: [&mut [[f32; COLS_MAX]]; 2],
+) {
+    let rows = [out[0].len(), out[1].len()];
+    check_cols(
+        (F::DTYPE, DType::Q8_0),
+        n,
+        (w, w_row, rows),
+        (a, a_row, n_tok),
+    );
+    assert_avx2();
+    let w = (w.map(<[u8]>::as_ptr), w_row);
+    // SAFETY: the features were just checked; every weight and activation row holds `n` values.
+    unsafe { cols_sym_avx2::<F>(n / QK, w, (a.as_ptr(), a_row, n_tok), out) }
+}
+
+/// The loop of [`cols_sym`]: up to 4 tokens, a row of each set at a time (8 accumulators); more
+/// tokens, one row at a time (the 16 registers hold no more), the two sets' rows alternating.
+///
+/// # Safety
+/// As [`tile_sym_q8_0`] for each weight row of the two sets and the `n_tok` activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn cols_sym_avx2<F: SymQ8_0>(
+    nb: usize,
+    (w, w_row): ([*const u8; 2], usize),
+    (a, a_row, n_tok): (*const u8, usize, usize),
+    [lo, hi]: [&mut [[f32; COLS_MAX]]; 2],
+) {
+    for_tokens!(n_tok, T => {
+        let ap = token_rows::<T>(a, a_row, 0);
+        for (k, (l, u)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+            let wp = [w[0].add(k * w_row), w[1].add(k * w_row)];
+            if T <= 4 {
+                let v = tile_sym_q8_0::<F, 2, T>(nb, wp, ap);
+                l[..T].copy_from_slice(&v[0]);
+                u[..T].copy_from_slice(&v[1]);
+            } else {
+                l[..T].copy_from_slice(&tile_sym_q8_0::<F, 1, T>(nb, [wp[0]], ap)[0]);
+                u[..T].copy_from_slice(&tile_sym_q8_0::<F, 1, T>(nb, [wp[1]], ap)[0]);
+            }
+        }
+        if lo.len() > hi.len() {
+            let v = tile_sym_q8_0::<F, 1, T>(nb, [w[0].add(hi.len() * w_row)], ap);
+            lo[hi.len()][..T].copy_from_slice(&v[0]);
+        }
+    })
+}
+
 /// The register-tiled kernels for weights of `dtype`, if there are.
 pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
     fn fns<F: SymQ8_0>() -> TileFns {
@@ -785,6 +845,7 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
             tile: tile_sym::<F, TILE_ROWS, TILE_TOKENS>,
             strip: strip_sym::<F>,
             pair: Some(tile_sym::<F, 2, 1>),
+            cols: Some(cols_sym::<F>),
         }
     }
     use DType::*;

@@ -14,10 +14,12 @@
 use core::arch::x86_64::*;
 
 use super::avx2_kquants::{
-    f16_to_f32, ld128, ld_bsums, ld_i8, ld_u8, q4k_block_mins, q4k_tile_out, q6k_tile, safe_strip,
-    safe_tile, scale_pair,
+    f16_to_f32, ld128, ld_bsums, ld_i8, ld_u8, q4k_block_mins, q4k_tile_out, q6k_tile, safe_cols,
+    safe_strip, safe_tile, scale_pair,
 };
+use crate::dtype::DType;
 use crate::quant::kquants::{row_blocks, BlockQ4K, BlockQ6K, BlockQ8K};
+use crate::quant::legacy::{check_cols, for_tokens, COLS_MAX};
 use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
 
 /// Set by [`crate::dispatch::disable_avx512`].
@@ -170,9 +172,25 @@ safe_strip!(
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
 );
 
+safe_cols!(
+    cols_q4k,
+    cols_q4k_avx512,
+    tile_q4k_q8k_avx512,
+    BlockQ4K,
+    DType::Q4_K,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+);
+safe_cols!(
+    cols_q6k,
+    cols_q6k_avx512,
+    tile_q6k_q8k_avx512,
+    BlockQ6K,
+    DType::Q6_K,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+);
+
 /// The AVX-512 tiles for `dtype` (Q4_K, Q6_K), when the CPU has them.
-pub(crate) fn tile_fns(dtype: crate::dtype::DType) -> Option<TileFns> {
-    use crate::dtype::DType;
+pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
     if !available() {
         return None;
     }
@@ -182,12 +200,14 @@ pub(crate) fn tile_fns(dtype: crate::dtype::DType) -> Option<TileFns> {
             strip: strip_q4k,
             // Slower than two dots (23 -> 16 GB/s from cache).
             pair: None,
+            cols: Some(cols_q4k),
         }),
         DType::Q6_K => Some(TileFns {
             tile: tile_q6k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q6k,
             // 26 -> 29 GB/s from cache.
             pair: Some(tile_q6k::<2, 1>),
+            cols: Some(cols_q6k),
         }),
         _ => None,
     }
