@@ -81,6 +81,21 @@ fn decode_batch_rate(model: &dyn baicai_models::CausalLm, b: usize) -> Result<f6
     Ok((b * DECODE_BATCH_STEPS) as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Weight values per byte of the model's matrices (tensors of two or more dimensions) in a GGUF
+/// file, to turn the bytes a token reads into the multiply-adds it does; `None` for folders or
+/// files that cannot be read.
+fn weight_values_per_byte(path: &std::path::Path) -> Option<f64> {
+    let gguf = crate::load::open_gguf(path).ok()?;
+    let (values, bytes) = gguf
+        .tensors()
+        .iter()
+        .filter(|t| t.shape.len() >= 2)
+        .fold((0u64, 0u64), |(v, b), t| {
+            (v + t.shape.iter().product::<u64>(), b + t.n_bytes)
+        });
+    (bytes > 0).then(|| values as f64 / bytes as f64)
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
@@ -204,6 +219,35 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let peak_rss = sysinfo::peak_rss_bytes().unwrap_or(0);
     let huge_pages = sysinfo::huge_page_mapped_bytes().unwrap_or(0);
     let bandwidth = sysinfo::measure_read_bandwidth(threads);
+    // The batched-decode roofline: a step streams the weights once and does B tokens' work.
+    let batch_bounds = if decode_batch.is_empty() {
+        Vec::new()
+    } else {
+        let peak = baicai_kernels::roofline::int8_peak(threads);
+        let peak = peak.best(a.model.no_avx512).unwrap_or(0.0);
+        let values = weight_values_per_byte(&a.model.model);
+        decode_batch
+            .iter()
+            .map(|&(b, rate)| {
+                let step = b as f64 / rate;
+                let macs = values.map(|v| v * bytes_per_token as f64 * b as f64);
+                let (limit, kind) = match macs {
+                    Some(m) if peak > 0.0 => {
+                        baicai_kernels::roofline::bound(bytes_per_token as f64, m, bandwidth, peak)
+                    }
+                    _ => (
+                        bytes_per_token as f64 / bandwidth,
+                        baicai_kernels::roofline::Limit::Bytes,
+                    ),
+                };
+                let kind = match kind {
+                    baicai_kernels::roofline::Limit::Bytes => "memory",
+                    baicai_kernels::roofline::Limit::Arithmetic => "int8",
+                };
+                (limit / step, kind, peak)
+            })
+            .collect()
+    };
     let tg_mean = mean(&tg);
     let now = SystemTime::now();
     let (pp_jpt, tg_jpt) = (mean(&pp_j), mean(&tg_j));
@@ -256,7 +300,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "hardware_cost_per_hour": cost.hardware_cost_per_hour,
             "pp_cost_per_million_tokens": pp_cost,
             "tg_cost_per_million_tokens": tg_cost,
-            "decode_batch": decode_batch.iter().map(|&(b, r)| serde_json::json!({"batch": b, "tokens_per_s": r})).collect::<Vec<_>>(),
+            "decode_batch": decode_batch.iter().zip(&batch_bounds).map(|(&(b, r), &(f, kind, peak))| serde_json::json!({"batch": b, "tokens_per_s": r, "bound_fraction": f, "bound": kind, "int8_peak_gops": peak / 1e9})).collect::<Vec<_>>(),
             "expert_load": model.expert_load().map(|l| l.iter().map(|x| x.tokens.clone()).collect::<Vec<_>>()),
         });
         println!("{j}");
@@ -296,8 +340,23 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 stddev(&tg)
             );
         }
-        for &(b, r) in &decode_batch {
-            println!("decode ×{b:<4} {r:>8.2} tok/s (batched, {b} sequences)");
+        let one = decode_batch.iter().find(|&&(b, _)| b == 1).map(|&(_, r)| r);
+        for (&(b, r), &(f, kind, _)) in decode_batch.iter().zip(&batch_bounds) {
+            // A step of B sequences against a step of one.
+            let pass = one.map_or(String::new(), |one| {
+                format!(", a pass {:.2}× one sequence's", b as f64 * one / r)
+            });
+            println!(
+                "decode ×{b:<4} {r:>8.2} tok/s (batched, {b} sequences{pass}; {:.0}% of the {kind} bound)",
+                100.0 * f
+            );
+        }
+        if let Some(&(_, _, peak)) = batch_bounds.first() {
+            println!(
+                "decode bounds: weights streamed once per step at {:.1} GB/s, multiply-adds at the int8 peak {:.0} GOP/s (from the weights' average values per byte)",
+                bandwidth / 1e9,
+                peak / 1e9
+            );
         }
         println!(
             "peak RSS: {:.1} MiB (file {:.1} MiB)",

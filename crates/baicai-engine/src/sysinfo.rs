@@ -4,21 +4,13 @@
 //! Everything is read from Linux's `/proc` and `/sys`; on other systems, or when a file is
 //! missing, the functions return `None` rather than guessing.
 
-use std::hint::black_box;
-use std::time::Instant;
-
-use rayon::prelude::*;
-
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
-/// Largest buffer [`measure_read_bandwidth`] uses: 8× the 32 MiB L3 of the development machine,
-/// so that caches cannot serve a noticeable share of the reads.
-const BANDWIDTH_BUFFER_BYTES: u64 = 256 * MIB;
+/// Largest buffer [`measure_read_bandwidth`] uses.
+const BANDWIDTH_BUFFER_BYTES: u64 = baicai_kernels::roofline::BANDWIDTH_BUFFER_BYTES;
 /// Timed passes over the buffer; the best one is reported.
 const BANDWIDTH_PASSES: usize = 5;
-/// Work unit for the threads: small enough to balance, large enough to stream.
-const CHUNK_BYTES: usize = 4 << 20;
 
 /// Peak resident set size of this process (`VmHWM` in `/proc/self/status`), in bytes.
 ///
@@ -140,23 +132,7 @@ pub fn measure_read_bandwidth(threads: usize) -> f64 {
 /// [`measure_read_bandwidth`] with an explicit buffer size (rounded down to whole 4 MiB chunks, at
 /// least one) and number of timed passes (at least one).
 pub fn measure_read_bandwidth_with(threads: usize, buffer_bytes: u64, passes: usize) -> f64 {
-    let chunk_words = CHUNK_BYTES / 8;
-    let chunks = (buffer_bytes / CHUNK_BYTES as u64).max(1) as usize;
-    // Non-zero contents: a zeroed allocation could leave pages mapped to the shared zero page,
-    // which reads at cache speed.
-    let buf: Vec<u64> = (0..(chunks * chunk_words) as u64).collect();
-    let bytes = (buf.len() * 8) as f64;
-    let run = || {
-        // One untimed pass brings the threads up and the TLB warm.
-        black_box(parallel_sum(&buf, chunk_words));
-        (0..passes.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                black_box(parallel_sum(black_box(&buf), chunk_words));
-                bytes / t.elapsed().as_secs_f64()
-            })
-            .fold(0.0, f64::max)
-    };
+    let run = || baicai_kernels::roofline::read_bandwidth(buffer_bytes, passes);
     if threads == 0 || threads == rayon::current_num_threads() {
         return run();
     }
@@ -165,13 +141,6 @@ pub fn measure_read_bandwidth_with(threads: usize, buffer_bytes: u64, passes: us
         // Cannot spawn threads: measure with what there is rather than fail a benchmark.
         Err(_) => run(),
     }
-}
-
-/// Wrapping sum of `buf`, chunk by chunk across the pool; the inner loop auto-vectorises.
-fn parallel_sum(buf: &[u64], chunk_words: usize) -> u64 {
-    buf.par_chunks(chunk_words)
-        .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
-        .reduce(|| 0, u64::wrapping_add)
 }
 
 /// 256 MiB, or a quarter of available memory if that is less (never under 16 MiB).

@@ -1,17 +1,26 @@
 //! Times `matmul` on the shapes of Qwen2.5-0.5B's FFN, for decode (1 token: reports weight GB/s,
-//! the memory-bound figure) and prefill (512 tokens: reports GFLOP/s), with 1 and 2 threads.
+//! the memory-bound figure) and prefill (512 tokens: reports GFLOP/s), with 1 and 2 threads, and
+//! each time as a fraction of the roofline: first it measures the machine's int8 dot-product peak
+//! (AVX-512 VNNI and AVX2) and memory read bandwidth per thread count, and the bound of a shape is
+//! the larger of streaming its weights once and doing its multiply-adds at the peak of the path
+//! the kernels take (`--no-avx512`: AVX2's).
 //!
 //! ```text
 //! cargo run --release -p baicai-kernels --example bench_matmul -- [TYPE…] [--tokens 1,512] [--threads 1,2] [--shapes RxC,…] [--hot] [--no-avx512]
 //! ```
 //! TYPE defaults to `Q5_0 Q8_0`; any [`DType`] name works once its kernels exist. `--shapes`
-//! replaces the FFN shapes (`4864x896,896x4864`) with others, e.g. `4096x4096`. Decode cycles
-//! through enough copies of the weights to exceed the last-level cache, so the figure is DRAM
-//! bandwidth, not cache bandwidth; `--hot` keeps one copy (kernel speed from cache).
+//! replaces the FFN shapes (`4864x896,896x4864`) with others, e.g. `4096x4096`. Decode and small
+//! batches (up to [`SMALL_BATCH`] tokens) cycle through enough copies of the weights to exceed
+//! the last-level cache, so the figure is DRAM bandwidth, not cache bandwidth; `--hot` keeps one
+//! copy (kernel speed from cache).
 
 use std::time::{Duration, Instant};
 
+use baicai_kernels::roofline::{bound, int8_peak, read_bandwidth, Limit};
 use baicai_kernels::{matmul, DType, Weight};
+
+/// Token counts up to this stream weights from memory as decode does (copies cycle).
+const SMALL_BATCH: usize = 16;
 
 /// Total weight bytes decode cycles through (well above a 32 MiB L3).
 const DECODE_BYTES: usize = 256 << 20;
@@ -29,6 +38,8 @@ struct Args {
     /// Decode on one copy of the weights (cache-resident for the small shapes): kernel speed
     /// rather than memory bandwidth.
     hot: bool,
+    /// The AVX-512 kernels are off: the AVX2 peak bounds the arithmetic.
+    avx2_only: bool,
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -57,6 +68,7 @@ fn parse_args() -> Args {
         threads: vec![1, 2],
         shapes: vec![(4864, 896), (896, 4864)],
         hot: false,
+        avx2_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -65,7 +77,10 @@ fn parse_args() -> Args {
             "--threads" => args.threads = parse_list(&it.next().expect("--threads LIST")),
             "--shapes" => args.shapes = parse_shapes(&it.next().expect("--shapes LIST")),
             "--hot" => args.hot = true,
-            "--no-avx512" => baicai_kernels::dispatch::disable_avx512(),
+            "--no-avx512" => {
+                baicai_kernels::dispatch::disable_avx512();
+                args.avx2_only = true;
+            }
             name => {
                 let t = DType::ALL
                     .iter()
@@ -127,9 +142,28 @@ fn time(mut f: impl FnMut()) -> (f64, f64) {
 
 fn main() {
     let args = parse_args();
+    // Per thread count: (bandwidth bytes/s, int8 peak ops/s).
+    let limits: Vec<(f64, f64)> = args
+        .threads
+        .iter()
+        .map(|&threads| {
+            let pool = pool(threads);
+            let bw = pool.install(|| read_bandwidth(DECODE_BYTES as u64, 3));
+            let peak = int8_peak(threads);
+            let best = peak.best(args.avx2_only).unwrap_or(f64::NAN);
+            let gops = |p: Option<f64>| p.map_or("-".into(), |p| format!("{:.0}", p / 1e9));
+            println!(
+                "{threads} threads: memory {:.1} GB/s, int8 peak VNNI {} / AVX2 {} GOP/s",
+                bw / 1e9,
+                gops(peak.vnni),
+                gops(peak.avx2)
+            );
+            (bw, best)
+        })
+        .collect();
     println!(
-        "{:<6} {:>11} {:>6} {:>7} {:>9} {:>14} {:>14}",
-        "type", "rows×cols", "tokens", "threads", "best ms", "best rate", "mean rate"
+        "{:<6} {:>11} {:>6} {:>7} {:>9} {:>14} {:>14} {:>11}",
+        "type", "rows×cols", "tokens", "threads", "best ms", "best rate", "mean rate", "of bound"
     );
     for &dtype in &args.types {
         for &(rows, cols) in &args.shapes {
@@ -138,7 +172,7 @@ fn main() {
             };
             let bytes = rows * row_bytes;
             for &n_tokens in &args.tokens {
-                let copies = if n_tokens == 1 && !args.hot {
+                let copies = if n_tokens <= SMALL_BATCH && !args.hot {
                     DECODE_BYTES.div_ceil(bytes)
                 } else {
                     1
@@ -150,13 +184,9 @@ fn main() {
                     .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
                     .collect();
                 let mut out = vec![0.0f32; n_tokens * rows];
-                for &threads in &args.threads {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
+                for (&threads, &(bw, peak)) in args.threads.iter().zip(&limits) {
                     let mut i = 0;
-                    let (best, mean) = pool.install(|| {
+                    let (best, mean) = pool(threads).install(|| {
                         time(|| {
                             let w = Weight {
                                 dtype,
@@ -168,26 +198,39 @@ fn main() {
                             i += 1;
                         })
                     });
+                    let macs = (rows * cols * n_tokens) as f64;
                     let rate = |secs: f64| {
                         if n_tokens == 1 {
                             format!("{:.1} GB/s", bytes as f64 / secs / 1e9)
                         } else {
-                            let flops = 2.0 * (rows * cols * n_tokens) as f64;
-                            format!("{:.1} GFLOP/s", flops / secs / 1e9)
+                            format!("{:.1} GFLOP/s", 2.0 * macs / secs / 1e9)
                         }
                     };
+                    let (limit_s, limit) = bound(bytes as f64, macs, bw, peak);
+                    let which = match limit {
+                        Limit::Bytes => "mem",
+                        Limit::Arithmetic => "int8",
+                    };
                     println!(
-                        "{:<6} {:>11} {:>6} {:>7} {:>9.3} {:>14} {:>14}",
+                        "{:<6} {:>11} {:>6} {:>7} {:>9.3} {:>14} {:>14} {:>6.0}% {which}",
                         dtype.name(),
                         format!("{rows}×{cols}"),
                         n_tokens,
                         threads,
                         best * 1e3,
                         rate(best),
-                        rate(mean)
+                        rate(mean),
+                        100.0 * limit_s / best,
                     );
                 }
             }
         }
     }
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
 }

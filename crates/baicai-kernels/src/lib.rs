@@ -15,6 +15,7 @@ pub mod dtype;
 pub mod matmul;
 pub mod pool;
 pub mod quant;
+pub mod roofline;
 pub mod simd;
 
 pub use activation::{geglu, swiglu};

@@ -66,8 +66,9 @@ impl Weight<'_> {
 /// long contiguous row ranges per task that stream each weight row from memory once for all the
 /// tokens. Cut into prefill's small tasks, a batch of 2 or 4 streamed the weights at a third of
 /// decode's rate (Qwen2.5-0.5B: a step of 2 one-token sequences took 3x a step of 1).
-const DECODE_TOKENS: usize = 8;
-const _: () = assert!(DECODE_TOKENS <= COLS_MAX);
+/// Up to 16 tokens go through the small-batch kernels (two groups of 8 over the same rows, still
+/// in L2), which beat prefill's tasks there.
+const DECODE_TOKENS: usize = 16;
 
 /// Bytes of weights a decode task should at least stream, so scheduling stays a small fraction.
 const MIN_TASK_BYTES: usize = 32 * 1024;
@@ -390,24 +391,21 @@ impl Mat<'_> {
         for i in (0..half).step_by(TASK_ROWS) {
             let n0 = TASK_ROWS.min(half - i);
             let n1 = TASK_ROWS.min((rows.len() - half).saturating_sub(i));
-            let [b0, b1] = &mut buf;
-            let w = starts.map(|s| &self.w[(s + i) * self.w_row..]);
-            let out = [&mut b0[..n0], &mut b1[..n1]];
-            cols(
-                self.cols,
-                w,
-                self.w_row,
-                self.acts,
-                self.a_row,
-                self.n_tokens,
-                out,
-            );
-            for (s, b) in starts.iter().zip([&b0[..n0], &b1[..n1]]) {
-                for t in 0..self.n_tokens {
-                    for (v, o) in vals.iter_mut().zip(b) {
-                        *v = o[t];
+            // Groups of up to COLS_MAX tokens; the chunk's weight rows stay in L2 for the next.
+            for t0 in (0..self.n_tokens).step_by(COLS_MAX) {
+                let n_tok = COLS_MAX.min(self.n_tokens - t0);
+                let [b0, b1] = &mut buf;
+                let w = starts.map(|s| &self.w[(s + i) * self.w_row..]);
+                let out = [&mut b0[..n0], &mut b1[..n1]];
+                let acts = &self.acts[t0 * self.a_row..];
+                cols(self.cols, w, self.w_row, acts, self.a_row, n_tok, out);
+                for (s, b) in starts.iter().zip([&b0[..n0], &b1[..n1]]) {
+                    for t in 0..n_tok {
+                        for (v, o) in vals.iter_mut().zip(b) {
+                            *v = o[t];
+                        }
+                        put(t0 + t, s + i, &vals[..b.len()]);
                     }
-                    put(t, s + i, &vals[..b.len()]);
                 }
             }
         }

@@ -78,8 +78,15 @@ pub fn run(w: &Weight, x: &[f32], n_tokens: usize) -> Vec<f32> {
 /// Shapes for the batch-invariance tests: row counts off the tile sizes, token counts below,
 /// at and across the task and tile sizes.
 pub fn invariance_cases() -> impl Iterator<Item = (DType, usize, usize, usize)> {
-    // Small batches (2 to 8 tokens: the small-batch kernels) and a prompt (the tiles).
-    let legacy = types().flat_map(|t| [(t, 71, 128, 2), (t, 71, 128, 7), (t, 40, 96, 130)]);
+    // Small batches (2 to 16 tokens: the small-batch kernels, 13 in two groups) and a prompt.
+    let legacy = types().flat_map(|t| {
+        [
+            (t, 71, 128, 2),
+            (t, 71, 128, 7),
+            (t, 33, 64, 13),
+            (t, 40, 96, 130),
+        ]
+    });
     // The K-quants with register tiles (Q4_K, Q6_K) and one without (Q5_K).
     let k = [DType::Q4_K, DType::Q6_K, DType::Q5_K]
         .into_iter()
