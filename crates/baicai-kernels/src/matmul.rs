@@ -11,7 +11,10 @@
 //! Decode (`n_tokens == 1`) is memory bound: each weight row is streamed once, in one
 //! contiguous share per thread and matrix, either one row after another or, for formats with a
 //! two-row kernel, a row from each half of the share at a time (two long sequential streams,
-//! which the hardware prefetcher follows; adjacent rows side by side it does not). Prefill
+//! which the hardware prefetcher follows; adjacent rows side by side it does not). A small batch
+//! (2 to 16 tokens: a serving step of several sequences, an expert's few tokens) is scheduled the
+//! same way, and formats with a small-batch kernel ([`TileFns::cols`]) apply each weight row to
+//! every token of the step while it is in registers, so the step streams the weights once. Prefill
 //! splits the output into (rows × tokens) tasks, iterating tokens innermost, so a weight row
 //! stays in L1 while it meets a block of activation rows that stays in L2. On CPUs with AVX-512 VNNI the prefill tiles of
 //! Q4_K and the symmetric legacy formats use it, bit-identical to the AVX2 tiles and dots.
