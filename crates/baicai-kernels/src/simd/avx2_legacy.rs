@@ -779,64 +779,75 @@ unsafe fn strip_sym_avx2<F: SymQ8_0>(
     }
 }
 
-/// Safe [`crate::quant::legacy::ColsFn`] over [`tile_sym_q8_0`]: checks the rows once, then
-/// runs the tiles inline.
-///
-/// # Panics
-/// As [`check_cols`], or if the CPU lacks AVX2/FMA/F16C.
-fn cols_sym<F: SymQ8_0>(
-    n: usize,
-    w: [&[u8]; 2],
-    w_row: usize,
-    a: &[u8],
-    a_row: usize,
-    n_tok: usize,
-    out: [&mut [[f32; COLS_MAX]]; 2],
-) {
-    let rows = [out[0].len(), out[1].len()];
-    check_cols(
-        (F::DTYPE, DType::Q8_0),
-        n,
-        (w, w_row, rows),
-        (a, a_row, n_tok),
-    );
-    assert_avx2();
-    let w = (w.map(<[u8]>::as_ptr), w_row);
-    // SAFETY: the features were just checked; every weight and activation row holds `n` values.
-    unsafe { cols_sym_avx2::<F>(n / QK, w, (a.as_ptr(), a_row, n_tok), out) }
-}
+/// Defines `$safe`, a [`crate::quant::legacy::ColsFn`] over the symmetric-format tile `$tile`
+/// (generic over the format `F`, like [`tile_sym_q8_0`]), and `$inner`, its loop compiled with
+/// the tile's `$features` so the tiles inline. `$safe` checks the rows once, then runs `$cpu`
+/// (which must make sure the CPU has `$features`). Up to `$pair_tokens` tokens, a row of each set
+/// at a time (two streams); more, one row at a time (the accumulators of two rows would not fit
+/// the registers), the two sets' rows alternating; the first set's odd row last. The AVX2 and
+/// AVX-512 small-batch kernels share this body.
+macro_rules! sym_cols {
+    ($safe:ident, $inner:ident, $tile:ident, $features:literal, $pair_tokens:expr, $cpu:expr) => {
+        fn $safe<F: SymQ8_0>(
+            n: usize,
+            w: [&[u8]; 2],
+            w_row: usize,
+            a: &[u8],
+            a_row: usize,
+            n_tok: usize,
+            out: [&mut [[f32; COLS_MAX]]; 2],
+        ) {
+            let rows = [out[0].len(), out[1].len()];
+            let operands = ((w, w_row, rows), (a, a_row, n_tok));
+            check_cols((F::DTYPE, DType::Q8_0), n, operands.0, operands.1);
+            $cpu;
+            let w = (w.map(<[u8]>::as_ptr), w_row);
+            // SAFETY: the CPU has the features (`$cpu`); every weight and activation row holds
+            // `n` values (checked just above).
+            unsafe { $inner::<F>(n / QK, w, (a.as_ptr(), a_row, n_tok), out) }
+        }
 
-/// The loop of [`cols_sym`]: up to 4 tokens, a row of each set at a time (8 accumulators); more
-/// tokens, one row at a time (the 16 registers hold no more), the two sets' rows alternating.
-///
-/// # Safety
-/// As [`tile_sym_q8_0`] for each weight row of the two sets and the `n_tok` activation rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn cols_sym_avx2<F: SymQ8_0>(
-    nb: usize,
-    (w, w_row): ([*const u8; 2], usize),
-    (a, a_row, n_tok): (*const u8, usize, usize),
-    [lo, hi]: [&mut [[f32; COLS_MAX]]; 2],
-) {
-    for_tokens!(n_tok, T => {
-        let ap = token_rows::<T>(a, a_row, 0);
-        for (k, (l, u)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
-            let wp = [w[0].add(k * w_row), w[1].add(k * w_row)];
-            if T <= 4 {
-                let v = tile_sym_q8_0::<F, 2, T>(nb, wp, ap);
-                l[..T].copy_from_slice(&v[0]);
-                u[..T].copy_from_slice(&v[1]);
-            } else {
-                l[..T].copy_from_slice(&tile_sym_q8_0::<F, 1, T>(nb, [wp[0]], ap)[0]);
-                u[..T].copy_from_slice(&tile_sym_q8_0::<F, 1, T>(nb, [wp[1]], ap)[0]);
-            }
+        /// # Safety
+        /// As the tile for each weight row of the two sets and the `n_tok` activation rows.
+        #[target_feature(enable = $features)]
+        unsafe fn $inner<F: SymQ8_0>(
+            nb: usize,
+            (w, w_row): ([*const u8; 2], usize),
+            (a, a_row, n_tok): (*const u8, usize, usize),
+            [lo, hi]: [&mut [[f32; COLS_MAX]]; 2],
+        ) {
+            for_tokens!(n_tok, T => {
+                let ap = token_rows::<T>(a, a_row, 0);
+                for (k, (l, u)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                    let wp = [w[0].add(k * w_row), w[1].add(k * w_row)];
+                    if T <= $pair_tokens {
+                        let v = $tile::<F, 2, T>(nb, wp, ap);
+                        l[..T].copy_from_slice(&v[0]);
+                        u[..T].copy_from_slice(&v[1]);
+                    } else {
+                        l[..T].copy_from_slice(&$tile::<F, 1, T>(nb, [wp[0]], ap)[0]);
+                        u[..T].copy_from_slice(&$tile::<F, 1, T>(nb, [wp[1]], ap)[0]);
+                    }
+                }
+                if lo.len() > hi.len() {
+                    let v = $tile::<F, 1, T>(nb, [w[0].add(hi.len() * w_row)], ap);
+                    lo[hi.len()][..T].copy_from_slice(&v[0]);
+                }
+            })
         }
-        if lo.len() > hi.len() {
-            let v = tile_sym_q8_0::<F, 1, T>(nb, [w[0].add(hi.len() * w_row)], ap);
-            lo[hi.len()][..T].copy_from_slice(&v[0]);
-        }
-    })
+    };
 }
+pub(super) use sym_cols;
+
+// Up to 4 tokens in pairs of rows: 8 accumulators of the 16 registers.
+sym_cols!(
+    cols_sym,
+    cols_sym_avx2,
+    tile_sym_q8_0,
+    "avx2,fma,f16c",
+    4,
+    assert_avx2()
+);
 
 /// The register-tiled kernels for weights of `dtype`, if there are.
 pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {

@@ -14,8 +14,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2_legacy::{
-    broadcast_f16, hsum_tile, sym_strip_rows, sym_tile_rows, token_rows, SymQ8_0, IQ4_NL, MXFP4,
-    Q4_0, Q5_0, Q8_0,
+    broadcast_f16, hsum_tile, sym_cols, sym_strip_rows, sym_tile_rows, token_rows, SymQ8_0, IQ4_NL,
+    MXFP4, Q4_0, Q5_0, Q8_0,
 };
 use crate::dispatch::DotFn;
 use crate::dtype::{DType, QK};
@@ -131,55 +131,16 @@ unsafe fn strip_sym_vnni<F: SymQ8_0>(
     }
 }
 
-/// Safe [`crate::quant::legacy::ColsFn`]: checks the rows once, then runs the tiles inline.
-fn cols_sym<F: SymQ8_0>(
-    n: usize,
-    w: [&[u8]; 2],
-    w_row: usize,
-    a: &[u8],
-    a_row: usize,
-    n_tok: usize,
-    out: [&mut [[f32; COLS_MAX]]; 2],
-) {
-    let rows = [out[0].len(), out[1].len()];
-    check_cols(
-        (F::DTYPE, DType::Q8_0),
-        n,
-        (w, w_row, rows),
-        (a, a_row, n_tok),
-    );
-    let w = (w.map(<[u8]>::as_ptr), w_row);
-    // SAFETY: `tile_fns` hands this out only when the CPU has the features; every weight and
-    // activation row holds `n` values (checked just above).
-    unsafe { cols_sym_vnni::<F>(n / QK, w, (a.as_ptr(), a_row, n_tok), out) }
-}
-
-/// The loop of [`cols_sym`]: a row of each set at a time (two streams; at most 16 accumulators
-/// of the 32 registers), the first set's odd row last.
-///
-/// # Safety
-/// As [`tile_sym_vnni`] for each weight row of the two sets and the `n_tok` activation rows.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn cols_sym_vnni<F: SymQ8_0>(
-    nb: usize,
-    (w, w_row): ([*const u8; 2], usize),
-    (a, a_row, n_tok): (*const u8, usize, usize),
-    [lo, hi]: [&mut [[f32; COLS_MAX]]; 2],
-) {
-    for_tokens!(n_tok, T => {
-        let ap = token_rows::<T>(a, a_row, 0);
-        for (k, (l, u)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
-            let wp = [w[0].add(k * w_row), w[1].add(k * w_row)];
-            let v = tile_sym_vnni::<F, 2, T>(nb, wp, ap);
-            l[..T].copy_from_slice(&v[0]);
-            u[..T].copy_from_slice(&v[1]);
-        }
-        if lo.len() > hi.len() {
-            let v = tile_sym_vnni::<F, 1, T>(nb, [w[0].add(hi.len() * w_row)], ap);
-            lo[hi.len()][..T].copy_from_slice(&v[0]);
-        }
-    })
-}
+// Pairs of rows for every token count: at most 16 accumulators of the 32 registers.
+sym_cols!(
+    cols_sym,
+    cols_sym_vnni,
+    tile_sym_vnni,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    COLS_MAX,
+    // `tile_fns` hands this out only when the CPU has the features.
+    ()
+);
 
 /// Safe 1×1 tile: one dot product, checked as [`tile_sym`].
 fn dot_sym<F: SymQ8_0>(n: usize, w: &[u8], a: &[u8]) -> f32 {
