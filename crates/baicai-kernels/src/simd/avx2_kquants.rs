@@ -265,42 +265,92 @@ pub unsafe fn dot_q4k_q8k_avx2(xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32 {
     tile_q4k_q8k_avx2::<1, 1>([xs], [ys])[0][0]
 }
 
-/// Dot product of Q5_K weights with Q8_K activations.
+/// Dot products of `R` Q5_K weight rows with `T` Q8_K activation rows, as
+/// [`tile_q4k_q8k_avx2`] does for Q4_K (each weight block's scales, nibbles and fifth bits
+/// unpacked once for `T` tokens); every element reduced as the 1×1 tile ([`dot_q5k_q8k_avx2`])
+/// reduces it: per super-block the exact i32 lane sums, `acc = fma(d_w * d_a, sums, acc)` and
+/// `acc_m = fma(dmin_w * d_a, madd(mins, bsums), acc_m)` in block order, `hsum(acc) -
+/// hsum(acc_m)` at the end. Rows hold `nb = w[0].len()` blocks.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If a row holds fewer than `w[0].len()` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_q5k_q8k_avx2<const R: usize, const T: usize>(
+    w: [&[BlockQ5K]; R],
+    a: [&[BlockQ8K]; T],
+) -> [[f32; T]; R] {
+    let nb = w[0].len();
+    assert!(w.iter().all(|w| w.len() >= nb) && a.iter().all(|a| a.len() >= nb));
+    let m4 = _mm256_set1_epi8(0x0f);
+    let bit4 = _mm256_set1_epi8(0x10);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut acc_m = [[_mm_setzero_ps(); T]; R];
+    for b in 0..nb {
+        // SAFETY: `b < nb` and every row holds `nb` blocks (asserted above).
+        let x = w.map(|w| unsafe { w.get_unchecked(b) });
+        // SAFETY: as above.
+        let y = a.map(|a| unsafe { a.get_unchecked(b) });
+        let mut dy = [0.0f32; T];
+        let mut bs32 = [_mm_setzero_si128(); T];
+        for t in 0..T {
+            dy[t] = y[t].d();
+            bs32[t] = bsums32(y[t]);
+        }
+        let (mut sc, mut qh) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+        for r in 0..R {
+            let (s, m) = scales_mins_k4(&x[r].scales);
+            let (mins, dmin) = (mins_k4(m), f16_to_f32(x[r].dmin));
+            for t in 0..T {
+                acc_m[r][t] = fma_mins(acc_m[r][t], dmin * dy[t], mins, bs32[t]);
+            }
+            sc[r] = scales_k4(s);
+            qh[r] = ld_u8(&x[r].qh);
+        }
+        let mut sumi = [[_mm256_setzero_si256(); T]; R];
+        for c in 0..4 {
+            for r in 0..R {
+                // Sub-block j takes its fifth bit from bit j of `qh`; shift two bits out per
+                // chunk (16-bit shifts only pull neighbouring bits into the top of each byte,
+                // never bit 0/1).
+                let q = ld_u8(&x[r].qs[32 * c..]);
+                let h_lo = _mm256_and_si256(_mm256_slli_epi16::<4>(qh[r]), bit4);
+                let h_hi = _mm256_and_si256(_mm256_slli_epi16::<3>(qh[r]), bit4);
+                qh[r] = _mm256_srli_epi16::<2>(qh[r]);
+                let lo = _mm256_or_si256(_mm256_and_si256(q, m4), h_lo);
+                let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q), m4), h_hi);
+                let sc_lo = _mm256_shuffle_epi8(sc[r], bcast_i16(2 * c));
+                let sc_hi = _mm256_shuffle_epi8(sc[r], bcast_i16(2 * c + 1));
+                for t in 0..T {
+                    let p_lo = _mm256_maddubs_epi16(lo, ld_i8(&y[t].qs[64 * c..]));
+                    let p_hi = _mm256_maddubs_epi16(hi, ld_i8(&y[t].qs[64 * c + 32..]));
+                    let s_lo = _mm256_madd_epi16(p_lo, sc_lo);
+                    let s_hi = _mm256_madd_epi16(p_hi, sc_hi);
+                    sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_add_epi32(s_lo, s_hi));
+                }
+            }
+        }
+        for r in 0..R {
+            let dx = f16_to_f32(x[r].d);
+            for t in 0..T {
+                let d = _mm256_set1_ps(dx * dy[t]);
+                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+            }
+        }
+    }
+    q4k_tile_out(&acc, &acc_m)
+}
+
+/// Dot product of Q5_K weights with Q8_K activations: the 1×1 [`tile_q5k_q8k_avx2`].
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q5k_q8k_avx2(xs: &[BlockQ5K], ys: &[BlockQ8K]) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let bit4 = _mm256_set1_epi8(0x10);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = _mm_setzero_ps();
-    for (x, y) in xs.iter().zip(ys) {
-        let dy = y.d();
-        let (sc, mn) = scales_mins_k4(&x.scales);
-        acc_m = fma_mins(acc_m, f16_to_f32(x.dmin) * dy, mins_k4(mn), bsums32(y));
-        let sc = scales_k4(sc);
-        // Sub-block j takes its fifth bit from bit j of `qh`; shift two bits out per chunk
-        // (16-bit shifts only pull neighbouring bits into the top of each byte, never bit 0/1).
-        let mut qh = ld_u8(&x.qh);
-        let mut sumi = _mm256_setzero_si256();
-        for c in 0..4 {
-            let q = ld_u8(&x.qs[32 * c..]);
-            let h_lo = _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bit4);
-            let h_hi = _mm256_and_si256(_mm256_slli_epi16::<3>(qh), bit4);
-            qh = _mm256_srli_epi16::<2>(qh);
-            let lo = _mm256_or_si256(_mm256_and_si256(q, m4), h_lo);
-            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q), m4), h_hi);
-            let p_lo = _mm256_maddubs_epi16(lo, ld_i8(&y.qs[64 * c..]));
-            let p_hi = _mm256_maddubs_epi16(hi, ld_i8(&y.qs[64 * c + 32..]));
-            let s_lo = _mm256_madd_epi16(p_lo, _mm256_shuffle_epi8(sc, bcast_i16(2 * c)));
-            let s_hi = _mm256_madd_epi16(p_hi, _mm256_shuffle_epi8(sc, bcast_i16(2 * c + 1)));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(s_lo, s_hi));
-        }
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * dy);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_ps(acc) - hsum_ps128(acc_m)
+    tile_q5k_q8k_avx2::<1, 1>([xs], [ys])[0][0]
 }
 
 /// `sum + madd(p, s)`: one sub-block's pair sums `p`, scaled by `s`, added to the i32 lanes.
@@ -613,6 +663,7 @@ pub(super) use safe_tile;
 
 safe_tile!(tile_q4k, tile_q4k_q8k_avx2, BlockQ4K);
 safe_tile!(tile_q6k, tile_q6k_q8k_avx2, BlockQ6K);
+safe_tile!(tile_q5k, tile_q5k_q8k_avx2, BlockQ5K);
 
 /// Defines `$name`, the safe [`crate::quant::legacy::StripFn`] over the SIMD tile `$kernel`,
 /// and `$inner`, its loop compiled with the kernel's `$features` so the tiles inline. Only to be
@@ -653,6 +704,13 @@ safe_strip!(
     strip_q4k_avx2,
     tile_q4k_q8k_avx2,
     BlockQ4K,
+    "avx2,fma,f16c"
+);
+safe_strip!(
+    strip_q5k,
+    strip_q5k_avx2,
+    tile_q5k_q8k_avx2,
+    BlockQ5K,
     "avx2,fma,f16c"
 );
 safe_strip!(
@@ -725,6 +783,14 @@ safe_cols!(
     "avx2,fma,f16c"
 );
 safe_cols!(
+    cols_q5k,
+    cols_q5k_avx2,
+    tile_q5k_q8k_avx2,
+    BlockQ5K,
+    DType::Q5_K,
+    "avx2,fma,f16c"
+);
+safe_cols!(
     cols_q6k,
     cols_q6k_avx2,
     tile_q6k_q8k_avx2,
@@ -733,7 +799,8 @@ safe_cols!(
     "avx2,fma,f16c"
 );
 
-/// The register-tiled kernels for K-quant weights of `dtype`, where there are (Q4_K, Q6_K).
+/// The register-tiled kernels for K-quant weights of `dtype`, where there are (Q4_K, Q5_K,
+/// Q6_K).
 pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
     Some(match dtype {
         DType::Q4_K => TileFns {
@@ -743,6 +810,12 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
             // GB/s from cache).
             pair: None,
             cols: Some(cols_q4k),
+        },
+        DType::Q5_K => TileFns {
+            tile: tile_q5k::<TILE_ROWS, TILE_TOKENS>,
+            strip: strip_q5k,
+            pair: None,
+            cols: Some(cols_q5k),
         },
         DType::Q6_K => TileFns {
             tile: tile_q6k::<TILE_ROWS, TILE_TOKENS>,

@@ -87,8 +87,8 @@ pub fn invariance_cases() -> impl Iterator<Item = (DType, usize, usize, usize)> 
             (t, 40, 96, 130),
         ]
     });
-    // The K-quants with register tiles (Q4_K, Q6_K) and one without (Q5_K).
-    let k = [DType::Q4_K, DType::Q6_K, DType::Q5_K]
+    // The K-quants with register tiles (Q4_K, Q5_K, Q6_K) and one without (Q3_K).
+    let k = [DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q3_K]
         .into_iter()
         .flat_map(|t| [(t, 70, 512, 3), (t, 69, 256, 8), (t, 37, 256, 130)]);
     legacy.chain(k)
