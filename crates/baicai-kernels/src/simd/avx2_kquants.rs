@@ -470,38 +470,79 @@ pub unsafe fn dot_q6k_q8k_avx2(xs: &[BlockQ6K], ys: &[BlockQ8K]) -> f32 {
     tile_q6k_q8k_avx2::<1, 1>([xs], [ys])[0][0]
 }
 
-/// Dot product of Q3_K weights with Q8_K activations.
+/// Dot products of `R` Q3_K weight rows with `T` Q8_K activation rows: each weight block's levels
+/// and scales unpacked once for `T` tokens, every element reduced as the 1×1 tile
+/// ([`dot_q3k_q8k_avx2`]) reduces it (exact i32 lane sums per super-block, `acc = fma(d_w * d_a,
+/// sums, acc)` in block order, a fixed horizontal sum). Rows hold `nb = w[0].len()` blocks.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If a row holds fewer than `w[0].len()` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_q3k_q8k_avx2<const R: usize, const T: usize>(
+    w: [&[BlockQ3K]; R],
+    a: [&[BlockQ8K]; T],
+) -> [[f32; T]; R] {
+    let nb = w[0].len();
+    assert!(w.iter().all(|w| w.len() >= nb) && a.iter().all(|a| a.len() >= nb));
+    let m3 = _mm256_set1_epi8(0x03);
+    let bit2 = _mm256_set1_epi8(0x04);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for b in 0..nb {
+        // SAFETY: `b < nb` and every row holds `nb` blocks (asserted above).
+        let x = w.map(|w| unsafe { w.get_unchecked(b) });
+        // SAFETY: as above.
+        let y = a.map(|a| unsafe { a.get_unchecked(b) });
+        let mut sumi = [[_mm256_setzero_si256(); T]; R];
+        for r in 0..R {
+            let sc = ld128(&scales_q3k(&x[r].scales));
+            // Level = (low | inverted-high << 2) - 4; subtract 4 * Σ_j sc_j * bsum_j once.
+            let sc16 = _mm256_cvtepi8_epi16(sc);
+            for t in 0..T {
+                let offset = _mm256_madd_epi16(sc16, ld_bsums(y[t]));
+                sumi[r][t] =
+                    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<2>(offset));
+            }
+            // Chunk c takes its high bit from bit c of hmask, its low bits from bits 2(c%4)..
+            // of qs.
+            let mut hm = ld_u8(&x[r].hmask);
+            for h in 0..2 {
+                let mut qs = ld_u8(&x[r].qs[32 * h..]);
+                for k in 0..4 {
+                    let c = 4 * h + k;
+                    let high = _mm256_and_si256(_mm256_slli_epi16::<2>(hm), bit2);
+                    let q = _mm256_or_si256(_mm256_and_si256(qs, m3), high);
+                    hm = _mm256_srli_epi16::<1>(hm);
+                    qs = _mm256_srli_epi16::<2>(qs);
+                    let s = scale_pair(sc, c);
+                    for t in 0..T {
+                        let p = _mm256_maddubs_epi16(q, ld_i8(&y[t].qs[32 * c..]));
+                        sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_madd_epi16(p, s));
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            let dx = f16_to_f32(x[r].d);
+            for t in 0..T {
+                let d = _mm256_set1_ps(dx * y[t].d());
+                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+            }
+        }
+    }
+    crate::simd::avx2_legacy::hsum_tile(&acc)
+}
+
+/// Dot product of Q3_K weights with Q8_K activations: the 1×1 [`tile_q3k_q8k_avx2`].
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q3k_q8k_avx2(xs: &[BlockQ3K], ys: &[BlockQ8K]) -> f32 {
-    let m3 = _mm256_set1_epi8(0x03);
-    let bit2 = _mm256_set1_epi8(0x04);
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in xs.iter().zip(ys) {
-        let sc = ld128(&scales_q3k(&x.scales));
-        // Level = (low | inverted-high << 2) - 4; subtract 4 * Σ_j sc_j * bsum_j once.
-        let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), ld_bsums(y));
-        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<2>(offset));
-        // Chunk c takes its high bit from bit c of hmask, its low bits from bits 2(c%4).. of qs.
-        let mut hm = ld_u8(&x.hmask);
-        for h in 0..2 {
-            let mut qs = ld_u8(&x.qs[32 * h..]);
-            for k in 0..4 {
-                let c = 4 * h + k;
-                let high = _mm256_and_si256(_mm256_slli_epi16::<2>(hm), bit2);
-                let q = _mm256_or_si256(_mm256_and_si256(qs, m3), high);
-                hm = _mm256_srli_epi16::<1>(hm);
-                qs = _mm256_srli_epi16::<2>(qs);
-                let p = _mm256_maddubs_epi16(q, ld_i8(&y.qs[32 * c..]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc, c)));
-            }
-        }
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * y.d());
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_ps(acc)
+    tile_q3k_q8k_avx2::<1, 1>([xs], [ys])[0][0]
 }
 
 /// Dot product of Q2_K weights with Q8_K activations.
@@ -539,33 +580,67 @@ pub unsafe fn dot_q2k_q8k_avx2(xs: &[BlockQ2K], ys: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) - hsum_ps(acc_m)
 }
 
-/// Dot product of IQ4_XS weights with Q8_K activations.
+/// Dot products of `R` IQ4_XS weight rows with `T` Q8_K activation rows: each sub-block's levels
+/// looked up once for `T` tokens, every element reduced as the 1×1 tile ([`dot_iq4xs_q8k_avx2`])
+/// reduces it (exact i32 lane sums per super-block, `acc = fma(d_w * d_a, sums, acc)` in block
+/// order, a fixed horizontal sum). Rows hold `nb = w[0].len()` blocks.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C. Activations must lie in [-127, 127], as
-/// [`crate::quant::kquants::quantize_row_q8k`] produces them: the signed×signed product goes
-/// through `sign`/`abs`, which cannot negate -128.
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If a row holds fewer than `w[0].len()` blocks.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_iq4xs_q8k_avx2(xs: &[BlockIq4Xs], ys: &[BlockQ8K]) -> f32 {
+pub unsafe fn tile_iq4xs_q8k_avx2<const R: usize, const T: usize>(
+    w: [&[BlockIq4Xs]; R],
+    a: [&[BlockQ8K]; T],
+) -> [[f32; T]; R] {
+    let nb = w[0].len();
+    assert!(w.iter().all(|w| w.len() >= nb) && a.iter().all(|a| a.len() >= nb));
     let m4 = _mm256_set1_epi8(0x0f);
     let table = _mm256_broadcastsi128_si256(ld128(&KVALUES_IQ4NL));
     // The 16 index bytes of a sub-block go to both lanes; the high lane takes the high nibbles.
     let nibble = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in xs.iter().zip(ys) {
-        let mut sumi = _mm256_setzero_si256();
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for b in 0..nb {
+        // SAFETY: `b < nb` and every row holds `nb` blocks (asserted above).
+        let x = w.map(|w| unsafe { w.get_unchecked(b) });
+        // SAFETY: as above.
+        let y = a.map(|a| unsafe { a.get_unchecked(b) });
+        let mut sumi = [[_mm256_setzero_si256(); T]; R];
         for j in 0..8 {
-            let q = _mm256_broadcastsi128_si256(ld128(&x.qs[16 * j..]));
-            let v = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srlv_epi32(q, nibble), m4));
-            let a = ld_i8(&y.qs[32 * j..]);
-            let p = _mm256_maddubs_epi16(_mm256_abs_epi8(v), _mm256_sign_epi8(a, v));
-            let s = _mm256_set1_epi16(x.scale(j) as i16);
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+            for r in 0..R {
+                let q = _mm256_broadcastsi128_si256(ld128(&x[r].qs[16 * j..]));
+                let v =
+                    _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srlv_epi32(q, nibble), m4));
+                let abs_v = _mm256_abs_epi8(v);
+                let s = _mm256_set1_epi16(x[r].scale(j) as i16);
+                for t in 0..T {
+                    let a = ld_i8(&y[t].qs[32 * j..]);
+                    let p = _mm256_maddubs_epi16(abs_v, _mm256_sign_epi8(a, v));
+                    sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_madd_epi16(p, s));
+                }
+            }
         }
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * y.d());
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        for r in 0..R {
+            let dx = f16_to_f32(x[r].d);
+            for t in 0..T {
+                let d = _mm256_set1_ps(dx * y[t].d());
+                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+            }
+        }
     }
-    hsum_ps(acc)
+    crate::simd::avx2_legacy::hsum_tile(&acc)
+}
+
+/// Dot product of IQ4_XS weights with Q8_K activations: the 1×1 [`tile_iq4xs_q8k_avx2`].
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_iq4xs_q8k_avx2(xs: &[BlockIq4Xs], ys: &[BlockQ8K]) -> f32 {
+    tile_iq4xs_q8k_avx2::<1, 1>([xs], [ys])[0][0]
 }
 
 /// Quantizes to Q8_K; bit-identical to [`crate::quant::kquants::quantize_row_q8k`].
@@ -664,6 +739,8 @@ pub(super) use safe_tile;
 safe_tile!(tile_q4k, tile_q4k_q8k_avx2, BlockQ4K);
 safe_tile!(tile_q6k, tile_q6k_q8k_avx2, BlockQ6K);
 safe_tile!(tile_q5k, tile_q5k_q8k_avx2, BlockQ5K);
+safe_tile!(tile_q3k, tile_q3k_q8k_avx2, BlockQ3K);
+safe_tile!(tile_iq4xs, tile_iq4xs_q8k_avx2, BlockIq4Xs);
 
 /// Defines `$name`, the safe [`crate::quant::legacy::StripFn`] over the SIMD tile `$kernel`,
 /// and `$inner`, its loop compiled with the kernel's `$features` so the tiles inline. Only to be
@@ -704,6 +781,20 @@ safe_strip!(
     strip_q4k_avx2,
     tile_q4k_q8k_avx2,
     BlockQ4K,
+    "avx2,fma,f16c"
+);
+safe_strip!(
+    strip_q3k,
+    strip_q3k_avx2,
+    tile_q3k_q8k_avx2,
+    BlockQ3K,
+    "avx2,fma,f16c"
+);
+safe_strip!(
+    strip_iq4xs,
+    strip_iq4xs_avx2,
+    tile_iq4xs_q8k_avx2,
+    BlockIq4Xs,
     "avx2,fma,f16c"
 );
 safe_strip!(
@@ -783,6 +874,22 @@ safe_cols!(
     "avx2,fma,f16c"
 );
 safe_cols!(
+    cols_q3k,
+    cols_q3k_avx2,
+    tile_q3k_q8k_avx2,
+    BlockQ3K,
+    DType::Q3_K,
+    "avx2,fma,f16c"
+);
+safe_cols!(
+    cols_iq4xs,
+    cols_iq4xs_avx2,
+    tile_iq4xs_q8k_avx2,
+    BlockIq4Xs,
+    DType::IQ4_XS,
+    "avx2,fma,f16c"
+);
+safe_cols!(
     cols_q5k,
     cols_q5k_avx2,
     tile_q5k_q8k_avx2,
@@ -799,8 +906,8 @@ safe_cols!(
     "avx2,fma,f16c"
 );
 
-/// The register-tiled kernels for K-quant weights of `dtype`, where there are (Q4_K, Q5_K,
-/// Q6_K).
+/// The register-tiled kernels for K-quant weights of `dtype`, where there are (Q3_K, Q4_K, Q5_K,
+/// Q6_K, IQ4_XS).
 pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
     Some(match dtype {
         DType::Q4_K => TileFns {
@@ -810,6 +917,18 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
             // GB/s from cache).
             pair: None,
             cols: Some(cols_q4k),
+        },
+        DType::Q3_K => TileFns {
+            tile: tile_q3k::<TILE_ROWS, TILE_TOKENS>,
+            strip: strip_q3k,
+            pair: None,
+            cols: Some(cols_q3k),
+        },
+        DType::IQ4_XS => TileFns {
+            tile: tile_iq4xs::<TILE_ROWS, TILE_TOKENS>,
+            strip: strip_iq4xs,
+            pair: None,
+            cols: Some(cols_iq4xs),
         },
         DType::Q5_K => TileFns {
             tile: tile_q5k::<TILE_ROWS, TILE_TOKENS>,

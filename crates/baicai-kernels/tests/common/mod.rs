@@ -51,6 +51,8 @@ pub fn random_weights(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) 
             let fields: &[usize] = match dtype {
                 DType::Q4_1 | DType::Q5_1 | DType::Q8_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
                 DType::Q6_K => &[208],
+                DType::Q3_K => &[108],
+                DType::Q2_K => &[80, 82],
                 _ => &[0],
             };
             for block in bytes.chunks_exact_mut(dtype.block_bytes()) {
@@ -87,10 +89,17 @@ pub fn invariance_cases() -> impl Iterator<Item = (DType, usize, usize, usize)> 
             (t, 40, 96, 130),
         ]
     });
-    // The K-quants with register tiles (Q4_K, Q5_K, Q6_K) and one without (Q3_K).
-    let k = [DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q3_K]
-        .into_iter()
-        .flat_map(|t| [(t, 70, 512, 3), (t, 69, 256, 8), (t, 37, 256, 130)]);
+    // The K-quants and IQ4_XS with register tiles and one without (Q2_K).
+    let k = [
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::IQ4_XS,
+        DType::Q2_K,
+    ]
+    .into_iter()
+    .flat_map(|t| [(t, 70, 512, 3), (t, 69, 256, 8), (t, 37, 256, 130)]);
     legacy.chain(k)
 }
 
