@@ -545,39 +545,83 @@ pub unsafe fn dot_q3k_q8k_avx2(xs: &[BlockQ3K], ys: &[BlockQ8K]) -> f32 {
     tile_q3k_q8k_avx2::<1, 1>([xs], [ys])[0][0]
 }
 
-/// Dot product of Q2_K weights with Q8_K activations.
+/// Dot products of `R` Q2_K weight rows with `T` Q8_K activation rows: each weight block's levels,
+/// scales and mins unpacked once for `T` tokens, every element reduced as the 1×1 tile
+/// ([`dot_q2k_q8k_avx2`]) reduces it: per super-block the exact i32 lane sums, `acc = fma(d_w *
+/// d_a, sums, acc)` and `acc_m = fma(dmin_w * d_a, madd(mins, bsums), acc_m)` in block order,
+/// `hsum(acc) - hsum(acc_m)` at the end. Rows hold `nb = w[0].len()` blocks.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+///
+/// # Panics
+/// If a row holds fewer than `w[0].len()` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_q2k_q8k_avx2<const R: usize, const T: usize>(
+    w: [&[BlockQ2K]; R],
+    a: [&[BlockQ8K]; T],
+) -> [[f32; T]; R] {
+    let nb = w[0].len();
+    assert!(w.iter().all(|w| w.len() >= nb) && a.iter().all(|a| a.len() >= nb));
+    let m3 = _mm256_set1_epi8(0x03);
+    let m4 = _mm_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut acc_m = [[_mm256_setzero_ps(); T]; R];
+    for b in 0..nb {
+        // SAFETY: `b < nb` and every row holds `nb` blocks (asserted above).
+        let x = w.map(|w| unsafe { w.get_unchecked(b) });
+        // SAFETY: as above.
+        let y = a.map(|a| unsafe { a.get_unchecked(b) });
+        let mut sumi = [[_mm256_setzero_si256(); T]; R];
+        for r in 0..R {
+            let raw = ld128(&x[r].scales);
+            let sc = _mm_and_si128(raw, m4);
+            let mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m4));
+            let dmin = f16_to_f32(x[r].dmin);
+            for t in 0..T {
+                let msum = _mm256_madd_epi16(mn, ld_bsums(y[t]));
+                let dm = _mm256_set1_ps(dmin * y[t].d());
+                acc_m[r][t] = _mm256_fmadd_ps(dm, _mm256_cvtepi32_ps(msum), acc_m[r][t]);
+            }
+            for h in 0..2 {
+                let mut qs = ld_u8(&x[r].qs[32 * h..]);
+                for k in 0..4 {
+                    let c = 4 * h + k;
+                    let q = _mm256_and_si256(qs, m3);
+                    qs = _mm256_srli_epi16::<2>(qs);
+                    let s = scale_pair(sc, c);
+                    for t in 0..T {
+                        let p = _mm256_maddubs_epi16(q, ld_i8(&y[t].qs[32 * c..]));
+                        sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_madd_epi16(p, s));
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            let dx = f16_to_f32(x[r].d);
+            for t in 0..T {
+                let d = _mm256_set1_ps(dx * y[t].d());
+                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+            }
+        }
+    }
+    let mut out = [[0.0; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum_ps(acc[r][t]) - hsum_ps(acc_m[r][t]);
+        }
+    }
+    out
+}
+
+/// Dot product of Q2_K weights with Q8_K activations: the 1×1 [`tile_q2k_q8k_avx2`].
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q2k_q8k_avx2(xs: &[BlockQ2K], ys: &[BlockQ8K]) -> f32 {
-    let m3 = _mm256_set1_epi8(0x03);
-    let m4 = _mm_set1_epi8(0x0f);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = _mm256_setzero_ps();
-    for (x, y) in xs.iter().zip(ys) {
-        let dy = y.d();
-        let raw = ld128(&x.scales);
-        let sc = _mm_and_si128(raw, m4);
-        let mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m4));
-        let msum = _mm256_madd_epi16(mn, ld_bsums(y));
-        let dmin = _mm256_set1_ps(f16_to_f32(x.dmin) * dy);
-        acc_m = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(msum), acc_m);
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            let mut qs = ld_u8(&x.qs[32 * h..]);
-            for k in 0..4 {
-                let c = 4 * h + k;
-                let q = _mm256_and_si256(qs, m3);
-                qs = _mm256_srli_epi16::<2>(qs);
-                let p = _mm256_maddubs_epi16(q, ld_i8(&y.qs[32 * c..]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc, c)));
-            }
-        }
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * dy);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_ps(acc) - hsum_ps(acc_m)
+    tile_q2k_q8k_avx2::<1, 1>([xs], [ys])[0][0]
 }
 
 /// Dot products of `R` IQ4_XS weight rows with `T` Q8_K activation rows: each sub-block's levels
@@ -740,6 +784,7 @@ safe_tile!(tile_q4k, tile_q4k_q8k_avx2, BlockQ4K);
 safe_tile!(tile_q6k, tile_q6k_q8k_avx2, BlockQ6K);
 safe_tile!(tile_q5k, tile_q5k_q8k_avx2, BlockQ5K);
 safe_tile!(tile_q3k, tile_q3k_q8k_avx2, BlockQ3K);
+safe_tile!(tile_q2k, tile_q2k_q8k_avx2, BlockQ2K);
 safe_tile!(tile_iq4xs, tile_iq4xs_q8k_avx2, BlockIq4Xs);
 
 /// Defines `$name`, the safe [`crate::quant::legacy::StripFn`] over the SIMD tile `$kernel`,
@@ -781,6 +826,13 @@ safe_strip!(
     strip_q4k_avx2,
     tile_q4k_q8k_avx2,
     BlockQ4K,
+    "avx2,fma,f16c"
+);
+safe_strip!(
+    strip_q2k,
+    strip_q2k_avx2,
+    tile_q2k_q8k_avx2,
+    BlockQ2K,
     "avx2,fma,f16c"
 );
 safe_strip!(
@@ -874,6 +926,14 @@ safe_cols!(
     "avx2,fma,f16c"
 );
 safe_cols!(
+    cols_q2k,
+    cols_q2k_avx2,
+    tile_q2k_q8k_avx2,
+    BlockQ2K,
+    DType::Q2_K,
+    "avx2,fma,f16c"
+);
+safe_cols!(
     cols_q3k,
     cols_q3k_avx2,
     tile_q3k_q8k_avx2,
@@ -906,8 +966,8 @@ safe_cols!(
     "avx2,fma,f16c"
 );
 
-/// The register-tiled kernels for K-quant weights of `dtype`, where there are (Q3_K, Q4_K, Q5_K,
-/// Q6_K, IQ4_XS).
+/// The register-tiled kernels for K-quant weights of `dtype`, where there are (every K-quant
+/// and IQ4_XS).
 pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
     Some(match dtype {
         DType::Q4_K => TileFns {
@@ -917,6 +977,12 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
             // GB/s from cache).
             pair: None,
             cols: Some(cols_q4k),
+        },
+        DType::Q2_K => TileFns {
+            tile: tile_q2k::<TILE_ROWS, TILE_TOKENS>,
+            strip: strip_q2k,
+            pair: None,
+            cols: Some(cols_q2k),
         },
         DType::Q3_K => TileFns {
             tile: tile_q3k::<TILE_ROWS, TILE_TOKENS>,

@@ -89,7 +89,7 @@ pub fn invariance_cases() -> impl Iterator<Item = (DType, usize, usize, usize)> 
             (t, 40, 96, 130),
         ]
     });
-    // The K-quants and IQ4_XS with register tiles and one without (Q2_K).
+    // The K-quants and IQ4_XS, all with register tiles (the legacy Q4_1, Q5_1 have none).
     let k = [
         DType::Q3_K,
         DType::Q4_K,
