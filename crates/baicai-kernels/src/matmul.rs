@@ -224,17 +224,22 @@ pub fn matmul_batch(jobs: &mut [MatJob]) {
             let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
             m.rows(r.start, 0, out);
         } else if let Some(cols) = m.small_batch() {
-            m.cols(cols, task.rows.clone(), |t, r, vals| {
-                assert!(t < n_tokens && r + vals.len() <= rows);
-                // SAFETY: as for `block` below: (t, r) belongs to this task only, inside `out`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        vals.as_ptr(),
-                        out.get().add(t * rows + r),
-                        vals.len(),
-                    );
-                }
-            });
+            m.cols(
+                cols,
+                task.rows.clone(),
+                task.tokens.clone(),
+                |t, r, vals| {
+                    assert!(t < n_tokens && r + vals.len() <= rows);
+                    // SAFETY: as for `block` below: (t, r) belongs to this task only, inside `out`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            vals.as_ptr(),
+                            out.get().add(t * rows + r),
+                            vals.len(),
+                        );
+                    }
+                },
+            );
         } else {
             m.block(task.rows.clone(), task.tokens.clone(), |t, r, vals| {
                 assert!(t < n_tokens && r + vals.len() <= rows);
@@ -378,7 +383,7 @@ impl Mat<'_> {
     /// 2 to [`DECODE_TOKENS`] tokens.
     fn small_batch(&self) -> Option<ColsFn> {
         let cols = self.tiles.and_then(|t| t.cols)?;
-        (2..=DECODE_TOKENS).contains(&self.n_tokens).then_some(cols)
+        (self.n_tokens >= 2).then_some(cols)
     }
 
     /// Calls `put(t, r, values)` with runs of `values` for rows `r..` of token `t`, covering rows
@@ -386,7 +391,13 @@ impl Mat<'_> {
     /// for every token. The rows go in two halves, two long sequential streams as in
     /// [`Mat::rows`] (adjacent rows side by side streamed the 151936-row Q8_0 output head at
     /// 2 tokens 30% slower), [`TASK_ROWS`] rows of each half per call.
-    fn cols(&self, cols: ColsFn, rows: Range<usize>, mut put: impl FnMut(usize, usize, &[f32])) {
+    fn cols(
+        &self,
+        cols: ColsFn,
+        rows: Range<usize>,
+        tokens: Range<usize>,
+        mut put: impl FnMut(usize, usize, &[f32]),
+    ) {
         let half = rows.len().div_ceil(2);
         let starts = [rows.start, rows.start + half];
         let mut buf = [[[0.0f32; COLS_MAX]; TASK_ROWS]; 2];
@@ -395,8 +406,8 @@ impl Mat<'_> {
             let n0 = TASK_ROWS.min(half - i);
             let n1 = TASK_ROWS.min((rows.len() - half).saturating_sub(i));
             // Groups of up to COLS_MAX tokens; the chunk's weight rows stay in L2 for the next.
-            for t0 in (0..self.n_tokens).step_by(COLS_MAX) {
-                let n_tok = COLS_MAX.min(self.n_tokens - t0);
+            for t0 in tokens.clone().step_by(COLS_MAX) {
+                let n_tok = COLS_MAX.min(tokens.end - t0);
                 let [b0, b1] = &mut buf;
                 let w = starts.map(|s| &self.w[(s + i) * self.w_row..]);
                 let out = [&mut b0[..n0], &mut b1[..n1]];

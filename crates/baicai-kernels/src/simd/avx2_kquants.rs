@@ -977,36 +977,42 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
             // GB/s from cache).
             pair: None,
             cols: Some(cols_q4k),
+            cols_for_prompts: true,
         },
         DType::Q2_K => TileFns {
             tile: tile_q2k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q2k,
             pair: None,
             cols: Some(cols_q2k),
+            cols_for_prompts: true,
         },
         DType::Q3_K => TileFns {
             tile: tile_q3k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q3k,
             pair: None,
             cols: Some(cols_q3k),
+            cols_for_prompts: true,
         },
         DType::IQ4_XS => TileFns {
             tile: tile_iq4xs::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_iq4xs,
             pair: None,
             cols: Some(cols_iq4xs),
+            cols_for_prompts: true,
         },
         DType::Q5_K => TileFns {
             tile: tile_q5k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q5k,
             pair: None,
             cols: Some(cols_q5k),
+            cols_for_prompts: true,
         },
         DType::Q6_K => TileFns {
             tile: tile_q6k::<TILE_ROWS, TILE_TOKENS>,
             strip: strip_q6k,
             pair: None,
             cols: Some(cols_q6k),
+            cols_for_prompts: true,
         },
         _ => return None,
     })

@@ -857,6 +857,7 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
             strip: strip_sym::<F>,
             pair: Some(tile_sym::<F, 2, 1>),
             cols: Some(cols_sym::<F>),
+            cols_for_prompts: false,
         }
     }
     use DType::*;

@@ -201,6 +201,7 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
             // Slower than two dots (23 -> 16 GB/s from cache).
             pair: None,
             cols: Some(cols_q4k),
+            cols_for_prompts: true,
         }),
         DType::Q6_K => Some(TileFns {
             tile: tile_q6k::<TILE_ROWS, TILE_TOKENS>,
@@ -208,6 +209,7 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
             // 26 -> 29 GB/s from cache.
             pair: Some(tile_q6k::<2, 1>),
             cols: Some(cols_q6k),
+            cols_for_prompts: true,
         }),
         _ => None,
     }
