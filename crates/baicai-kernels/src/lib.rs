@@ -6,12 +6,18 @@
 //! multiplied against activations quantized once per row into the format's "vec-dot" type
 //! (Q8_0, Q8_1 or Q8_K), as llama.cpp does, so results match its numerics.
 //!
+//! Imports run one way, leaves first: [`dtype`] and [`kernel`] (instruction sets, the kernels'
+//! signatures and tile shapes) import nothing of the crate; [`quant`] (block formats and scalar
+//! references) imports only them; [`simd`] imports those; [`dispatch`] picks among quant and
+//! simd; [`matmul`], [`attention`], [`activation`] and [`roofline`] sit on top.
+//!
 //! This crate knows nothing of files or models: it sees byte slices and a [`DType`].
 
 pub mod activation;
 pub mod attention;
 pub mod dispatch;
 pub mod dtype;
+pub mod kernel;
 pub mod matmul;
 pub mod pool;
 pub mod quant;

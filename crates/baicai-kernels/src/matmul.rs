@@ -31,8 +31,8 @@ use rayon::prelude::*;
 
 use crate::dispatch::{active_isa, dot_fn, quant_fn, tile_fns, DotFn, QuantFn};
 use crate::dtype::DType;
+use crate::kernel::{ColsFn, TileFns, COLS_MAX, TILE_ROWS, TILE_TOKENS};
 use crate::pool;
-use crate::quant::legacy::{ColsFn, TileFns, COLS_MAX, TILE_ROWS, TILE_TOKENS};
 
 /// A weight matrix `[rows, cols]` (row-major, each row `cols` values of `dtype`), borrowed from
 /// wherever it lives (usually a memory map).

@@ -57,9 +57,9 @@ pub fn int8_peak(threads: usize) -> Int8Peak {
     };
     #[cfg(target_arch = "x86_64")]
     {
-        let vnni = crate::simd::avx512_kquants::available()
+        let vnni = crate::kernel::avx512_available()
             .then(|| measure(x86::vnni_loop, x86::CHAINS as u64 * 32));
-        let avx2 = crate::dispatch::Isa::detect() == crate::dispatch::Isa::Avx2;
+        let avx2 = crate::kernel::Isa::detect() == crate::kernel::Isa::Avx2;
         let avx2 = avx2.then(|| measure(x86::avx2_loop, x86::CHAINS as u64 * 32));
         Int8Peak { vnni, avx2 }
     }
@@ -82,7 +82,7 @@ mod x86 {
 
     /// `iters` rounds of [`CHAINS`] `vpdpbusd` (32 multiply-adds each); returns a checksum.
     pub fn vnni_loop(iters: u64) -> u64 {
-        assert!(crate::simd::avx512_kquants::available());
+        assert!(crate::kernel::avx512_available());
         // SAFETY: the features were just checked.
         unsafe { vnni(iters) }
     }
@@ -103,7 +103,7 @@ mod x86 {
     /// `iters` rounds of [`CHAINS`] AVX2 int8 dot steps (`maddubs`, `madd` with ones, `add`:
     /// 32 multiply-adds each, as the AVX2 kernels do them); returns a checksum.
     pub fn avx2_loop(iters: u64) -> u64 {
-        assert!(crate::dispatch::Isa::detect() == crate::dispatch::Isa::Avx2);
+        assert!(crate::kernel::Isa::detect() == crate::kernel::Isa::Avx2);
         // SAFETY: the features were just checked.
         unsafe { avx2(iters) }
     }

@@ -168,7 +168,7 @@ fn avx2_dot_products_match_scalar_references() {
 #[test]
 fn register_tiles_equal_the_dot_product_bit_for_bit() {
     use baicai_kernels::dispatch::tile_fns;
-    use baicai_kernels::quant::legacy::{COLS_MAX, TILE_ROWS};
+    use baicai_kernels::kernel::{COLS_MAX, TILE_ROWS};
     if !avx2() {
         return;
     }

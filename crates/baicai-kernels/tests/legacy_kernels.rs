@@ -319,7 +319,8 @@ fn short_weight_slice_panics() {
 
 #[test]
 fn register_tiles_equal_the_dot_product_bit_for_bit() {
-    use baicai_kernels::quant::legacy::{tile_fns, COLS_MAX, TILE_ROWS};
+    use baicai_kernels::dispatch::tile_fns;
+    use baicai_kernels::kernel::{COLS_MAX, TILE_ROWS};
     let mut rng = StdRng::seed_from_u64(0x711e);
     for dtype in weight_types() {
         let Some(tiles) = tile_fns(dtype, Isa::detect()) else {
@@ -344,7 +345,7 @@ fn register_tiles_equal_the_dot_product_bit_for_bit() {
 /// tiles, which AVX-512 machines do not dispatch, are checked against the AVX2 dots here too.
 #[test]
 fn dispatched_dots_and_avx2_pairs_equal_the_avx2_dots_bit_for_bit() {
-    use baicai_kernels::quant::legacy::PairFn;
+    use baicai_kernels::kernel::PairFn;
     use baicai_kernels::simd::avx2_legacy as avx2;
     if !avx2() {
         return;

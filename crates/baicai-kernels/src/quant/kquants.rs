@@ -11,9 +11,8 @@
 //! a per-sub-block minimum subtract `dmin_w * d_a * Σ_j min_j * bsum_j`, using the 16-value sums
 //! the Q8_K block carries (`bsums`) rather than re-reading the activations.
 
-use crate::dispatch::{DequantFn, DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK_K};
-use crate::quant::legacy::TileFns;
+use crate::kernel::{DequantFn, DotFn, QuantFn};
 use crate::quant::tables::KVALUES_IQ4NL;
 pub use crate::quant::{as_blocks, as_blocks_mut, f16_le, Block};
 
@@ -678,22 +677,12 @@ pub fn dot_iq4xs_q8k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         .sum()
 }
 
-/// Whether the AVX2 kernels may run here; asking for them on a CPU without them is a bug.
-#[cfg(target_arch = "x86_64")]
-fn check_avx2() {
-    assert!(
-        Isa::detect() == Isa::Avx2,
-        "AVX2 kernels requested on a CPU without avx2, fma and f16c"
-    );
-}
-
-/// The dequantization function for a K-quant `dtype` (the scalar reference on every ISA:
-/// dequantization is off the decode path).
+/// The scalar dequantization function for a K-quant `dtype` (dequantization is off the decode
+/// path; [`crate::dispatch`] hands this out on every ISA).
 ///
 /// # Panics
 /// If `dtype` is not a K-quant or IQ4_XS.
-pub fn dequant_fn(dtype: DType, isa: Isa) -> DequantFn {
-    let _ = isa;
+pub fn dequant_fn(dtype: DType) -> DequantFn {
     match dtype {
         DType::Q2_K => dequantize_row_q2k,
         DType::Q3_K => dequantize_row_q3k,
@@ -706,45 +695,24 @@ pub fn dequant_fn(dtype: DType, isa: Isa) -> DequantFn {
     }
 }
 
-/// The quantization function producing `dtype`; only Q8_K is an activation type here.
+/// The scalar quantizer producing `dtype`; only Q8_K is an activation type here.
 ///
 /// # Panics
-/// If `dtype` is not Q8_K, or `isa` is AVX2 on a CPU without it.
-pub fn quant_fn(dtype: DType, isa: Isa) -> QuantFn {
+/// If `dtype` is not Q8_K.
+pub fn quant_fn(dtype: DType) -> QuantFn {
     assert!(
         dtype == DType::Q8_K,
         "activations are never quantized to {}",
         dtype.name()
     );
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        check_avx2();
-        return crate::simd::avx2_kquants::quantize_row_q8k;
-    }
-    let _ = isa;
     quantize_row_q8k
 }
 
-/// The dot product of `dtype` weights with Q8_K activations.
+/// The scalar reference dot product of `dtype` weights with Q8_K activations.
 ///
 /// # Panics
-/// If `dtype` has no dot product here (Q8_K, non-K types), or `isa` is AVX2 on a CPU without it.
-pub fn dot_fn(dtype: DType, isa: Isa) -> DotFn {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        use crate::simd::avx2_kquants as avx2;
-        check_avx2();
-        match dtype {
-            DType::Q2_K => return avx2::dot_q2k_q8k,
-            DType::Q3_K => return avx2::dot_q3k_q8k,
-            DType::Q4_K => return avx2::dot_q4k_q8k,
-            DType::Q5_K => return avx2::dot_q5k_q8k,
-            DType::Q6_K => return avx2::dot_q6k_q8k,
-            DType::IQ4_XS => return avx2::dot_iq4xs_q8k,
-            _ => {}
-        }
-    }
-    let _ = isa;
+/// If `dtype` has no dot product here (Q8_K, non-K types).
+pub fn dot_fn(dtype: DType) -> DotFn {
     match dtype {
         DType::Q2_K => dot_q2k_q8k,
         DType::Q3_K => dot_q3k_q8k,
@@ -754,21 +722,4 @@ pub fn dot_fn(dtype: DType, isa: Isa) -> DotFn {
         DType::IQ4_XS => dot_iq4xs_q8k,
         _ => panic!("no dot product for {} weights", dtype.name()),
     }
-}
-
-/// The register-tiled kernels for K-quant weights of `dtype` on `isa`, where there are (AVX2:
-/// Q4_K, Q6_K); each element is bit-identical to [`dot_fn`]'s. Otherwise use [`dot_fn`] per
-/// element.
-///
-/// # Panics
-/// If `isa` is AVX2 on a CPU without it.
-pub fn tile_fns(dtype: DType, isa: Isa) -> Option<TileFns> {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        check_avx2();
-        return crate::simd::avx512_kquants::tile_fns(dtype)
-            .or_else(|| crate::simd::avx2_kquants::tile_fns(dtype));
-    }
-    let _ = (dtype, isa);
-    None
 }

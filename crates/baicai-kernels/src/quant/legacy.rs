@@ -15,8 +15,8 @@ use std::mem::{align_of, size_of};
 
 use half::{bf16, f16};
 
-use crate::dispatch::{DequantFn, DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK};
+use crate::kernel::{DequantFn, DotFn, QuantFn, COLS_MAX};
 use crate::quant::tables::KVALUES_IQ4NL;
 pub use crate::quant::{as_blocks, as_blocks_mut, f16_le, Block};
 
@@ -596,92 +596,9 @@ pub fn dot_bf16_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Register-tiled dot products (for matmul).
+// The operands of the small-batch kernels.
 
-/// Weight rows per [`TileFns::tile`] call (prefill).
-pub const TILE_ROWS: usize = 2;
-/// Activation rows per [`TileFns::tile`] call (prefill).
-pub const TILE_TOKENS: usize = 4;
-
-/// [`TILE_ROWS`] weight rows with [`TILE_TOKENS`] activation rows (`n` values each): `out[r][t]`.
-pub type TileFn = fn(n: usize, w: [&[u8]; TILE_ROWS], a: [&[u8]; TILE_TOKENS]) -> TileOut;
-/// The output of a [`TileFn`].
-pub type TileOut = [[f32; TILE_TOKENS]; TILE_ROWS];
-/// [`TILE_ROWS`] weight rows with `out.len()` groups of [`TILE_TOKENS`] activation rows, the
-/// rows `a_row` bytes apart in `a`: `out[g]` is the [`TileFn`] result for group `g`. One call
-/// for a task's tokens, so the checks and the indirect call are paid once, not per tile.
-pub type StripFn = fn(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, out: &mut [TileOut]);
-/// Two weight rows with one activation row: a 2 × 1 register tile.
-pub type PairFn = fn(n: usize, w: [&[u8]; 2], a: [&[u8]; 1]) -> [[f32; 1]; 2];
-/// Most activation rows a [`ColsFn`] takes: the largest batch matmul schedules as decode.
-pub const COLS_MAX: usize = 8;
-/// A small batch (decode of several sequences, a speculative step): two sets of weight rows,
-/// `w[s]` holding `out[s].len()` rows `w_row` bytes apart, each row with the `n_tok` (1 to
-/// [`COLS_MAX`]) activation rows `a_row` bytes apart in `a`: `out[s][k][t]` for row `k` of set
-/// `s` and token `t`. Each weight block is loaded and decoded once for all the tokens (whose
-/// blocks stay in L1), so a step of a few tokens costs little more than one token's. The two sets
-/// are two sequential streams (the hardware prefetcher follows long streams; matmul gives each
-/// thread's range in two halves); `out[1]` has as many rows as `out[0]` or one fewer.
-pub type ColsFn = fn(
-    n: usize,
-    w: [&[u8]; 2],
-    w_row: usize,
-    a: &[u8],
-    a_row: usize,
-    n_tok: usize,
-    out: [&mut [[f32; COLS_MAX]]; 2],
-);
-
-/// Runs `$body` with `$T` a `const usize` equal to `$n` (1 to [`COLS_MAX`]), so a run-time count
-/// of tokens picks a const-generic tile.
-///
-/// # Panics
-/// If `$n` is not in `1..=COLS_MAX`.
-macro_rules! for_tokens {
-    ($n:expr, $T:ident => $body:expr) => {
-        match $n {
-            1 => {
-                const $T: usize = 1;
-                $body
-            }
-            2 => {
-                const $T: usize = 2;
-                $body
-            }
-            3 => {
-                const $T: usize = 3;
-                $body
-            }
-            4 => {
-                const $T: usize = 4;
-                $body
-            }
-            5 => {
-                const $T: usize = 5;
-                $body
-            }
-            6 => {
-                const $T: usize = 6;
-                $body
-            }
-            7 => {
-                const $T: usize = 7;
-                $body
-            }
-            8 => {
-                const $T: usize = 8;
-                $body
-            }
-            n => panic!(
-                "a small batch has 1 to {} tokens, not {n}",
-                $crate::quant::legacy::COLS_MAX
-            ),
-        }
-    };
-}
-pub(crate) use for_tokens;
-
-/// Checks a [`ColsFn`]'s operands: `rows[s]` weight rows of `n` values of `w_dtype` (whole
+/// Checks a [`crate::kernel::ColsFn`]'s operands: `rows[s]` weight rows of `n` values of `w_dtype` (whole
 /// blocks) `w_row` bytes apart in `w[s]` (`rows[1]` equal to `rows[0]` or one fewer), and `n_tok`
 /// activation rows of `a_dtype` `a_row` bytes apart in `a`.
 ///
@@ -715,59 +632,15 @@ pub(crate) fn check_cols(
     whole_blocks(a_dtype, n, &a[(n_tok - 1) * a_row..]);
 }
 
-/// Dot products of several weight rows with several activation rows at once, decoding each weight
-/// block once for all tokens and loading each activation block once for all rows. Each element is
-/// bit-identical to the format's [`dot_fn`] on the same ISA, so callers may mix them freely
-/// without breaking batch invariance.
-#[derive(Debug, Clone, Copy)]
-pub struct TileFns {
-    /// Prefill: a register tile of rows × tokens.
-    pub tile: TileFn,
-    /// Prefill: [`TileFns::tile`] over a strip of token groups.
-    pub strip: StripFn,
-    /// Decode: two rows at once, where that is faster than two dot products. A single dot
-    /// product's accumulator is one chain of dependent FMAs, one per block, so for the legacy
-    /// formats (a block of 32 values is little other work) the chain's latency bounds the dot;
-    /// two rows run two chains (and share the activation's loads).
-    pub pair: Option<PairFn>,
-    /// Decode of a small batch: each weight row with every token of the step.
-    pub cols: Option<ColsFn>,
-    /// Prompts too go through [`TileFns::cols`] (8 tokens per weight row at a time) rather than
-    /// the strips (2 rows × 4 tokens), where that measured faster: the K-quants (896×4864,
-    /// 512 tokens, 2 threads: Q3_K 31.8 -> 24.6 ms, Q6_K 20.0 -> 17.6 with AVX-512; with AVX2
-    /// Q2_K 26.2 -> 24.3, Q5_K 26.7 -> 23.2, IQ4_XS 27.6 -> 22.6, Q4_K 24.0 -> 23.2); not
-    /// the legacy formats (Q4_0 24.9 -> 26.2).
-    pub cols_for_prompts: bool,
-}
-
-/// The register-tiled kernels for weights of `dtype` on `isa`, where there are (AVX2: Q4_0, Q5_0,
-/// Q8_0, IQ4_NL, MXFP4). Otherwise use [`dot_fn`] per element.
-pub fn tile_fns(dtype: DType, isa: Isa) -> Option<TileFns> {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2(isa) {
-        return crate::simd::avx512_legacy::tile_fns(dtype)
-            .or_else(|| crate::simd::avx2_legacy::tile_fns(dtype));
-    }
-    let _ = (dtype, isa);
-    None
-}
-
 // ---------------------------------------------------------------------------------------------
-// Dispatch.
+// The scalar kernels by type.
 
-/// Whether the AVX2 kernels may run: `isa` asks for them and this CPU has them. Asking for AVX2
-/// on a CPU without it yields the scalar kernels rather than undefined behaviour.
-#[inline]
-fn use_avx2(isa: Isa) -> bool {
-    isa == Isa::Avx2 && crate::dispatch::active_isa() == Isa::Avx2
-}
-
-/// The dequantization function for a legacy `dtype` on `isa`.
+/// The scalar dequantization function for a legacy or float `dtype` (dequantization is off the
+/// hot path; [`crate::dispatch`] hands this out on every ISA).
 ///
 /// # Panics
 /// If `dtype` is not a legacy or float type.
-pub fn dequant_fn(dtype: DType, isa: Isa) -> DequantFn {
-    let _ = isa; // dequantization is not on the hot path; the scalar kernels serve every ISA.
+pub fn dequant_fn(dtype: DType) -> DequantFn {
     use DType::*;
     match dtype {
         F32 => dequant_f32,
@@ -785,18 +658,11 @@ pub fn dequant_fn(dtype: DType, isa: Isa) -> DequantFn {
     }
 }
 
-/// The activation quantization function producing a legacy `dtype` on `isa`.
+/// The scalar activation quantizer producing a legacy `dtype`.
 ///
 /// # Panics
 /// If `dtype` is not one of F32, F16, BF16, Q8_0, Q8_1.
-pub fn quant_fn(dtype: DType, isa: Isa) -> QuantFn {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2(isa) {
-        if let Some(f) = crate::simd::avx2_legacy::quant_fn(dtype) {
-            return f;
-        }
-    }
-    let _ = isa;
+pub fn quant_fn(dtype: DType) -> QuantFn {
     use DType::*;
     match dtype {
         F32 => quant_f32,
@@ -808,20 +674,12 @@ pub fn quant_fn(dtype: DType, isa: Isa) -> QuantFn {
     }
 }
 
-/// The dot product of legacy weights `dtype` with activations in `dtype.vec_dot_type()`.
+/// The scalar reference dot product of legacy weights `dtype` with activations in
+/// `dtype.vec_dot_type()`.
 ///
 /// # Panics
 /// If `dtype` is not a legacy or float type.
-pub fn dot_fn(dtype: DType, isa: Isa) -> DotFn {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2(isa) {
-        if let Some(f) = crate::simd::avx512_legacy::dot_fn(dtype)
-            .or_else(|| crate::simd::avx2_legacy::dot_fn(dtype))
-        {
-            return f;
-        }
-    }
-    let _ = isa;
+pub fn dot_fn(dtype: DType) -> DotFn {
     use DType::*;
     match dtype {
         F32 => dot_f32_f32,

@@ -10,18 +10,19 @@
 //! [`crate::quant::kquants`] only by the order of float additions.
 //!
 //! Levels may be decoded from F16C too (`avx2,fma,f16c` is what `Isa::Avx2` means). The safe
-//! wrappers here are handed out only by `kquants::dot_fn` / `quant_fn` after checking the CPU.
+//! wrappers here are handed out only by `dispatch::dot_fn` / `quant_fn` after checking the CPU.
 
 use core::arch::x86_64::*;
 
 use crate::dtype::{DType, QK_K};
+use crate::kernel::{
+    for_tokens, DotFn, QuantFn, TileFns, TileOut, COLS_MAX, TILE_ROWS, TILE_TOKENS,
+};
 use crate::quant::kquants::{
     finish_q8k, q8k_dst, row_blocks, scales_mins_k4, scales_q3k, BlockIq4Xs, BlockQ2K, BlockQ3K,
     BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
 };
-use crate::quant::legacy::{
-    check_cols, for_tokens, TileFns, TileOut, COLS_MAX, TILE_ROWS, TILE_TOKENS,
-};
+use crate::quant::legacy::check_cols;
 use crate::quant::tables::KVALUES_IQ4NL;
 
 /// Loads 32 bytes from the start of `s`.
@@ -743,10 +744,10 @@ pub unsafe fn quantize_row_q8k_avx2(src: &[f32], ys: &mut [BlockQ8K]) {
 macro_rules! safe_dot {
     ($name:ident, $kernel:ident, $block:ty) => {
         /// Safe wrapper over the AVX2 kernel of the same name, with the row checks of the
-        /// scalar reference. Only handed out by `kquants::dot_fn` on CPUs with AVX2.
+        /// scalar reference. Only handed out by `dispatch::dot_fn` on CPUs with AVX2.
         pub(crate) fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let (xs, ys) = (row_blocks::<$block>(w, n), row_blocks::<BlockQ8K>(a, n));
-            // SAFETY: `kquants::dot_fn` returns this function only after checking that the CPU
+            // SAFETY: `dispatch::dot_fn` returns this function only after checking that the CPU
             // supports AVX2, FMA and F16C.
             unsafe { $kernel(xs, ys) }
         }
@@ -762,7 +763,7 @@ safe_dot!(dot_iq4xs_q8k, dot_iq4xs_q8k_avx2, BlockIq4Xs);
 
 /// Defines `$name`, the safe [`crate::quant::legacy::TileFn`] over the SIMD tile `$kernel` of
 /// `$block` weights, with the row checks of the scalar reference. Only to be handed out (by
-/// `kquants::tile_fns`) on CPUs with the kernel's features.
+/// `dispatch::tile_fns`) on CPUs with the kernel's features.
 macro_rules! safe_tile {
     ($name:ident, $kernel:ident, $block:ty) => {
         fn $name<const R: usize, const T: usize>(
@@ -772,7 +773,7 @@ macro_rules! safe_tile {
         ) -> [[f32; T]; R] {
             let w = w.map(|w| row_blocks::<$block>(w, n));
             let a = a.map(|a| row_blocks::<BlockQ8K>(a, n));
-            // SAFETY: `kquants::tile_fns` returns this function only after checking that the
+            // SAFETY: `dispatch::tile_fns` returns this function only after checking that the
             // CPU supports the kernel's features.
             unsafe { $kernel::<R, T>(w, a) }
         }
@@ -789,12 +790,12 @@ safe_tile!(tile_iq4xs, tile_iq4xs_q8k_avx2, BlockIq4Xs);
 
 /// Defines `$name`, the safe [`crate::quant::legacy::StripFn`] over the SIMD tile `$kernel`,
 /// and `$inner`, its loop compiled with the kernel's `$features` so the tiles inline. Only to be
-/// handed out (by `kquants::tile_fns`) on CPUs with those features.
+/// handed out (by `dispatch::tile_fns`) on CPUs with those features.
 macro_rules! safe_strip {
     ($name:ident, $inner:ident, $kernel:ident, $block:ty, $features:literal) => {
         fn $name(n: usize, w: [&[u8]; TILE_ROWS], a: &[u8], a_row: usize, out: &mut [TileOut]) {
             let w: [&[$block]; TILE_ROWS] = std::array::from_fn(|r| row_blocks(w[r], n));
-            // SAFETY: `kquants::tile_fns` returns this function only after checking that the
+            // SAFETY: `dispatch::tile_fns` returns this function only after checking that the
             // CPU supports the kernel's features.
             unsafe { $inner(n, w, a, a_row, out) }
         }
@@ -868,7 +869,7 @@ safe_strip!(
 /// `$inner`, its loop compiled with the kernel's `$features` so the tiles inline: one weight row
 /// at a time with all the step's tokens (a super-block is 256 values, so accumulators that do not
 /// fit the registers cost a spill per 256 values, not per 32). Only to be handed out (by
-/// `kquants::tile_fns`) on CPUs with those features.
+/// `dispatch::tile_fns`) on CPUs with those features.
 macro_rules! safe_cols {
     ($name:ident, $inner:ident, $kernel:ident, $block:ty, $dtype:expr, $features:literal) => {
         fn $name(
@@ -882,7 +883,7 @@ macro_rules! safe_cols {
         ) {
             let rows = [out[0].len(), out[1].len()];
             check_cols(($dtype, DType::Q8_K), n, (w, w_row, rows), (a, a_row, n_tok));
-            // SAFETY: `kquants::tile_fns` returns this function only after checking that the
+            // SAFETY: `dispatch::tile_fns` returns this function only after checking that the
             // CPU supports the kernel's features.
             unsafe { $inner(n, (w, w_row), (a, a_row, n_tok), out) }
         }
@@ -1018,11 +1019,29 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
     })
 }
 
+/// The AVX2 dot product for weights of `dtype` (the K-quants and IQ4_XS), if there is one.
+pub(crate) fn dot_fn(dtype: DType) -> Option<DotFn> {
+    Some(match dtype {
+        DType::Q2_K => dot_q2k_q8k,
+        DType::Q3_K => dot_q3k_q8k,
+        DType::Q4_K => dot_q4k_q8k,
+        DType::Q5_K => dot_q5k_q8k,
+        DType::Q6_K => dot_q6k_q8k,
+        DType::IQ4_XS => dot_iq4xs_q8k,
+        _ => return None,
+    })
+}
+
+/// The AVX2 activation quantizer into `dtype` (Q8_K), if there is one.
+pub(crate) fn quant_fn(dtype: DType) -> Option<QuantFn> {
+    (dtype == DType::Q8_K).then_some(quantize_row_q8k as QuantFn)
+}
+
 /// Safe wrapper over [`quantize_row_q8k_avx2`] with the checks of the scalar quantizer. Only
-/// handed out by `kquants::quant_fn` on CPUs with AVX2.
+/// handed out by `dispatch::quant_fn` on CPUs with AVX2.
 pub(crate) fn quantize_row_q8k(src: &[f32], dst: &mut [u8]) {
     let ys = q8k_dst(src, dst);
-    // SAFETY: `kquants::quant_fn` returns this function only after checking that the CPU
+    // SAFETY: `dispatch::quant_fn` returns this function only after checking that the CPU
     // supports AVX2, FMA and F16C.
     unsafe { quantize_row_q8k_avx2(src, ys) }
 }

@@ -2,8 +2,8 @@
 //!
 //! Each `unsafe fn …_avx2` works on raw block pointers; a safe wrapper of the same name without the
 //! suffix checks the slice lengths and that the CPU has the features. The wrappers are what
-//! [`crate::quant::legacy::dot_fn`], [`crate::quant::legacy::quant_fn`] and
-//! [`crate::quant::legacy::tile_fns`] hand out for [`Isa::Avx2`].
+//! [`crate::dispatch::dot_fn`], [`crate::dispatch::quant_fn`] and
+//! [`crate::dispatch::tile_fns`] hand out for [`Isa::Avx2`].
 //!
 //! The integer dots use the usual `maddubs` trick (ggml's `mul_sum_i8_pairs_float`): the weight
 //! codes' absolute values times the activations carrying the weights' signs, so the unsigned ×
@@ -19,20 +19,19 @@
 use std::arch::x86_64::*;
 use std::ptr::read_unaligned;
 
-use crate::dispatch::{DotFn, Isa, QuantFn};
 use crate::dtype::{DType, QK};
-use crate::quant::e8m0_to_f32_half;
-use crate::quant::legacy::{
-    check_cols, f16_le_from, for_tokens, whole_blocks, whole_blocks_mut, TileFns, TileOut,
-    COLS_MAX, TILE_ROWS, TILE_TOKENS,
+use crate::kernel::{
+    active_isa, for_tokens, DotFn, Isa, QuantFn, TileFns, TileOut, COLS_MAX, TILE_ROWS, TILE_TOKENS,
 };
+use crate::quant::e8m0_to_f32_half;
+use crate::quant::legacy::{check_cols, f16_le_from, whole_blocks, whole_blocks_mut};
 use crate::quant::tables::{KVALUES_IQ4NL, KVALUES_MXFP4};
 
 /// Asserts the CPU features the `_avx2` functions need (a cached check, negligible per row).
 #[inline]
 fn assert_avx2() {
     assert!(
-        crate::dispatch::active_isa() == Isa::Avx2,
+        active_isa() == Isa::Avx2,
         "AVX2 kernel called on a CPU without AVX2+FMA+F16C"
     );
 }
@@ -260,7 +259,7 @@ impl SymQ8_0 for MXFP4 {
         table_nibbles(&KVALUES_MXFP4, x.add(1))
     }
     /// The E8M0 byte, halved as ggml does, from a table: 256 floats are 16 cache lines (the
-    /// f16 table [`broadcast_f16`] avoids was 256 KiB), and real scales use a few of them. One
+    /// f16 table `broadcast_f16` avoids was 256 KiB), and real scales use a few of them. One
     /// broadcast load instead of the branch-free bit arithmetic: 4096 × 4096 decode, one thread,
     /// 0.95 -> 0.87 ms (Q4_0 0.86).
     #[inline]

@@ -18,28 +18,10 @@ use super::avx2_kquants::{
     safe_strip, safe_tile, scale_pair,
 };
 use crate::dtype::DType;
+use crate::kernel::{avx512_available as available, for_tokens, COLS_MAX};
+use crate::kernel::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
 use crate::quant::kquants::{row_blocks, BlockQ4K, BlockQ6K, BlockQ8K};
-use crate::quant::legacy::{check_cols, for_tokens, COLS_MAX};
-use crate::quant::legacy::{TileFns, TileOut, TILE_ROWS, TILE_TOKENS};
-
-/// Set by [`crate::dispatch::disable_avx512`].
-pub(crate) static DISABLED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-/// Whether this CPU runs the kernels of this module and they have not been turned off.
-pub(crate) fn available() -> bool {
-    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    !DISABLED.load(std::sync::atomic::Ordering::Relaxed)
-        && *OK.get_or_init(|| {
-            std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vl")
-                && std::is_x86_feature_detected!("avx512vnni")
-                && std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
-        })
-}
+use crate::quant::legacy::check_cols;
 
 /// `acc + Σ pairs a·b` per i32 lane (`vpdpwssd`), as an instruction: LLVM splits the intrinsic
 /// back into `vpmaddwd` + `vpaddd`, two double-pumped 512-bit operations on Zen 4 instead of one.

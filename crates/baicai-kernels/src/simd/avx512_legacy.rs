@@ -17,11 +17,10 @@ use super::avx2_legacy::{
     broadcast_f16, hsum_tile, sym_cols, sym_strip_rows, sym_tile_rows, token_rows, SymQ8_0, IQ4_NL,
     MXFP4, Q4_0, Q5_0, Q8_0,
 };
-use crate::dispatch::DotFn;
 use crate::dtype::{DType, QK};
-use crate::quant::legacy::{
-    check_cols, for_tokens, TileFns, TileOut, COLS_MAX, TILE_ROWS, TILE_TOKENS,
-};
+use crate::kernel::{avx512_available, DotFn};
+use crate::kernel::{for_tokens, TileFns, TileOut, COLS_MAX, TILE_ROWS, TILE_TOKENS};
+use crate::quant::legacy::check_cols;
 
 const Q8_0_BYTES: usize = DType::Q8_0.block_bytes();
 
@@ -150,7 +149,7 @@ fn dot_sym<F: SymQ8_0>(n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// The AVX-512 VNNI dot product for `dtype` (bit-identical to the AVX2 one), where it is faster
 /// and the CPU has the features: Q5_0 and Q4_0 (Q8_0's was slower, 27 against 29 GB/s).
 pub(crate) fn dot_fn(dtype: DType) -> Option<DotFn> {
-    if !super::avx512_kquants::available() {
+    if !avx512_available() {
         return None;
     }
     Some(match dtype {
@@ -171,7 +170,7 @@ pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
             cols_for_prompts: false,
         }
     }
-    if !super::avx512_kquants::available() {
+    if !avx512_available() {
         return None;
     }
     Some(match dtype {

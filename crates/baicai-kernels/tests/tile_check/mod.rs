@@ -2,7 +2,7 @@
 //! of the two format families (`legacy_kernels.rs`, `kquants.rs`).
 
 use baicai_kernels::dispatch::DotFn;
-use baicai_kernels::quant::legacy::{ColsFn, PairFn, TileFns, COLS_MAX};
+use baicai_kernels::kernel::{ColsFn, PairFn, TileFns, COLS_MAX};
 
 /// `pair` on weight rows `w` and activation row `a`: each result equals `dot`'s bit for bit.
 pub fn check_pair(pair: PairFn, dot: DotFn, n: usize, w: [&[u8]; 2], a: &[u8], label: &str) {
