@@ -179,8 +179,9 @@ fn register_tiles_equal_the_dot_product_bit_for_bit() {
         };
         let dot = dot_fn(dtype, Isa::Avx2);
         for n in LENGTHS {
-            // More rows and tokens than a tile takes, for the small-batch kernels.
-            let w: Vec<Vec<u8>> = (0..TILE_ROWS + 3)
+            // More rows and tokens than a tile takes, for the small-batch kernels (19 rows: sets
+            // with whole groups of 8 and rows left over).
+            let w: Vec<Vec<u8>> = (0..TILE_ROWS + 17)
                 .map(|_| random_weights(&mut rng, dtype, n))
                 .collect();
             // Raw activations too: -128 must not saturate differently in a tile.
