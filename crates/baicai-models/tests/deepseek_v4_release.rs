@@ -332,3 +332,105 @@ fn deepseek_v4_release_hostile_quantized_tensors_are_named() {
         }
     }
 }
+
+/// The release's MTP layer (`mtp.0.*`: `e_proj`/`h_proj`, `enorm`, `hnorm`, `norm`, its own
+/// `hc_head_*`, and a decoder layer named as the trunk's; `compress_ratios` and `layer_types`
+/// listing it after the trunk, as DeepSeek's config does) is loaded and kept, and the trunk's
+/// logits do not change. Its decoder layer is a copy of the last trunk layer's tensors, scales
+/// and packed experts included.
+#[test]
+fn deepseek_v4_release_keeps_its_mtp_layer_and_runs_the_trunk_unchanged() {
+    let dir = edited_copy("mtp", |ts| {
+        let last = "layers.3.";
+        let copies: Vec<(String, Tensor)> = ts
+            .iter()
+            .filter(|(n, _)| n.starts_with(last))
+            .map(|(n, t)| {
+                let name = n.replacen(last, "mtp.0.", 1);
+                let t = Tensor {
+                    dtype: t.dtype.clone(),
+                    shape: t.shape.clone(),
+                    data: t.data.clone(),
+                };
+                (name, t)
+            })
+            .collect();
+        ts.extend(copies);
+        let d = 64u64;
+        let bf16 = |n: u64, seed: u64| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| {
+                    let v = ((i * 31 + seed) % 97) as f32 / 97.0 - 0.5;
+                    half::bf16::from_f32(v).to_le_bytes()
+                })
+                .collect()
+        };
+        for (name, shape, seed) in [
+            ("mtp.0.e_proj.weight", vec![d, d], 1),
+            ("mtp.0.h_proj.weight", vec![d, d], 2),
+            ("mtp.0.enorm.weight", vec![d], 3),
+            ("mtp.0.hnorm.weight", vec![d], 4),
+            ("mtp.0.norm.weight", vec![d], 5),
+        ] {
+            let n = shape.iter().product();
+            let t = Tensor {
+                dtype: "BF16".into(),
+                shape,
+                data: bf16(n, seed),
+            };
+            ts.push((name.into(), t));
+        }
+        for head in ["hc_head_fn", "hc_head_base", "hc_head_scale"] {
+            let t = &tensor(ts, head);
+            let t = Tensor {
+                dtype: t.dtype.clone(),
+                shape: t.shape.clone(),
+                data: t.data.clone(),
+            };
+            ts.push((format!("mtp.0.{head}"), t));
+        }
+    });
+    let cfg_path = dir.join("config.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["num_nextn_predict_layers"] = 1.into();
+    cfg["compress_ratios"]
+        .as_array_mut()
+        .unwrap()
+        .push(4.into());
+    let types = cfg["layer_types"].as_array_mut().unwrap();
+    types.push("compressed_sparse_attention".into());
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let (with, _) = baicai_models::load_hf(&dir).unwrap();
+    let (without, _) = baicai_models::load_hf(&release_dir()).unwrap();
+    let (a, b) = (prompt_logits(&release_dir()), prompt_logits(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(with.config().n_layer, 4, "the trunk excludes the MTP layer");
+    assert_eq!((with.mtp_layers(), without.mtp_layers()), (1, 0));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "the MTP layer changed the trunk's logits"
+    );
+}
+
+/// An MTP layer with `e_proj` but no `h_proj` is refused with a message naming the pair.
+#[test]
+fn deepseek_v4_release_mtp_projection_without_its_pair_is_refused() {
+    let dir = edited_copy("mtp-half", |ts| {
+        let t = Tensor {
+            dtype: "BF16".into(),
+            shape: vec![64, 64],
+            data: vec![0; 64 * 64 * 2],
+        };
+        ts.push(("mtp.0.e_proj.weight".into(), t));
+    });
+    let err = match baicai_models::load_hf(&dir) {
+        Ok(_) => panic!("an MTP layer without h_proj loaded"),
+        Err(e) => e.to_string(),
+    };
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        err.contains("mtp.0.e_proj and h_proj come together"),
+        "{err}"
+    );
+}

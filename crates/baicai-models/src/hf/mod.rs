@@ -183,6 +183,10 @@ impl HfModel {
                 },
             );
         }
+        if config.arch == Arch::Deepseek4 {
+            crate::models::deepseek4::place_mtp(config.n_layer, &mut tensors)
+                .map_err(|e| err(dir, e))?;
+        }
         if let Some(l) = extra.llama3 {
             let factors = l.freq_factors(config.rope_base, config.head_dim_k);
             // Llama 3's RoPE scaling as llama.cpp's converter writes it: one divisor per frequency.

@@ -364,8 +364,10 @@ pub(crate) fn config_from_json(
         Some(p) => (head_dim as f64 * p) as usize,
         None => j.uint("qk_rope_head_dim", Some((head_dim / 8) as u64))?,
     };
+    // The release's `compress_ratios` lists the MTP layers after the trunk (llama.cpp's
+    // converter requires as much); every per-layer list covers them then.
     let kinds = attn_kinds(&j, n_layer)?;
-    let hash = hash_layers(&j, n_layer)?;
+    let hash = hash_layers(&j, kinds.len().max(n_layer))?;
     let compress_yarn = compress_yarn(v)?;
     let main_base = v
         .get("rope_parameters")
@@ -518,17 +520,24 @@ fn attn_kinds(j: &Json, n_layer: usize) -> Result<Vec<(AttnKind, usize)>, ModelE
     }
 }
 
-/// Per layer whether its MoE is hash-routed: `mlp_layer_types`, else the first
+/// Per layer (`n_layer` of them, MTP layers included) whether its MoE is hash-routed:
+/// `mlp_layer_types` (layers past its end, MTP layers, are top-k), else the first
 /// `num_hash_layers` (default 3).
 fn hash_layers(j: &Json, n_layer: usize) -> Result<Vec<bool>, ModelError> {
     match j.v.get("mlp_layer_types").and_then(Value::as_array) {
-        Some(types) => (types.iter().enumerate())
-            .map(|(il, t)| match t.as_str() {
-                Some("hash_moe") => Ok(true),
-                Some("moe") => Ok(false),
-                _ => Err(j.err(format!("mlp_layer_types[{il}] is {t}: hash_moe or moe"))),
-            })
-            .collect(),
+        Some(types) => {
+            let mut hash = (types.iter().enumerate())
+                .map(|(il, t)| match t.as_str() {
+                    Some("hash_moe") => Ok(true),
+                    Some("moe") => Ok(false),
+                    _ => Err(j.err(format!("mlp_layer_types[{il}] is {t}: hash_moe or moe"))),
+                })
+                .collect::<Result<Vec<bool>, ModelError>>()?;
+            if hash.len() < n_layer {
+                hash.resize(n_layer, false);
+            }
+            Ok(hash)
+        }
         None => {
             let n_hash = j.uint("num_hash_layers", Some(3))?;
             Ok((0..n_layer).map(|il| il < n_hash).collect())
@@ -620,11 +629,109 @@ fn router(j: &Json, scoring: Scoring, n_expert: usize) -> Result<RouterConfig, M
     })
 }
 
+/// The release's MTP layer `i` (`mtp.{i}.…`, after `mtp.`) under the placeholder
+/// `mtp.{i}.…` with GGUF suffixes (the layer's block number needs the trunk's length, which
+/// [`place_mtp`] knows): `e_proj`/`h_proj` (joined into `nextn.eh_proj` there), `enorm`,
+/// `hnorm`, `norm` (the shared head's norm) and a decoder layer named as the trunk's. Its own
+/// hyper-connection head (`hc_head_*`) is for its logits, which the trunk does not need.
+fn mtp_name(rest: &str) -> Option<String> {
+    let (i, suffix) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let canon = match suffix {
+        "e_proj.weight" => "nextn.e_proj.weight".to_string(),
+        "h_proj.weight" => "nextn.h_proj.weight".to_string(),
+        "enorm.weight" => "nextn.enorm.weight".to_string(),
+        "hnorm.weight" => "nextn.hnorm.weight".to_string(),
+        "norm.weight" => "nextn.shared_head_norm.weight".to_string(),
+        _ if suffix.starts_with("hc_head_") => return None,
+        _ => canonical_name(&format!("layers.0.{suffix}"))?
+            .strip_prefix("blk.0.")?
+            .to_string(),
+    };
+    Some(format!("mtp.{i}.{canon}"))
+}
+
+/// Gives the MTP layers' tensors (placeholder names from [`canonical_name`]) their blocks after
+/// the trunk's `n_layer`, as llama.cpp's converter numbers them, and joins each layer's
+/// `e_proj` and `h_proj` (`[d, d]` each) into `nextn.eh_proj` (`[d, 2d]`: embedding columns,
+/// then hidden-state columns), as the converter does.
+///
+/// # Errors
+/// An MTP layer with only one of the two projections, or two of different types or shapes.
+pub(crate) fn place_mtp(
+    n_layer: usize,
+    tensors: &mut std::collections::HashMap<String, crate::weights::TensorEntry>,
+) -> Result<(), ModelError> {
+    let names: Vec<String> = tensors
+        .keys()
+        .filter(|n| n.starts_with("mtp."))
+        .cloned()
+        .collect();
+    for name in names {
+        let rest = &name["mtp.".len()..];
+        let (i, suffix) = rest
+            .split_once('.')
+            .expect("placeholder names are mtp.{i}.…");
+        let il = n_layer + i.parse::<usize>().expect("placeholder numbers parse");
+        let entry = tensors.remove(&name).expect("listed just above");
+        tensors.insert(format!("blk.{il}.{suffix}"), entry);
+    }
+    for il in n_layer.. {
+        let (e, h) = (
+            format!("blk.{il}.nextn.e_proj.weight"),
+            format!("blk.{il}.nextn.h_proj.weight"),
+        );
+        let (e, h) = match (tensors.remove(&e), tensors.remove(&h)) {
+            (Some(e), Some(h)) => (e, h),
+            (None, None) => break,
+            _ => {
+                return Err(ModelError::Config(format!(
+                    "MTP layer {}: mtp.{}.e_proj and h_proj come together; one is missing",
+                    il - n_layer,
+                    il - n_layer
+                )))
+            }
+        };
+        if e.dtype != h.dtype || e.shape != h.shape || e.shape.len() != 2 {
+            return Err(ModelError::Config(format!(
+                "MTP layer {}: e_proj ({} {:?}) and h_proj ({} {:?}) differ in type or shape",
+                il - n_layer,
+                e.dtype.name(),
+                e.shape,
+                h.dtype.name(),
+                h.shape
+            )));
+        }
+        let cols = e.shape[0] as usize;
+        let row = e.dtype.row_bytes(cols).ok_or_else(|| {
+            ModelError::Config(format!(
+                "MTP layer {}: e_proj rows are not whole blocks",
+                il - n_layer
+            ))
+        })?;
+        let (eb, hb) = (e.bytes.as_slice(), h.bytes.as_slice());
+        let mut joined = Vec::with_capacity(eb.len() + hb.len());
+        for (er, hr) in eb.chunks_exact(row).zip(hb.chunks_exact(row)) {
+            joined.extend_from_slice(er);
+            joined.extend_from_slice(hr);
+        }
+        let shape = vec![2 * e.shape[0], e.shape[1]];
+        let entry = crate::weights::TensorEntry {
+            shape,
+            dtype: e.dtype,
+            bytes: crate::weights::Bytes::owned(joined),
+        };
+        tensors.insert(format!("blk.{il}.nextn.eh_proj.weight"), entry);
+    }
+    Ok(())
+}
+
 /// Checkpoint name → canonical (llama.cpp's GGUF) name, for what transformers' `save_pretrained`
 /// writes (`model.layers.N.attn.wq_a.weight`, `head.weight`, …) and DeepSeek's release names
-/// (`layers.N.…`, `embed.weight`, `hc_head_fn`); SPEC.md §8 has the table. `None`: unused
-/// (the MTP layer, `mtp.*`), and the release's `….scale` companions of FP8 and MXFP4 weights,
-/// which the loader consumes with their weight (`hf::quant`).
+/// (`layers.N.…`, `embed.weight`, `hc_head_fn`); SPEC.md §8 has the table. The release's MTP
+/// layers (`mtp.*`) get placeholder names ([`mtp_name`], placed by [`place_mtp`]). `None`:
+/// unused, and the release's `….scale` companions of FP8 and MXFP4 weights, which the loader
+/// consumes with their weight (`hf::quant`).
 pub(crate) fn canonical_name(name: &str) -> Option<String> {
     // `.scale`, not the hyper-connections' `hc_*_scale`.
     if name.ends_with(".scale") {
@@ -641,6 +748,9 @@ pub(crate) fn canonical_name(name: &str) -> Option<String> {
     };
     if !fixed.is_empty() {
         return Some(fixed.to_string());
+    }
+    if let Some(rest) = name.strip_prefix("mtp.") {
+        return mtp_name(rest);
     }
     let rest = name
         .strip_prefix("model.layers.")

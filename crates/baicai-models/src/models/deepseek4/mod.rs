@@ -48,7 +48,7 @@ mod moe;
 
 use attention::Attn;
 use cache::RowLayout;
-pub(crate) use config::{canonical_name, config_from_json};
+pub(crate) use config::{canonical_name, config_from_json, place_mtp};
 pub use config::{AttnKind, V4Config};
 use hc::HyperConnection;
 use moe::Moe;
