@@ -380,10 +380,13 @@ impl Mat<'_> {
     }
 
     /// The small-batch kernel, where the format has one and this matmul is a decode batch of
-    /// 2 to [`DECODE_TOKENS`] tokens.
+    /// 2 to [`DECODE_TOKENS`] tokens, or a prompt of a format whose small-batch kernel also
+    /// serves prompts ([`TileFns::cols_for_prompts`]).
     fn small_batch(&self) -> Option<ColsFn> {
-        let cols = self.tiles.and_then(|t| t.cols)?;
-        (self.n_tokens >= 2).then_some(cols)
+        let tiles = self.tiles?;
+        let cols = tiles.cols?;
+        let batch = (2..=DECODE_TOKENS).contains(&self.n_tokens);
+        (batch || (tiles.cols_for_prompts && self.n_tokens > DECODE_TOKENS)).then_some(cols)
     }
 
     /// Calls `put(t, r, values)` with runs of `values` for rows `r..` of token `t`, covering rows
