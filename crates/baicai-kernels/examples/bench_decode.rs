@@ -51,6 +51,7 @@ struct Layer {
 
 fn w(dtype: DType, data: &[u8], rows: usize, cols: usize) -> Weight<'_> {
     Weight {
+        packed: false,
         dtype,
         data,
         rows,

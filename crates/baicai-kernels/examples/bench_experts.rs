@@ -93,6 +93,7 @@ fn main() {
                 for (data, out) in [(gate, g), (up, u)] {
                     jobs.push(MatJob {
                         w: Weight {
+                            packed: false,
                             dtype: gate_t,
                             data: &data[e * g_bytes..(e + 1) * g_bytes],
                             rows: FF,
@@ -115,6 +116,7 @@ fn main() {
                 .zip(&mut o)
                 .map(|((&e, g), o)| MatJob {
                     w: Weight {
+                        packed: false,
                         dtype: down_t,
                         data: &down[e * d_bytes..(e + 1) * d_bytes],
                         rows: D,

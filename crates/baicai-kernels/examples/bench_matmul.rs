@@ -8,6 +8,8 @@
 //! ```text
 //! cargo run --release -p baicai-kernels --example bench_matmul -- [TYPE…] [--tokens 1,512] [--threads 1,2] [--shapes RxC,…] [--hot] [--no-avx512]
 //! ```
+//! `--packed` also times each packable format packed in groups of 8 rows (as the models load
+//! them), labelled `TYPE/8`.
 //! TYPE defaults to `Q5_0 Q8_0`; any [`DType`] name works once its kernels exist. `--shapes`
 //! replaces the FFN shapes (`4864x896,896x4864`) with others, e.g. `4096x4096`. Decode and small
 //! batches (up to [`SMALL_BATCH`] tokens) cycle through enough copies of the weights to exceed
@@ -40,6 +42,8 @@ struct Args {
     hot: bool,
     /// The AVX-512 kernels are off: the AVX2 peak bounds the arithmetic.
     avx2_only: bool,
+    /// Also time the weights packed in groups of 8 rows (formats that have the layout).
+    packed: bool,
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -69,6 +73,7 @@ fn parse_args() -> Args {
         shapes: vec![(4864, 896), (896, 4864)],
         hot: false,
         avx2_only: false,
+        packed: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -77,6 +82,7 @@ fn parse_args() -> Args {
             "--threads" => args.threads = parse_list(&it.next().expect("--threads LIST")),
             "--shapes" => args.shapes = parse_shapes(&it.next().expect("--shapes LIST")),
             "--hot" => args.hot = true,
+            "--packed" => args.packed = true,
             "--no-avx512" => {
                 baicai_kernels::dispatch::disable_avx512();
                 args.avx2_only = true;
@@ -165,7 +171,15 @@ fn main() {
         "{:<6} {:>11} {:>6} {:>7} {:>9} {:>14} {:>14} {:>11}",
         "type", "rows×cols", "tokens", "threads", "best ms", "best rate", "mean rate", "of bound"
     );
-    for &dtype in &args.types {
+    let layouts: Vec<(DType, bool)> = args
+        .types
+        .iter()
+        .flat_map(|&t| {
+            let p = args.packed && baicai_kernels::quant::packed::packable(t);
+            [(t, false)].into_iter().chain(p.then_some((t, true)))
+        })
+        .collect();
+    for &(dtype, packed) in &layouts {
         for &(rows, cols) in &args.shapes {
             let Some(row_bytes) = dtype.row_bytes(cols) else {
                 continue;
@@ -179,6 +193,14 @@ fn main() {
                 };
                 let data: Vec<Vec<u8>> = (0..copies)
                     .map(|i| weight_bytes(dtype, bytes, 0x9e37_79b9 + i as u64))
+                    .map(|d| {
+                        if packed {
+                            baicai_kernels::quant::packed::pack(dtype, &d, rows, cols)
+                                .expect("rows a multiple of 8")
+                        } else {
+                            d
+                        }
+                    })
                     .collect();
                 let x: Vec<f32> = (0..n_tokens * cols)
                     .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
@@ -189,6 +211,7 @@ fn main() {
                     let (best, mean) = pool(threads).install(|| {
                         time(|| {
                             let w = Weight {
+                                packed,
                                 dtype,
                                 data: &data[i % copies],
                                 rows,
@@ -213,7 +236,11 @@ fn main() {
                     };
                     println!(
                         "{:<6} {:>11} {:>6} {:>7} {:>9.3} {:>14} {:>14} {:>6.0}% {which}",
-                        dtype.name(),
+                        if packed {
+                            format!("{}/8", dtype.name())
+                        } else {
+                            dtype.name().to_string()
+                        },
                         format!("{rows}×{cols}"),
                         n_tokens,
                         threads,

@@ -3,7 +3,9 @@
 //! layers); nothing below it imports it.
 
 use crate::dtype::DType;
-pub use crate::kernel::{active_isa, disable_avx512, DequantFn, DotFn, Isa, QuantFn, TileFns};
+pub use crate::kernel::{
+    active_isa, disable_avx512, DequantFn, DotFn, Isa, PackedFn, QuantFn, TileFns,
+};
 use crate::quant::{kquants, legacy};
 
 /// The float types and the 32-value block formats (MXFP4's block and reference kernels live in
@@ -92,6 +94,20 @@ pub fn tile_fns(dtype: DType, isa: Isa) -> Option<TileFns> {
     }
     let _ = (dtype, isa);
     None
+}
+
+/// The kernel for weights of `dtype` packed in groups of 8 rows (`quant::packed`) on `isa`:
+/// SIMD where the CPU has it, else the scalar reference; `None` for a format without a packed
+/// layout. Every choice gives the same bits.
+pub fn packed_fn(dtype: DType, isa: Isa) -> Option<PackedFn> {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2(isa) {
+        if let Some(f) = crate::simd::packed::packed_fn(dtype) {
+            return Some(f);
+        }
+    }
+    let _ = isa;
+    crate::quant::packed::packed_ref_fn(dtype)
 }
 
 /// Dequantizes a row with the best kernel for this CPU.

@@ -114,6 +114,35 @@ pub type ColsFn = fn(
     out: [&mut [[f32; COLS_MAX]]; 2],
 );
 
+/// One Q8_0 activation block's side data for the packed kernels ([`PackedFn`]): its scale as
+/// f32 and minus the sum of its 32 codes (the packed weights hold unsigned codes `q + offset`,
+/// so a block's integer sum is `Σ code·y - offset·Σ y`). Computed once per token and block.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C)]
+pub struct ActBlock {
+    /// The block's scale.
+    pub d: f32,
+    /// `-Σ y` over its 32 codes.
+    pub neg_sum: i32,
+}
+
+/// Rows of a packed group (see `quant::packed`).
+pub const PACK_ROWS: usize = 8;
+
+/// Packed weights: the 8 rows of one group (`nb` group blocks at `group`) with `n_tok` (1 to
+/// [`COLS_MAX`]) Q8_0 activation rows `a_row` bytes apart in `a`, whose [`ActBlock`]s are
+/// `aux[t * nb + b]`: `out[t][r]` for token `t` and row `r` of the group. The same kernel serves
+/// decode, small batches and prompts.
+pub type PackedFn = fn(
+    nb: usize,
+    group: &[u8],
+    a: &[u8],
+    a_row: usize,
+    aux: &[ActBlock],
+    n_tok: usize,
+    out: &mut [[f32; PACK_ROWS]],
+);
+
 /// Runs `$body` with `$T` a `const usize` equal to `$n` (1 to [`COLS_MAX`]), so a run-time count
 /// of tokens picks a const-generic tile.
 ///

@@ -29,10 +29,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
-use crate::dispatch::{active_isa, dot_fn, quant_fn, tile_fns, DotFn, QuantFn};
+use crate::dispatch::{active_isa, dot_fn, packed_fn, quant_fn, tile_fns, DotFn, QuantFn};
 use crate::dtype::DType;
-use crate::kernel::{ColsFn, TileFns, COLS_MAX, TILE_ROWS, TILE_TOKENS};
+use crate::kernel::{
+    ActBlock, ColsFn, PackedFn, TileFns, COLS_MAX, PACK_ROWS, TILE_ROWS, TILE_TOKENS,
+};
 use crate::pool;
+use crate::quant::packed::act_blocks;
 
 /// A weight matrix `[rows, cols]` (row-major, each row `cols` values of `dtype`), borrowed from
 /// wherever it lives (usually a memory map).
@@ -46,6 +49,10 @@ pub struct Weight<'a> {
     pub rows: usize,
     /// Number of values per row (input features).
     pub cols: usize,
+    /// Whether `data` is packed in groups of 8 interleaved rows ([`crate::quant::packed`];
+    /// `rows` then is a multiple of 8). Such weights go through the packed kernels on every
+    /// path, with their own numerics.
+    pub packed: bool,
 }
 
 impl Weight<'_> {
@@ -77,6 +84,9 @@ const DECODE_TOKENS: usize = 16;
 const MIN_TASK_BYTES: usize = 32 * 1024;
 /// Weight rows per prefill task: a few rows, each in L1 while it meets the task's tokens.
 const TASK_ROWS: usize = 16;
+/// Values per block of the packed formats (all 32-value formats).
+const QK_PACKED: usize = 32;
+
 /// Tokens per prefill task: their quantized rows (≤ 64 × 5 KiB here) stay in L2.
 const TASK_TOKENS: usize = 64;
 const _: () =
@@ -86,6 +96,8 @@ thread_local! {
     /// Quantized activations, reused across calls on the same thread. Taken out while in use, so
     /// a nested call (rayon work stealing) just allocates its own.
     static ACTIVATIONS: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// The [`ActBlock`]s of quantized activations that packed weights meet, reused likewise.
+    static ACT_BLOCKS: Cell<Vec<ActBlock>> = const { Cell::new(Vec::new()) };
 }
 
 /// `out[t, r] = sum_c w[r, c] * x[t, c]` for `n_tokens` rows of `x` (`[n_tokens, cols]`), writing
@@ -184,6 +196,26 @@ pub fn matmul_batch(jobs: &mut [MatJob]) {
         }
     }
 
+    // Side data of each input that packed weights meet: (input index, offset in `aux`).
+    let mut aux = ACT_BLOCKS.with(Cell::take);
+    aux.clear();
+    let mut aux_at: Vec<(usize, usize)> = Vec::new();
+    for j in jobs
+        .iter()
+        .filter(|j| j.w.packed && j.n_tokens > 0 && j.w.cols > 0)
+    {
+        let i = inputs
+            .iter()
+            .position(|&(k, ..)| k == key(j))
+            .expect("every job's input was quantized");
+        if !aux_at.iter().any(|&(k, _)| k == i) {
+            let (_, off, a_row) = inputs[i];
+            aux_at.push((i, aux.len()));
+            let nb = j.w.cols / j.w.dtype.block_len();
+            act_blocks(&acts[off..], a_row, j.n_tokens, nb, &mut aux);
+        }
+    }
+
     let mut mats: Vec<Mat> = Vec::with_capacity(jobs.len());
     for j in jobs.iter_mut() {
         if j.w.cols == 0 {
@@ -193,7 +225,27 @@ pub fn matmul_batch(jobs: &mut [MatJob]) {
             Some(&(_, off, a_row)) => (&acts[off..off + j.n_tokens * a_row], a_row),
             None => (&acts[..0], 0),
         };
+        let packed = if j.w.packed {
+            let f = packed_fn(j.w.dtype, isa);
+            assert!(
+                f.is_some() && j.w.rows.is_multiple_of(PACK_ROWS),
+                "{} weight [{}, {}] marked packed",
+                j.w.dtype.name(),
+                j.w.rows,
+                j.w.cols
+            );
+            f
+        } else {
+            None
+        };
+        let aux = inputs
+            .iter()
+            .position(|&(k, ..)| k == key(j))
+            .and_then(|i| aux_at.iter().find(|&&(k, _)| k == i))
+            .map_or(&aux[..0], |&(_, off)| &aux[off..]);
         mats.push(Mat {
+            packed,
+            aux,
             dot: dot_fn(j.w.dtype, isa),
             tiles: tile_fns(j.w.dtype, isa),
             w: j.w.data,
@@ -216,7 +268,19 @@ pub fn matmul_batch(jobs: &mut [MatJob]) {
     let run_task = |task: &Task| {
         let m = &mats[task.mat];
         let (rows, n_tokens, out) = (m.rows, m.n_tokens, m.out);
-        if n_tokens == 1 {
+        if let Some(f) = m.packed {
+            m.packed(f, task.rows.clone(), task.tokens.clone(), |t, r, vals| {
+                assert!(t < n_tokens && r + vals.len() <= rows);
+                // SAFETY: as for `block` below: (t, r) belongs to this task only, inside `out`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        vals.as_ptr(),
+                        out.get().add(t * rows + r),
+                        vals.len(),
+                    );
+                }
+            });
+        } else if n_tokens == 1 {
             let r = task.rows.clone();
             // SAFETY: `out` is the `rows`-long output of this matrix (checked in
             // `check_shapes`), borrowed mutably for the whole parallel loop; tasks of one matrix
@@ -273,6 +337,7 @@ pub fn matmul_batch(jobs: &mut [MatJob]) {
     }
     drop(mats);
     ACTIVATIONS.with(|c| c.set(acts));
+    ACT_BLOCKS.with(|c| c.set(aux));
 }
 
 /// Asserts the shapes [`matmul`] documents.
@@ -321,6 +386,10 @@ fn quantize_rows(quant: QuantFn, x: &[f32], cols: usize, acts: &mut [u8], a_row:
 
 /// The operands of one matmul: weight rows and quantized activation rows as bytes.
 struct Mat<'a> {
+    /// The packed kernel, for packed weights.
+    packed: Option<PackedFn>,
+    /// The activations' [`ActBlock`]s, token by token, for packed weights.
+    aux: &'a [ActBlock],
     dot: DotFn,
     /// Register-tiled kernels, bit-identical per element to `dot`, where the format has them.
     tiles: Option<TileFns>,
@@ -387,6 +456,33 @@ impl Mat<'_> {
         let cols = tiles.cols?;
         let batch = (2..=DECODE_TOKENS).contains(&self.n_tokens);
         (batch || (tiles.cols_for_prompts && self.n_tokens > DECODE_TOKENS)).then_some(cols)
+    }
+
+    /// Calls `put(t, r, values)` with the values of rows `r .. r + 8` of token `t`, covering
+    /// rows `rows` (whole groups) × tokens `tokens` through the packed kernel `f`: a group at a
+    /// time, each group with every token (8 at a time) while it is in L1.
+    fn packed(
+        &self,
+        f: PackedFn,
+        rows: Range<usize>,
+        tokens: Range<usize>,
+        mut put: impl FnMut(usize, usize, &[f32]),
+    ) {
+        let nb = self.cols / QK_PACKED;
+        let group_bytes = PACK_ROWS * self.w_row;
+        let mut buf = [[0.0f32; PACK_ROWS]; COLS_MAX];
+        for r in rows.step_by(PACK_ROWS) {
+            let group = &self.w[r * self.w_row..][..group_bytes];
+            for t0 in tokens.clone().step_by(COLS_MAX) {
+                let n = COLS_MAX.min(tokens.end - t0);
+                let a = &self.acts[t0 * self.a_row..];
+                let aux = &self.aux[t0 * nb..];
+                f(nb, group, a, self.a_row, aux, n, &mut buf[..n]);
+                for (t, v) in buf[..n].iter().enumerate() {
+                    put(t0 + t, r, v);
+                }
+            }
+        }
     }
 
     /// Calls `put(t, r, values)` with runs of `values` for rows `r..` of token `t`, covering rows
@@ -525,6 +621,10 @@ fn decode_tasks(mats: &[Mat], threads: usize, out: &mut Vec<Task>) {
             // No sliver below the minimum left at the end of a matrix.
             if (m.rows - r0 - n) * m.w_row < MIN_TASK_BYTES {
                 n = m.rows - r0;
+            }
+            // Packed weights go in whole groups (their row count is a multiple of the group).
+            if m.packed.is_some() {
+                n = n.next_multiple_of(PACK_ROWS).min(m.rows - r0);
             }
             out.push(Task {
                 mat: i,

@@ -104,6 +104,7 @@ fn matmul_many_equals_separate_matmuls_bit_for_bit() {
         .iter()
         .zip(&data)
         .map(|(&(dtype, rows), data)| Weight {
+            packed: false,
             dtype,
             data,
             rows,
@@ -162,6 +163,7 @@ fn matmul_batch_equals_separate_matmuls_bit_for_bit() {
             .iter()
             .zip(&data)
             .map(|(&(dtype, rows, cols, _), data)| Weight {
+                packed: false,
                 dtype,
                 data,
                 rows,
@@ -285,6 +287,7 @@ fn matmul_is_independent_of_thread_count() {
     ] {
         let (data, x) = case(&mut rng, dtype, rows, cols, n_tokens);
         let w = Weight {
+            packed: false,
             dtype,
             data: &data,
             rows,
@@ -318,6 +321,7 @@ fn matmul_accepts_unaligned_weight_bytes() {
     let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
     let a = run(
         &Weight {
+            packed: false,
             dtype: DType::Q8_0,
             data: &data,
             rows,
@@ -328,6 +332,7 @@ fn matmul_accepts_unaligned_weight_bytes() {
     );
     let b = run(
         &Weight {
+            packed: false,
             dtype: DType::Q8_0,
             data: &shifted[3..],
             rows,
@@ -344,6 +349,7 @@ fn matmul_accepts_unaligned_weight_bytes() {
 fn matmul_rejects_wrong_output_shape() {
     let data = vec![0u8; 34 * 2];
     let w = Weight {
+        packed: false,
         dtype: DType::Q8_0,
         data: &data,
         rows: 2,
@@ -357,6 +363,7 @@ fn matmul_rejects_wrong_output_shape() {
 fn matmul_rejects_partial_blocks() {
     let data = vec![0u8; 64];
     let w = Weight {
+        packed: false,
         dtype: DType::Q8_0,
         data: &data,
         rows: 1,
@@ -368,6 +375,7 @@ fn matmul_rejects_partial_blocks() {
 #[test]
 fn matmul_handles_empty_shapes() {
     let w = Weight {
+        packed: false,
         dtype: DType::Q8_0,
         data: &[],
         rows: 3,
@@ -377,6 +385,7 @@ fn matmul_handles_empty_shapes() {
     matmul(&w, &[], 2, &mut out);
     assert_eq!(out, [0.0; 6]);
     let w = Weight {
+        packed: false,
         dtype: DType::Q8_0,
         data: &[],
         rows: 0,
@@ -384,6 +393,7 @@ fn matmul_handles_empty_shapes() {
     };
     matmul(&w, &[0.0; 64], 2, &mut []);
     let w = Weight {
+        packed: false,
         dtype: DType::Q8_0,
         data: &[0; 34],
         rows: 1,

@@ -7,6 +7,7 @@ pub mod fp8;
 pub mod kquants;
 pub mod legacy;
 pub mod mxfp4;
+pub mod packed;
 pub mod tables;
 
 use half::f16;

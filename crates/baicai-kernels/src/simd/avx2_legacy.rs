@@ -101,7 +101,7 @@ unsafe fn nibbles_bcast(p: *const u8) -> __m256i {
 /// Byte `j` is 0xFF where bit `j` of `bits` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bit_bytes(bits: u32) -> __m256i {
+pub(super) fn bit_bytes(bits: u32) -> __m256i {
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
         _mm256_set_epi64x(

@@ -8,3 +8,5 @@ pub mod avx2_legacy;
 pub mod avx512_kquants;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_legacy;
+#[cfg(target_arch = "x86_64")]
+pub mod packed;

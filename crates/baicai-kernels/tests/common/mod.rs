@@ -14,6 +14,7 @@ pub fn types() -> impl Iterator<Item = DType> {
 /// The `[rows, cols]` weight of `dtype` over `data`.
 pub fn weight(dtype: DType, data: &[u8], rows: usize, cols: usize) -> Weight<'_> {
     Weight {
+        packed: false,
         dtype,
         data,
         rows,

@@ -1,0 +1,300 @@
+//! The packed kernels (see [`crate::quant::packed`] for the layout and the numerics): one group of
+//! 8 interleaved weight rows against up to 8 Q8_0 activation rows. Per block and token the eight
+//! rows' integer sums build up in one register, four products per row and instruction
+//! (`vpdpbusd` with AVX-512 VNNI; `maddubs` and `madd` with AVX2), each activation word broadcast
+//! to the eight lanes; then one float step per block covers the eight rows. Each result equals
+//! [`crate::quant::packed::dot_packed_ref`] bit for bit: the integer sums are exact, and the
+//! float steps (`fma(d_w · d_a, isum, acc)` per block, in block order) are the reference's.
+
+// Index loops, not iterator closures: a closure does not inherit `target_feature`.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+use std::ptr::read_unaligned;
+
+use super::avx2_legacy::bit_bytes;
+use crate::dtype::DType;
+use crate::kernel::{active_isa, avx512_available, ActBlock, Isa, PackedFn, COLS_MAX, PACK_ROWS};
+use crate::quant::packed::{group_block_bytes, packed_offset};
+
+/// Bytes of a Q8_0 activation block.
+const A_BLOCK: usize = DType::Q8_0.block_bytes();
+
+/// A packed format: its 8 registers of codes per group block.
+trait Packed {
+    const DTYPE: DType;
+    /// Bytes of a group block.
+    const GB: usize = group_block_bytes(Self::DTYPE);
+    /// The unsigned codes' offset.
+    const OFFSET: i32 = packed_offset(Self::DTYPE);
+    /// Register `k` (values `4k .. 4k+4` of each row, row `r` in lane `r`) of unsigned codes.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; `gb` points at a whole group block.
+    unsafe fn codes(gb: *const u8, k: usize) -> __m256i;
+    /// [`Packed::codes`] with AVX-512 (where the format decodes faster with it).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; `gb` points at a whole group block.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn codes_vnni(gb: *const u8, k: usize) -> __m256i {
+        Self::codes(gb, k)
+    }
+    /// Whether the AVX2 kernel should take the codes as signed bytes (`code - 128`, the
+    /// `maddubs` sign trick) because unsigned codes times activations could saturate its
+    /// 16-bit pair sums.
+    const SIGNED_AVX2: bool;
+}
+
+struct Q8_0;
+struct Q5_0;
+
+impl Packed for Q8_0 {
+    const DTYPE: DType = DType::Q8_0;
+    const SIGNED_AVX2: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(gb: *const u8, k: usize) -> __m256i {
+        _mm256_loadu_si256(gb.add(16 + 32 * k).cast())
+    }
+}
+
+impl Packed for Q5_0 {
+    const DTYPE: DType = DType::Q5_0;
+    const SIGNED_AVX2: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(gb: *const u8, k: usize) -> __m256i {
+        let q = _mm256_loadu_si256(gb.add(16 + 32 * (k % 4)).cast());
+        let q = if k < 4 { q } else { _mm256_srli_epi16::<4>(q) };
+        let nib = _mm256_and_si256(q, _mm256_set1_epi8(0x0f));
+        let high = bit_bytes(read_unaligned(gb.add(144 + 4 * k).cast::<u32>()));
+        _mm256_or_si256(nib, _mm256_and_si256(high, _mm256_set1_epi8(0x10)))
+    }
+    /// The fifth bits go straight into a mask register and come in with one masked add.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn codes_vnni(gb: *const u8, k: usize) -> __m256i {
+        let q = _mm256_loadu_si256(gb.add(16 + 32 * (k % 4)).cast());
+        let q = if k < 4 { q } else { _mm256_srli_epi16::<4>(q) };
+        let nib = _mm256_and_si256(q, _mm256_set1_epi8(0x0f));
+        let high: __mmask32 = read_unaligned(gb.add(144 + 4 * k).cast::<u32>());
+        _mm256_mask_add_epi8(nib, high, nib, _mm256_set1_epi8(0x10))
+    }
+}
+
+/// The activation word of token row `y` (a Q8_0 row) for block `b`, register `k`, in all lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn act_word(y: *const u8, b: usize, k: usize) -> __m256i {
+    _mm256_set1_epi32(read_unaligned(y.add(b * A_BLOCK + 2 + 4 * k).cast::<i32>()))
+}
+
+/// The float step of a block for `T` tokens: `acc[t] = fma(d_w · d_a, isum, acc[t])`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_step<const T: usize>(
+    gb: *const u8,
+    aux: *const ActBlock,
+    nb: usize,
+    b: usize,
+    isum: &[__m256i; T],
+    acc: &mut [__m256; T],
+) {
+    let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.cast()));
+    for t in 0..T {
+        let da = _mm256_set1_ps((*aux.add(t * nb + b)).d);
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+    }
+}
+
+/// One group × `T` tokens with AVX-512 VNNI.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; `g` points at `nb` group blocks, `a`
+/// at `T` Q8_0 rows of `nb` blocks `a_row` bytes apart, `aux` at `T * nb` entries, `out` at `T`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn group_vnni<F: Packed, const T: usize>(
+    nb: usize,
+    g: *const u8,
+    a: *const u8,
+    a_row: usize,
+    aux: *const ActBlock,
+    out: *mut [f32; PACK_ROWS],
+) {
+    // `vpdpbusd` accumulates into its destination, so each sum is a chain of dependent
+    // instructions; with few tokens the sums of a block are split over `chains` accumulators
+    // (integer sums: the split changes no bit) so that enough of them are in flight.
+    let chains = if T >= 4 {
+        1
+    } else if T >= 2 {
+        2
+    } else {
+        4
+    };
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let gb = g.add(b * F::GB);
+        let mut part = [[_mm256_setzero_si256(); 4]; T];
+        for t in 0..T {
+            part[t][0] = _mm256_set1_epi32((*aux.add(t * nb + b)).neg_sum * F::OFFSET);
+        }
+        for k in 0..8 {
+            let u = F::codes_vnni(gb, k);
+            for t in 0..T {
+                let y = act_word(a.add(t * a_row), b, k);
+                let c = k % chains;
+                part[t][c] = _mm256_dpbusd_epi32(part[t][c], u, y);
+            }
+        }
+        let mut isum = [_mm256_setzero_si256(); T];
+        for t in 0..T {
+            isum[t] = part[t][0];
+            for c in 1..chains {
+                isum[t] = _mm256_add_epi32(isum[t], part[t][c]);
+            }
+        }
+        block_step(gb, aux, nb, b, &isum, &mut acc);
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(t).cast(), *acc);
+    }
+}
+
+/// One group × `T` (at most 4: AVX2 has 16 registers) tokens with AVX2.
+///
+/// # Safety
+/// As [`group_vnni`], with AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn group_avx2<F: Packed, const T: usize>(
+    nb: usize,
+    g: *const u8,
+    a: *const u8,
+    a_row: usize,
+    aux: *const ActBlock,
+    out: *mut [f32; PACK_ROWS],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let gb = g.add(b * F::GB);
+        let mut isum = [_mm256_setzero_si256(); T];
+        if !F::SIGNED_AVX2 {
+            for t in 0..T {
+                isum[t] = _mm256_set1_epi32((*aux.add(t * nb + b)).neg_sum * F::OFFSET);
+            }
+        }
+        for k in 0..8 {
+            let u = F::codes(gb, k);
+            if F::SIGNED_AVX2 {
+                let w = _mm256_xor_si256(u, flip);
+                let aw = _mm256_abs_epi8(w);
+                for t in 0..T {
+                    let y = _mm256_sign_epi8(act_word(a.add(t * a_row), b, k), w);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, y), ones);
+                    isum[t] = _mm256_add_epi32(isum[t], p);
+                }
+            } else {
+                for t in 0..T {
+                    let y = act_word(a.add(t * a_row), b, k);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), ones);
+                    isum[t] = _mm256_add_epi32(isum[t], p);
+                }
+            }
+        }
+        block_step(gb, aux, nb, b, &isum, &mut acc);
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(t).cast(), *acc);
+    }
+}
+
+/// Checks a [`PackedFn`]'s arguments.
+fn check<F: Packed>(
+    nb: usize,
+    group: &[u8],
+    a: &[u8],
+    a_row: usize,
+    aux: &[ActBlock],
+    n_tok: usize,
+    out: &[[f32; PACK_ROWS]],
+) {
+    assert!(
+        (1..=COLS_MAX).contains(&n_tok),
+        "1 to {COLS_MAX} tokens, not {n_tok}"
+    );
+    assert!(group.len() >= nb * F::GB, "a packed group of {nb} blocks");
+    assert!(
+        a_row >= nb * A_BLOCK && a.len() >= (n_tok - 1) * a_row + nb * A_BLOCK,
+        "{n_tok} activation rows of {nb} blocks"
+    );
+    assert!(aux.len() >= n_tok * nb && out.len() >= n_tok);
+}
+
+/// The AVX-512 VNNI [`PackedFn`] of `F`.
+fn packed_vnni<F: Packed>(
+    nb: usize,
+    group: &[u8],
+    a: &[u8],
+    a_row: usize,
+    aux: &[ActBlock],
+    n_tok: usize,
+    out: &mut [[f32; PACK_ROWS]],
+) {
+    check::<F>(nb, group, a, a_row, aux, n_tok, out);
+    let (g, a, x, o) = (group.as_ptr(), a.as_ptr(), aux.as_ptr(), out.as_mut_ptr());
+    // SAFETY: `packed_fn` hands this out only where the CPU has the features; the slices hold
+    // what the kernel reads and writes (checked just above).
+    crate::kernel::for_tokens!(n_tok, T => unsafe { group_vnni::<F, T>(nb, g, a, a_row, x, o) });
+}
+
+/// The AVX2 [`PackedFn`] of `F`: tokens four at a time.
+fn packed_avx2<F: Packed>(
+    nb: usize,
+    group: &[u8],
+    a: &[u8],
+    a_row: usize,
+    aux: &[ActBlock],
+    n_tok: usize,
+    out: &mut [[f32; PACK_ROWS]],
+) {
+    check::<F>(nb, group, a, a_row, aux, n_tok, out);
+    let mut t0 = 0;
+    while t0 < n_tok {
+        let n = (n_tok - t0).min(4);
+        let g = group.as_ptr();
+        let ap = a[t0 * a_row..].as_ptr();
+        let x = aux[t0 * nb..].as_ptr();
+        let o = out[t0..].as_mut_ptr();
+        // SAFETY: as in `packed_vnni`, for tokens `t0 .. t0 + n` (inside the checked ranges).
+        unsafe {
+            match n {
+                1 => group_avx2::<F, 1>(nb, g, ap, a_row, x, o),
+                2 => group_avx2::<F, 2>(nb, g, ap, a_row, x, o),
+                3 => group_avx2::<F, 3>(nb, g, ap, a_row, x, o),
+                _ => group_avx2::<F, 4>(nb, g, ap, a_row, x, o),
+            }
+        }
+        t0 += n;
+    }
+}
+
+/// The packed kernel for `dtype` on this CPU: AVX-512 VNNI where available and not turned off,
+/// else AVX2; `None` without AVX2 or for a format without a packed layout.
+pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
+    if active_isa() != Isa::Avx2 {
+        return None;
+    }
+    let vnni = avx512_available();
+    Some(match (dtype, vnni) {
+        (DType::Q8_0, true) => packed_vnni::<Q8_0>,
+        (DType::Q8_0, false) => packed_avx2::<Q8_0>,
+        (DType::Q5_0, true) => packed_vnni::<Q5_0>,
+        (DType::Q5_0, false) => packed_avx2::<Q5_0>,
+        _ => return None,
+    })
+}
