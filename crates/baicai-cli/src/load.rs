@@ -29,6 +29,19 @@ pub struct ModelArgs {
     /// comparing against the AVX2 kernels).
     #[arg(long = "no-avx512")]
     pub no_avx512: bool,
+    /// Repack Q8_0 and Q5_0 matrices at load into groups of 8 interleaved rows for the packed
+    /// kernels (faster prompts and batches; as many bytes as the file's, in memory of their
+    /// own): `auto` (default) unless the model is larger than the memory it may use, `on`, `off`.
+    #[arg(long = "repack", value_enum, default_value_t = Repack::Auto)]
+    pub repack: Repack,
+}
+
+/// See [`ModelArgs::repack`].
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repack {
+    Auto,
+    On,
+    Off,
 }
 
 /// See [`ModelArgs::load`].
@@ -48,6 +61,11 @@ impl ModelArgs {
                 LoadMode::Ram => baicai_engine::load::LoadMode::Ram,
             },
             no_avx512: self.no_avx512,
+            repack: match self.repack {
+                Repack::Auto => baicai_engine::load::Repack::Auto,
+                Repack::On => baicai_engine::load::Repack::On,
+                Repack::Off => baicai_engine::load::Repack::Off,
+            },
         }
     }
 }

@@ -19,9 +19,25 @@ pub enum LoadMode {
     Ram,
 }
 
+/// Whether matrices are repacked at load for the packed kernels (groups of 8 interleaved rows:
+/// Q8_0 and Q5_0 today), as ik_llama.cpp's `-rtr` and llama.cpp's CPU repack do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Repack {
+    /// Repack unless the model is larger than the memory it may use (it then runs from its
+    /// memory map, which repacked copies would not be).
+    #[default]
+    Auto,
+    /// Always repack.
+    On,
+    /// Never repack.
+    Off,
+}
+
 /// The loading policy.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
+    /// Repack matrices at load.
+    pub repack: Repack,
     /// Threads for matrix multiplication (`None`: all cores). The pool is sized once per
     /// process; later loads keep the first size.
     pub threads: Option<usize>,
@@ -170,16 +186,26 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .map(Arc::new)
             .map_err(|e| e.to_string())
     };
+    let pack = |file_bytes: u64| match opts.repack {
+        Repack::On => true,
+        Repack::Off => false,
+        Repack::Auto => larger_than_memory(file_bytes).is_none(),
+    };
     if path.is_dir() {
-        let (model, hf) = baicai_models::load_hf(path).map_err(|source| LoadError::Folder {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let pack = pack(safetensors_bytes(path));
+        let (model, hf) =
+            baicai_models::load_hf_with(path, pack).map_err(|source| LoadError::Folder {
+                path: path.to_path_buf(),
+                source,
+            })?;
         // As for GGUF files below (weights held in memory rather than mapped are only advised
         // in vain).
         let budget = larger_than_memory(hf.file_size);
         baicai_models::moe::set_expert_readahead(budget.is_some());
         let mut held_in_memory = hf.held_in_memory;
+        if pack {
+            held_in_memory.push(PACKED_NOTE.into());
+        }
         if let Some(b) = budget {
             held_in_memory.push(readahead_note(b));
         }
@@ -201,7 +227,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, LoadError> {
             },
         )?),
     };
-    let model: Arc<dyn CausalLm> = baicai_models::load(gguf.clone())
+    let packing = pack(gguf.file_size());
+    let model: Arc<dyn CausalLm> = baicai_models::load_with(gguf.clone(), packing)
         .map_err(|source| LoadError::Model {
             path: path.to_path_buf(),
             source,
@@ -219,12 +246,32 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, LoadError> {
         model,
         tokenizer,
         file_size: gguf.file_size(),
-        held_in_memory: vec![match gguf.residency() {
+        held_in_memory: [match gguf.residency() {
             Residency::Mapped => mapped_note(budget),
             Residency::Resident => {
                 "all tensors: read into memory once (2 MiB pages where the OS grants them)".into()
             }
-        }],
+        }]
+        .into_iter()
+        .chain(packing.then(|| PACKED_NOTE.to_string()))
+        .collect(),
+    })
+}
+
+/// What `held_in_memory` says when matrices were repacked.
+const PACKED_NOTE: &str =
+    "Q8_0 and Q5_0 matrices: repacked at load into groups of 8 rows, in memory of their own";
+
+/// Bytes of the safetensors files in a checkpoint folder (0 where it cannot be listed: loading
+/// then says what is wrong).
+fn safetensors_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
     })
 }
 

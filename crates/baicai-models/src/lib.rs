@@ -190,8 +190,21 @@ pub(crate) fn spec_by_hf(model_type: &str) -> Option<&'static ArchSpec> {
 /// An unsupported architecture, a missing tensor, a wrong shape or an unsupported tensor type,
 /// each named.
 pub fn load(gguf: Arc<Gguf>) -> Result<Box<dyn CausalLm>, ModelError> {
+    // Packed where the format allows: see `load_with`.
+    load_with(gguf, true)
+}
+
+/// [`load`], packing the matrices of formats with a packed layout at load (`pack`, as
+/// [`weights::WeightStore::set_packing`] says) or leaving every tensor where it is (a model
+/// larger than memory runs from its memory map).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_with(gguf: Arc<Gguf>, pack: bool) -> Result<Box<dyn CausalLm>, ModelError> {
     let cfg = ModelConfig::from_gguf(&gguf)?;
-    build(weights::WeightStore::new(gguf), cfg)
+    let mut store = weights::WeightStore::new(gguf);
+    store.set_packing(pack);
+    build(store, cfg)
 }
 
 /// Loads a Hugging Face checkpoint folder (`config.json` + safetensors).
@@ -199,11 +212,23 @@ pub fn load(gguf: Arc<Gguf>) -> Result<Box<dyn CausalLm>, ModelError> {
 /// # Errors
 /// As [`hf::HfModel::open`], and missing tensors or wrong shapes, each named.
 pub fn load_hf(dir: &std::path::Path) -> Result<(Box<dyn CausalLm>, hf::HfModel), ModelError> {
+    load_hf_with(dir, true)
+}
+
+/// [`load_hf`], packing as [`load_with`] says.
+///
+/// # Errors
+/// As [`load_hf`].
+pub fn load_hf_with(
+    dir: &std::path::Path,
+    pack: bool,
+) -> Result<(Box<dyn CausalLm>, hf::HfModel), ModelError> {
     let mut m = hf::HfModel::open(dir)?;
-    let store = std::mem::replace(
+    let mut store = std::mem::replace(
         &mut m.store,
         weights::WeightStore::from_entries(Default::default()),
     );
+    store.set_packing(pack);
     let model = build(store, m.config.clone())?;
     Ok((model, m))
 }

@@ -3,9 +3,11 @@
 //! [`crate::hf`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use baicai_gguf::{GgmlType, Gguf, TensorInfo};
+use baicai_kernels::kernel::PACK_ROWS;
+use baicai_kernels::quant::packed;
 use baicai_kernels::{DType, Weight};
 
 use crate::error::ModelError;
@@ -109,6 +111,8 @@ pub struct Linear {
     pub rows: usize,
     pub cols: usize,
     bytes: Bytes,
+    /// Whether `bytes` hold the rows packed in groups of 8 (`baicai_kernels::quant::packed`).
+    packed: bool,
 }
 
 impl std::fmt::Debug for Linear {
@@ -139,6 +143,22 @@ impl Linear {
             self.name,
             self.rows
         );
+        if self.packed && !(r0.is_multiple_of(PACK_ROWS) && n.is_multiple_of(PACK_ROWS)) {
+            // A slice that cuts a packed group: its rows in the plain layout, copied.
+            let data = self.bytes.as_slice();
+            let mut v = Vec::with_capacity(n * rb);
+            for r in r0..r0 + n {
+                packed::unpack_row(self.dtype, data, self.cols, r, &mut v);
+            }
+            return Linear {
+                name: self.name.clone(),
+                dtype: self.dtype,
+                rows: n,
+                cols: self.cols,
+                bytes: Bytes::owned(v),
+                packed: false,
+            };
+        }
         let mut bytes = self.bytes.clone();
         bytes.start += r0 * rb;
         bytes.len = n * rb;
@@ -148,6 +168,7 @@ impl Linear {
             rows: n,
             cols: self.cols,
             bytes,
+            packed: self.packed,
         }
     }
 
@@ -158,6 +179,25 @@ impl Linear {
             data: self.bytes.as_slice(),
             rows: self.rows,
             cols: self.cols,
+            packed: self.packed,
+        }
+    }
+
+    /// Whether the rows are packed in groups of 8 for the packed kernels.
+    pub fn is_packed(&self) -> bool {
+        self.packed
+    }
+
+    /// Row `r` decoded into `out` (`[cols]`).
+    fn decode_row(&self, r: usize, out: &mut [f32]) {
+        let row_bytes = self.dtype.row_bytes(self.cols).expect("checked at load");
+        let data = self.bytes.as_slice();
+        if self.packed {
+            let mut v = Vec::with_capacity(row_bytes);
+            packed::unpack_row(self.dtype, data, self.cols, r, &mut v);
+            baicai_kernels::dequantize_row(self.dtype, &v, out);
+        } else {
+            baicai_kernels::dequantize_row(self.dtype, &data[r * row_bytes..][..row_bytes], out);
         }
     }
 
@@ -177,6 +217,11 @@ pub struct WeightStore {
     tensors: HashMap<String, TensorEntry>,
     /// GGUF tensors of types without kernels: name → type name.
     unsupported: HashMap<String, String>,
+    /// Whether matrices of formats with a packed layout are packed as they are taken.
+    pack: bool,
+    /// Packed copies made so far, by tensor name, so a tensor taken twice (tied embeddings) is
+    /// packed once.
+    packed: Mutex<HashMap<String, Bytes>>,
 }
 
 impl WeightStore {
@@ -226,6 +271,8 @@ impl WeightStore {
         WeightStore {
             tensors,
             unsupported,
+            pack: false,
+            packed: Mutex::default(),
         }
     }
 
@@ -234,7 +281,17 @@ impl WeightStore {
         WeightStore {
             tensors,
             unsupported: HashMap::new(),
+            pack: false,
+            packed: Mutex::default(),
         }
+    }
+
+    /// Packs, from now on, the matrices this store hands out whose format has a packed layout
+    /// and whose row count (per matrix of a stack) is a multiple of 8: once, at load, into memory
+    /// of their own (as many bytes as the file's), after which the packed kernels serve every
+    /// matmul of them. Mapped file pages they came from are no longer read.
+    pub fn set_packing(&mut self, on: bool) {
+        self.pack = on;
     }
 
     /// The tensors under their canonical names, for a caller that re-encodes some (a test that
@@ -273,11 +330,15 @@ impl WeightStore {
         Ok(())
     }
 
+    /// The matrix `rows` × `cols` of entry `e`; packed where the store packs and `group_rows`
+    /// (the rows of each matrix a caller will slice out: all of them, or one expert's) allow.
     fn make_linear(
+        &self,
         name: &str,
         e: &TensorEntry,
         rows: usize,
         cols: usize,
+        group_rows: usize,
     ) -> Result<Linear, ModelError> {
         if e.dtype.row_bytes(cols).is_none() {
             return Err(ModelError::Config(format!(
@@ -286,13 +347,36 @@ impl WeightStore {
                 e.dtype.block_len()
             )));
         }
-        Ok(Linear {
+        let mut lin = Linear {
             name: name.into(),
             dtype: e.dtype,
             rows,
             cols,
             bytes: e.bytes.clone(),
-        })
+            packed: false,
+        };
+        if self.pack
+            && packed::packable(e.dtype)
+            && group_rows.is_multiple_of(PACK_ROWS)
+            && rows.is_multiple_of(PACK_ROWS)
+        {
+            let mut cache = self.packed.lock().unwrap_or_else(|p| p.into_inner());
+            let key = format!("{name}/{cols}");
+            let bytes = match cache.get(&key) {
+                Some(b) if b.len == lin.bytes.len => b.clone(),
+                _ => {
+                    let Some(v) = packed::pack(e.dtype, e.bytes.as_slice(), rows, cols) else {
+                        return Ok(lin);
+                    };
+                    let b = Bytes::owned(v);
+                    cache.insert(key, b.clone());
+                    b
+                }
+            };
+            lin.bytes = bytes;
+            lin.packed = true;
+        }
+        Ok(lin)
     }
 
     /// A matrix of `rows` outputs by `cols` inputs (GGUF shape `[cols, rows]`).
@@ -302,7 +386,7 @@ impl WeightStore {
     pub fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Linear, ModelError> {
         let e = self.entry(name)?;
         Self::check_shape(name, &e.shape, vec![cols as u64, rows as u64])?;
-        Self::make_linear(name, e, rows, cols)
+        self.make_linear(name, e, rows, cols, rows)
     }
 
     /// `n` stacked matrices of `rows` × `cols` (GGUF shape `[cols, rows, n]`, e.g. the routed
@@ -323,7 +407,7 @@ impl WeightStore {
         let all_rows = rows.checked_mul(n).ok_or_else(|| {
             ModelError::Config(format!("tensor '{name}': {n} × {rows} rows overflow"))
         })?;
-        let all = Self::make_linear(name, e, all_rows, cols)?;
+        let all = self.make_linear(name, e, all_rows, cols, rows)?;
         Ok((0..n).map(|i| all.rows_slice(i * rows, rows)).collect())
     }
 
@@ -334,7 +418,7 @@ impl WeightStore {
     pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
         let e = self.entry(name)?;
         Self::check_shape(name, &e.shape, vec![n as u64])?;
-        let lin = Self::make_linear(name, e, 1, n)?;
+        let lin = self.make_linear(name, e, 1, n, 1)?;
         let mut out = vec![0.0; n];
         self.row(&lin, 0, &mut out);
         Ok(out)
@@ -359,9 +443,7 @@ impl WeightStore {
 
     /// Decodes row `r` of a weight into `out` (`[cols]`): embedding lookup.
     pub fn row(&self, lin: &Linear, r: usize, out: &mut [f32]) {
-        let row_bytes = lin.dtype.row_bytes(lin.cols).expect("checked at load");
-        let data = lin.bytes.as_slice();
-        baicai_kernels::dequantize_row(lin.dtype, &data[r * row_bytes..(r + 1) * row_bytes], out);
+        lin.decode_row(r, out);
     }
 
     /// `out[t, :] = W x[t, :]` for `n_tokens` rows of `x`.
