@@ -63,6 +63,39 @@ pub fn will_need(bytes: &[u8]) {
     let _ = bytes;
 }
 
+/// Tells the OS that the whole pages inside `bytes` will not be read again, so it may drop them
+/// from this process's memory: a mapped file's pages are read again from the file if they ever
+/// are; pages of anonymous memory (a file read into memory) are freed, and read as zeros
+/// afterwards. Pages that `bytes` shares with neighbouring data are left alone. Used once a
+/// tensor has been repacked into memory of its own, so the copy replaces the original rather than
+/// doubling it.
+///
+/// # Safety
+/// Nothing may read `bytes` again while expecting the old contents (anonymous memory reads as
+/// zeros afterwards).
+pub unsafe fn dont_need(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096);
+        let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+        let end = (bytes.as_ptr() as usize + bytes.len()) & !(page - 1);
+        if end > start {
+            // SAFETY: the range is whole pages inside `bytes`, which the caller no longer reads;
+            // MADV_DONTNEED changes no mapping, and errors (ENOMEM, EINVAL) leave memory as it
+            // was and are ignored (the advice only saves memory).
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
+}
+
 /// Errors from reading or writing GGUF files.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {

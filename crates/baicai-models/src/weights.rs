@@ -212,6 +212,33 @@ impl Linear {
     }
 }
 
+/// The `rows` × `cols` matrix of `e` packed into memory of its own, a slice of groups at a time,
+/// each slice's original pages released once packed (mapped from the file or read into memory,
+/// not bytes made at load), so the copy replaces the original rather than doubling it even
+/// while it is made. `None` where the format or the shape has no packed layout.
+fn pack_released(e: &TensorEntry, rows: usize, cols: usize) -> Option<Vec<u8>> {
+    /// Bytes packed between releases.
+    const SLICE: usize = 2 << 20;
+    let row_bytes = e.dtype.row_bytes(cols)?;
+    let src = e.bytes.as_slice().get(..rows.checked_mul(row_bytes)?)?;
+    let group = PACK_ROWS * row_bytes;
+    if !packed::packable(e.dtype) || !rows.is_multiple_of(PACK_ROWS) {
+        return None;
+    }
+    // Zeroed memory is not touched until written, so it grows as the slices are packed.
+    let mut out = vec![0u8; src.len()];
+    let per_slice = (SLICE / group.max(1)).max(1) * group;
+    for (s, d) in src.chunks(per_slice).zip(out.chunks_mut(per_slice)) {
+        packed::pack_into(e.dtype, s, cols, d)?;
+        if !e.bytes.is_owned() {
+            // SAFETY: every later request of this tensor is served from the packed copy (see
+            // `make_linear`), so these original bytes are not read again.
+            unsafe { baicai_gguf::dont_need(s) };
+        }
+    }
+    Some(out)
+}
+
 /// Tensors by canonical name, checked for presence, shape and type when taken.
 pub struct WeightStore {
     tensors: HashMap<String, TensorEntry>,
@@ -355,27 +382,37 @@ impl WeightStore {
             bytes: e.bytes.clone(),
             packed: false,
         };
-        if self.pack
-            && packed::packable(e.dtype)
-            && group_rows.is_multiple_of(PACK_ROWS)
-            && rows.is_multiple_of(PACK_ROWS)
-        {
-            let mut cache = self.packed.lock().unwrap_or_else(|p| p.into_inner());
-            let key = format!("{name}/{cols}");
-            let bytes = match cache.get(&key) {
-                Some(b) if b.len == lin.bytes.len => b.clone(),
-                _ => {
-                    let Some(v) = packed::pack(e.dtype, e.bytes.as_slice(), rows, cols) else {
-                        return Ok(lin);
-                    };
-                    let b = Bytes::owned(v);
-                    cache.insert(key, b.clone());
-                    b
-                }
-            };
-            lin.bytes = bytes;
-            lin.packed = true;
+        if !self.pack || !packed::packable(e.dtype) {
+            return Ok(lin);
         }
+        let key = format!("{name}/{cols}");
+        let mut cache = self.packed.lock().unwrap_or_else(|p| p.into_inner());
+        let done = cache.get(&key).filter(|b| b.len == lin.bytes.len).cloned();
+        if !(group_rows.is_multiple_of(PACK_ROWS) && rows.is_multiple_of(PACK_ROWS)) {
+            // The original bytes of a tensor packed before were released: a request that cannot
+            // use the groups gets the rows unpacked from the packed copy.
+            if let Some(b) = done {
+                let mut v = Vec::with_capacity(b.len);
+                for r in 0..rows {
+                    packed::unpack_row(e.dtype, b.as_slice(), cols, r, &mut v);
+                }
+                lin.bytes = Bytes::owned(v);
+            }
+            return Ok(lin);
+        }
+        let bytes = match done {
+            Some(b) => b,
+            None => {
+                let Some(v) = pack_released(e, rows, cols) else {
+                    return Ok(lin);
+                };
+                let b = Bytes::owned(v);
+                cache.insert(key, b.clone());
+                b
+            }
+        };
+        lin.bytes = bytes;
+        lin.packed = true;
         Ok(lin)
     }
 

@@ -46,28 +46,35 @@ fn block_bytes(dtype: DType) -> usize {
 /// them) into groups of [`PACK_ROWS`]. `None` where the format has no packed layout, `rows` is
 /// not a multiple of [`PACK_ROWS`] or `cols` not of the block length.
 pub fn pack(dtype: DType, data: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
-    if !packable(dtype) || !rows.is_multiple_of(PACK_ROWS) {
+    let row_bytes = dtype.row_bytes(cols)?;
+    let data = data.get(..rows.checked_mul(row_bytes)?)?;
+    let mut out = vec![0u8; data.len()];
+    pack_into(dtype, data, cols, &mut out)?;
+    Some(out)
+}
+
+/// [`pack`] of the whole groups of rows in `src` (rows of `cols` values) into `dst` (as long):
+/// a caller may pack a large tensor a slice of groups at a time. `None` (and `dst` untouched)
+/// where the format has no packed layout, `cols` is not whole blocks, or `src` is not whole
+/// groups of rows or differs from `dst` in length.
+pub fn pack_into(dtype: DType, src: &[u8], cols: usize, dst: &mut [u8]) -> Option<()> {
+    let row_bytes = dtype.row_bytes(cols)?;
+    let group = PACK_ROWS * row_bytes;
+    if !packable(dtype) || group == 0 || !src.len().is_multiple_of(group) || src.len() != dst.len()
+    {
         return None;
     }
-    let row_bytes = dtype.row_bytes(cols)?;
-    let data = data.get(..rows * row_bytes)?;
     let bb = block_bytes(dtype);
     let nb = row_bytes / bb;
     let gb = PACK_ROWS * bb;
-    let mut out = vec![0u8; data.len()];
-    for (g, (src, dst)) in data
-        .chunks_exact(PACK_ROWS * row_bytes)
-        .zip(out.chunks_exact_mut(PACK_ROWS * row_bytes))
-        .enumerate()
-    {
-        let _ = g;
+    for (src, dst) in src.chunks_exact(group).zip(dst.chunks_exact_mut(group)) {
         for b in 0..nb {
             let blocks: [&[u8]; PACK_ROWS] =
                 std::array::from_fn(|r| &src[r * row_bytes + b * bb..][..bb]);
             pack_block(dtype, blocks, &mut dst[b * gb..][..gb]);
         }
     }
-    Some(out)
+    Some(())
 }
 
 /// One group block from the 8 rows' blocks.
