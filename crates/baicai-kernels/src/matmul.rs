@@ -84,9 +84,6 @@ const DECODE_TOKENS: usize = 16;
 const MIN_TASK_BYTES: usize = 32 * 1024;
 /// Weight rows per prefill task: a few rows, each in L1 while it meets the task's tokens.
 const TASK_ROWS: usize = 16;
-/// Values per block of the packed formats (all 32-value formats).
-const QK_PACKED: usize = 32;
-
 /// Tokens per prefill task: their quantized rows (≤ 64 × 5 KiB here) stay in L2.
 const TASK_TOKENS: usize = 64;
 const _: () =
@@ -246,6 +243,7 @@ pub fn matmul_batch(jobs: &mut [MatJob]) {
         mats.push(Mat {
             packed,
             aux,
+            block_len: j.w.dtype.block_len(),
             dot: dot_fn(j.w.dtype, isa),
             tiles: tile_fns(j.w.dtype, isa),
             w: j.w.data,
@@ -388,8 +386,11 @@ fn quantize_rows(quant: QuantFn, x: &[f32], cols: usize, acts: &mut [u8], a_row:
 struct Mat<'a> {
     /// The packed kernel, for packed weights.
     packed: Option<PackedFn>,
-    /// The activations' [`ActBlock`]s, token by token, for packed weights.
+    /// The activations' [`ActBlock`]s, token by token, for packed weights of the formats with
+    /// Q8_0 activations (empty otherwise).
     aux: &'a [ActBlock],
+    /// Values per block of the weights' format.
+    block_len: usize,
     dot: DotFn,
     /// Register-tiled kernels, bit-identical per element to `dot`, where the format has them.
     tiles: Option<TileFns>,
@@ -468,7 +469,7 @@ impl Mat<'_> {
         tokens: Range<usize>,
         mut put: impl FnMut(usize, usize, &[f32]),
     ) {
-        let nb = self.cols / QK_PACKED;
+        let nb = self.cols / self.block_len;
         let group_bytes = PACK_ROWS * self.w_row;
         let mut buf = [[0.0f32; PACK_ROWS]; COLS_MAX];
         for r in rows.step_by(PACK_ROWS) {
@@ -476,7 +477,7 @@ impl Mat<'_> {
             for t0 in tokens.clone().step_by(COLS_MAX) {
                 let n = COLS_MAX.min(tokens.end - t0);
                 let a = &self.acts[t0 * self.a_row..];
-                let aux = &self.aux[t0 * nb..];
+                let aux = self.aux.get(t0 * nb..).unwrap_or_default();
                 f(nb, group, a, self.a_row, aux, n, &mut buf[..n]);
                 for (t, v) in buf[..n].iter().enumerate() {
                     put(t0 + t, r, v);

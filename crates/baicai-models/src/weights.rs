@@ -382,7 +382,7 @@ impl WeightStore {
             bytes: e.bytes.clone(),
             packed: false,
         };
-        if !self.pack || !packed::packable(e.dtype) {
+        if !self.pack || !baicai_kernels::dispatch::pack_at_load(e.dtype) {
             return Ok(lin);
         }
         let key = format!("{name}/{cols}");

@@ -221,7 +221,7 @@ pub(crate) fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
 
 /// The 32 unsigned 5-bit codes of a Q5 block, in value order.
 #[inline]
-fn fives(qs: &[u8; 16], qh: u32) -> [u8; 32] {
+pub(crate) fn fives(qs: &[u8; 16], qh: u32) -> [u8; 32] {
     let mut q = nibbles(qs);
     for (j, v) in q.iter_mut().enumerate() {
         *v |= (((qh >> j) & 1) as u8) << 4;

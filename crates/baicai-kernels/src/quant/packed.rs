@@ -22,6 +22,17 @@
 //!   block (values `4k .. 4k+4`, unsigned codes `q + 16`) is the low (`k < 4`) or high nibbles
 //!   of nibble register `k mod 4`, plus 16 where mask `k` says.
 //!
+//! - **Q4_K** (1152 bytes): the 8 rows' `d` (16 bytes) and `dmin` (16 bytes), their 12 scale
+//!   bytes transposed (byte `8i + r` is scale byte `i` of row `r`: 96 bytes), then for each
+//!   chunk `c` of 64 values 8 registers of nibbles: register `s`, bytes `4r .. 4r+4`, is the
+//!   original `qs[32c + 4s ..][..4]` of row `r` (low nibbles values `64c + 4s ..` of sub-block
+//!   `2c`, high nibbles values `64c + 32 + 4s ..` of sub-block `2c + 1`).
+//! - **Q6_K** (1680 bytes): the 8 `d` (16 bytes), the 16 scales transposed (byte `8j + r`: 128
+//!   bytes), 32 registers of low nibbles (register `p`, byte `4r + i`: the low four bits of the
+//!   unsigned code `q + 32` of value `4p + i` of row `r` in its low nibble and of value
+//!   `128 + 4p + i` in its high nibble), then 16 registers of high bits (register `h`, byte
+//!   `4r + i`, bits `2m .. 2m+2`: the top two bits of the code of value `4(h + 16m) + i`).
+//!
 //! The numerics ([`dot_packed_ref`]) are the natural ones and the same on every path (decode,
 //! small batches, prompts): per block the exact integer sum `isum` of codes times activation
 //! codes, then `acc = fma(d_w · d_a, isum, acc)` in block order, from 0. So each packed kernel
@@ -30,11 +41,13 @@
 
 use crate::dtype::DType;
 pub use crate::kernel::PACK_ROWS;
-use crate::quant::f16_le;
+use crate::quant::kquants::{scales_mins_k4, BlockQ4K, BlockQ6K, BlockQ8K};
+use crate::quant::legacy::{fives, BlockQ5_0, BlockQ8_0};
+use crate::quant::{as_blocks, f16_le};
 
 /// Whether `dtype` has a packed layout.
 pub fn packable(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q5_0)
+    matches!(dtype, DType::Q8_0 | DType::Q5_0 | DType::Q4_K | DType::Q6_K)
 }
 
 /// Bytes of a block of one row (the format's own block).
@@ -109,6 +122,47 @@ fn pack_block(dtype: DType, x: [&[u8]; PACK_ROWS], out: &mut [u8]) {
                 out[144 + 4 * k..][..4].copy_from_slice(&m.to_le_bytes());
             }
         }
+        DType::Q4_K => {
+            for (r, x) in x.iter().enumerate() {
+                out[16 + 2 * r..][..2].copy_from_slice(&x[2..4]);
+                for i in 0..12 {
+                    out[32 + 8 * i + r] = x[4 + i];
+                }
+                for c in 0..4 {
+                    for st in 0..8 {
+                        out[128 + 256 * c + 32 * st + 4 * r..][..4]
+                            .copy_from_slice(&x[16 + 32 * c + 4 * st..][..4]);
+                    }
+                }
+            }
+        }
+        DType::Q6_K => {
+            // Q6_K's f16 `d` is last in its block, not first: the loop above copied the first
+            // two bytes of `ql`, which the scales' place below does not use.
+            for (r, x) in x.iter().enumerate() {
+                let blk: &BlockQ6K = &as_blocks::<BlockQ6K>(x)[0];
+                out[2 * r..2 * r + 2].copy_from_slice(&blk.d);
+                for j in 0..16 {
+                    out[16 + 8 * j + r] = blk.scales[j] as u8;
+                }
+                let u = blk.levels().map(|q| (q + 32) as u8);
+                for p in 0..32 {
+                    for i in 0..4 {
+                        out[144 + 32 * p + 4 * r + i] =
+                            (u[4 * p + i] & 0xf) | ((u[128 + 4 * p + i] & 0xf) << 4);
+                    }
+                }
+                for h in 0..16 {
+                    for i in 0..4 {
+                        let mut byte = 0u8;
+                        for m in 0..4 {
+                            byte |= (u[4 * (h + 16 * m) + i] >> 4) << (2 * m);
+                        }
+                        out[1168 + 32 * h + 4 * r + i] = byte;
+                    }
+                }
+            }
+        }
         _ => unreachable!("pack checks the format"),
     }
 }
@@ -144,42 +198,56 @@ pub fn unpack_row(dtype: DType, data: &[u8], cols: usize, r: usize, out: &mut Ve
                     out.extend_from_slice(&gb[16 + 32 * s + 4 * i..][..4]);
                 }
             }
+            DType::Q4_K => {
+                out.extend_from_slice(&gb[16 + 2 * i..][..2]);
+                out.extend((0..12).map(|k| gb[32 + 8 * k + i]));
+                for c in 0..4 {
+                    for st in 0..8 {
+                        out.extend_from_slice(&gb[128 + 256 * c + 32 * st + 4 * i..][..4]);
+                    }
+                }
+            }
+            DType::Q6_K => {
+                // `d` went first above; Q6_K keeps it last.
+                out.truncate(start);
+                let mut u = [0u8; 256];
+                for p in 0..32 {
+                    for k in 0..4 {
+                        let byte = gb[144 + 32 * p + 4 * i + k];
+                        u[4 * p + k] = byte & 0xf;
+                        u[128 + 4 * p + k] = byte >> 4;
+                    }
+                }
+                for h in 0..16 {
+                    for k in 0..4 {
+                        let byte = gb[1168 + 32 * h + 4 * i + k];
+                        for m in 0..4 {
+                            u[4 * (h + 16 * m) + k] |= ((byte >> (2 * m)) & 3) << 4;
+                        }
+                    }
+                }
+                let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
+                for h in 0..2 {
+                    for k in 0..4 {
+                        for l in 0..32 {
+                            let v = u[128 * h + 32 * k + l];
+                            ql[64 * h + 32 * (k % 2) + l] |= (v & 0xf) << (4 * (k / 2));
+                            qh[32 * h + l] |= (v >> 4) << (2 * k);
+                        }
+                    }
+                }
+                out.extend_from_slice(&ql);
+                out.extend_from_slice(&qh);
+                out.extend((0..16).map(|j| gb[16 + 8 * j + i]));
+                out.extend_from_slice(&gb[2 * i..2 * i + 2]);
+            }
             _ => unreachable!("checked above"),
         }
         debug_assert_eq!(out.len() - start, bb);
     }
 }
 
-/// The `cols` codes of row `r` of a packed group block `gb`, as unsigned `q + offset`, with the
-/// offset ([`packed_offset`]) and the row's scale.
-fn block_codes(dtype: DType, gb: &[u8], r: usize) -> ([i32; 32], f32) {
-    let d = f16_le([gb[2 * r], gb[2 * r + 1]]);
-    let mut q = [0i32; 32];
-    match dtype {
-        DType::Q8_0 => {
-            for k in 0..8 {
-                for i in 0..4 {
-                    q[4 * k + i] = i32::from(gb[16 + 32 * k + 4 * r + i]);
-                }
-            }
-        }
-        DType::Q5_0 => {
-            for k in 0..8 {
-                let m = u32::from_le_bytes(gb[144 + 4 * k..][..4].try_into().expect("4"));
-                for i in 0..4 {
-                    let byte = gb[16 + 32 * (k % 4) + 4 * r + i];
-                    let nib = if k < 4 { byte & 0xf } else { byte >> 4 };
-                    let hb = (m >> (4 * r + i)) & 1;
-                    q[4 * k + i] = i32::from(nib) | (hb << 4) as i32;
-                }
-            }
-        }
-        _ => unreachable!("callers check the format"),
-    }
-    (q, d)
-}
-
-/// The unsigned codes' offset: value = code - offset.
+/// The unsigned codes' offset of the legacy packed formats: value = code - offset.
 pub const fn packed_offset(dtype: DType) -> i32 {
     match dtype {
         DType::Q8_0 => 128,
@@ -194,9 +262,13 @@ pub const fn group_block_bytes(dtype: DType) -> usize {
 }
 
 /// Scalar reference of the packed kernels: `out[t][r]` for the 8 rows of the group `group`
-/// (`nb` group blocks) and `out.len()` Q8_0 activation rows `a_row` bytes apart in `a`. Per
-/// block the exact integer sum of value codes times activation codes, then `acc = fma(d_w · d_a,
-/// isum, acc)` in block order.
+/// (`nb` group blocks) and `out.len()` activation rows (of the format's vec-dot type: Q8_0 or
+/// Q8_K) `a_row` bytes apart in `a`. Each row is unpacked to the format's own layout and
+/// decoded with its block type; per block the exact integer sums, then in block order
+/// - Q8_0, Q5_0: `acc = fma(d_w · d_a, Σ q·y, acc)`;
+/// - Q4_K: `acc = fma(d_w · d_a, Σ_j sc_j Σ q·y, acc)`, then
+///   `acc = fma(-(dmin_w · d_a), Σ_j m_j bsum_j, acc)` (sub-blocks `j` of 32);
+/// - Q6_K: `acc = fma(d_w · d_a, Σ_j sc_j Σ q·y, acc)` (sub-blocks of 16, `q` in -32..32).
 ///
 /// # Panics
 /// If the format has no packed layout or a slice is short.
@@ -209,31 +281,81 @@ pub fn dot_packed_ref(
     out: &mut [[f32; PACK_ROWS]],
 ) {
     assert!(packable(dtype), "{} has no packed layout", dtype.name());
-    let gbb = group_block_bytes(dtype);
-    let off = packed_offset(dtype);
-    for (t, o) in out.iter_mut().enumerate() {
-        for (r, o) in o.iter_mut().enumerate() {
+    let cols = nb * dtype.block_len();
+    let row_bytes = nb * dtype.block_bytes();
+    let group = &group[..PACK_ROWS * row_bytes];
+    let ab = dtype.vec_dot_type().block_bytes();
+    for r in 0..PACK_ROWS {
+        let mut row = Vec::with_capacity(row_bytes);
+        unpack_row(dtype, group, cols, r, &mut row);
+        for (t, o) in out.iter_mut().enumerate() {
+            let a = &a[t * a_row..][..nb * ab];
             let mut acc = 0.0f32;
-            for b in 0..nb {
-                let (q, dw) = block_codes(dtype, &group[b * gbb..][..gbb], r);
-                let y = &a[t * a_row + b * 34..][..34];
-                let da = f16_le([y[0], y[1]]);
-                let isum: i32 = q
-                    .iter()
-                    .zip(&y[2..])
-                    .map(|(&q, &y)| (q - off) * i32::from(y as i8))
-                    .sum();
-                acc = (dw * da).mul_add(isum as f32, acc);
+            for (x, y) in row
+                .chunks_exact(dtype.block_bytes())
+                .zip(a.chunks_exact(ab))
+            {
+                acc = block_ref(dtype, x, y, acc);
             }
-            *o = acc;
+            o[r] = acc;
         }
+    }
+}
+
+/// One block of [`dot_packed_ref`]: `x` a weight block in the format's own layout, `y` an
+/// activation block.
+fn block_ref(dtype: DType, x: &[u8], y: &[u8], acc: f32) -> f32 {
+    let dot = |q: &[i8], y: &[i8]| -> i32 {
+        q.iter()
+            .zip(y)
+            .map(|(&q, &y)| i32::from(q) * i32::from(y))
+            .sum()
+    };
+    match dtype {
+        DType::Q8_0 | DType::Q5_0 => {
+            let y: &BlockQ8_0 = &as_blocks(y)[0];
+            let (q, d): ([i8; 32], f32) = if dtype == DType::Q8_0 {
+                let x: &BlockQ8_0 = &as_blocks(x)[0];
+                (x.qs, x.d())
+            } else {
+                let x: &BlockQ5_0 = &as_blocks(x)[0];
+                (fives(&x.qs, x.qh()).map(|q| q as i8 - 16), x.d())
+            };
+            (d * y.d()).mul_add(dot(&q, &y.qs) as f32, acc)
+        }
+        DType::Q4_K => {
+            let x: &BlockQ4K = &as_blocks(x)[0];
+            let y: &BlockQ8K = &as_blocks(y)[0];
+            let (sc, m) = scales_mins_k4(&x.scales);
+            let q = x.levels();
+            let total: i32 = (0..8)
+                .map(|j| i32::from(sc[j]) * dot(&q[32 * j..][..32], &y.qs[32 * j..][..32]))
+                .sum();
+            let msum: i32 = (0..8)
+                .map(|j| {
+                    i32::from(m[j]) * (i32::from(y.bsum(2 * j)) + i32::from(y.bsum(2 * j + 1)))
+                })
+                .sum();
+            let acc = (x.d() * y.d()).mul_add(total as f32, acc);
+            (-(x.dmin() * y.d())).mul_add(msum as f32, acc)
+        }
+        DType::Q6_K => {
+            let x: &BlockQ6K = &as_blocks(x)[0];
+            let y: &BlockQ8K = &as_blocks(y)[0];
+            let q = x.levels();
+            let total: i32 = (0..16)
+                .map(|j| i32::from(x.scales[j]) * dot(&q[16 * j..][..16], &y.qs[16 * j..][..16]))
+                .sum();
+            (x.d() * y.d()).mul_add(total as f32, acc)
+        }
+        _ => unreachable!("callers check the format"),
     }
 }
 
 /// [`dot_packed_ref`] as a [`crate::kernel::PackedFn`] (for CPUs without the SIMD kernels; the
 /// activations' side data is recomputed, not read).
 pub fn packed_ref_fn(dtype: DType) -> Option<crate::kernel::PackedFn> {
-    fn run<const Q5: bool>(
+    fn run<const F: u8>(
         nb: usize,
         group: &[u8],
         a: &[u8],
@@ -242,12 +364,14 @@ pub fn packed_ref_fn(dtype: DType) -> Option<crate::kernel::PackedFn> {
         n_tok: usize,
         out: &mut [[f32; PACK_ROWS]],
     ) {
-        let dtype = if Q5 { DType::Q5_0 } else { DType::Q8_0 };
+        let dtype = [DType::Q8_0, DType::Q5_0, DType::Q4_K, DType::Q6_K][usize::from(F)];
         dot_packed_ref(dtype, nb, group, a, a_row, &mut out[..n_tok]);
     }
     match dtype {
-        DType::Q8_0 => Some(run::<false>),
-        DType::Q5_0 => Some(run::<true>),
+        DType::Q8_0 => Some(run::<0>),
+        DType::Q5_0 => Some(run::<1>),
+        DType::Q4_K => Some(run::<2>),
+        DType::Q6_K => Some(run::<3>),
         _ => None,
     }
 }

@@ -284,7 +284,8 @@ fn packed_avx2<F: Packed>(
 }
 
 /// The packed kernel for `dtype` on this CPU: AVX-512 VNNI where available and not turned off,
-/// else AVX2; `None` without AVX2 or for a format without a packed layout.
+/// else AVX2 (Q8_0, Q5_0; the K-quants have VNNI kernels only); `None` without them or for a
+/// format without a packed layout.
 pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
     if active_isa() != Isa::Avx2 {
         return None;
@@ -295,6 +296,256 @@ pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
         (DType::Q8_0, false) => packed_avx2::<Q8_0>,
         (DType::Q5_0, true) => packed_vnni::<Q5_0>,
         (DType::Q5_0, false) => packed_avx2::<Q5_0>,
+        (DType::Q4_K, true) => packed_q4k_vnni,
+        (DType::Q6_K, true) => packed_q6k_vnni,
         _ => return None,
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// K-quants: Q4_K and Q6_K against Q8_K activations, with AVX-512 VNNI.
+
+/// Bytes of a Q8_K activation block: `d` (f32), 256 codes, 16 sums of 16.
+const K_BLOCK: usize = DType::Q8_K.block_bytes();
+
+/// The 8 rows' byte `i` of a transposed table at `p` (8 bytes per `i`), zero-extended to lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn lanes_u8(p: *const u8, i: usize) -> __m256i {
+    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * i).cast()))
+}
+
+/// Q4_K's 6-bit scale of sub-block `j` for the 8 rows, from the transposed scale bytes at `st`
+/// (the unpacking of `scales_mins_k4`, lanes for rows).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4k_scale(st: *const u8, j: usize) -> __m256i {
+    if j < 4 {
+        _mm256_and_si256(lanes_u8(st, j), _mm256_set1_epi32(63))
+    } else {
+        _mm256_or_si256(
+            _mm256_and_si256(lanes_u8(st, j + 4), _mm256_set1_epi32(0x0f)),
+            _mm256_and_si256(
+                _mm256_srli_epi32::<2>(lanes_u8(st, j - 4)),
+                _mm256_set1_epi32(0x30),
+            ),
+        )
+    }
+}
+
+/// Q4_K's 6-bit min of sub-block `j` for the 8 rows, as [`q4k_scale`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4k_min(st: *const u8, j: usize) -> __m256i {
+    if j < 4 {
+        _mm256_and_si256(lanes_u8(st, j + 4), _mm256_set1_epi32(63))
+    } else {
+        _mm256_or_si256(
+            _mm256_srli_epi32::<4>(lanes_u8(st, j + 4)),
+            _mm256_and_si256(
+                _mm256_srli_epi32::<2>(lanes_u8(st, j)),
+                _mm256_set1_epi32(0x30),
+            ),
+        )
+    }
+}
+
+/// One Q4_K group × `T` (at most 4) Q8_K tokens (see [`crate::quant::packed`]): per block
+/// `acc = fma(d·d_a, Σ_j sc_j isum_j, acc)`, then `acc = fma(-(dmin·d_a), Σ_j m_j bsum_j, acc)`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, AVX2, FMA, F16C; `g` points at `nb` group blocks, `a` at `T` Q8_K rows
+/// of `nb` blocks `a_row` bytes apart, `out` at `T` outputs.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn group_q4k_vnni<const T: usize>(
+    nb: usize,
+    g: *const u8,
+    a: *const u8,
+    a_row: usize,
+    out: *mut [f32; PACK_ROWS],
+) {
+    const GB: usize = group_block_bytes(DType::Q4_K);
+    let m4 = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let gb = g.add(b * GB);
+        let st = gb.add(32);
+        let mut total = [_mm256_setzero_si256(); T];
+        for c in 0..4 {
+            let (j0, j1) = (2 * c, 2 * c + 1);
+            // The 6-bit scales of sub-blocks 2c and 2c+1.
+            let (s0, s1) = (q4k_scale(st, j0), q4k_scale(st, j1));
+            let mut lo = [_mm256_setzero_si256(); T];
+            let mut hi = [_mm256_setzero_si256(); T];
+            for s in 0..8 {
+                let q = _mm256_loadu_si256(gb.add(128 + 256 * c + 32 * s).cast());
+                let ql = _mm256_and_si256(q, m4);
+                let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                for t in 0..T {
+                    let y = a.add(t * a_row + b * K_BLOCK + 4 + 64 * c + 4 * s);
+                    let yl = _mm256_set1_epi32(read_unaligned(y.cast::<i32>()));
+                    let yh = _mm256_set1_epi32(read_unaligned(y.add(32).cast::<i32>()));
+                    lo[t] = _mm256_dpbusd_epi32(lo[t], ql, yl);
+                    hi[t] = _mm256_dpbusd_epi32(hi[t], qh, yh);
+                }
+            }
+            for t in 0..T {
+                let s =
+                    _mm256_add_epi32(_mm256_mullo_epi32(lo[t], s0), _mm256_mullo_epi32(hi[t], s1));
+                total[t] = _mm256_add_epi32(total[t], s);
+            }
+        }
+        // The mins, as 16-bit pairs (m_{2i}, m_{2i+1}) per row.
+        let mut mp = [_mm256_setzero_si256(); 4];
+        for (i, mp) in mp.iter_mut().enumerate() {
+            *mp = _mm256_or_si256(
+                q4k_min(st, 2 * i),
+                _mm256_slli_epi32::<16>(q4k_min(st, 2 * i + 1)),
+            );
+        }
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.cast()));
+        let dmw = _mm256_cvtph_ps(_mm_loadu_si128(gb.add(16).cast()));
+        for t in 0..T {
+            let y = a.add(t * a_row + b * K_BLOCK);
+            // Sums of the sub-blocks of 32 (lane j), packed to 16 bits: dwords 0, 1, 4, 5 hold
+            // the pairs (2i, 2i+1) for i = 0..4.
+            let bs = _mm256_madd_epi16(_mm256_loadu_si256(y.add(260).cast()), ones);
+            let bp = _mm256_packs_epi32(bs, bs);
+            let mut msum = _mm256_setzero_si256();
+            for (i, mp) in mp.iter().enumerate() {
+                let idx = _mm256_set1_epi32([0, 1, 4, 5][i]);
+                let pair = _mm256_permutevar8x32_epi32(bp, idx);
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*mp, pair));
+            }
+            let da = _mm256_set1_ps(read_unaligned(y.cast::<f32>()));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(total[t]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmw, da), _mm256_cvtepi32_ps(msum), acc[t]);
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(t).cast(), *acc);
+    }
+}
+
+/// A quarter `M` of a Q6_K group block (registers `16M .. 16M+16`, sub-blocks `4M .. 4M+4`)
+/// for `T` tokens: `total[t] += Σ_j sc_j isum_j`. The quarter is a const so every shift and
+/// offset of its registers is fixed at compile time.
+///
+/// # Safety
+/// As [`group_q6k_vnni`] for the group block at `gb` and block `b` of the tokens.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6k_quarter<const M: usize, const T: usize>(
+    gb: *const u8,
+    a: *const u8,
+    a_row: usize,
+    b: usize,
+    total: &mut [__m256i; T],
+) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m30 = _mm256_set1_epi8(0x30);
+    for jj in 0..4 {
+        let j = 4 * M + jj;
+        let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(gb.add(16 + 8 * j).cast()));
+        let mut isum = [_mm256_setzero_si256(); T];
+        for t in 0..T {
+            let y = a.add(t * a_row + b * K_BLOCK);
+            let bsum = i32::from(read_unaligned(y.add(260 + 2 * j).cast::<i16>()));
+            isum[t] = _mm256_set1_epi32(-32 * bsum);
+        }
+        for kk in 0..4 {
+            let h = 4 * jj + kk;
+            let k = 16 * M + h;
+            let q = _mm256_loadu_si256(gb.add(144 + 32 * (16 * (M % 2) + h)).cast());
+            let q = if M < 2 { q } else { _mm256_srli_epi16::<4>(q) };
+            let hb = _mm256_loadu_si256(gb.add(1168 + 32 * h).cast());
+            let hb = match M {
+                0 => _mm256_slli_epi16::<4>(hb),
+                1 => _mm256_slli_epi16::<2>(hb),
+                2 => hb,
+                _ => _mm256_srli_epi16::<2>(hb),
+            };
+            let u = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_and_si256(hb, m30));
+            for t in 0..T {
+                let y = a.add(t * a_row + b * K_BLOCK + 4 + 4 * k);
+                let yw = _mm256_set1_epi32(read_unaligned(y.cast::<i32>()));
+                isum[t] = _mm256_dpbusd_epi32(isum[t], u, yw);
+            }
+        }
+        for t in 0..T {
+            total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(isum[t], sc));
+        }
+    }
+}
+
+/// One Q6_K group × `T` Q8_K tokens: per block `acc = fma(d·d_a, Σ_j sc_j isum_j, acc)` over the
+/// 16 sub-blocks of 16, the codes unsigned (`q + 32`) and each sub-block's sum started at
+/// `-32 · bsum_j`.
+///
+/// # Safety
+/// As [`group_q4k_vnni`], for Q6_K groups.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn group_q6k_vnni<const T: usize>(
+    nb: usize,
+    g: *const u8,
+    a: *const u8,
+    a_row: usize,
+    out: *mut [f32; PACK_ROWS],
+) {
+    const GB: usize = group_block_bytes(DType::Q6_K);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let gb = g.add(b * GB);
+        let mut total = [_mm256_setzero_si256(); T];
+        q6k_quarter::<0, T>(gb, a, a_row, b, &mut total);
+        q6k_quarter::<1, T>(gb, a, a_row, b, &mut total);
+        q6k_quarter::<2, T>(gb, a, a_row, b, &mut total);
+        q6k_quarter::<3, T>(gb, a, a_row, b, &mut total);
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.cast()));
+        for t in 0..T {
+            let da = _mm256_set1_ps(read_unaligned(a.add(t * a_row + b * K_BLOCK).cast::<f32>()));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(total[t]), acc[t]);
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(t).cast(), *acc);
+    }
+}
+
+/// A K-quant [`PackedFn`]: tokens `chunk` at a time through `kernel`.
+macro_rules! packed_k {
+    ($name:ident, $kernel:ident, $dtype:expr, $chunk:expr) => {
+        fn $name(
+            nb: usize,
+            group: &[u8],
+            a: &[u8],
+            a_row: usize,
+            _aux: &[ActBlock],
+            n_tok: usize,
+            out: &mut [[f32; PACK_ROWS]],
+        ) {
+            assert!((1..=COLS_MAX).contains(&n_tok), "1 to {COLS_MAX} tokens, not {n_tok}");
+            assert!(group.len() >= nb * group_block_bytes($dtype), "a packed group of {nb} blocks");
+            assert!(
+                a_row >= nb * K_BLOCK && a.len() >= (n_tok - 1) * a_row + nb * K_BLOCK,
+                "{n_tok} activation rows of {nb} blocks"
+            );
+            assert!(out.len() >= n_tok);
+            let mut t0 = 0;
+            while t0 < n_tok {
+                let n = (n_tok - t0).min($chunk);
+                let (g, ap, o) = (group.as_ptr(), a[t0 * a_row..].as_ptr(), out[t0..].as_mut_ptr());
+                // SAFETY: `packed_fn` hands this out only where the CPU has the features; tokens
+                // `t0 .. t0 + n` lie inside the rows checked above.
+                crate::kernel::for_tokens!(n, T => unsafe { $kernel::<T>(nb, g, ap, a_row, o) });
+                t0 += n;
+            }
+        }
+    };
+}
+
+packed_k!(packed_q4k_vnni, group_q4k_vnni, DType::Q4_K, 4);
+packed_k!(packed_q6k_vnni, group_q6k_vnni, DType::Q6_K, 8);
