@@ -259,8 +259,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, LoadError> {
 }
 
 /// What `held_in_memory` says when matrices were repacked.
-const PACKED_NOTE: &str = "Q8_0, Q5_0 and (with AVX-512 VNNI) Q4_K matrices: repacked at load \
-                           into groups of 8 rows, in memory of their own";
+const PACKED_NOTE: &str =
+    "Q8_0, Q5_0 and Q4_K matrices: repacked at load into groups of 8 rows, in memory of their own";
 
 /// Bytes of the safetensors files in a checkpoint folder (0 where it cannot be listed: loading
 /// then says what is wrong).

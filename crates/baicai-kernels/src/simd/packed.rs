@@ -297,6 +297,7 @@ pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
         (DType::Q5_0, true) => packed_vnni::<Q5_0>,
         (DType::Q5_0, false) => packed_avx2::<Q5_0>,
         (DType::Q4_K, true) => packed_q4k_vnni,
+        (DType::Q4_K, false) => packed_q4k_avx2,
         (DType::Q6_K, true) => packed_q6k_vnni,
         _ => return None,
     })
@@ -307,6 +308,13 @@ pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
 
 /// Bytes of a Q8_K activation block: `d` (f32), 256 codes, 16 sums of 16.
 const K_BLOCK: usize = DType::Q8_K.block_bytes();
+
+/// [`lanes_u8`] with AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lanes_u8_avx2(p: *const u8, i: usize) -> __m256i {
+    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * i).cast()))
+}
 
 /// The 8 rows' byte `i` of a transposed table at `p` (8 bytes per `i`), zero-extended to lanes.
 #[inline]
@@ -350,84 +358,164 @@ unsafe fn q4k_min(st: *const u8, j: usize) -> __m256i {
     }
 }
 
-/// One Q4_K group × `T` (at most 4) Q8_K tokens (see [`crate::quant::packed`]): per block
-/// `acc = fma(d·d_a, Σ_j sc_j isum_j, acc)`, then `acc = fma(-(dmin·d_a), Σ_j m_j bsum_j, acc)`.
-///
-/// # Safety
-/// AVX-512 F/BW/VL/VNNI, AVX2, FMA, F16C; `g` points at `nb` group blocks, `a` at `T` Q8_K rows
-/// of `nb` blocks `a_row` bytes apart, `out` at `T` outputs.
+/// [`q4k_scale`] with AVX2: Q4_K's 6-bit scale of sub-block `j` for the 8 rows, from the transposed scale bytes at `st`
+/// (the unpacking of `scales_mins_k4`, lanes for rows).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn group_q4k_vnni<const T: usize>(
-    nb: usize,
-    g: *const u8,
-    a: *const u8,
-    a_row: usize,
-    out: *mut [f32; PACK_ROWS],
-) {
-    const GB: usize = group_block_bytes(DType::Q4_K);
-    let m4 = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..nb {
-        let gb = g.add(b * GB);
-        let st = gb.add(32);
-        let mut total = [_mm256_setzero_si256(); T];
-        for c in 0..4 {
-            let (j0, j1) = (2 * c, 2 * c + 1);
-            // The 6-bit scales of sub-blocks 2c and 2c+1.
-            let (s0, s1) = (q4k_scale(st, j0), q4k_scale(st, j1));
-            let mut lo = [_mm256_setzero_si256(); T];
-            let mut hi = [_mm256_setzero_si256(); T];
-            for s in 0..8 {
-                let q = _mm256_loadu_si256(gb.add(128 + 256 * c + 32 * s).cast());
-                let ql = _mm256_and_si256(q, m4);
-                let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                for t in 0..T {
-                    let y = a.add(t * a_row + b * K_BLOCK + 4 + 64 * c + 4 * s);
-                    let yl = _mm256_set1_epi32(read_unaligned(y.cast::<i32>()));
-                    let yh = _mm256_set1_epi32(read_unaligned(y.add(32).cast::<i32>()));
-                    lo[t] = _mm256_dpbusd_epi32(lo[t], ql, yl);
-                    hi[t] = _mm256_dpbusd_epi32(hi[t], qh, yh);
-                }
-            }
-            for t in 0..T {
-                let s =
-                    _mm256_add_epi32(_mm256_mullo_epi32(lo[t], s0), _mm256_mullo_epi32(hi[t], s1));
-                total[t] = _mm256_add_epi32(total[t], s);
-            }
-        }
-        // The mins, as 16-bit pairs (m_{2i}, m_{2i+1}) per row.
-        let mut mp = [_mm256_setzero_si256(); 4];
-        for (i, mp) in mp.iter_mut().enumerate() {
-            *mp = _mm256_or_si256(
-                q4k_min(st, 2 * i),
-                _mm256_slli_epi32::<16>(q4k_min(st, 2 * i + 1)),
-            );
-        }
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.cast()));
-        let dmw = _mm256_cvtph_ps(_mm_loadu_si128(gb.add(16).cast()));
-        for t in 0..T {
-            let y = a.add(t * a_row + b * K_BLOCK);
-            // Sums of the sub-blocks of 32 (lane j), packed to 16 bits: dwords 0, 1, 4, 5 hold
-            // the pairs (2i, 2i+1) for i = 0..4.
-            let bs = _mm256_madd_epi16(_mm256_loadu_si256(y.add(260).cast()), ones);
-            let bp = _mm256_packs_epi32(bs, bs);
-            let mut msum = _mm256_setzero_si256();
-            for (i, mp) in mp.iter().enumerate() {
-                let idx = _mm256_set1_epi32([0, 1, 4, 5][i]);
-                let pair = _mm256_permutevar8x32_epi32(bp, idx);
-                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*mp, pair));
-            }
-            let da = _mm256_set1_ps(read_unaligned(y.cast::<f32>()));
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(total[t]), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmw, da), _mm256_cvtepi32_ps(msum), acc[t]);
-        }
-    }
-    for (t, acc) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out.add(t).cast(), *acc);
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_scale_avx2(st: *const u8, j: usize) -> __m256i {
+    if j < 4 {
+        _mm256_and_si256(lanes_u8_avx2(st, j), _mm256_set1_epi32(63))
+    } else {
+        _mm256_or_si256(
+            _mm256_and_si256(lanes_u8_avx2(st, j + 4), _mm256_set1_epi32(0x0f)),
+            _mm256_and_si256(
+                _mm256_srli_epi32::<2>(lanes_u8_avx2(st, j - 4)),
+                _mm256_set1_epi32(0x30),
+            ),
+        )
     }
 }
+
+/// [`q4k_min`] with AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_min_avx2(st: *const u8, j: usize) -> __m256i {
+    if j < 4 {
+        _mm256_and_si256(lanes_u8_avx2(st, j + 4), _mm256_set1_epi32(63))
+    } else {
+        _mm256_or_si256(
+            _mm256_srli_epi32::<4>(lanes_u8_avx2(st, j + 4)),
+            _mm256_and_si256(
+                _mm256_srli_epi32::<2>(lanes_u8_avx2(st, j)),
+                _mm256_set1_epi32(0x30),
+            ),
+        )
+    }
+}
+
+/// The Q4_K group kernel, for an instruction set: `$dot4(acc, u, y)` adds to each 32-bit lane
+/// the products of its four unsigned and four signed bytes (exactly: `vpdpbusd`, or `maddubs`
+/// then `madd` where no product pair can saturate 16 bits, as here: 15 · 127 · 2 < 2^15).
+macro_rules! q4k_group {
+    ($name:ident, $features:literal, $dot4:path, $scale:ident, $min:ident) => {
+        /// One Q4_K group × `T` Q8_K tokens (see [`crate::quant::packed`]): per block
+        /// `acc = fma(d·d_a, Σ_j sc_j isum_j, acc)`, then
+        /// `acc = fma(-(dmin·d_a), Σ_j m_j bsum_j, acc)`.
+        ///
+        /// # Safety
+        /// The CPU has the kernel's features; `g` points at `nb` group blocks, `a` at `T` Q8_K
+        /// rows of `nb` blocks `a_row` bytes apart, `out` at `T` outputs.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const T: usize>(
+            nb: usize,
+            g: *const u8,
+            a: *const u8,
+            a_row: usize,
+            out: *mut [f32; PACK_ROWS],
+        ) {
+            const GB: usize = group_block_bytes(DType::Q4_K);
+            let m4 = _mm256_set1_epi8(0x0f);
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let gb = g.add(b * GB);
+                let st = gb.add(32);
+                let mut total = [_mm256_setzero_si256(); T];
+                for c in 0..4 {
+                    let (j0, j1) = (2 * c, 2 * c + 1);
+                    // The 6-bit scales of sub-blocks 2c and 2c+1.
+                    let (s0, s1) = ($scale(st, j0), $scale(st, j1));
+                    let mut lo = [_mm256_setzero_si256(); T];
+                    let mut hi = [_mm256_setzero_si256(); T];
+                    for s in 0..8 {
+                        let q = _mm256_loadu_si256(gb.add(128 + 256 * c + 32 * s).cast());
+                        let ql = _mm256_and_si256(q, m4);
+                        let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                        for t in 0..T {
+                            let y = a.add(t * a_row + b * K_BLOCK + 4 + 64 * c + 4 * s);
+                            let yl = _mm256_set1_epi32(read_unaligned(y.cast::<i32>()));
+                            let yh = _mm256_set1_epi32(read_unaligned(y.add(32).cast::<i32>()));
+                            lo[t] = $dot4(lo[t], ql, yl);
+                            hi[t] = $dot4(hi[t], qh, yh);
+                        }
+                    }
+                    for t in 0..T {
+                        let s = _mm256_add_epi32(
+                            _mm256_mullo_epi32(lo[t], s0),
+                            _mm256_mullo_epi32(hi[t], s1),
+                        );
+                        total[t] = _mm256_add_epi32(total[t], s);
+                    }
+                }
+                // The mins, as 16-bit pairs (m_{2i}, m_{2i+1}) per row.
+                let mut mp = [_mm256_setzero_si256(); 4];
+                for (i, mp) in mp.iter_mut().enumerate() {
+                    *mp = _mm256_or_si256(
+                        $min(st, 2 * i),
+                        _mm256_slli_epi32::<16>($min(st, 2 * i + 1)),
+                    );
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.cast()));
+                let dmw = _mm256_cvtph_ps(_mm_loadu_si128(gb.add(16).cast()));
+                for t in 0..T {
+                    let y = a.add(t * a_row + b * K_BLOCK);
+                    // Sums of the sub-blocks of 32 (lane j), packed to 16 bits: dwords 0, 1, 4, 5 hold
+                    // the pairs (2i, 2i+1) for i = 0..4.
+                    let bs = _mm256_madd_epi16(_mm256_loadu_si256(y.add(260).cast()), ones);
+                    let bp = _mm256_packs_epi32(bs, bs);
+                    let mut msum = _mm256_setzero_si256();
+                    for (i, mp) in mp.iter().enumerate() {
+                        let idx = _mm256_set1_epi32([0, 1, 4, 5][i]);
+                        let pair = _mm256_permutevar8x32_epi32(bp, idx);
+                        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*mp, pair));
+                    }
+                    let da = _mm256_set1_ps(read_unaligned(y.cast::<f32>()));
+                    acc[t] = _mm256_fmadd_ps(
+                        _mm256_mul_ps(dw, da),
+                        _mm256_cvtepi32_ps(total[t]),
+                        acc[t],
+                    );
+                    acc[t] =
+                        _mm256_fnmadd_ps(_mm256_mul_ps(dmw, da), _mm256_cvtepi32_ps(msum), acc[t]);
+                }
+            }
+            for (t, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(t).cast(), *acc);
+            }
+        }
+    };
+}
+
+/// `vpdpbusd` as a function for [`q4k_group`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot4_vnni(acc: __m256i, u: __m256i, y: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, u, y)
+}
+
+/// [`dot4_vnni`] with AVX2, for unsigned bytes below 128 (`maddubs` pair sums cannot saturate).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_avx2(acc: __m256i, u: __m256i, y: __m256i) -> __m256i {
+    let pairs = _mm256_maddubs_epi16(u, y);
+    _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+q4k_group!(
+    group_q4k_vnni,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    dot4_vnni,
+    q4k_scale,
+    q4k_min
+);
+q4k_group!(
+    group_q4k_avx2,
+    "avx2,fma,f16c",
+    dot4_avx2,
+    q4k_scale_avx2,
+    q4k_min_avx2
+);
 
 /// A quarter `M` of a Q6_K group block (registers `16M .. 16M+16`, sub-blocks `4M .. 4M+4`)
 /// for `T` tokens: `total[t] += Σ_j sc_j isum_j`. The quarter is a const so every shift and
@@ -548,4 +636,6 @@ macro_rules! packed_k {
 }
 
 packed_k!(packed_q4k_vnni, group_q4k_vnni, DType::Q4_K, 4);
+// AVX2 has 16 registers: two tokens' sums at a time.
+packed_k!(packed_q4k_avx2, group_q4k_avx2, DType::Q4_K, 2);
 packed_k!(packed_q6k_vnni, group_q6k_vnni, DType::Q6_K, 8);
