@@ -246,9 +246,21 @@ pub struct WeightStore {
     unsupported: HashMap<String, String>,
     /// Whether matrices of formats with a packed layout are packed as they are taken.
     pack: bool,
-    /// Packed copies made so far, by tensor name, so a tensor taken twice (tied embeddings) is
-    /// packed once.
-    packed: Mutex<HashMap<String, Bytes>>,
+    /// How each tensor of a packable format was served so far, by name: a tensor taken twice
+    /// (tied embeddings) is packed once, and one served in its own layout is never released.
+    packed: Mutex<HashMap<String, Packing>>,
+}
+
+/// How a tensor of a packable format was served (see [`WeightStore::set_packing`]).
+enum Packing {
+    /// In the file's layout: its bytes are in use.
+    Plain,
+    /// Packed as `rows` × `cols`; the file's bytes were released.
+    Packed {
+        cols: usize,
+        rows: usize,
+        bytes: Bytes,
+    },
 }
 
 impl WeightStore {
@@ -385,29 +397,46 @@ impl WeightStore {
         if !self.pack || !baicai_kernels::dispatch::pack_at_load(e.dtype) {
             return Ok(lin);
         }
-        let key = format!("{name}/{cols}");
-        let mut cache = self.packed.lock().unwrap_or_else(|p| p.into_inner());
-        let done = cache.get(&key).filter(|b| b.len == lin.bytes.len).cloned();
-        if !(group_rows.is_multiple_of(PACK_ROWS) && rows.is_multiple_of(PACK_ROWS)) {
-            // The original bytes of a tensor packed before were released: a request that cannot
-            // use the groups gets the rows unpacked from the packed copy.
-            if let Some(b) = done {
-                let mut v = Vec::with_capacity(b.len);
-                for r in 0..rows {
-                    packed::unpack_row(e.dtype, b.as_slice(), cols, r, &mut v);
+        let aligned = group_rows.is_multiple_of(PACK_ROWS) && rows.is_multiple_of(PACK_ROWS);
+        let mut seen = self.packed.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = match seen.get(name) {
+            // Served in its own layout before: it stays so (its bytes are still in use).
+            Some(Packing::Plain) => return Ok(lin),
+            Some(Packing::Packed {
+                cols: c,
+                rows: r,
+                bytes,
+            }) => {
+                if *c == cols && aligned {
+                    bytes.clone()
+                } else {
+                    // The original bytes were released: a request that cannot use these groups
+                    // gets the tensor unpacked from the packed copy.
+                    let mut v = Vec::with_capacity(bytes.len);
+                    for i in 0..*r {
+                        packed::unpack_row(e.dtype, bytes.as_slice(), *c, i, &mut v);
+                    }
+                    lin.bytes = Bytes::owned(v);
+                    return Ok(lin);
                 }
-                lin.bytes = Bytes::owned(v);
             }
-            return Ok(lin);
-        }
-        let bytes = match done {
-            Some(b) => b,
             None => {
-                let Some(v) = pack_released(e, rows, cols) else {
+                let v = if aligned {
+                    pack_released(e, rows, cols)
+                } else {
+                    None
+                };
+                let Some(v) = v else {
+                    seen.insert(name.to_string(), Packing::Plain);
                     return Ok(lin);
                 };
                 let b = Bytes::owned(v);
-                cache.insert(key, b.clone());
+                let state = Packing::Packed {
+                    cols,
+                    rows,
+                    bytes: b.clone(),
+                };
+                seen.insert(name.to_string(), state);
                 b
             }
         };
