@@ -28,10 +28,12 @@
 //!   original `qs[32c + 4s ..][..4]` of row `r` (low nibbles values `64c + 4s ..` of sub-block
 //!   `2c`, high nibbles values `64c + 32 + 4s ..` of sub-block `2c + 1`).
 //! - **Q6_K** (1680 bytes): the 8 `d` (16 bytes), the 16 scales transposed (byte `8j + r`: 128
-//!   bytes), 32 registers of low nibbles (register `p`, byte `4r + i`: the low four bits of the
-//!   unsigned code `q + 32` of value `4p + i` of row `r` in its low nibble and of value
-//!   `128 + 4p + i` in its high nibble), then 16 registers of high bits (register `h`, byte
-//!   `4r + i`, bits `2m .. 2m+2`: the top two bits of the code of value `4(h + 16m) + i`).
+//!   bytes), then per sub-block `j` of 16 values three registers, in the order the kernel reads
+//!   them: two of nibbles (byte `4r + i` of the first: the low four bits of the unsigned code
+//!   `q + 32` of value `16j + i` of row `r` in its low nibble and of value `16j + 4 + i` in its
+//!   high nibble; the second likewise for values `16j + 8 + i` and `16j + 12 + i`), and one of
+//!   high bits (byte `4r + i`, bits `2kk .. 2kk+2`: the top two bits of the code of value
+//!   `16j + 4kk + i`).
 //!
 //! The numerics ([`dot_packed_ref`]) are the natural ones and the same on every path (decode,
 //! small batches, prompts): per block the exact integer sum `isum` of codes times activation
@@ -146,19 +148,13 @@ fn pack_block(dtype: DType, x: [&[u8]; PACK_ROWS], out: &mut [u8]) {
                     out[16 + 8 * j + r] = blk.scales[j] as u8;
                 }
                 let u = blk.levels().map(|q| (q + 32) as u8);
-                for p in 0..32 {
+                for j in 0..16 {
+                    let sb = 144 + 96 * j + 4 * r;
                     for i in 0..4 {
-                        out[144 + 32 * p + 4 * r + i] =
-                            (u[4 * p + i] & 0xf) | ((u[128 + 4 * p + i] & 0xf) << 4);
-                    }
-                }
-                for h in 0..16 {
-                    for i in 0..4 {
-                        let mut byte = 0u8;
-                        for m in 0..4 {
-                            byte |= (u[4 * (h + 16 * m) + i] >> 4) << (2 * m);
-                        }
-                        out[1168 + 32 * h + 4 * r + i] = byte;
+                        let v = |kk: usize| u[4 * (4 * j + kk) + i];
+                        out[sb + i] = (v(0) & 0xf) | ((v(1) & 0xf) << 4);
+                        out[sb + 32 + i] = (v(2) & 0xf) | ((v(3) & 0xf) << 4);
+                        out[sb + 64 + i] = (0..4).map(|kk| (v(kk) >> 4) << (2 * kk)).sum();
                     }
                 }
             }
@@ -211,18 +207,13 @@ pub fn unpack_row(dtype: DType, data: &[u8], cols: usize, r: usize, out: &mut Ve
                 // `d` went first above; Q6_K keeps it last.
                 out.truncate(start);
                 let mut u = [0u8; 256];
-                for p in 0..32 {
+                for j in 0..16 {
+                    let sb = 144 + 96 * j + 4 * i;
                     for k in 0..4 {
-                        let byte = gb[144 + 32 * p + 4 * i + k];
-                        u[4 * p + k] = byte & 0xf;
-                        u[128 + 4 * p + k] = byte >> 4;
-                    }
-                }
-                for h in 0..16 {
-                    for k in 0..4 {
-                        let byte = gb[1168 + 32 * h + 4 * i + k];
-                        for m in 0..4 {
-                            u[4 * (h + 16 * m) + k] |= ((byte >> (2 * m)) & 3) << 4;
+                        let (a, b, h) = (gb[sb + k], gb[sb + 32 + k], gb[sb + 64 + k]);
+                        let nib = [a & 0xf, a >> 4, b & 0xf, b >> 4];
+                        for (kk, n) in nib.iter().enumerate() {
+                            u[4 * (4 * j + kk) + k] = n | (((h >> (2 * kk)) & 3) << 4);
                         }
                     }
                 }

@@ -284,8 +284,7 @@ fn packed_avx2<F: Packed>(
 }
 
 /// The packed kernel for `dtype` on this CPU: AVX-512 VNNI where available and not turned off,
-/// else AVX2 (Q8_0, Q5_0; the K-quants have VNNI kernels only); `None` without them or for a
-/// format without a packed layout.
+/// else AVX2 (bit-identical); `None` without them or for a format without a packed layout.
 pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
     if active_isa() != Isa::Avx2 {
         return None;
@@ -299,6 +298,7 @@ pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
         (DType::Q4_K, true) => packed_q4k_vnni,
         (DType::Q4_K, false) => packed_q4k_avx2,
         (DType::Q6_K, true) => packed_q6k_vnni,
+        (DType::Q6_K, false) => packed_q6k_avx2,
         _ => return None,
     })
 }
@@ -517,91 +517,121 @@ q4k_group!(
     q4k_min_avx2
 );
 
-/// A quarter `M` of a Q6_K group block (registers `16M .. 16M+16`, sub-blocks `4M .. 4M+4`)
-/// for `T` tokens: `total[t] += Σ_j sc_j isum_j`. The quarter is a const so every shift and
-/// offset of its registers is fixed at compile time.
-///
-/// # Safety
-/// As [`group_q6k_vnni`] for the group block at `gb` and block `b` of the tokens.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q6k_quarter<const M: usize, const T: usize>(
-    gb: *const u8,
-    a: *const u8,
-    a_row: usize,
-    b: usize,
-    total: &mut [__m256i; T],
-) {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m30 = _mm256_set1_epi8(0x30);
-    for jj in 0..4 {
-        let j = 4 * M + jj;
-        let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(gb.add(16 + 8 * j).cast()));
-        let mut isum = [_mm256_setzero_si256(); T];
-        for t in 0..T {
-            let y = a.add(t * a_row + b * K_BLOCK);
-            let bsum = i32::from(read_unaligned(y.add(260 + 2 * j).cast::<i16>()));
-            isum[t] = _mm256_set1_epi32(-32 * bsum);
-        }
-        for kk in 0..4 {
-            let h = 4 * jj + kk;
-            let k = 16 * M + h;
-            let q = _mm256_loadu_si256(gb.add(144 + 32 * (16 * (M % 2) + h)).cast());
-            let q = if M < 2 { q } else { _mm256_srli_epi16::<4>(q) };
-            let hb = _mm256_loadu_si256(gb.add(1168 + 32 * h).cast());
-            let hb = match M {
-                0 => _mm256_slli_epi16::<4>(hb),
-                1 => _mm256_slli_epi16::<2>(hb),
-                2 => hb,
-                _ => _mm256_srli_epi16::<2>(hb),
-            };
-            let u = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_and_si256(hb, m30));
+/// The Q6_K kernels (a sub-block and a group), for an instruction set, as [`q4k_group`] (codes
+/// below 64: `maddubs` pair sums stay below 2^15).
+macro_rules! q6k_group {
+    ($name:ident, $sub:ident, $features:literal, $dot4:path) => {
+        /// Sub-block `j` of a Q6_K group block (registers `4j .. 4j+4`, read in memory order) for `T`
+        /// tokens: `total[t] += sc_j · isum_j`, the sum started at `-32 · bsum_j`.
+        ///
+        /// # Safety
+        /// As the group kernel, for the group block at `gb` and block `b` of the tokens.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $sub<const T: usize>(
+            gb: *const u8,
+            j: usize,
+            a: *const u8,
+            a_row: usize,
+            b: usize,
+            total: &mut [__m256i; T],
+        ) {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let m30 = _mm256_set1_epi8(0x30);
+            let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(gb.add(16 + 8 * j).cast()));
+            let mut isum = [_mm256_setzero_si256(); T];
             for t in 0..T {
-                let y = a.add(t * a_row + b * K_BLOCK + 4 + 4 * k);
-                let yw = _mm256_set1_epi32(read_unaligned(y.cast::<i32>()));
-                isum[t] = _mm256_dpbusd_epi32(isum[t], u, yw);
+                let y = a.add(t * a_row + b * K_BLOCK);
+                let bsum = i32::from(read_unaligned(y.add(260 + 2 * j).cast::<i16>()));
+                isum[t] = _mm256_set1_epi32(-32 * bsum);
+            }
+            let sb = gb.add(144 + 96 * j);
+            let n0 = _mm256_loadu_si256(sb.cast());
+            let n1 = _mm256_loadu_si256(sb.add(32).cast());
+            let hb = _mm256_loadu_si256(sb.add(64).cast());
+            let nib = [
+                n0,
+                _mm256_srli_epi16::<4>(n0),
+                n1,
+                _mm256_srli_epi16::<4>(n1),
+            ];
+            let high = [
+                _mm256_slli_epi16::<4>(hb),
+                _mm256_slli_epi16::<2>(hb),
+                hb,
+                _mm256_srli_epi16::<2>(hb),
+            ];
+            for kk in 0..4 {
+                let u = _mm256_or_si256(
+                    _mm256_and_si256(nib[kk], m4),
+                    _mm256_and_si256(high[kk], m30),
+                );
+                for t in 0..T {
+                    let y = a.add(t * a_row + b * K_BLOCK + 4 + 4 * (4 * j + kk));
+                    let yw = _mm256_set1_epi32(read_unaligned(y.cast::<i32>()));
+                    isum[t] = $dot4(isum[t], u, yw);
+                }
+            }
+            for t in 0..T {
+                total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(isum[t], sc));
             }
         }
-        for t in 0..T {
-            total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(isum[t], sc));
+
+        /// One Q6_K group × `T` Q8_K tokens: per block `acc = fma(d·d_a, Σ_j sc_j isum_j, acc)` over the
+        /// 16 sub-blocks of 16, the codes unsigned (`q + 32`) and each sub-block's sum started at
+        /// `-32 · bsum_j`.
+        ///
+        /// # Safety
+        /// The CPU has the kernel's features; `g` points at `nb` group blocks, `a` at `T` Q8_K
+        /// rows of `nb` blocks `a_row` bytes apart, `out` at `T` outputs.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const T: usize>(
+            nb: usize,
+            g: *const u8,
+            a: *const u8,
+            a_row: usize,
+            out: *mut [f32; PACK_ROWS],
+        ) {
+            const GB: usize = group_block_bytes(DType::Q6_K);
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let gb = g.add(b * GB);
+                let mut total = [_mm256_setzero_si256(); T];
+                for j in 0..16 {
+                    $sub::<T>(gb, j, a, a_row, b, &mut total);
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.cast()));
+                for t in 0..T {
+                    let da = _mm256_set1_ps(read_unaligned(
+                        a.add(t * a_row + b * K_BLOCK).cast::<f32>(),
+                    ));
+                    acc[t] = _mm256_fmadd_ps(
+                        _mm256_mul_ps(dw, da),
+                        _mm256_cvtepi32_ps(total[t]),
+                        acc[t],
+                    );
+                }
+            }
+            for (t, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(t).cast(), *acc);
+            }
         }
-    }
+    };
 }
 
-/// One Q6_K group × `T` Q8_K tokens: per block `acc = fma(d·d_a, Σ_j sc_j isum_j, acc)` over the
-/// 16 sub-blocks of 16, the codes unsigned (`q + 32`) and each sub-block's sum started at
-/// `-32 · bsum_j`.
-///
-/// # Safety
-/// As [`group_q4k_vnni`], for Q6_K groups.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn group_q6k_vnni<const T: usize>(
-    nb: usize,
-    g: *const u8,
-    a: *const u8,
-    a_row: usize,
-    out: *mut [f32; PACK_ROWS],
-) {
-    const GB: usize = group_block_bytes(DType::Q6_K);
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..nb {
-        let gb = g.add(b * GB);
-        let mut total = [_mm256_setzero_si256(); T];
-        q6k_quarter::<0, T>(gb, a, a_row, b, &mut total);
-        q6k_quarter::<1, T>(gb, a, a_row, b, &mut total);
-        q6k_quarter::<2, T>(gb, a, a_row, b, &mut total);
-        q6k_quarter::<3, T>(gb, a, a_row, b, &mut total);
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.cast()));
-        for t in 0..T {
-            let da = _mm256_set1_ps(read_unaligned(a.add(t * a_row + b * K_BLOCK).cast::<f32>()));
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(total[t]), acc[t]);
-        }
-    }
-    for (t, acc) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out.add(t).cast(), *acc);
-    }
-}
+q6k_group!(
+    group_q6k_vnni,
+    q6k_sub_block_vnni,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    dot4_vnni
+);
+q6k_group!(
+    group_q6k_avx2,
+    q6k_sub_block_avx2,
+    "avx2,fma,f16c",
+    dot4_avx2
+);
 
 /// A K-quant [`PackedFn`]: tokens `chunk` at a time through `kernel`.
 macro_rules! packed_k {
@@ -639,3 +669,4 @@ packed_k!(packed_q4k_vnni, group_q4k_vnni, DType::Q4_K, 4);
 // AVX2 has 16 registers: two tokens' sums at a time.
 packed_k!(packed_q4k_avx2, group_q4k_avx2, DType::Q4_K, 2);
 packed_k!(packed_q6k_vnni, group_q6k_vnni, DType::Q6_K, 8);
+packed_k!(packed_q6k_avx2, group_q6k_avx2, DType::Q6_K, 4);
