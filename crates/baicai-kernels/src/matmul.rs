@@ -19,6 +19,13 @@
 //! stays in L1 while it meets a block of activation rows that stays in L2. On CPUs with AVX-512 VNNI the prefill tiles of
 //! Q4_K and the symmetric legacy formats use it, bit-identical to the AVX2 tiles and dots.
 //!
+//! Weights packed at load in groups of 8 interleaved rows ([`Weight::packed`], see
+//! [`crate::quant::packed`]: Q8_0, Q5_0, Q4_K, Q6_K) take one kernel on every path instead: a
+//! group of rows with up to 8 tokens at a time, the group's eight row sums built in one register
+//! and one float step per block for all eight. Decode streams each group once; prompts meet each
+//! group (in L1) with every token of the task. Their numerics are the packed format's own (one
+//! fused multiply-add per block, in block order), the same for any number of tokens.
+//!
 //! [`matmul_batch`] runs any number of independent matmuls (the experts of a MoE layer, the
 //! heads of a per-head projection) in one parallel region, so the pool is woken and waited for
 //! once per batch rather than once per matrix.
