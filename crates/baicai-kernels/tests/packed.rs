@@ -14,7 +14,14 @@ use baicai_kernels::{DType, Weight};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const TYPES: [DType; 4] = [DType::Q8_0, DType::Q5_0, DType::Q4_K, DType::Q6_K];
+const TYPES: [DType; 6] = [
+    DType::Q8_0,
+    DType::Q5_0,
+    DType::Q4_0,
+    DType::IQ4_NL,
+    DType::Q4_K,
+    DType::Q6_K,
+];
 
 /// Activation rows of `cols` values for `n` random tokens in the vec-dot type of `dtype`, with
 /// their side data (Q8_0 only).

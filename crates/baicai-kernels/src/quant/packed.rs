@@ -22,6 +22,10 @@
 //!   block (values `4k .. 4k+4`, unsigned codes `q + 16`) is the low (`k < 4`) or high nibbles
 //!   of nibble register `k mod 4`, plus 16 where mask `k` says.
 //!
+//! - **Q4_0**, **IQ4_NL** (144 bytes): the 8 scales, then 4 registers of nibbles laid out as
+//!   Q5_0's; register `k` is the low (`k < 4`) or high nibbles of nibble register `k mod 4`:
+//!   Q4_0's unsigned codes `q + 8`, IQ4_NL's table indices (its kernels look the values up and
+//!   shift them to unsigned codes `v + 128`).
 //! - **Q4_K** (1152 bytes): the 8 rows' `d` (16 bytes) and `dmin` (16 bytes), their 12 scale
 //!   bytes transposed (byte `8i + r` is scale byte `i` of row `r`: 96 bytes), then for each
 //!   chunk `c` of 64 values 8 registers of nibbles: register `s`, bytes `4r .. 4r+4`, is the
@@ -44,12 +48,14 @@
 use crate::dtype::DType;
 pub use crate::kernel::PACK_ROWS;
 use crate::quant::kquants::{scales_mins_k4, BlockQ4K, BlockQ6K, BlockQ8K};
-use crate::quant::legacy::{fives, BlockQ5_0, BlockQ8_0};
+use crate::quant::legacy::{fives, nibbles, BlockIQ4_NL, BlockQ4_0, BlockQ5_0, BlockQ8_0};
+use crate::quant::tables::KVALUES_IQ4NL;
 use crate::quant::{as_blocks, f16_le};
 
 /// Whether `dtype` has a packed layout.
 pub fn packable(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q5_0 | DType::Q4_K | DType::Q6_K)
+    use DType::*;
+    matches!(dtype, Q8_0 | Q5_0 | Q4_0 | IQ4_NL | Q4_K | Q6_K)
 }
 
 /// Bytes of a block of one row (the format's own block).
@@ -124,6 +130,13 @@ fn pack_block(dtype: DType, x: [&[u8]; PACK_ROWS], out: &mut [u8]) {
                 out[144 + 4 * k..][..4].copy_from_slice(&m.to_le_bytes());
             }
         }
+        DType::Q4_0 | DType::IQ4_NL => {
+            for (r, x) in x.iter().enumerate() {
+                for s in 0..4 {
+                    out[16 + 32 * s + 4 * r..][..4].copy_from_slice(&x[2 + 4 * s..][..4]);
+                }
+            }
+        }
         DType::Q4_K => {
             for (r, x) in x.iter().enumerate() {
                 out[16 + 2 * r..][..2].copy_from_slice(&x[2..4]);
@@ -194,6 +207,11 @@ pub fn unpack_row(dtype: DType, data: &[u8], cols: usize, r: usize, out: &mut Ve
                     out.extend_from_slice(&gb[16 + 32 * s + 4 * i..][..4]);
                 }
             }
+            DType::Q4_0 | DType::IQ4_NL => {
+                for s in 0..4 {
+                    out.extend_from_slice(&gb[16 + 32 * s + 4 * i..][..4]);
+                }
+            }
             DType::Q4_K => {
                 out.extend_from_slice(&gb[16 + 2 * i..][..2]);
                 out.extend((0..12).map(|k| gb[32 + 8 * k + i]));
@@ -243,6 +261,8 @@ pub const fn packed_offset(dtype: DType) -> i32 {
     match dtype {
         DType::Q8_0 => 128,
         DType::Q5_0 => 16,
+        DType::Q4_0 => 8,
+        DType::IQ4_NL => 128,
         _ => 0,
     }
 }
@@ -303,14 +323,25 @@ fn block_ref(dtype: DType, x: &[u8], y: &[u8], acc: f32) -> f32 {
             .sum()
     };
     match dtype {
-        DType::Q8_0 | DType::Q5_0 => {
+        DType::Q8_0 | DType::Q5_0 | DType::Q4_0 | DType::IQ4_NL => {
             let y: &BlockQ8_0 = &as_blocks(y)[0];
-            let (q, d): ([i8; 32], f32) = if dtype == DType::Q8_0 {
-                let x: &BlockQ8_0 = &as_blocks(x)[0];
-                (x.qs, x.d())
-            } else {
-                let x: &BlockQ5_0 = &as_blocks(x)[0];
-                (fives(&x.qs, x.qh()).map(|q| q as i8 - 16), x.d())
+            let (q, d): ([i8; 32], f32) = match dtype {
+                DType::Q8_0 => {
+                    let x: &BlockQ8_0 = &as_blocks(x)[0];
+                    (x.qs, x.d())
+                }
+                DType::Q5_0 => {
+                    let x: &BlockQ5_0 = &as_blocks(x)[0];
+                    (fives(&x.qs, x.qh()).map(|q| q as i8 - 16), x.d())
+                }
+                DType::Q4_0 => {
+                    let x: &BlockQ4_0 = &as_blocks(x)[0];
+                    (nibbles(&x.qs).map(|q| q as i8 - 8), x.d())
+                }
+                _ => {
+                    let x: &BlockIQ4_NL = &as_blocks(x)[0];
+                    (nibbles(&x.qs).map(|q| KVALUES_IQ4NL[q as usize]), x.d())
+                }
             };
             (d * y.d()).mul_add(dot(&q, &y.qs) as f32, acc)
         }
@@ -355,7 +386,14 @@ pub fn packed_ref_fn(dtype: DType) -> Option<crate::kernel::PackedFn> {
         n_tok: usize,
         out: &mut [[f32; PACK_ROWS]],
     ) {
-        let dtype = [DType::Q8_0, DType::Q5_0, DType::Q4_K, DType::Q6_K][usize::from(F)];
+        let dtype = [
+            DType::Q8_0,
+            DType::Q5_0,
+            DType::Q4_K,
+            DType::Q6_K,
+            DType::Q4_0,
+            DType::IQ4_NL,
+        ][usize::from(F)];
         dot_packed_ref(dtype, nb, group, a, a_row, &mut out[..n_tok]);
     }
     match dtype {
@@ -363,6 +401,8 @@ pub fn packed_ref_fn(dtype: DType) -> Option<crate::kernel::PackedFn> {
         DType::Q5_0 => Some(run::<1>),
         DType::Q4_K => Some(run::<2>),
         DType::Q6_K => Some(run::<3>),
+        DType::Q4_0 => Some(run::<4>),
+        DType::IQ4_NL => Some(run::<5>),
         _ => None,
     }
 }

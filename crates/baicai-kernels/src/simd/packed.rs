@@ -16,6 +16,7 @@ use super::avx2_legacy::bit_bytes;
 use crate::dtype::DType;
 use crate::kernel::{active_isa, avx512_available, ActBlock, Isa, PackedFn, COLS_MAX, PACK_ROWS};
 use crate::quant::packed::{group_block_bytes, packed_offset};
+use crate::quant::tables::KVALUES_IQ4NL;
 
 /// Bytes of a Q8_0 activation block.
 const A_BLOCK: usize = DType::Q8_0.block_bytes();
@@ -49,6 +50,42 @@ trait Packed {
 
 struct Q8_0;
 struct Q5_0;
+struct Q4_0;
+#[allow(non_camel_case_types)]
+struct IQ4_NL;
+
+/// Register `k` of a group block's four nibble registers (Q4_0, IQ4_NL, and Q5_0's low bits).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibble_reg(gb: *const u8, k: usize) -> __m256i {
+    let q = _mm256_loadu_si256(gb.add(16 + 32 * (k % 4)).cast());
+    let q = if k < 4 { q } else { _mm256_srli_epi16::<4>(q) };
+    _mm256_and_si256(q, _mm256_set1_epi8(0x0f))
+}
+
+impl Packed for Q4_0 {
+    const DTYPE: DType = DType::Q4_0;
+    const SIGNED_AVX2: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(gb: *const u8, k: usize) -> __m256i {
+        nibble_reg(gb, k)
+    }
+}
+
+impl Packed for IQ4_NL {
+    const DTYPE: DType = DType::IQ4_NL;
+    /// Codes up to 241: `maddubs` pairs could saturate, so AVX2 takes the values signed.
+    const SIGNED_AVX2: bool = true;
+    /// The table's values plus 128, looked up by the nibbles.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(gb: *const u8, k: usize) -> __m256i {
+        let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast());
+        let table = _mm_xor_si128(table, _mm_set1_epi8(-128));
+        _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibble_reg(gb, k))
+    }
+}
 
 impl Packed for Q8_0 {
     const DTYPE: DType = DType::Q8_0;
@@ -295,6 +332,10 @@ pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
         (DType::Q8_0, false) => packed_avx2::<Q8_0>,
         (DType::Q5_0, true) => packed_vnni::<Q5_0>,
         (DType::Q5_0, false) => packed_avx2::<Q5_0>,
+        (DType::Q4_0, true) => packed_vnni::<Q4_0>,
+        (DType::Q4_0, false) => packed_avx2::<Q4_0>,
+        (DType::IQ4_NL, true) => packed_vnni::<IQ4_NL>,
+        (DType::IQ4_NL, false) => packed_avx2::<IQ4_NL>,
         (DType::Q4_K, true) => packed_q4k_vnni,
         (DType::Q4_K, false) => packed_q4k_avx2,
         (DType::Q6_K, true) => packed_q6k_vnni,
