@@ -14,11 +14,12 @@ use baicai_kernels::{DType, Weight};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const TYPES: [DType; 6] = [
+const TYPES: [DType; 7] = [
     DType::Q8_0,
     DType::Q5_0,
     DType::Q4_0,
     DType::IQ4_NL,
+    DType::MXFP4,
     DType::Q4_K,
     DType::Q6_K,
 ];
@@ -165,5 +166,34 @@ fn pack_refuses_what_it_cannot_pack() {
     assert!(
         pack(DType::Q8_0, &data[..10], 8, 32).is_none(),
         "short data"
+    );
+}
+
+/// MXFP4's E8M0 scales at the edges (the two subnormals `e` = 0, 1 and the smallest normals),
+/// which random weights do not reach: the kernels decode them as the reference does.
+#[test]
+fn packed_mxfp4_decodes_extreme_scales_as_the_reference() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (rows, cols) = (8, 32 * 8);
+    let mut data = common::random_weights(&mut rng, DType::MXFP4, rows, cols);
+    // Row r's blocks all take the r-th scale (8 blocks a row), so rows 0 and 1 are subnormal.
+    for (i, block) in data.chunks_exact_mut(17).enumerate() {
+        block[0] = [0, 1, 2, 3, 126, 127, 128, 133][i / 8];
+    }
+    let packed = pack(DType::MXFP4, &data, rows, cols).unwrap();
+    let (a, a_row, aux) = activations(&mut rng, DType::MXFP4, cols, 3);
+    let f = packed_fn(DType::MXFP4, Isa::Avx2).unwrap();
+    let mut want = vec![[0.0f32; PACK_ROWS]; 3];
+    dot_packed_ref(DType::MXFP4, cols / 32, &packed, &a, a_row, &mut want);
+    let mut got = vec![[f32::NAN; PACK_ROWS]; 3];
+    f(cols / 32, &packed, &a, a_row, &aux, 3, &mut got);
+    assert!(
+        same_bits(want.as_flattened(), got.as_flattened()),
+        "{got:?} != {want:?}"
+    );
+    assert!(
+        want[0][0] != 0.0 && want[0][0].abs() < 1e-30,
+        "{}",
+        want[0][0]
     );
 }

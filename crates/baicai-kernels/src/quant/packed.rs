@@ -26,6 +26,8 @@
 //!   Q5_0's; register `k` is the low (`k < 4`) or high nibbles of nibble register `k mod 4`:
 //!   Q4_0's unsigned codes `q + 8`, IQ4_NL's table indices (its kernels look the values up and
 //!   shift them to unsigned codes `v + 128`).
+//! - **MXFP4** (136 bytes): the 8 rows' E8M0 scale bytes, then 4 nibble registers as Q4_0's
+//!   (indices into the doubled E2M1 table; codes `v + 128`).
 //! - **Q4_K** (1152 bytes): the 8 rows' `d` (16 bytes) and `dmin` (16 bytes), their 12 scale
 //!   bytes transposed (byte `8i + r` is scale byte `i` of row `r`: 96 bytes), then for each
 //!   chunk `c` of 64 values 8 registers of nibbles: register `s`, bytes `4r .. 4r+4`, is the
@@ -49,13 +51,14 @@ use crate::dtype::DType;
 pub use crate::kernel::PACK_ROWS;
 use crate::quant::kquants::{scales_mins_k4, BlockQ4K, BlockQ6K, BlockQ8K};
 use crate::quant::legacy::{fives, nibbles, BlockIQ4_NL, BlockQ4_0, BlockQ5_0, BlockQ8_0};
+use crate::quant::mxfp4::BlockMXFP4;
 use crate::quant::tables::KVALUES_IQ4NL;
 use crate::quant::{as_blocks, f16_le};
 
 /// Whether `dtype` has a packed layout.
 pub fn packable(dtype: DType) -> bool {
     use DType::*;
-    matches!(dtype, Q8_0 | Q5_0 | Q4_0 | IQ4_NL | Q4_K | Q6_K)
+    matches!(dtype, Q8_0 | Q5_0 | Q4_0 | IQ4_NL | MXFP4 | Q4_K | Q6_K)
 }
 
 /// Bytes of a block of one row (the format's own block).
@@ -137,6 +140,15 @@ fn pack_block(dtype: DType, x: [&[u8]; PACK_ROWS], out: &mut [u8]) {
                 }
             }
         }
+        DType::MXFP4 => {
+            // One scale byte per row: the loop above wrote two, which the nibbles overwrite.
+            for (r, x) in x.iter().enumerate() {
+                out[r] = x[0];
+                for s in 0..4 {
+                    out[8 + 32 * s + 4 * r..][..4].copy_from_slice(&x[1 + 4 * s..][..4]);
+                }
+            }
+        }
         DType::Q4_K => {
             for (r, x) in x.iter().enumerate() {
                 out[16 + 2 * r..][..2].copy_from_slice(&x[2..4]);
@@ -212,6 +224,13 @@ pub fn unpack_row(dtype: DType, data: &[u8], cols: usize, r: usize, out: &mut Ve
                     out.extend_from_slice(&gb[16 + 32 * s + 4 * i..][..4]);
                 }
             }
+            DType::MXFP4 => {
+                out.truncate(start);
+                out.push(gb[i]);
+                for s in 0..4 {
+                    out.extend_from_slice(&gb[8 + 32 * s + 4 * i..][..4]);
+                }
+            }
             DType::Q4_K => {
                 out.extend_from_slice(&gb[16 + 2 * i..][..2]);
                 out.extend((0..12).map(|k| gb[32 + 8 * k + i]));
@@ -262,7 +281,7 @@ pub const fn packed_offset(dtype: DType) -> i32 {
         DType::Q8_0 => 128,
         DType::Q5_0 => 16,
         DType::Q4_0 => 8,
-        DType::IQ4_NL => 128,
+        DType::IQ4_NL | DType::MXFP4 => 128,
         _ => 0,
     }
 }
@@ -323,7 +342,7 @@ fn block_ref(dtype: DType, x: &[u8], y: &[u8], acc: f32) -> f32 {
             .sum()
     };
     match dtype {
-        DType::Q8_0 | DType::Q5_0 | DType::Q4_0 | DType::IQ4_NL => {
+        DType::Q8_0 | DType::Q5_0 | DType::Q4_0 | DType::IQ4_NL | DType::MXFP4 => {
             let y: &BlockQ8_0 = &as_blocks(y)[0];
             let (q, d): ([i8; 32], f32) = match dtype {
                 DType::Q8_0 => {
@@ -337,6 +356,10 @@ fn block_ref(dtype: DType, x: &[u8], y: &[u8], acc: f32) -> f32 {
                 DType::Q4_0 => {
                     let x: &BlockQ4_0 = &as_blocks(x)[0];
                     (nibbles(&x.qs).map(|q| q as i8 - 8), x.d())
+                }
+                DType::MXFP4 => {
+                    let x: &BlockMXFP4 = &as_blocks(x)[0];
+                    (x.values(), x.d())
                 }
                 _ => {
                     let x: &BlockIQ4_NL = &as_blocks(x)[0];
@@ -393,6 +416,7 @@ pub fn packed_ref_fn(dtype: DType) -> Option<crate::kernel::PackedFn> {
             DType::Q6_K,
             DType::Q4_0,
             DType::IQ4_NL,
+            DType::MXFP4,
         ][usize::from(F)];
         dot_packed_ref(dtype, nb, group, a, a_row, &mut out[..n_tok]);
     }
@@ -403,6 +427,7 @@ pub fn packed_ref_fn(dtype: DType) -> Option<crate::kernel::PackedFn> {
         DType::Q6_K => Some(run::<3>),
         DType::Q4_0 => Some(run::<4>),
         DType::IQ4_NL => Some(run::<5>),
+        DType::MXFP4 => Some(run::<6>),
         _ => None,
     }
 }

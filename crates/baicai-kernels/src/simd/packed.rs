@@ -16,7 +16,7 @@ use super::avx2_legacy::bit_bytes;
 use crate::dtype::DType;
 use crate::kernel::{active_isa, avx512_available, ActBlock, Isa, PackedFn, COLS_MAX, PACK_ROWS};
 use crate::quant::packed::{group_block_bytes, packed_offset};
-use crate::quant::tables::KVALUES_IQ4NL;
+use crate::quant::tables::{KVALUES_IQ4NL, KVALUES_MXFP4};
 
 /// Bytes of a Q8_0 activation block.
 const A_BLOCK: usize = DType::Q8_0.block_bytes();
@@ -42,6 +42,15 @@ trait Packed {
     unsafe fn codes_vnni(gb: *const u8, k: usize) -> __m256i {
         Self::codes(gb, k)
     }
+    /// The 8 rows' scales of the group block at `gb`: by default 8 f16.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; `gb` points at a whole group block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(gb: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(gb.cast()))
+    }
     /// Whether the AVX2 kernel should take the codes as signed bytes (`code - 128`, the
     /// `maddubs` sign trick) because unsigned codes times activations could saturate its
     /// 16-bit pair sums.
@@ -53,12 +62,13 @@ struct Q5_0;
 struct Q4_0;
 #[allow(non_camel_case_types)]
 struct IQ4_NL;
+struct MXFP4;
 
-/// Register `k` of a group block's four nibble registers (Q4_0, IQ4_NL, and Q5_0's low bits).
+/// Register `k` of the four nibble registers at `p` (Q4_0, IQ4_NL, MXFP4).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibble_reg(gb: *const u8, k: usize) -> __m256i {
-    let q = _mm256_loadu_si256(gb.add(16 + 32 * (k % 4)).cast());
+unsafe fn nibble_reg(p: *const u8, k: usize) -> __m256i {
+    let q = _mm256_loadu_si256(p.add(32 * (k % 4)).cast());
     let q = if k < 4 { q } else { _mm256_srli_epi16::<4>(q) };
     _mm256_and_si256(q, _mm256_set1_epi8(0x0f))
 }
@@ -69,7 +79,7 @@ impl Packed for Q4_0 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(gb: *const u8, k: usize) -> __m256i {
-        nibble_reg(gb, k)
+        nibble_reg(gb.add(16), k)
     }
 }
 
@@ -83,7 +93,35 @@ impl Packed for IQ4_NL {
     unsafe fn codes(gb: *const u8, k: usize) -> __m256i {
         let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast());
         let table = _mm_xor_si128(table, _mm_set1_epi8(-128));
-        _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibble_reg(gb, k))
+        _mm256_shuffle_epi8(
+            _mm256_broadcastsi128_si256(table),
+            nibble_reg(gb.add(16), k),
+        )
+    }
+}
+
+impl Packed for MXFP4 {
+    const DTYPE: DType = DType::MXFP4;
+    /// Codes up to 140: `maddubs` pairs could saturate, so AVX2 takes the values signed.
+    const SIGNED_AVX2: bool = true;
+    /// The doubled E2M1 values plus 128, looked up by the nibbles.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(gb: *const u8, k: usize) -> __m256i {
+        let table = _mm_loadu_si128(KVALUES_MXFP4.as_ptr().cast());
+        let table = _mm_xor_si128(table, _mm_set1_epi8(-128));
+        _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibble_reg(gb.add(8), k))
+    }
+    /// The 8 E8M0 bytes, halved as ggml does: `(e - 1) << 23` as f32 bits, and the two
+    /// subnormals `2^-128`, `2^-127` for `e` = 0, 1 (bit-identical to `e8m0_to_f32_half`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(gb: *const u8) -> __m256 {
+        let e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(gb.cast()));
+        let normal = _mm256_slli_epi32::<23>(_mm256_sub_epi32(e, _mm256_set1_epi32(1)));
+        let sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x0020_0000), e);
+        let is_normal = _mm256_cmpgt_epi32(e, _mm256_set1_epi32(1));
+        _mm256_castsi256_ps(_mm256_blendv_epi8(sub, normal, is_normal))
     }
 }
 
@@ -131,7 +169,7 @@ unsafe fn act_word(y: *const u8, b: usize, k: usize) -> __m256i {
 /// The float step of a block for `T` tokens: `acc[t] = fma(d_w · d_a, isum, acc[t])`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_step<const T: usize>(
+unsafe fn block_step<F: Packed, const T: usize>(
     gb: *const u8,
     aux: *const ActBlock,
     nb: usize,
@@ -139,7 +177,7 @@ unsafe fn block_step<const T: usize>(
     isum: &[__m256i; T],
     acc: &mut [__m256; T],
 ) {
-    let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.cast()));
+    let dw = F::scales(gb);
     for t in 0..T {
         let da = _mm256_set1_ps((*aux.add(t * nb + b)).d);
         acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
@@ -193,7 +231,7 @@ unsafe fn group_vnni<F: Packed, const T: usize>(
                 isum[t] = _mm256_add_epi32(isum[t], part[t][c]);
             }
         }
-        block_step(gb, aux, nb, b, &isum, &mut acc);
+        block_step::<F, T>(gb, aux, nb, b, &isum, &mut acc);
     }
     for (t, acc) in acc.iter().enumerate() {
         _mm256_storeu_ps(out.add(t).cast(), *acc);
@@ -243,7 +281,7 @@ unsafe fn group_avx2<F: Packed, const T: usize>(
                 }
             }
         }
-        block_step(gb, aux, nb, b, &isum, &mut acc);
+        block_step::<F, T>(gb, aux, nb, b, &isum, &mut acc);
     }
     for (t, acc) in acc.iter().enumerate() {
         _mm256_storeu_ps(out.add(t).cast(), *acc);
@@ -336,6 +374,8 @@ pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
         (DType::Q4_0, false) => packed_avx2::<Q4_0>,
         (DType::IQ4_NL, true) => packed_vnni::<IQ4_NL>,
         (DType::IQ4_NL, false) => packed_avx2::<IQ4_NL>,
+        (DType::MXFP4, true) => packed_vnni::<MXFP4>,
+        (DType::MXFP4, false) => packed_avx2::<MXFP4>,
         (DType::Q4_K, true) => packed_q4k_vnni,
         (DType::Q4_K, false) => packed_q4k_avx2,
         (DType::Q6_K, true) => packed_q6k_vnni,
