@@ -273,18 +273,23 @@ pub fn matmul_batch(jobs: &mut [MatJob]) {
     let run_task = |task: &Task| {
         let m = &mats[task.mat];
         let (rows, n_tokens, out) = (m.rows, m.n_tokens, m.out);
+        // Writes the values of rows `r..` of token `t`.
+        let put = |t: usize, r: usize, vals: &[f32]| {
+            assert!(t < n_tokens && r + vals.len() <= rows);
+            // SAFETY: `out[t * rows + r ..][..vals.len()]` is inside `out` (`n_tokens * rows`
+            // long, checked in `check_shapes`; the bounds just asserted); each (t, r) belongs to
+            // exactly one task, so no two tasks write the same element, and `out` is borrowed
+            // mutably for the whole parallel loop, which reads none of it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    vals.as_ptr(),
+                    out.get().add(t * rows + r),
+                    vals.len(),
+                );
+            }
+        };
         if let Some(f) = m.packed {
-            m.packed(f, task.rows.clone(), task.tokens.clone(), |t, r, vals| {
-                assert!(t < n_tokens && r + vals.len() <= rows);
-                // SAFETY: as for `block` below: (t, r) belongs to this task only, inside `out`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        vals.as_ptr(),
-                        out.get().add(t * rows + r),
-                        vals.len(),
-                    );
-                }
-            });
+            m.packed(f, task.rows.clone(), task.tokens.clone(), put);
         } else if n_tokens == 1 {
             let r = task.rows.clone();
             // SAFETY: `out` is the `rows`-long output of this matrix (checked in
@@ -293,37 +298,9 @@ pub fn matmul_batch(jobs: &mut [MatJob]) {
             let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
             m.rows(r.start, 0, out);
         } else if let Some(cols) = m.small_batch() {
-            m.cols(
-                cols,
-                task.rows.clone(),
-                task.tokens.clone(),
-                |t, r, vals| {
-                    assert!(t < n_tokens && r + vals.len() <= rows);
-                    // SAFETY: as for `block` below: (t, r) belongs to this task only, inside `out`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            vals.as_ptr(),
-                            out.get().add(t * rows + r),
-                            vals.len(),
-                        );
-                    }
-                },
-            );
+            m.cols(cols, task.rows.clone(), task.tokens.clone(), put);
         } else {
-            m.block(task.rows.clone(), task.tokens.clone(), |t, r, vals| {
-                assert!(t < n_tokens && r + vals.len() <= rows);
-                // SAFETY: `out[t * rows + r ..][..vals.len()]` is inside `out` (`n_tokens * rows`
-                // long, checked in `check_shapes`; the bounds just asserted); each (t, r)
-                // belongs to exactly one task, so no two tasks write the same element, and `out`
-                // is borrowed mutably for the whole parallel loop, which reads none of it.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        vals.as_ptr(),
-                        out.get().add(t * rows + r),
-                        vals.len(),
-                    );
-                }
-            });
+            m.block(task.rows.clone(), task.tokens.clone(), put);
         }
     };
     if !tasks.is_empty() {

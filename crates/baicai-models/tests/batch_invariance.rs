@@ -120,17 +120,26 @@ fn batched_sequences_match_alone_bit_for_bit_on_fixture_models() {
 
 #[test]
 fn batched_sequences_match_alone_bit_for_bit_on_test_models() {
-    for name in [
+    for (name, p) in test_models() {
+        check(gguf(&p).as_ref(), name);
+    }
+}
+
+/// The two real test models that have been fetched, with their paths (a line for each missing).
+fn test_models() -> Vec<(&'static str, PathBuf)> {
+    [
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         "gemma-3-270m-q4_k_m.gguf",
-    ] {
+    ]
+    .into_iter()
+    .filter_map(|name| {
         let p = root().join("models").join(name);
         if !p.exists() {
             eprintln!("skipping {name}: not fetched (scripts/fetch-models.sh)");
-            continue;
         }
-        check(gguf(&p).as_ref(), name);
-    }
+        p.exists().then_some((name, p))
+    })
+    .collect()
 }
 
 #[test]
@@ -178,15 +187,7 @@ fn an_absurd_kv_cache_panics_instead_of_aborting() {
 /// Packing does change bits, so the packed kernels ran.
 #[test]
 fn packed_weights_match_unpacked_to_rounding_on_test_models() {
-    for name in [
-        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        "gemma-3-270m-q4_k_m.gguf",
-    ] {
-        let p = root().join("models").join(name);
-        if !p.exists() {
-            eprintln!("skipping {name}: not fetched (scripts/fetch-models.sh)");
-            continue;
-        }
+    for (name, p) in test_models() {
         let g = Arc::new(baicai_gguf::Gguf::open(&p).unwrap());
         let plain = baicai_models::load_with(g.clone(), false).unwrap();
         let packed = baicai_models::load_with(g, true).unwrap();

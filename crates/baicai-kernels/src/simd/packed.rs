@@ -73,6 +73,14 @@ unsafe fn nibble_reg(p: *const u8, k: usize) -> __m256i {
     _mm256_and_si256(q, _mm256_set1_epi8(0x0f))
 }
 
+/// Register `k` of the nibble registers at `p` as table values plus 128 (IQ4_NL, MXFP4).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn table_codes(table: &[i8; 16], p: *const u8, k: usize) -> __m256i {
+    let t = _mm_xor_si128(_mm_loadu_si128(table.as_ptr().cast()), _mm_set1_epi8(-128));
+    _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(t), nibble_reg(p, k))
+}
+
 impl Packed for Q4_0 {
     const DTYPE: DType = DType::Q4_0;
     const SIGNED_AVX2: bool = false;
@@ -91,12 +99,7 @@ impl Packed for IQ4_NL {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(gb: *const u8, k: usize) -> __m256i {
-        let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast());
-        let table = _mm_xor_si128(table, _mm_set1_epi8(-128));
-        _mm256_shuffle_epi8(
-            _mm256_broadcastsi128_si256(table),
-            nibble_reg(gb.add(16), k),
-        )
+        table_codes(&KVALUES_IQ4NL, gb.add(16), k)
     }
 }
 
@@ -108,9 +111,7 @@ impl Packed for MXFP4 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(gb: *const u8, k: usize) -> __m256i {
-        let table = _mm_loadu_si128(KVALUES_MXFP4.as_ptr().cast());
-        let table = _mm_xor_si128(table, _mm_set1_epi8(-128));
-        _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibble_reg(gb.add(8), k))
+        table_codes(&KVALUES_MXFP4, gb.add(8), k)
     }
     /// The 8 E8M0 bytes, halved as ggml does: `(e - 1) << 23` as f32 bits, and the two
     /// subnormals `2^-128`, `2^-127` for `e` = 0, 1 (bit-identical to `e8m0_to_f32_half`).
@@ -390,24 +391,18 @@ pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
 /// Bytes of a Q8_K activation block: `d` (f32), 256 codes, 16 sums of 16.
 const K_BLOCK: usize = DType::Q8_K.block_bytes();
 
-/// [`lanes_u8`] with AVX2.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn lanes_u8_avx2(p: *const u8, i: usize) -> __m256i {
-    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * i).cast()))
-}
-
 /// The 8 rows' byte `i` of a transposed table at `p` (8 bytes per `i`), zero-extended to lanes.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn lanes_u8(p: *const u8, i: usize) -> __m256i {
     _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * i).cast()))
 }
 
 /// Q4_K's 6-bit scale of sub-block `j` for the 8 rows, from the transposed scale bytes at `st`
-/// (the unpacking of `scales_mins_k4`, lanes for rows).
+/// (the unpacking of `scales_mins_k4`, lanes for rows). AVX2 only, so the AVX-512 kernels inline
+/// it too.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_scale(st: *const u8, j: usize) -> __m256i {
     if j < 4 {
         _mm256_and_si256(lanes_u8(st, j), _mm256_set1_epi32(63))
@@ -424,7 +419,7 @@ unsafe fn q4k_scale(st: *const u8, j: usize) -> __m256i {
 
 /// Q4_K's 6-bit min of sub-block `j` for the 8 rows, as [`q4k_scale`].
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_min(st: *const u8, j: usize) -> __m256i {
     if j < 4 {
         _mm256_and_si256(lanes_u8(st, j + 4), _mm256_set1_epi32(63))
@@ -439,46 +434,11 @@ unsafe fn q4k_min(st: *const u8, j: usize) -> __m256i {
     }
 }
 
-/// [`q4k_scale`] with AVX2: Q4_K's 6-bit scale of sub-block `j` for the 8 rows, from the transposed scale bytes at `st`
-/// (the unpacking of `scales_mins_k4`, lanes for rows).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_scale_avx2(st: *const u8, j: usize) -> __m256i {
-    if j < 4 {
-        _mm256_and_si256(lanes_u8_avx2(st, j), _mm256_set1_epi32(63))
-    } else {
-        _mm256_or_si256(
-            _mm256_and_si256(lanes_u8_avx2(st, j + 4), _mm256_set1_epi32(0x0f)),
-            _mm256_and_si256(
-                _mm256_srli_epi32::<2>(lanes_u8_avx2(st, j - 4)),
-                _mm256_set1_epi32(0x30),
-            ),
-        )
-    }
-}
-
-/// [`q4k_min`] with AVX2.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_min_avx2(st: *const u8, j: usize) -> __m256i {
-    if j < 4 {
-        _mm256_and_si256(lanes_u8_avx2(st, j + 4), _mm256_set1_epi32(63))
-    } else {
-        _mm256_or_si256(
-            _mm256_srli_epi32::<4>(lanes_u8_avx2(st, j + 4)),
-            _mm256_and_si256(
-                _mm256_srli_epi32::<2>(lanes_u8_avx2(st, j)),
-                _mm256_set1_epi32(0x30),
-            ),
-        )
-    }
-}
-
 /// The Q4_K group kernel, for an instruction set: `$dot4(acc, u, y)` adds to each 32-bit lane
 /// the products of its four unsigned and four signed bytes (exactly: `vpdpbusd`, or `maddubs`
 /// then `madd` where no product pair can saturate 16 bits, as here: 15 · 127 · 2 < 2^15).
 macro_rules! q4k_group {
-    ($name:ident, $features:literal, $dot4:path, $scale:ident, $min:ident) => {
+    ($name:ident, $features:literal, $dot4:path) => {
         /// One Q4_K group × `T` Q8_K tokens (see [`crate::quant::packed`]): per block
         /// `acc = fma(d·d_a, Σ_j sc_j isum_j, acc)`, then
         /// `acc = fma(-(dmin·d_a), Σ_j m_j bsum_j, acc)`.
@@ -506,7 +466,7 @@ macro_rules! q4k_group {
                 for c in 0..4 {
                     let (j0, j1) = (2 * c, 2 * c + 1);
                     // The 6-bit scales of sub-blocks 2c and 2c+1.
-                    let (s0, s1) = ($scale(st, j0), $scale(st, j1));
+                    let (s0, s1) = (q4k_scale(st, j0), q4k_scale(st, j1));
                     let mut lo = [_mm256_setzero_si256(); T];
                     let mut hi = [_mm256_setzero_si256(); T];
                     for s in 0..8 {
@@ -533,8 +493,8 @@ macro_rules! q4k_group {
                 let mut mp = [_mm256_setzero_si256(); 4];
                 for (i, mp) in mp.iter_mut().enumerate() {
                     *mp = _mm256_or_si256(
-                        $min(st, 2 * i),
-                        _mm256_slli_epi32::<16>($min(st, 2 * i + 1)),
+                        q4k_min(st, 2 * i),
+                        _mm256_slli_epi32::<16>(q4k_min(st, 2 * i + 1)),
                     );
                 }
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.cast()));
@@ -586,17 +546,9 @@ unsafe fn dot4_avx2(acc: __m256i, u: __m256i, y: __m256i) -> __m256i {
 q4k_group!(
     group_q4k_vnni,
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
-    dot4_vnni,
-    q4k_scale,
-    q4k_min
+    dot4_vnni
 );
-q4k_group!(
-    group_q4k_avx2,
-    "avx2,fma,f16c",
-    dot4_avx2,
-    q4k_scale_avx2,
-    q4k_min_avx2
-);
+q4k_group!(group_q4k_avx2, "avx2,fma,f16c", dot4_avx2);
 
 /// The Q6_K kernels (a sub-block and a group), for an instruction set, as [`q4k_group`] (codes
 /// below 64: `maddubs` pair sums stay below 2^15).
