@@ -110,9 +110,9 @@ fn pack_block(dtype: DType, x: [&[u8]; PACK_ROWS], out: &mut [u8]) {
         DType::Q8_0 => {
             for (r, x) in x.iter().enumerate() {
                 for k in 0..8 {
-                    for i in 0..4 {
-                        out[16 + 32 * k + 4 * r + i] = x[2 + 4 * k + i] ^ 0x80;
-                    }
+                    let w = u32::from_le_bytes(x[2 + 4 * k..][..4].try_into().expect("4"));
+                    out[16 + 32 * k + 4 * r..][..4]
+                        .copy_from_slice(&(w ^ 0x8080_8080).to_le_bytes());
                 }
             }
         }
