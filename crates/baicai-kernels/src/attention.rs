@@ -102,6 +102,63 @@ pub fn dot_heads_f16_scalar(q: &[f32], k: &[f16], out: &mut [f32]) {
     }
 }
 
+/// `out[h * n + j] = dot_f16(q[h], key_j) · scale` for the `n` keys `key_j =
+/// keys[j * stride ..][..w]` and every head `h` of `q` (`[heads, w]`, f32 values that are exactly
+/// f16): the scores of a run of query heads against a run of cached keys, each bit-identical to
+/// [`dot_heads_f16`] of that key times `scale`. With AVX2 the keys go eight at a time, converted
+/// once into a buffer that every head then reads, and eight keys' lane sums are reduced together
+/// in the order [`dot_f16`] reduces one (a shuffle network instead of eight horizontal sums).
+///
+/// # Panics
+/// If `q.len()` is not a multiple of `w`, `out.len()` is not `heads * n`, `w > stride`, or the
+/// keys are out of range.
+pub fn scores_f16(
+    q: &[f32],
+    w: usize,
+    keys: &[f16],
+    stride: usize,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let heads = q.len() / w.max(1);
+    assert_eq!(q.len(), heads * w, "q must be [heads, w]");
+    assert_eq!(out.len(), heads * n, "out must be [heads, n]");
+    assert!(w <= stride || n <= 1, "keys are narrower than the query");
+    if n > 0 {
+        assert!((n - 1) * stride + w <= keys.len(), "{n} keys out of range");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if active_isa() == Isa::Avx2 && w.is_multiple_of(8) && w <= MAX_BUFFERED_WIDTH {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked by `active_isa`); shapes checked.
+        return unsafe { avx2::scores_f16(q, w, keys, stride, n, scale, out) };
+    }
+    scores_f16_scalar(q, w, keys, stride, n, scale, out)
+}
+
+/// Widest key row [`scores_f16`]'s AVX2 path buffers (8 rows of f32 on the stack).
+const MAX_BUFFERED_WIDTH: usize = 512;
+
+/// Scalar reference of [`scores_f16`]: one key at a time through [`dot_heads_f16`].
+pub fn scores_f16_scalar(
+    q: &[f32],
+    w: usize,
+    keys: &[f16],
+    stride: usize,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let heads = q.len() / w.max(1);
+    let mut col = vec![0f32; heads];
+    for j in 0..n {
+        dot_heads_f16(q, &keys[j * stride..][..w], &mut col);
+        for (h, &c) in col.iter().enumerate() {
+            out[h * n + j] = c * scale;
+        }
+    }
+}
+
 /// `out[h, :] = Σ_j p[h, j] · rows[j][..out width]` for every head `h`, the sum over `j` in
 /// order, one fused multiply-add per term: bit-identical to zeroing `out[h]` and calling
 /// [`axpy_f16`] for `j = 0, 1, …`. `p` is `[heads, n]`; row `j` starts at `rows[j * stride]`;
@@ -260,6 +317,92 @@ mod avx2 {
         }
     }
 
+    /// The eight horizontal sums of `a`, in order, each bit-identical to [`hsum`] of one:
+    /// `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, the same additions done eight at a time.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum8(a: &[__m256; 8]) -> __m256 {
+        // [l_i + l_{i+4} of key k | of key k+1]
+        let pair = |k: usize| {
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(a[k], a[k + 1]),
+                _mm256_permute2f128_ps::<0x31>(a[k], a[k + 1]),
+            )
+        };
+        let (p01, p23, p45, p67) = (pair(0), pair(2), pair(4), pair(6));
+        // Lane 0 of each half: (x_k, y_k, x_{k+2}, y_{k+2}) with x = m0 + m2, y = m1 + m3.
+        let xy = |a: __m256, b: __m256| {
+            _mm256_add_ps(
+                _mm256_shuffle_ps::<0x44>(a, b),
+                _mm256_shuffle_ps::<0xEE>(a, b),
+            )
+        };
+        let (q0, q4) = (xy(p01, p23), xy(p45, p67));
+        // (s0, s2, s4, s6 | s1, s3, s5, s7) with s = x + y.
+        let s = _mm256_add_ps(
+            _mm256_shuffle_ps::<0x88>(q0, q4),
+            _mm256_shuffle_ps::<0xDD>(q0, q4),
+        );
+        _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
+    /// AVX2 [`super::scores_f16`]: keys eight at a time (converted once into a buffer), every
+    /// head's eight dot products in registers, reduced by [`hsum8`]; the keys left over one at a
+    /// time as [`super::scores_f16_scalar`] does them.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; the shapes checked by the safe wrapper, `w` a
+    /// multiple of 8 and at most [`super::MAX_BUFFERED_WIDTH`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores_f16(
+        q: &[f32],
+        w: usize,
+        keys: &[f16],
+        stride: usize,
+        n: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let heads = q.len() / w;
+        let mut buf = [0f32; 8 * super::MAX_BUFFERED_WIDTH];
+        let (bp, kp, qp) = (buf.as_mut_ptr(), keys.as_ptr(), q.as_ptr());
+        let sc = _mm256_set1_ps(scale);
+        let mut j0 = 0;
+        while j0 + 8 <= n {
+            for k in 0..8 {
+                let mut i = 0;
+                while i < w {
+                    // SAFETY: key j0 + k < n is in range (checked by the wrapper), i + 8 <= w.
+                    _mm256_storeu_ps(bp.add(k * w + i), load8(kp.add((j0 + k) * stride + i)));
+                    i += 8;
+                }
+            }
+            for h in 0..heads {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut i = 0;
+                while i < w {
+                    let qv = _mm256_loadu_ps(qp.add(h * w + i));
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(bp.add(k * w + i)), *a);
+                    }
+                    i += 8;
+                }
+                let s = _mm256_mul_ps(hsum8(&acc), sc);
+                _mm256_storeu_ps(out.as_mut_ptr().add(h * n + j0), s);
+            }
+            j0 += 8;
+        }
+        if j0 < n {
+            let mut col = vec![0f32; heads];
+            for j in j0..n {
+                dot_heads_f16(q, &keys[j * stride..][..w], &mut col);
+                for (h, &c) in col.iter().enumerate() {
+                    out[h * n + j] = c * scale;
+                }
+            }
+        }
+    }
+
     /// AVX2 [`super::weighted_rows_f16`]: for each 8-lane chunk of the output, a tile of up to
     /// [`super::HEADS`] heads' accumulators stays in registers while the rows pass by, in passes
     /// of [`super::ROWS_PER_PASS`] rows (accumulators stored between passes; the order of the
@@ -395,6 +538,42 @@ mod tests {
             axpy_f16(&mut o1, w, &b);
             axpy_f16_scalar(&mut o2, w, &b);
             assert_eq!(o1, o2, "axpy n={n}");
+        }
+    }
+
+    #[test]
+    fn batched_scores_equal_one_key_at_a_time_bit_for_bit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for (heads, w, stride, n) in [
+            (7, 64, 128, 1),
+            (7, 64, 128, 8),
+            (7, 64, 128, 29),
+            (4, 128, 256, 70),
+            (1, 256, 256, 16),
+            (3, 72, 144, 17),
+            (2, 12, 12, 9),
+        ] {
+            let q: Vec<f32> = random(heads * w, &mut rng)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect();
+            let keys = random(n * stride, &mut rng);
+            let scale = 0.125f32;
+            let mut a = vec![f32::NAN; heads * n];
+            let mut b = vec![f32::NAN; heads * n];
+            scores_f16(&q, w, &keys, stride, n, scale, &mut a);
+            scores_f16_scalar(&q, w, &keys, stride, n, scale, &mut b);
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(x.to_bits(), y.to_bits(), "{heads}x{w}, {n} keys: score {i}");
+            }
+            // The reference is the plain dot product, key by key.
+            for h in 0..heads {
+                for j in 0..n {
+                    let qh: Vec<f16> = q[h * w..][..w].iter().map(|&v| f16::from_f32(v)).collect();
+                    let d = dot_f16_scalar(&qh, &keys[j * stride..][..w]) * scale;
+                    assert_eq!(b[h * n + j].to_bits(), d.to_bits());
+                }
+            }
         }
     }
 

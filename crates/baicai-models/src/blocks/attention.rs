@@ -183,13 +183,8 @@ pub fn attention_f16_seqs(
         let mut qg = q[(t * p.n_head + h0) * dk..][..nh * dk].to_vec();
         attention::round_f16_inplace(&mut qg);
         let mut scores = vec![0f32; nh * len]; // [heads, len]
-        let mut col = vec![0f32; nh];
-        for j in start..=pos {
-            attention::dot_heads_f16(&qg, &k[j * kw + kvh * dk..][..dk], &mut col);
-            for (h, &c) in col.iter().enumerate() {
-                scores[h * len + j - start] = c * p.scale;
-            }
-        }
+        let keys = &k[start * kw + kvh * dk..];
+        attention::scores_f16(&qg, dk, keys, kw, len, p.scale, &mut scores);
         for (h, s) in scores.chunks_exact_mut(len).enumerate() {
             match sinks {
                 None => attention::softmax_inplace(s),
