@@ -403,7 +403,9 @@ impl WeightStore {
             bytes: e.bytes.clone(),
             packed: false,
         };
-        if !self.pack || !baicai_kernels::dispatch::pack_at_load(e.dtype) {
+        // Bytes made at load (a checkpoint's converted experts) stay as they are: the store
+        // keeps them for its entry, so a packed copy would double them rather than replace them.
+        if !self.pack || e.bytes.is_owned() || !baicai_kernels::dispatch::pack_at_load(e.dtype) {
             return Ok(lin);
         }
         let aligned = group_rows.is_multiple_of(PACK_ROWS) && rows.is_multiple_of(PACK_ROWS);
