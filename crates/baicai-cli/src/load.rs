@@ -29,7 +29,7 @@ pub struct ModelArgs {
     /// comparing against the AVX2 kernels).
     #[arg(long = "no-avx512")]
     pub no_avx512: bool,
-    /// Repack Q8_0, Q5_0, Q4_0, IQ4_NL, MXFP4, Q4_K and Q6_K matrices at load into groups of 8 interleaved rows for the packed
+    /// Repack Q8_0, Q5_0, Q4_0, IQ4_NL, MXFP4, Q4_K, Q5_K and Q6_K matrices at load into groups of 8 interleaved rows for the packed
     /// kernels (faster prompts and batches; as many bytes as the file's, in memory of their
     /// own): `auto` (default) unless the model is larger than the memory it may use, `on`, `off`.
     #[arg(long = "repack", value_enum, default_value_t = Repack::Auto)]

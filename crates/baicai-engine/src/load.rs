@@ -260,8 +260,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, LoadError> {
 
 /// What `held_in_memory` says when matrices were repacked.
 const PACKED_NOTE: &str =
-    "Q8_0, Q5_0, Q4_0, IQ4_NL, MXFP4, Q4_K and Q6_K matrices: repacked at load into groups of 8 \
-     rows, in memory of their own";
+    "Q8_0, Q5_0, Q4_0, IQ4_NL, MXFP4, Q4_K, Q5_K and Q6_K matrices: repacked at load into \
+     groups of 8 rows, in memory of their own";
 
 /// Bytes of the safetensors files in a checkpoint folder (0 where it cannot be listed: loading
 /// then says what is wrong).

@@ -113,7 +113,8 @@ pub fn packed_fn(dtype: DType, isa: Isa) -> Option<PackedFn> {
 /// Whether models should pack matrices of `dtype` at load on this CPU: where SIMD packed kernels
 /// exist (AVX2 and AVX-512 VNNI, equal bit for bit, so the choice does not depend on
 /// `--no-avx512`) and measured faster than the row-major kernels on every path: Q8_0, Q5_0, Q4_0,
-/// IQ4_NL, MXFP4, Q4_K and Q6_K (2 threads, VNNI: Q4_K 2048×2816 512 tokens 26 -> 11 ms, decode
+/// IQ4_NL, MXFP4, Q4_K, Q5_K and Q6_K (2 threads, VNNI: Q5_K 2048×2816 512 tokens 32 -> 13 ms,
+/// decode 0.126 -> 0.123 ms; Q4_K 2048×2816 512 tokens 26 -> 11 ms, decode
 /// 0.12 -> 0.11 ms; Q6_K 22.4 -> 11.9 ms, 8 tokens 0.48 -> 0.37 ms, decode 0.13 -> 0.09-0.14 ms;
 /// Q4_0 4864×896 24.4 -> 8.7 ms, decode 0.097 -> 0.076 ms; IQ4_NL 25.9 -> 9.0, 0.113 -> 0.074;
 /// MXFP4 25.4 -> 9.7, 0.109 -> 0.078).
@@ -121,7 +122,10 @@ pub fn pack_at_load(dtype: DType) -> bool {
     #[cfg(target_arch = "x86_64")]
     if active_isa() == Isa::Avx2 {
         use DType::*;
-        return matches!(dtype, Q8_0 | Q5_0 | Q4_0 | IQ4_NL | MXFP4 | Q4_K | Q6_K);
+        return matches!(
+            dtype,
+            Q8_0 | Q5_0 | Q4_0 | IQ4_NL | MXFP4 | Q4_K | Q5_K | Q6_K
+        );
     }
     let _ = dtype;
     false

@@ -20,7 +20,7 @@
 //! Q4_K and the symmetric legacy formats use it, bit-identical to the AVX2 tiles and dots.
 //!
 //! Weights packed at load in groups of 8 interleaved rows ([`Weight::packed`], see
-//! [`crate::quant::packed`]: Q8_0, Q5_0, Q4_0, IQ4_NL, MXFP4, Q4_K, Q6_K) take one kernel on every path instead: a
+//! [`crate::quant::packed`]: Q8_0, Q5_0, Q4_0, IQ4_NL, MXFP4, Q4_K, Q5_K, Q6_K) take one kernel on every path instead: a
 //! group of rows with up to 8 tokens at a time, the group's eight row sums built in one register
 //! and one float step per block for all eight. Decode streams each group once; prompts meet each
 //! group (in L1) with every token of the task. Their numerics are the packed format's own (one

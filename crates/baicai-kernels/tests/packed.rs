@@ -14,13 +14,14 @@ use baicai_kernels::{DType, Weight};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const TYPES: [DType; 7] = [
+const TYPES: [DType; 8] = [
     DType::Q8_0,
     DType::Q5_0,
     DType::Q4_0,
     DType::IQ4_NL,
     DType::MXFP4,
     DType::Q4_K,
+    DType::Q5_K,
     DType::Q6_K,
 ];
 

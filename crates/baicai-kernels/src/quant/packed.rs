@@ -33,6 +33,10 @@
 //!   chunk `c` of 64 values 8 registers of nibbles: register `s`, bytes `4r .. 4r+4`, is the
 //!   original `qs[32c + 4s ..][..4]` of row `r` (low nibbles values `64c + 4s ..` of sub-block
 //!   `2c`, high nibbles values `64c + 32 + 4s ..` of sub-block `2c + 1`).
+//! - **Q5_K** (1408 bytes): Q4_K's layout (from the nibbles of `qs`), each chunk `c`'s 8 nibble
+//!   registers followed by two masks of 32 bits per register `s` (the kernel reads the block in
+//!   order): bit `4r + i` of the first is the fifth bit of the low nibble's value `64c + 4s + i`
+//!   of row `r`, of the second the high nibble's.
 //! - **Q6_K** (1680 bytes): the 8 `d` (16 bytes), the 16 scales transposed (byte `8j + r`: 128
 //!   bytes), then per sub-block `j` of 16 values three registers, in the order the kernel reads
 //!   them: two of nibbles (byte `4r + i` of the first: the low four bits of the unsigned code
@@ -49,7 +53,7 @@
 
 use crate::dtype::DType;
 pub use crate::kernel::PACK_ROWS;
-use crate::quant::kquants::{scales_mins_k4, BlockQ4K, BlockQ6K, BlockQ8K};
+use crate::quant::kquants::{scales_mins_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 use crate::quant::legacy::{fives, nibbles, BlockIQ4_NL, BlockQ4_0, BlockQ5_0, BlockQ8_0};
 use crate::quant::mxfp4::BlockMXFP4;
 use crate::quant::tables::KVALUES_IQ4NL;
@@ -58,7 +62,10 @@ use crate::quant::{as_blocks, f16_le};
 /// Whether `dtype` has a packed layout.
 pub fn packable(dtype: DType) -> bool {
     use DType::*;
-    matches!(dtype, Q8_0 | Q5_0 | Q4_0 | IQ4_NL | MXFP4 | Q4_K | Q6_K)
+    matches!(
+        dtype,
+        Q8_0 | Q5_0 | Q4_0 | IQ4_NL | MXFP4 | Q4_K | Q5_K | Q6_K
+    )
 }
 
 /// Bytes of a block of one row (the format's own block).
@@ -149,7 +156,13 @@ fn pack_block(dtype: DType, x: [&[u8]; PACK_ROWS], out: &mut [u8]) {
                 }
             }
         }
-        DType::Q4_K => {
+        DType::Q4_K | DType::Q5_K => {
+            // Q5_K: the fifth bits between the scales and the nibbles.
+            let (qs, chunk) = if dtype == DType::Q5_K {
+                (48, 320)
+            } else {
+                (16, 256)
+            };
             for (r, x) in x.iter().enumerate() {
                 out[16 + 2 * r..][..2].copy_from_slice(&x[2..4]);
                 for i in 0..12 {
@@ -157,8 +170,25 @@ fn pack_block(dtype: DType, x: [&[u8]; PACK_ROWS], out: &mut [u8]) {
                 }
                 for c in 0..4 {
                     for st in 0..8 {
-                        out[128 + 256 * c + 32 * st + 4 * r..][..4]
-                            .copy_from_slice(&x[16 + 32 * c + 4 * st..][..4]);
+                        out[128 + chunk * c + 32 * st + 4 * r..][..4]
+                            .copy_from_slice(&x[qs + 32 * c + 4 * st..][..4]);
+                    }
+                }
+            }
+            if dtype == DType::Q5_K {
+                for c in 0..4 {
+                    for st in 0..8 {
+                        let (mut lo, mut hi) = (0u32, 0u32);
+                        for (r, x) in x.iter().enumerate() {
+                            for i in 0..4 {
+                                let h = u32::from(x[16 + 4 * st + i]);
+                                lo |= ((h >> (2 * c)) & 1) << (4 * r + i);
+                                hi |= ((h >> (2 * c + 1)) & 1) << (4 * r + i);
+                            }
+                        }
+                        let m = 128 + 320 * c + 256 + 8 * st;
+                        out[m..m + 4].copy_from_slice(&lo.to_le_bytes());
+                        out[m + 4..m + 8].copy_from_slice(&hi.to_le_bytes());
                     }
                 }
             }
@@ -231,12 +261,28 @@ pub fn unpack_row(dtype: DType, data: &[u8], cols: usize, r: usize, out: &mut Ve
                     out.extend_from_slice(&gb[8 + 32 * s + 4 * i..][..4]);
                 }
             }
-            DType::Q4_K => {
+            DType::Q4_K | DType::Q5_K => {
                 out.extend_from_slice(&gb[16 + 2 * i..][..2]);
                 out.extend((0..12).map(|k| gb[32 + 8 * k + i]));
+                if dtype == DType::Q5_K {
+                    let mut qh = [0u8; 32];
+                    for c in 0..4 {
+                        for st in 0..8 {
+                            let m = 128 + 320 * c + 256 + 8 * st;
+                            let lo = u32::from_le_bytes(gb[m..m + 4].try_into().expect("4"));
+                            let hi = u32::from_le_bytes(gb[m + 4..m + 8].try_into().expect("4"));
+                            for k in 0..4 {
+                                let bit = |w: u32| ((w >> (4 * i + k)) & 1) as u8;
+                                qh[4 * st + k] |= (bit(lo) << (2 * c)) | (bit(hi) << (2 * c + 1));
+                            }
+                        }
+                    }
+                    out.extend_from_slice(&qh);
+                }
+                let chunk = if dtype == DType::Q5_K { 320 } else { 256 };
                 for c in 0..4 {
                     for st in 0..8 {
-                        out.extend_from_slice(&gb[128 + 256 * c + 32 * st + 4 * i..][..4]);
+                        out.extend_from_slice(&gb[128 + chunk * c + 32 * st + 4 * i..][..4]);
                     }
                 }
             }
@@ -368,11 +414,16 @@ fn block_ref(dtype: DType, x: &[u8], y: &[u8], acc: f32) -> f32 {
             };
             (d * y.d()).mul_add(dot(&q, &y.qs) as f32, acc)
         }
-        DType::Q4_K => {
-            let x: &BlockQ4K = &as_blocks(x)[0];
+        DType::Q4_K | DType::Q5_K => {
             let y: &BlockQ8K = &as_blocks(y)[0];
-            let (sc, m) = scales_mins_k4(&x.scales);
-            let q = x.levels();
+            let (d, dmin, scales, q) = if dtype == DType::Q4_K {
+                let x: &BlockQ4K = &as_blocks(x)[0];
+                (x.d(), x.dmin(), x.scales, x.levels())
+            } else {
+                let x: &BlockQ5K = &as_blocks(x)[0];
+                (x.d(), x.dmin(), x.scales, x.levels())
+            };
+            let (sc, m) = scales_mins_k4(&scales);
             let total: i32 = (0..8)
                 .map(|j| i32::from(sc[j]) * dot(&q[32 * j..][..32], &y.qs[32 * j..][..32]))
                 .sum();
@@ -381,8 +432,8 @@ fn block_ref(dtype: DType, x: &[u8], y: &[u8], acc: f32) -> f32 {
                     i32::from(m[j]) * (i32::from(y.bsum(2 * j)) + i32::from(y.bsum(2 * j + 1)))
                 })
                 .sum();
-            let acc = (x.d() * y.d()).mul_add(total as f32, acc);
-            (-(x.dmin() * y.d())).mul_add(msum as f32, acc)
+            let acc = (d * y.d()).mul_add(total as f32, acc);
+            (-(dmin * y.d())).mul_add(msum as f32, acc)
         }
         DType::Q6_K => {
             let x: &BlockQ6K = &as_blocks(x)[0];
@@ -417,6 +468,7 @@ pub fn packed_ref_fn(dtype: DType) -> Option<crate::kernel::PackedFn> {
             DType::Q4_0,
             DType::IQ4_NL,
             DType::MXFP4,
+            DType::Q5_K,
         ][usize::from(F)];
         dot_packed_ref(dtype, nb, group, a, a_row, &mut out[..n_tok]);
     }
@@ -428,6 +480,7 @@ pub fn packed_ref_fn(dtype: DType) -> Option<crate::kernel::PackedFn> {
         DType::Q4_0 => Some(run::<4>),
         DType::IQ4_NL => Some(run::<5>),
         DType::MXFP4 => Some(run::<6>),
+        DType::Q5_K => Some(run::<7>),
         _ => None,
     }
 }

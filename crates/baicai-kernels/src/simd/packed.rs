@@ -379,6 +379,8 @@ pub(crate) fn packed_fn(dtype: DType) -> Option<PackedFn> {
         (DType::MXFP4, false) => packed_avx2::<MXFP4>,
         (DType::Q4_K, true) => packed_q4k_vnni,
         (DType::Q4_K, false) => packed_q4k_avx2,
+        (DType::Q5_K, true) => packed_q5k_vnni,
+        (DType::Q5_K, false) => packed_q5k_avx2,
         (DType::Q6_K, true) => packed_q6k_vnni,
         (DType::Q6_K, false) => packed_q6k_avx2,
         _ => return None,
@@ -438,7 +440,7 @@ unsafe fn q4k_min(st: *const u8, j: usize) -> __m256i {
 /// the products of its four unsigned and four signed bytes (exactly: `vpdpbusd`, or `maddubs`
 /// then `madd` where no product pair can saturate 16 bits, as here: 15 · 127 · 2 < 2^15).
 macro_rules! q4k_group {
-    ($name:ident, $features:literal, $dot4:path) => {
+    ($name:ident, $features:literal, $dot4:path, $fifth:path) => {
         /// One Q4_K group × `T` Q8_K tokens (see [`crate::quant::packed`]): per block
         /// `acc = fma(d·d_a, Σ_j sc_j isum_j, acc)`, then
         /// `acc = fma(-(dmin·d_a), Σ_j m_j bsum_j, acc)`.
@@ -448,19 +450,26 @@ macro_rules! q4k_group {
         /// rows of `nb` blocks `a_row` bytes apart, `out` at `T` outputs.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const T: usize>(
+        ///
+        /// With `FIVE` the group is Q5_K's: the same, plus each value's fifth bit from the masks
+        /// after the nibbles.
+        unsafe fn $name<const T: usize, const FIVE: bool>(
             nb: usize,
             g: *const u8,
             a: *const u8,
             a_row: usize,
             out: *mut [f32; PACK_ROWS],
         ) {
-            const GB: usize = group_block_bytes(DType::Q4_K);
+            let gbb = if FIVE {
+                group_block_bytes(DType::Q5_K)
+            } else {
+                group_block_bytes(DType::Q4_K)
+            };
             let m4 = _mm256_set1_epi8(0x0f);
             let ones = _mm256_set1_epi16(1);
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..nb {
-                let gb = g.add(b * GB);
+                let gb = g.add(b * gbb);
                 let st = gb.add(32);
                 let mut total = [_mm256_setzero_si256(); T];
                 for c in 0..4 {
@@ -470,9 +479,16 @@ macro_rules! q4k_group {
                     let mut lo = [_mm256_setzero_si256(); T];
                     let mut hi = [_mm256_setzero_si256(); T];
                     for s in 0..8 {
-                        let q = _mm256_loadu_si256(gb.add(128 + 256 * c + 32 * s).cast());
-                        let ql = _mm256_and_si256(q, m4);
-                        let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                        // Q5_K's chunks hold their fifth bits' masks after the nibbles.
+                        let chunk = gb.add(128 + if FIVE { 320 } else { 256 } * c);
+                        let q = _mm256_loadu_si256(chunk.add(32 * s).cast());
+                        let mut ql = _mm256_and_si256(q, m4);
+                        let mut qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                        if FIVE {
+                            let m = chunk.add(256 + 8 * s);
+                            ql = $fifth(ql, read_unaligned(m.cast::<u32>()));
+                            qh = $fifth(qh, read_unaligned(m.add(4).cast::<u32>()));
+                        }
                         for t in 0..T {
                             let y = a.add(t * a_row + b * K_BLOCK + 4 + 64 * c + 4 * s);
                             let yl = _mm256_set1_epi32(read_unaligned(y.cast::<i32>()));
@@ -543,12 +559,27 @@ unsafe fn dot4_avx2(acc: __m256i, u: __m256i, y: __m256i) -> __m256i {
     _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
+/// Adds 16 to the bytes whose bit is set in `bits` (Q5_K's fifth bits), with a mask register.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn fifth_vnni(v: __m256i, bits: u32) -> __m256i {
+    _mm256_mask_add_epi8(v, bits, v, _mm256_set1_epi8(0x10))
+}
+
+/// [`fifth_vnni`] with AVX2: the bits spread to bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fifth_avx2(v: __m256i, bits: u32) -> __m256i {
+    _mm256_or_si256(v, _mm256_and_si256(bit_bytes(bits), _mm256_set1_epi8(0x10)))
+}
+
 q4k_group!(
     group_q4k_vnni,
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
-    dot4_vnni
+    dot4_vnni,
+    fifth_vnni
 );
-q4k_group!(group_q4k_avx2, "avx2,fma,f16c", dot4_avx2);
+q4k_group!(group_q4k_avx2, "avx2,fma,f16c", dot4_avx2, fifth_avx2);
 
 /// The Q6_K kernels (a sub-block and a group), for an instruction set, as [`q4k_group`] (codes
 /// below 64: `maddubs` pair sums stay below 2^15).
@@ -669,6 +700,9 @@ q6k_group!(
 /// A K-quant [`PackedFn`]: tokens `chunk` at a time through `kernel`.
 macro_rules! packed_k {
     ($name:ident, $kernel:ident, $dtype:expr, $chunk:expr) => {
+        packed_k!($name, $kernel, $dtype, $chunk, []);
+    };
+    ($name:ident, $kernel:ident, $dtype:expr, $chunk:expr, [$($extra:expr)?]) => {
         fn $name(
             nb: usize,
             group: &[u8],
@@ -691,15 +725,19 @@ macro_rules! packed_k {
                 let (g, ap, o) = (group.as_ptr(), a[t0 * a_row..].as_ptr(), out[t0..].as_mut_ptr());
                 // SAFETY: `packed_fn` hands this out only where the CPU has the features; tokens
                 // `t0 .. t0 + n` lie inside the rows checked above.
-                crate::kernel::for_tokens!(n, T => unsafe { $kernel::<T>(nb, g, ap, a_row, o) });
+                crate::kernel::for_tokens!(n, T => unsafe {
+                    $kernel::<T $(, $extra)?>(nb, g, ap, a_row, o)
+                });
                 t0 += n;
             }
         }
     };
 }
 
-packed_k!(packed_q4k_vnni, group_q4k_vnni, DType::Q4_K, 4);
+packed_k!(packed_q4k_vnni, group_q4k_vnni, DType::Q4_K, 4, [false]);
+packed_k!(packed_q5k_vnni, group_q4k_vnni, DType::Q5_K, 4, [true]);
 // AVX2 has 16 registers: two tokens' sums at a time.
-packed_k!(packed_q4k_avx2, group_q4k_avx2, DType::Q4_K, 2);
+packed_k!(packed_q4k_avx2, group_q4k_avx2, DType::Q4_K, 2, [false]);
+packed_k!(packed_q5k_avx2, group_q4k_avx2, DType::Q5_K, 2, [true]);
 packed_k!(packed_q6k_vnni, group_q6k_vnni, DType::Q6_K, 8);
 packed_k!(packed_q6k_avx2, group_q6k_avx2, DType::Q6_K, 4);
