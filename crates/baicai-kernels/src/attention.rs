@@ -149,9 +149,25 @@ pub fn scores_f16_scalar(
     scale: f32,
     out: &mut [f32],
 ) {
+    scores_from(0, q, w, keys, stride, n, scale, out);
+}
+
+/// [`scores_f16_scalar`] for the keys from `j0` on (the rest of `out` untouched): one key at a
+/// time through [`dot_heads_f16`].
+#[allow(clippy::too_many_arguments)]
+fn scores_from(
+    j0: usize,
+    q: &[f32],
+    w: usize,
+    keys: &[f16],
+    stride: usize,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let heads = q.len() / w.max(1);
     let mut col = vec![0f32; heads];
-    for j in 0..n {
+    for j in j0..n {
         dot_heads_f16(q, &keys[j * stride..][..w], &mut col);
         for (h, &c) in col.iter().enumerate() {
             out[h * n + j] = c * scale;
@@ -392,15 +408,7 @@ mod avx2 {
             }
             j0 += 8;
         }
-        if j0 < n {
-            let mut col = vec![0f32; heads];
-            for j in j0..n {
-                dot_heads_f16(q, &keys[j * stride..][..w], &mut col);
-                for (h, &c) in col.iter().enumerate() {
-                    out[h * n + j] = c * scale;
-                }
-            }
-        }
+        super::scores_from(j0, q, w, keys, stride, n, scale, out);
     }
 
     /// AVX2 [`super::weighted_rows_f16`]: for each 8-lane chunk of the output, a tile of up to

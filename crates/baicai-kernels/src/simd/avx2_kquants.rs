@@ -970,51 +970,26 @@ safe_cols!(
 /// The register-tiled kernels for K-quant weights of `dtype`, where there are (every K-quant
 /// and IQ4_XS).
 pub(crate) fn tile_fns(dtype: DType) -> Option<TileFns> {
+    // Every K-quant the same way: no 2 × 1 tiles (they were no faster than two dots here: Q4_K
+    // 23 -> 22, Q6_K 26 -> 22 GB/s from cache), prompts through the small-batch kernels.
+    macro_rules! fns {
+        ($tile:ident, $strip:ident, $cols:ident) => {
+            TileFns {
+                tile: $tile::<TILE_ROWS, TILE_TOKENS>,
+                strip: $strip,
+                pair: None,
+                cols: Some($cols),
+                cols_for_prompts: true,
+            }
+        };
+    }
     Some(match dtype {
-        DType::Q4_K => TileFns {
-            tile: tile_q4k::<TILE_ROWS, TILE_TOKENS>,
-            strip: strip_q4k,
-            // The 2 × 1 tiles were no faster than two dots here (Q4_K 23 -> 22, Q6_K 26 -> 22
-            // GB/s from cache).
-            pair: None,
-            cols: Some(cols_q4k),
-            cols_for_prompts: true,
-        },
-        DType::Q2_K => TileFns {
-            tile: tile_q2k::<TILE_ROWS, TILE_TOKENS>,
-            strip: strip_q2k,
-            pair: None,
-            cols: Some(cols_q2k),
-            cols_for_prompts: true,
-        },
-        DType::Q3_K => TileFns {
-            tile: tile_q3k::<TILE_ROWS, TILE_TOKENS>,
-            strip: strip_q3k,
-            pair: None,
-            cols: Some(cols_q3k),
-            cols_for_prompts: true,
-        },
-        DType::IQ4_XS => TileFns {
-            tile: tile_iq4xs::<TILE_ROWS, TILE_TOKENS>,
-            strip: strip_iq4xs,
-            pair: None,
-            cols: Some(cols_iq4xs),
-            cols_for_prompts: true,
-        },
-        DType::Q5_K => TileFns {
-            tile: tile_q5k::<TILE_ROWS, TILE_TOKENS>,
-            strip: strip_q5k,
-            pair: None,
-            cols: Some(cols_q5k),
-            cols_for_prompts: true,
-        },
-        DType::Q6_K => TileFns {
-            tile: tile_q6k::<TILE_ROWS, TILE_TOKENS>,
-            strip: strip_q6k,
-            pair: None,
-            cols: Some(cols_q6k),
-            cols_for_prompts: true,
-        },
+        DType::Q4_K => fns!(tile_q4k, strip_q4k, cols_q4k),
+        DType::Q2_K => fns!(tile_q2k, strip_q2k, cols_q2k),
+        DType::Q3_K => fns!(tile_q3k, strip_q3k, cols_q3k),
+        DType::IQ4_XS => fns!(tile_iq4xs, strip_iq4xs, cols_iq4xs),
+        DType::Q5_K => fns!(tile_q5k, strip_q5k, cols_q5k),
+        DType::Q6_K => fns!(tile_q6k, strip_q6k, cols_q6k),
         _ => return None,
     })
 }
